@@ -1,0 +1,281 @@
+// Normalises raw Kubernetes objects into the immutable model and publishes consistent snapshots.
+// Normalisation is pure; ClusterModel holds the raw objects and coalesces changes into one snapshot per tick.
+import type { Endpoint, EndpointPort, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot } from './types.ts';
+import { DEFAULT_AFFINITY_TIMEOUT_S, OPT_OUT_LABEL, SERVICE_NAME_LABEL } from './types.ts';
+
+type Obj = Record<string, unknown>;
+const asObj = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
+const asArr = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+const asStr = (v: unknown): string | undefined => (typeof v === 'string' && v !== '' ? v : undefined);
+const asStrMap = (v: unknown): Record<string, string> => {
+  const out: Record<string, string> = {};
+  for (const [k, val] of Object.entries(asObj(v))) if (typeof val === 'string') out[k] = val;
+  return Object.freeze(out);
+};
+const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP');
+
+export class ManifestError extends Error {}
+
+export function objectKey(obj: RawObject): string {
+  const md = asObj(obj.metadata);
+  const name = asStr(md.name);
+  if (!name) throw new ManifestError('metadata.name is missing');
+  const ns = asStr(md.namespace);
+  return ns ? `${ns}/${name}` : name;
+}
+
+/** Returns the normalised Service, or undefined when it opts out of the mesh. Throws ManifestError when malformed. */
+export function normalizeService(obj: RawObject): Service | undefined {
+  const md = asObj(obj.metadata);
+  const name = asStr(md.name);
+  if (!name) throw new ManifestError('Service without metadata.name');
+  const namespace = asStr(md.namespace) ?? 'default';
+  const labels = asStrMap(md.labels);
+  if (labels[OPT_OUT_LABEL] !== undefined) return undefined;
+  const spec = asObj(obj.spec);
+  const type = (['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const).find((t) => t === spec.type) ?? 'ClusterIP';
+  const rawIPs = asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s);
+  const ip0 = asStr(spec.clusterIP);
+  const ips = rawIPs.length ? rawIPs : ip0 ? [ip0] : [];
+  const headless = type !== 'ExternalName' && ips.length > 0 && ips[0] === 'None';
+  const ports: ServicePort[] = asArr(spec.ports).map((p, i) => {
+    const po = asObj(p);
+    const port = po.port;
+    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) {
+      throw new ManifestError(`Service ${namespace}/${name}: spec.ports[${i}].port must be an integer 1-65535`);
+    }
+    const tp = po.targetPort;
+    const targetPort = typeof tp === 'number' ? tp : typeof tp === 'string' && tp !== '' ? (/^\d+$/.test(tp) ? Number(tp) : tp) : port;
+    return Object.freeze({ name: asStr(po.name) ?? '', protocol: proto(po.protocol), port, targetPort });
+  });
+  const cfg = asObj(asObj(spec.sessionAffinityConfig).clientIP);
+  const timeout = typeof cfg.timeoutSeconds === 'number' ? cfg.timeoutSeconds : DEFAULT_AFFINITY_TIMEOUT_S;
+  const selector = spec.selector && typeof spec.selector === 'object' ? asStrMap(spec.selector) : undefined;
+  return Object.freeze({
+    key: `${namespace}/${name}`,
+    namespace,
+    name,
+    type,
+    clusterIPs: Object.freeze(type === 'ExternalName' || headless ? [] : ips.filter((ip) => ip !== 'None')),
+    headless,
+    externalName: type === 'ExternalName' ? asStr(spec.externalName) : undefined,
+    ports: Object.freeze(ports),
+    selector: selector && Object.keys(selector).length ? selector : undefined,
+    sessionAffinity: spec.sessionAffinity === 'ClientIP' ? 'ClientIP' : 'None',
+    affinityTimeoutSeconds: timeout,
+    trafficDistribution: asStr(spec.trafficDistribution),
+    internalTrafficPolicy: spec.internalTrafficPolicy === 'Local' ? 'Local' : 'Cluster',
+    labels,
+    annotations: asStrMap(md.annotations),
+  } satisfies Service);
+}
+
+export interface NormalizedSlice {
+  readonly key: string;
+  readonly serviceKey: string;
+  readonly endpoints: readonly Endpoint[];
+}
+
+/** Normalises an EndpointSlice. Slices without the service-name label are not tied to any Service (undefined). */
+export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
+  const md = asObj(obj.metadata);
+  const name = asStr(md.name);
+  if (!name) throw new ManifestError('EndpointSlice without metadata.name');
+  const namespace = asStr(md.namespace) ?? 'default';
+  const svc = asStrMap(md.labels)[SERVICE_NAME_LABEL];
+  if (!svc) return undefined;
+  const addressType = obj.addressType === 'IPv6' ? 'IPv6' : obj.addressType === 'FQDN' ? undefined : 'IPv4';
+  if (!addressType) return undefined; // FQDN slices are deprecated and carry no IPs
+  const key = `${namespace}/${name}`;
+  const ports: EndpointPort[] = asArr(obj.ports).map((p) => {
+    const po = asObj(p);
+    return Object.freeze({ name: asStr(po.name) ?? '', port: typeof po.port === 'number' ? po.port : 0, protocol: proto(po.protocol) });
+  }).filter((p) => p.port > 0);
+  Object.freeze(ports);
+  const endpoints: Endpoint[] = [];
+  for (const e of asArr(obj.endpoints)) {
+    const eo = asObj(e);
+    const addresses = asArr(eo.addresses).map(asStr).filter((s): s is string => !!s);
+    if (!addresses.length) continue;
+    const cond = asObj(eo.conditions);
+    const terminating = cond.terminating === true;
+    // Kubernetes: a nil ready means ready, unless terminating; serving defaults to ready.
+    const ready = cond.ready === undefined || cond.ready === null ? !terminating : cond.ready === true;
+    const serving = cond.serving === undefined || cond.serving === null ? ready : cond.serving === true;
+    endpoints.push(Object.freeze({
+      address: addresses[0],
+      addresses: Object.freeze(addresses),
+      addressType,
+      nodeName: asStr(eo.nodeName),
+      zone: asStr(eo.zone),
+      hostname: asStr(eo.hostname),
+      ready,
+      serving,
+      terminating,
+      ports,
+      slice: key,
+    } satisfies Endpoint));
+  }
+  return Object.freeze({ key, serviceKey: `${namespace}/${svc}`, endpoints: Object.freeze(endpoints) });
+}
+
+export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): NodeInfo {
+  const md = asObj(obj.metadata);
+  const name = asStr(md.name);
+  if (!name) throw new ManifestError('Node without metadata.name');
+  const labels = asStrMap(md.labels);
+  const group = groupOf(labels, groupLabels);
+  const addresses = asArr(asObj(obj.status).addresses).map((a) => asStr(asObj(a).address)).filter((s): s is string => !!s);
+  return Object.freeze({ name, labels, group, addresses: Object.freeze(addresses) });
+}
+
+/** The node's group: the value of the first label in `groupLabels` that the node carries. */
+export function groupOf(labels: Readonly<Record<string, string>>, groupLabels: readonly string[]): string | undefined {
+  for (const l of groupLabels) {
+    const v = labels[l];
+    if (v) return v;
+  }
+  return undefined;
+}
+
+/** Resolves a Service port's targetPort on an endpoint (named ports through the slice's port names). */
+export function endpointPort(ep: Endpoint, sp: ServicePort): number | undefined {
+  if (ep.ports.length === 0) return typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
+  // EndpointSlice ports are named after the Service port name (the controller resolves targetPort for us).
+  const byName = ep.ports.find((p) => p.name === sp.name && p.protocol === sp.protocol);
+  if (byName) return byName.port;
+  if (typeof sp.targetPort === 'string') return ep.ports.find((p) => p.name === sp.targetPort && p.protocol === sp.protocol)?.port;
+  return ep.ports.length === 1 && sp.name === '' ? ep.ports[0].port : undefined;
+}
+
+type Listener = (snap: Snapshot, prev: Snapshot) => void;
+
+const EMPTY: Snapshot = Object.freeze({ version: 0, services: new Map(), endpoints: new Map(), nodes: new Map() });
+
+/**
+ * Holds what the sources delivered and publishes a new immutable Snapshot once per event-loop turn when anything
+ * changed. Normalisation happens on arrival, so a malformed object is rejected at the edge (the caller logs it).
+ */
+export class ClusterModel implements ModelSink {
+  private services = new Map<string, Service>();
+  private slices = new Map<string, NormalizedSlice>();
+  private nodes = new Map<string, NodeInfo>();
+  private current: Snapshot = EMPTY;
+  private dirty = false;
+  private scheduled = false;
+  private readonly listeners = new Set<Listener>();
+  private readonly groupLabels: readonly string[];
+  /** Called for objects that fail normalisation (kind, key or '?', reason). */
+  onReject: (kind: ResourceKind, key: string, reason: string) => void = () => {};
+
+  constructor(groupLabels: readonly string[]) {
+    this.groupLabels = groupLabels;
+  }
+
+  snapshot(): Snapshot {
+    return this.current;
+  }
+
+  /** Subscribes to published snapshots. Returns an unsubscribe function. */
+  subscribe(fn: Listener): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  replace(kind: ResourceKind, objects: readonly RawObject[]): void {
+    if (kind === 'Service') this.services = new Map();
+    else if (kind === 'EndpointSlice') this.slices = new Map();
+    else this.nodes = new Map();
+    for (const o of objects) this.put(kind, o);
+    this.markDirty();
+  }
+
+  upsert(kind: ResourceKind, obj: RawObject): void {
+    this.put(kind, obj);
+    this.markDirty();
+  }
+
+  remove(kind: ResourceKind, obj: RawObject): void {
+    let key: string;
+    try {
+      key = objectKey(obj);
+    } catch {
+      return;
+    }
+    const map = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : this.nodes;
+    if (kind === 'Node') key = key.split('/').pop()!;
+    if (map.delete(key)) this.markDirty();
+  }
+
+  /** Publishes pending changes now (sources call this after a synchronous batch; tests use it too). */
+  flush(): Snapshot {
+    if (this.dirty) this.publish();
+    return this.current;
+  }
+
+  private put(kind: ResourceKind, obj: RawObject): void {
+    let key = '?';
+    try {
+      key = objectKey(obj);
+      if (kind === 'Service') {
+        const s = normalizeService(obj);
+        if (s) this.services.set(s.key, s);
+        else this.services.delete(key); // opted out (maybe just now)
+      } else if (kind === 'EndpointSlice') {
+        const s = normalizeSlice(obj);
+        if (s) this.slices.set(s.key, s);
+        else this.slices.delete(key);
+      } else {
+        const n = normalizeNode(obj, this.groupLabels);
+        this.nodes.set(n.name, n);
+      }
+    } catch (e) {
+      this.onReject(kind, key, (e as Error).message);
+    }
+  }
+
+  private markDirty(): void {
+    this.dirty = true;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      if (this.dirty) this.publish();
+    });
+  }
+
+  private publish(): void {
+    this.dirty = false;
+    const endpoints = new Map<string, Endpoint[]>();
+    // Deterministic order: slices by key, then endpoints as listed.
+    for (const key of [...this.slices.keys()].sort()) {
+      const s = this.slices.get(key)!;
+      if (!this.services.has(s.serviceKey)) continue;
+      let list = endpoints.get(s.serviceKey);
+      if (!list) endpoints.set(s.serviceKey, (list = []));
+      list.push(...s.endpoints);
+    }
+    for (const l of endpoints.values()) Object.freeze(l);
+    const prev = this.current;
+    this.current = Object.freeze({
+      version: prev.version + 1,
+      services: new Map(this.services),
+      endpoints,
+      nodes: new Map(this.nodes),
+    });
+    for (const fn of this.listeners) {
+      try {
+        fn(this.current, prev);
+      } catch {
+        // A consumer's bug must not stop the others from seeing the snapshot.
+      }
+    }
+  }
+}
+
+/** Serialisable form of the raw state, for the offline last-good-state file. */
+export interface RawState {
+  services: RawObject[];
+  endpointSlices: RawObject[];
+  nodes: RawObject[];
+}

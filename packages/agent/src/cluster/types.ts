@@ -1,0 +1,119 @@
+// The normalised, immutable cluster model every agent module consumes. Plain data only.
+
+export type Protocol = 'TCP' | 'UDP' | 'SCTP';
+
+export interface ServicePort {
+  readonly name: string;
+  readonly protocol: Protocol;
+  readonly port: number;
+  /** Number, or a named container port resolved through the endpoints' port names. */
+  readonly targetPort: number | string;
+}
+
+export interface Service {
+  /** `namespace/name` */
+  readonly key: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly type: 'ClusterIP' | 'NodePort' | 'LoadBalancer' | 'ExternalName';
+  /** spec.clusterIPs (or clusterIP), without "None". Empty for headless and ExternalName. */
+  readonly clusterIPs: readonly string[];
+  readonly headless: boolean;
+  /** spec.externalName for type ExternalName. */
+  readonly externalName?: string;
+  readonly ports: readonly ServicePort[];
+  /** Selector-less Services have endpoints managed by hand (EndpointSlices without a controller). */
+  readonly selector?: Readonly<Record<string, string>>;
+  readonly sessionAffinity: 'None' | 'ClientIP';
+  /** ClientIP affinity timeout; Kubernetes default 10800 s. */
+  readonly affinityTimeoutSeconds: number;
+  /** spec.trafficDistribution, e.g. PreferClose, PreferSameZone, PreferSameNode. */
+  readonly trafficDistribution?: string;
+  readonly internalTrafficPolicy: 'Cluster' | 'Local';
+  readonly labels: Readonly<Record<string, string>>;
+  readonly annotations: Readonly<Record<string, string>>;
+}
+
+export interface EndpointPort {
+  readonly name: string;
+  readonly port: number;
+  readonly protocol: Protocol;
+}
+
+export interface Endpoint {
+  /** First address of the EndpointSlice endpoint (the one traffic goes to). */
+  readonly address: string;
+  readonly addresses: readonly string[];
+  readonly addressType: 'IPv4' | 'IPv6';
+  readonly nodeName?: string;
+  readonly zone?: string;
+  readonly hostname?: string;
+  /** conditions.ready: nil counts as true (Kubernetes semantics), except while terminating. */
+  readonly ready: boolean;
+  readonly serving: boolean;
+  readonly terminating: boolean;
+  /** Ports of the slice this endpoint came from. */
+  readonly ports: readonly EndpointPort[];
+  /** The EndpointSlice it came from (`namespace/name`). */
+  readonly slice: string;
+}
+
+export interface NodeInfo {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  /** The node's group: value of the first `routing.groupLabels` label present, else undefined. */
+  readonly group?: string;
+  readonly addresses: readonly string[];
+}
+
+/** A consistent view of the cluster. Never mutated after publication. */
+export interface Snapshot {
+  /** Increases by one for every published snapshot. */
+  readonly version: number;
+  readonly services: ReadonlyMap<string, Service>;
+  /** Endpoints per Service key, merged from all of the Service's EndpointSlices. */
+  readonly endpoints: ReadonlyMap<string, readonly Endpoint[]>;
+  readonly nodes: ReadonlyMap<string, NodeInfo>;
+}
+
+export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node';
+
+/** Raw Kubernetes objects as sources deliver them (JSON shape of the API). */
+export type RawObject = Record<string, unknown> & { kind?: string; metadata?: { name?: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string>; resourceVersion?: string } };
+
+/** What a source feeds the model. */
+export interface ModelSink {
+  /** Replaces every object of a kind (a relist or a full directory read). */
+  replace(kind: ResourceKind, objects: readonly RawObject[]): void;
+  upsert(kind: ResourceKind, obj: RawObject): void;
+  remove(kind: ResourceKind, obj: RawObject): void;
+}
+
+/** A cluster source: feeds a ModelSink, reports when it has synced every kind at least once. */
+export interface ClusterSource {
+  start(sink: ModelSink): Promise<void>;
+  /** True once every kind has been listed at least once (or loaded from the last good state). */
+  synced(): boolean;
+  stop(): Promise<void>;
+}
+
+/** Label that opts a Service out of EdgeMesh (same as kubeedge/edgemesh). */
+export const OPT_OUT_LABEL = 'service.edgemesh.kubeedge.io/service-proxy-name';
+/** Label that ties an EndpointSlice to its Service. */
+export const SERVICE_NAME_LABEL = 'kubernetes.io/service-name';
+export const DEFAULT_AFFINITY_TIMEOUT_S = 10800;
+
+/**
+ * The IPs the agent hands out for Services (clusterIP mode: spec.clusterIPs; fake mode: one fake IP per Service).
+ * DNS answers from it and the proxy intercepts exactly these IPs. Implemented in dns/serviceips.ts.
+ */
+export interface ServiceIPTable {
+  /** IPs for a Service key (`ns/name`); empty when the Service gets none (headless, ExternalName, unknown). */
+  ipsFor(serviceKey: string): readonly string[];
+  /** Reverse lookup for PTR and interception: IP -> Service key. */
+  serviceFor(ip: string): string | undefined;
+  /** Every Service key with its IPs. */
+  entries(): ReadonlyMap<string, readonly string[]>;
+  /** Called after the table changed (a Service came, went, or its IP changed). Returns an unsubscribe function. */
+  onChange(fn: () => void): () => void;
+}

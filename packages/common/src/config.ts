@@ -1,0 +1,282 @@
+// Config loading: YAML file -> zod schema -> typed config, with per-key flag (`--dns.listen X`) and env
+// (`EDGEMESH_DNS_LISTEN=X`) overrides. Unknown keys are errors. Errors name the key path and the reason.
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+
+export class ConfigError extends Error {
+  readonly key: string;
+  constructor(key: string, reason: string) {
+    super(key ? `config: ${key}: ${reason}` : `config: ${reason}`);
+    this.key = key;
+  }
+}
+
+const hostPort = (defaultHostOk = true) =>
+  z.string().refine((s) => parseHostPort(s, defaultHostOk) !== undefined, { message: 'expected HOST:PORT with a port 0-65535' });
+
+export interface HostPort { host: string; port: number }
+
+/** Parses `host:port`, `[v6]:port`. Returns undefined when malformed. */
+export function parseHostPort(s: string, allowEmptyHost = true): HostPort | undefined {
+  const m = /^\[([^\]]+)\]:(\d{1,5})$/.exec(s) ?? /^([^:]*):(\d{1,5})$/.exec(s);
+  if (!m) return undefined;
+  const port = Number(m[2]);
+  if (port > 65535) return undefined;
+  if (!allowEmptyHost && m[1] === '') return undefined;
+  return { host: m[1], port };
+}
+
+const logSchema = z.strictObject({
+  level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+}).prefault({});
+
+const adminSchema = (listen: string) => z.strictObject({ listen: hostPort().default(listen) }).prefault({});
+
+const cidr = z.string().refine((s) => /^(\d{1,3}\.){3}\d{1,3}\/(\d|[12]\d|3[0-2])$/.test(s), { message: 'expected an IPv4 CIDR such as 9.251.0.0/16' });
+
+export const agentSchema = z.strictObject({
+  nodeName: z.string().default(''),
+  stateDir: z.string().min(1).default('/var/lib/edgemesh'),
+  cluster: z.strictObject({
+    source: z.enum(['kubernetes', 'file']).default('kubernetes'),
+    kubeconfig: z.string().default(''),
+    manifestsDir: z.string().default(''),
+  }).prefault({}),
+  dns: z.strictObject({
+    enabled: z.boolean().default(true),
+    listen: hostPort(false).default('169.254.96.16:53'),
+    domain: z.string().min(1).default('cluster.local'),
+    upstream: z.array(z.string().min(1)).default([]),
+    ttlSeconds: z.number().int().min(0).max(86400).default(30),
+  }).prefault({}),
+  proxy: z.strictObject({
+    ipMode: z.enum(['clusterIP', 'fake']).default('clusterIP'),
+    fakeCIDR: cidr.default('9.251.0.0/16'),
+    intercept: z.enum(['iptables', 'none']).default('iptables'),
+    bindAddress: z.string().min(1).default('169.254.96.16'),
+  }).prefault({}),
+  routing: z.strictObject({
+    groupLabels: z.array(z.string().min(1)).default(['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone']),
+    default: z.enum(['prefer', 'strict', 'cluster']).default('prefer'),
+  }).prefault({}),
+  tunnel: z.strictObject({
+    enabled: z.boolean().default(true),
+    servers: z.array(hostPort(false)).default(['relay.example.com:20004']),
+    listenPort: z.number().int().min(0).max(65535).default(20006),
+    tokenFile: z.string().default('/etc/edgemesh/token'),
+  }).prefault({}),
+  admin: adminSchema('127.0.0.1:10560'),
+  log: logSchema,
+}).superRefine((c, ctx) => {
+  if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
+    ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
+  }
+});
+
+export const serverSchema = z.strictObject({
+  listen: hostPort().default('0.0.0.0:20004'),
+  stunAltPort: z.number().int().min(0).max(65535).default(20005),
+  tokenFile: z.string().default('/etc/edgemesh/token'),
+  admin: adminSchema('0.0.0.0:10561'),
+  log: logSchema,
+});
+
+export type AgentConfig = z.infer<typeof agentSchema>;
+export type ServerConfig = z.infer<typeof serverSchema>;
+
+/** Env var names for special keys; every other key is EDGEMESH_<PATH> with dots and camelCase as underscores. */
+const SPECIAL_ENV: Record<string, string> = { nodeName: 'NODE_NAME' };
+
+export function envName(path: string): string {
+  return SPECIAL_ENV[path] ?? 'EDGEMESH_' + path.replace(/([a-z0-9])([A-Z])/g, '$1_$2').replace(/\./g, '_').toUpperCase();
+}
+
+type Leaf = { path: string; kind: 'string' | 'number' | 'boolean' | 'array' | 'enum'; values?: readonly string[] };
+
+/** Lists the leaf keys of a schema (walks zod objects through default/prefault/pipe wrappers). */
+export function schemaLeaves(schema: z.ZodType, prefix = ''): Leaf[] {
+  const inner = unwrap(schema);
+  if (inner instanceof z.ZodObject) {
+    return Object.entries(inner.shape as Record<string, z.ZodType>).flatMap(([k, v]) => schemaLeaves(v, prefix ? `${prefix}.${k}` : k));
+  }
+  if (inner instanceof z.ZodArray) return [{ path: prefix, kind: 'array' }];
+  if (inner instanceof z.ZodNumber) return [{ path: prefix, kind: 'number' }];
+  if (inner instanceof z.ZodBoolean) return [{ path: prefix, kind: 'boolean' }];
+  if (inner instanceof z.ZodEnum) return [{ path: prefix, kind: 'enum', values: inner.options as string[] }];
+  return [{ path: prefix, kind: 'string' }];
+}
+
+function unwrap(s: z.ZodType): z.ZodType {
+  let cur: z.ZodType = s;
+  for (let i = 0; i < 10; i++) {
+    const def = (cur as unknown as { _zod: { def: { type: string; innerType?: z.ZodType; in?: z.ZodType } } })._zod.def;
+    if (def.innerType) cur = def.innerType;
+    else if (def.type === 'pipe' && def.in) cur = def.in;
+    else break;
+  }
+  return cur;
+}
+
+function coerce(leaf: Leaf, raw: string, source: string): unknown {
+  switch (leaf.kind) {
+    case 'number': {
+      const n = Number(raw);
+      if (raw.trim() === '' || !Number.isFinite(n)) throw new ConfigError(leaf.path, `${source}: expected a number, got ${JSON.stringify(raw)}`);
+      return n;
+    }
+    case 'boolean':
+      if (raw === 'true' || raw === '1') return true;
+      if (raw === 'false' || raw === '0') return false;
+      throw new ConfigError(leaf.path, `${source}: expected true or false, got ${JSON.stringify(raw)}`);
+    case 'array':
+      return raw.trim() === '' ? [] : raw.split(',').map((s) => s.trim());
+    default:
+      return raw;
+  }
+}
+
+function setPath(obj: Record<string, unknown>, path: string, value: unknown): void {
+  const parts = path.split('.');
+  let cur = obj;
+  for (const p of parts.slice(0, -1)) {
+    const next = cur[p];
+    if (next === undefined || next === null) cur[p] = {};
+    else if (typeof next !== 'object' || Array.isArray(next)) throw new ConfigError(path, `${p} is not a mapping in the config file`);
+    cur = cur[p] as Record<string, unknown>;
+  }
+  cur[parts[parts.length - 1]] = value;
+}
+
+export interface ParsedArgs {
+  config?: string;
+  help: boolean;
+  version: boolean;
+  overrides: Map<string, string>;
+  positional: string[];
+}
+
+/** Parses `--config F`, `--help`, `--version`, `--a.b value` / `--a.b=value`; validates keys against the schema. */
+export function parseArgs(argv: readonly string[], schema: z.ZodType): ParsedArgs {
+  const leaves = new Map(schemaLeaves(schema).map((l) => [l.path, l]));
+  const out: ParsedArgs = { help: false, version: false, overrides: new Map(), positional: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') { out.help = true; continue; }
+    if (a === '--version' || a === '-v') { out.version = true; continue; }
+    if (!a.startsWith('--')) { out.positional.push(a); continue; }
+    const eq = a.indexOf('=');
+    const key = eq >= 0 ? a.slice(2, eq) : a.slice(2);
+    let value: string | undefined = eq >= 0 ? a.slice(eq + 1) : undefined;
+    if (value === undefined) {
+      const leaf = leaves.get(key);
+      const nxt = argv[i + 1];
+      if (leaf?.kind === 'boolean' && (nxt === undefined || nxt.startsWith('--'))) value = 'true';
+      else {
+        if (nxt === undefined) throw new ConfigError(key, `flag --${key} needs a value`);
+        value = nxt;
+        i++;
+      }
+    }
+    if (key === 'config') { out.config = value; continue; }
+    if (!leaves.has(key)) throw new ConfigError(key, `unknown flag --${key} (see --help)`);
+    out.overrides.set(key, value);
+  }
+  return out;
+}
+
+export function helpText(cmd: string, schema: z.ZodType): string {
+  const defaults = schema.parse({}) as Record<string, unknown>;
+  const lines = [`usage: ${cmd} --config FILE [--KEY VALUE ...]`, '', 'Every config key can be set by a flag or an env var (flag wins, then env, then file):', ''];
+  for (const l of schemaLeaves(schema)) {
+    const def = l.path.split('.').reduce<unknown>((o, k) => (o as Record<string, unknown>)?.[k], defaults);
+    const kind = l.kind === 'enum' ? l.values!.join('|') : l.kind;
+    lines.push(`  --${l.path.padEnd(24)} ${envName(l.path).padEnd(30)} ${kind.padEnd(22)} default ${JSON.stringify(def)}`);
+  }
+  lines.push('', '  --config FILE   YAML config file (keys as above; unknown keys are an error)', '  --help, --version');
+  return lines.join('\n');
+}
+
+function formatIssue(issue: z.core.$ZodIssue): ConfigError {
+  const key = issue.path.map(String).join('.');
+  let reason = issue.message;
+  if (issue.code === 'unrecognized_keys') {
+    const keys = (issue as { keys: string[] }).keys;
+    return new ConfigError(keys.map((k) => (key ? `${key}.${k}` : k)).join(', '), `unknown key${keys.length > 1 ? 's' : ''}`);
+  }
+  if (issue.code === 'invalid_value' && 'values' in issue) reason = `must be one of ${(issue.values as unknown[]).map((v) => JSON.stringify(v)).join(', ')}`;
+  return new ConfigError(key, reason);
+}
+
+export interface LoadOptions {
+  file?: string;
+  text?: string;
+  overrides?: Map<string, string>;
+  env?: NodeJS.ProcessEnv;
+}
+
+/** Loads and validates a config. Throws ConfigError naming the key and the reason. */
+export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadOptions): z.infer<S> {
+  let text = opts.text;
+  if (opts.file !== undefined) {
+    try {
+      text = readFileSync(opts.file, 'utf8');
+    } catch (e) {
+      throw new ConfigError('', `cannot read ${opts.file}: ${(e as Error).message}`);
+    }
+  }
+  let raw: unknown = {};
+  if (text !== undefined && text.trim() !== '') {
+    try {
+      raw = parseYaml(text);
+    } catch (e) {
+      throw new ConfigError('', `${opts.file ?? 'config'} is not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+    }
+    if (raw === null || raw === undefined) raw = {};
+    if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('', 'the config file must be a YAML mapping');
+  }
+  const obj = raw as Record<string, unknown>;
+  const env = opts.env ?? {};
+  for (const leaf of schemaLeaves(schema)) {
+    const name = envName(leaf.path);
+    const v = env[name];
+    if (v !== undefined && v !== '') setPath(obj, leaf.path, coerce(leaf, v, `env ${name}`));
+    const flag = opts.overrides?.get(leaf.path);
+    if (flag !== undefined) setPath(obj, leaf.path, coerce(leaf, flag, `flag --${leaf.path}`));
+  }
+  const res = schema.safeParse(obj);
+  if (!res.success) throw formatIssue(res.error.issues[0]);
+  return res.data;
+}
+
+/** Agent config with environment-derived defaults applied (nodeName from NODE_NAME, then hostname). */
+export function loadAgentConfig(opts: LoadOptions): AgentConfig {
+  const cfg = loadConfig(agentSchema, opts);
+  if (!cfg.nodeName) cfg.nodeName = hostname();
+  return cfg;
+}
+
+export function loadServerConfig(opts: LoadOptions): ServerConfig {
+  return loadConfig(serverSchema, opts);
+}
+
+/** Reads the shared cluster token: env EDGEMESH_TOKEN wins over the token file. Never logs it. */
+export function readToken(tokenFile: string, key = 'tunnel.tokenFile', env: NodeJS.ProcessEnv = process.env): string {
+  const fromEnv = env.EDGEMESH_TOKEN;
+  if (fromEnv) return checkToken(fromEnv.trim(), 'env EDGEMESH_TOKEN', key);
+  let text: string;
+  try {
+    text = readFileSync(tokenFile, 'utf8');
+  } catch (e) {
+    throw new ConfigError(key, `cannot read ${tokenFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (set EDGEMESH_TOKEN or create the file)`);
+  }
+  return checkToken(text.trim(), tokenFile, key);
+}
+
+export const MIN_TOKEN_CHARS = 16;
+
+function checkToken(t: string, where: string, key: string): string {
+  if (t.length < MIN_TOKEN_CHARS) throw new ConfigError(key, `token from ${where} is shorter than ${MIN_TOKEN_CHARS} characters`);
+  return t;
+}
