@@ -1,6 +1,6 @@
 // Normalises raw Kubernetes objects into the immutable model and publishes consistent snapshots.
 // Normalisation is pure; ClusterModel holds the raw objects and coalesces changes into one snapshot per tick.
-import type { Endpoint, EndpointPort, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot } from './types.ts';
+import type { DestinationRule, Endpoint, EndpointPort, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot } from './types.ts';
 import { DEFAULT_AFFINITY_TIMEOUT_S, OPT_OUT_LABEL, SERVICE_NAME_LABEL } from './types.ts';
 
 type Obj = Record<string, unknown>;
@@ -138,6 +138,26 @@ export function groupOf(labels: Readonly<Record<string, string>>, groupLabels: r
   return undefined;
 }
 
+export function normalizeDestinationRule(obj: RawObject): DestinationRule {
+  const md = asObj(obj.metadata);
+  const name = asStr(md.name);
+  if (!name) throw new ManifestError('DestinationRule without metadata.name');
+  const namespace = asStr(md.namespace) ?? 'default';
+  const spec = asObj(obj.spec);
+  const host = asStr(spec.host);
+  if (!host) throw new ManifestError(`DestinationRule ${namespace}/${name}: spec.host is missing`);
+  const lb = asObj(asObj(spec.trafficPolicy).loadBalancer);
+  const simple = (['ROUND_ROBIN', 'RANDOM', 'LEAST_REQUEST', 'LEAST_CONN', 'PASSTHROUGH'] as const).find((v) => v === lb.simple);
+  const ch = lb.consistentHash === undefined ? undefined : asObj(lb.consistentHash);
+  return Object.freeze({
+    key: `${namespace}/${name}`,
+    namespace,
+    host,
+    simple,
+    consistentHash: ch && Object.freeze({ httpHeaderName: asStr(ch.httpHeaderName), useSourceIp: ch.useSourceIp === true ? true : undefined }),
+  });
+}
+
 /** Resolves a Service port's targetPort on an endpoint (named ports through the slice's port names). */
 export function endpointPort(ep: Endpoint, sp: ServicePort): number | undefined {
   if (ep.ports.length === 0) return typeof sp.targetPort === 'number' ? sp.targetPort : undefined;
@@ -150,7 +170,7 @@ export function endpointPort(ep: Endpoint, sp: ServicePort): number | undefined 
 
 type Listener = (snap: Snapshot, prev: Snapshot) => void;
 
-const EMPTY: Snapshot = Object.freeze({ version: 0, services: new Map(), endpoints: new Map(), nodes: new Map() });
+const EMPTY: Snapshot = Object.freeze({ version: 0, services: new Map(), endpoints: new Map(), nodes: new Map(), destinationRules: new Map() });
 
 /**
  * Holds what the sources delivered and publishes a new immutable Snapshot once per event-loop turn when anything
@@ -160,6 +180,7 @@ export class ClusterModel implements ModelSink {
   private services = new Map<string, Service>();
   private slices = new Map<string, NormalizedSlice>();
   private nodes = new Map<string, NodeInfo>();
+  private rules = new Map<string, DestinationRule>();
   private current: Snapshot = EMPTY;
   private dirty = false;
   private scheduled = false;
@@ -185,6 +206,7 @@ export class ClusterModel implements ModelSink {
   replace(kind: ResourceKind, objects: readonly RawObject[]): void {
     if (kind === 'Service') this.services = new Map();
     else if (kind === 'EndpointSlice') this.slices = new Map();
+    else if (kind === 'DestinationRule') this.rules = new Map();
     else this.nodes = new Map();
     for (const o of objects) this.put(kind, o);
     this.markDirty();
@@ -202,7 +224,7 @@ export class ClusterModel implements ModelSink {
     } catch {
       return;
     }
-    const map = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : this.nodes;
+    const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules : this.nodes;
     if (kind === 'Node') key = key.split('/').pop()!;
     if (map.delete(key)) this.markDirty();
   }
@@ -225,6 +247,9 @@ export class ClusterModel implements ModelSink {
         const s = normalizeSlice(obj);
         if (s) this.slices.set(s.key, s);
         else this.slices.delete(key);
+      } else if (kind === 'DestinationRule') {
+        const r = normalizeDestinationRule(obj);
+        this.rules.set(r.key, r);
       } else {
         const n = normalizeNode(obj, this.groupLabels);
         this.nodes.set(n.name, n);
@@ -262,6 +287,7 @@ export class ClusterModel implements ModelSink {
       services: new Map(this.services),
       endpoints,
       nodes: new Map(this.nodes),
+      destinationRules: new Map(this.rules),
     });
     for (const fn of this.listeners) {
       try {

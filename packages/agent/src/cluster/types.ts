@@ -74,9 +74,23 @@ export interface Snapshot {
   /** Endpoints per Service key, merged from all of the Service's EndpointSlices. */
   readonly endpoints: ReadonlyMap<string, readonly Endpoint[]>;
   readonly nodes: ReadonlyMap<string, NodeInfo>;
+  /** Istio DestinationRules by `namespace/name` (kubernetes source watches them when the CRD exists). */
+  readonly destinationRules: ReadonlyMap<string, DestinationRule>;
 }
 
-export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node';
+/** The part of an Istio DestinationRule (networking.istio.io) the load balancer uses. */
+export interface DestinationRule {
+  readonly key: string;
+  readonly namespace: string;
+  /** spec.host as written: `svc`, `svc.ns`, `svc.ns.svc.cluster.local`, ... (matched to a Service by the LB). */
+  readonly host: string;
+  /** spec.trafficPolicy.loadBalancer.simple */
+  readonly simple?: 'ROUND_ROBIN' | 'RANDOM' | 'LEAST_REQUEST' | 'LEAST_CONN' | 'PASSTHROUGH';
+  /** spec.trafficPolicy.loadBalancer.consistentHash */
+  readonly consistentHash?: { readonly httpHeaderName?: string; readonly useSourceIp?: boolean };
+}
+
+export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node' | 'DestinationRule';
 
 /** Raw Kubernetes objects as sources deliver them (JSON shape of the API). */
 export type RawObject = Record<string, unknown> & { kind?: string; metadata?: { name?: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string>; resourceVersion?: string } };
