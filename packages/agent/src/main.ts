@@ -5,6 +5,10 @@ import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
+import { readToken } from '@edgemesh/common/config';
+import { Tunnel } from './tunnel/tunnel.ts';
+import { TunnelDialer } from './tunnel/dialer.ts';
+import { loadOrCreateKeyPair } from './tunnel/keys.ts';
 
 export interface AgentStatus {
   node: string;
@@ -22,6 +26,9 @@ export class Agent {
   readonly model: ClusterModel;
   readonly admin: AdminServer;
   private readonly stops: (() => Promise<void>)[] = [];
+  /** The tunnel (tunnel.enabled) and the Dialer the proxy uses for endpoints on other nodes. */
+  tunnel: Tunnel | undefined;
+  tunnelDialer: TunnelDialer | undefined;
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
@@ -41,9 +48,7 @@ export class Agent {
     return {
       node: this.cfg.nodeName,
       group: me?.group ?? null,
-      servers: [],
-      nat: { type: 'unknown', mapped: null },
-      peers: [],
+      ...(this.tunnel?.status() ?? { servers: [], nat: { type: 'unknown', mapped: null }, peers: [] }),
       services: [...snap.services.values()].map((s) => ({
         name: s.key,
         ip: s.clusterIPs[0] ?? null,
@@ -57,6 +62,21 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+
+    // --- tunnel (packages/agent/src/tunnel) ---
+    if (this.cfg.tunnel.enabled) {
+      const token = readToken(this.cfg.tunnel.tokenFile);
+      const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
+      if (created) this.log.info({ path }, 'generated the node key');
+      this.tunnel = new Tunnel({
+        node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: this.cfg.tunnel.listenPort,
+        log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
+      });
+      this.tunnelDialer = new TunnelDialer(this.tunnel);
+      await this.tunnel.start();
+      const t = this.tunnel;
+      this.stops.push(() => t.stop());
+    }
   }
 
   async stop(): Promise<void> {
@@ -89,6 +109,11 @@ export async function main(argv: string[]): Promise<void> {
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
   const agent = new Agent(cfg, log);
   handleSignals(log, () => agent.stop());
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (e) {
+    await agent.stop();
+    exitOnConfigError(e);
+  }
   log.info('agent started');
 }

@@ -79,6 +79,8 @@ export const serverSchema = z.strictObject({
   listen: hostPort().default('0.0.0.0:20004'),
   stunAltPort: z.number().int().min(0).max(65535).default(20005),
   tokenFile: z.string().default('/etc/edgemesh/token'),
+  /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
+  relayRateLimit: z.number().int().min(0).default(0),
   admin: adminSchema('0.0.0.0:10561'),
   log: logSchema,
 });

@@ -1,16 +1,81 @@
 // edgemesh-server: authenticates agents, answers STUN, brokers hole punching, relays.
-import { helpText, loadServerConfig, parseArgs, serverSchema } from '@edgemesh/common/config';
-import { exitOnConfigError, readVersion } from '@edgemesh/common/process';
+import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
+import { createLogger, type Logger } from '@edgemesh/common/log';
+import { AdminServer, createRegistry } from '@edgemesh/common/admin';
+import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
+import { RelayServer } from './relay.ts';
+import { StunServer } from './stun.ts';
+
+export class EdgemeshServer {
+  readonly cfg: ServerConfig;
+  readonly log: Logger;
+  readonly registry = createRegistry('edgemesh_server_');
+  readonly relay: RelayServer;
+  readonly stun: StunServer;
+  readonly admin: AdminServer;
+  private readonly stops: (() => Promise<void>)[] = [];
+  private listening = false;
+
+  constructor(cfg: ServerConfig, token: string, log: Logger) {
+    this.cfg = cfg;
+    this.log = log;
+    const hp = parseHostPort(cfg.listen)!;
+    this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: cfg.stunAltPort });
+    this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
+    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
+    this.admin.addCheck('listening', () => this.listening);
+  }
+
+  status(): unknown {
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object) };
+  }
+
+  /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
+  async start(): Promise<{ host: string; port: number }> {
+    await this.admin.start();
+    this.stops.push(() => this.admin.close());
+    const bound = await this.relay.start();
+    this.stops.push(() => this.relay.stop());
+    // STUN on the same port number as TCP (UDP), plus the alternate port.
+    await this.stun.start(bound.port);
+    this.stops.push(() => this.stun.stop());
+    this.listening = true;
+    this.log.info({ listen: `${bound.host}:${bound.port}`, stun: this.stun.ports() }, 'server listening');
+    return bound;
+  }
+
+  async stop(): Promise<void> {
+    this.listening = false;
+    for (const s of this.stops.reverse()) {
+      try {
+        await s();
+      } catch (e) {
+        this.log.warn({ err: e }, 'a component failed to stop cleanly');
+      }
+    }
+  }
+}
 
 export async function main(argv: string[]): Promise<void> {
+  let cfg: ServerConfig;
+  let token: string;
   try {
     const args = parseArgs(argv, serverSchema);
     if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n'); return; }
     if (args.version) { process.stdout.write(`edgemesh-server ${await readVersion()}\n`); return; }
-    loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
+    cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
+    token = readToken(cfg.tokenFile, 'tokenFile');
   } catch (e) {
     exitOnConfigError(e);
   }
-  process.stderr.write('edgemesh-server: not built yet\n');
-  process.exit(1);
+  const log = createLogger(cfg.log.level, 'edgemesh-server');
+  const server = new EdgemeshServer(cfg, token, log);
+  handleSignals(log, () => server.stop());
+  try {
+    await server.start();
+  } catch (e) {
+    log.fatal({ err: e }, 'server failed to start');
+    await server.stop();
+    process.exit(1);
+  }
 }

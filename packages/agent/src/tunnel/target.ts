@@ -1,0 +1,22 @@
+// Which endpoints a remote agent may make us dial: only ip:port of an endpoint of a Service in our snapshot, with a
+// matching port and protocol (no open proxy). Pure.
+import type { Snapshot } from '../cluster/types.ts';
+import type { StreamHeader } from './mux.ts';
+
+export type TargetDecision = { ok: true } | { ok: false; reason: string };
+
+export function checkTarget(snap: Snapshot, h: StreamHeader): TargetDecision {
+  const svc = snap.services.get(h.serviceKey);
+  if (!svc) return { ok: false, reason: `unknown service ${h.serviceKey}` };
+  const proto = h.protocol === 'tcp' ? 'TCP' : 'UDP';
+  const eps = snap.endpoints.get(h.serviceKey) ?? [];
+  for (const ep of eps) {
+    if (ep.address !== h.ip && !ep.addresses.includes(h.ip)) continue;
+    if (ep.ports.length) {
+      if (ep.ports.some((p) => p.port === h.port && p.protocol === proto)) return { ok: true };
+    } else if (svc.ports.some((p) => p.protocol === proto && (p.targetPort === h.port || (p.targetPort === p.port && p.port === h.port)))) {
+      return { ok: true };
+    }
+  }
+  return { ok: false, reason: `${h.ip}:${h.port}/${h.protocol} is not an endpoint of ${h.serviceKey}` };
+}

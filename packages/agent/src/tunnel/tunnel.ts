@@ -1,0 +1,272 @@
+// The agent's tunnel: connections to every server, links to peers (relay at once, direct when punched), the
+// Dialer the proxy uses for endpoints on other nodes, and the serving side for streams peers open to us.
+import type { Registry } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
+import type { Logger } from '@edgemesh/common/log';
+import { parseHostPort } from '@edgemesh/common/config';
+import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
+import type { Snapshot } from '../cluster/types.ts';
+import { DialError } from '../proxy/dialer.ts';
+import type { CreditStream } from './credit.ts';
+import { Link, type PathKind } from './link.ts';
+import type { StreamHeader } from './mux.ts';
+import { serveIncoming } from './serve.ts';
+import { ServerConn } from './serverconn.ts';
+
+export const DIAL_TIMEOUT_MS = 10_000;
+
+export interface TunnelOptions {
+  node: string;
+  servers: string[];
+  token: string;
+  keyPair: RawKeyPair;
+  /** UDP port for the direct path (0 = any); undefined disables the direct path (relay only). */
+  listenPort?: number;
+  log: Logger;
+  registry: Registry;
+  snapshot: () => Snapshot;
+}
+
+export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; remote: string | null; rttMs: number | null }
+
+/** Hooks the direct-path manager (direct.ts) implements. */
+export interface DirectPaths {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** A stream to `node` is wanted: start punching if not yet tried recently. */
+  want(node: string): void;
+  /** The server passed on a peer's rendezvous message. */
+  onRendezvous(conn: ServerConn, m: Record<string, unknown>): void;
+  nat(): { type: string; mapped: string | null };
+  /** State of the direct path to a node, for status. */
+  state(node: string): 'direct' | 'punching' | 'none';
+}
+
+class Peer {
+  readonly node: string;
+  key: Buffer | undefined;
+  readonly relays = new Set<Link>();
+  direct: Link | undefined;
+  relayPending: Promise<Link> | undefined;
+  constructor(node: string) {
+    this.node = node;
+  }
+  best(): Link | undefined {
+    if (this.direct && !this.direct.closed) return this.direct;
+    for (const l of this.relays) if (!l.closed) return l;
+    return undefined;
+  }
+}
+
+export class Tunnel {
+  readonly opts: TunnelOptions;
+  readonly log: Logger;
+  readonly servers: ServerConn[];
+  readonly peers = new Map<string, Peer>();
+  direct: DirectPaths | undefined;
+  private stopped = false;
+  readonly m: {
+    streams: Counter; bytes: Counter; served: Counter; servers: Gauge; peers: Gauge; links: Counter; failovers: Counter;
+  };
+
+  constructor(opts: TunnelOptions) {
+    this.opts = opts;
+    this.log = opts.log;
+    if (!opts.servers.length) throw new Error('tunnel.servers: at least one server is required');
+    this.servers = opts.servers.map((s) => {
+      const hp = parseHostPort(s, false);
+      if (!hp) throw new Error(`tunnel.servers: bad address ${s}`);
+      return new ServerConn({ host: hp.host, port: hp.port, node: opts.node, token: opts.token, keyPair: opts.keyPair, log: opts.log });
+    });
+    const r = [opts.registry];
+    const self = this;
+    this.m = {
+      streams: new Counter({ name: 'edgemesh_tunnel_streams_opened_total', help: 'Streams opened to peers by path and outcome', labelNames: ['path', 'outcome'], registers: r }),
+      bytes: new Counter({ name: 'edgemesh_tunnel_bytes_total', help: 'Bytes on peer links (inside Noise) by path and direction', labelNames: ['path', 'direction'], registers: r }),
+      served: new Counter({ name: 'edgemesh_tunnel_streams_served_total', help: 'Streams peers opened to us by outcome', labelNames: ['outcome'], registers: r }),
+      servers: new Gauge({ name: 'edgemesh_tunnel_servers_connected', help: 'Servers this agent is connected to', registers: r, collect() { this.set(self.servers.filter((s) => s.connected).length); } }),
+      peers: new Gauge({
+        name: 'edgemesh_tunnel_peers', help: 'Peers by current path', labelNames: ['path'], registers: r,
+        collect() {
+          const counts: Record<string, number> = { direct: 0, relay: 0, connecting: 0 };
+          for (const p of self.peerStatus()) counts[p.path]++;
+          for (const [k, v] of Object.entries(counts)) this.set({ path: k }, v);
+        },
+      }),
+      links: new Counter({ name: 'edgemesh_tunnel_links_total', help: 'Peer links established by path and side', labelNames: ['path', 'side'], registers: r }),
+      failovers: new Counter({ name: 'edgemesh_tunnel_failovers_total', help: 'Direct paths given up (peer unanswered) - traffic back on the relay', registers: r }),
+    };
+  }
+
+  async start(): Promise<void> {
+    for (const s of this.servers) {
+      s.on('incoming', (from: string, key: Buffer, raw: CreditStream) => void this.onIncomingRelay(from, key, raw));
+      s.on('rendezvous', (m: Record<string, unknown>) => this.direct?.onRendezvous(s, m));
+      s.start();
+    }
+    if (this.direct) await this.direct.start();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const s of this.servers) s.stop();
+    for (const p of this.peers.values()) {
+      p.direct?.close();
+      for (const l of p.relays) l.close();
+    }
+    if (this.direct) await this.direct.stop();
+  }
+
+  peer(node: string): Peer {
+    let p = this.peers.get(node);
+    if (!p) {
+      p = new Peer(node);
+      this.peers.set(node, p);
+    }
+    return p;
+  }
+
+  /** Makes a link serve streams the peer opens (installed before the first frame is read). */
+  readonly initLink = (link: Link): void => {
+    link.on('bytes', (dir: string, n: number) => this.m.bytes.inc({ path: link.kind, direction: dir }, n));
+    link.mux.onIncoming = (h, accept, reject) => serveIncoming(this.opts.snapshot, this.log, h, accept, reject, (o) => this.m.served.inc({ outcome: o }));
+  };
+
+  private watch(link: Link, side: 'out' | 'in'): void {
+    this.m.links.inc({ path: link.kind, side });
+  }
+
+  private async onIncomingRelay(from: string, key: Buffer, raw: CreditStream): Promise<void> {
+    try {
+      const link = await Link.establish(raw, false, this.opts.keyPair, key, 'relay', from, null, this.initLink);
+      if (this.stopped) return link.close();
+      this.addRelay(from, key, link, 'in');
+    } catch (e) {
+      this.log.warn({ peer: from, err: (e as Error).message }, 'incoming relay link failed');
+    }
+  }
+
+  private addRelay(node: string, key: Buffer, link: Link, side: 'in' | 'out'): void {
+    const p = this.peer(node);
+    p.key = key;
+    p.relays.add(link);
+    this.watch(link, side);
+    link.on('close', () => p.relays.delete(link));
+    this.log.debug({ peer: node, side }, 'relay link up');
+  }
+
+  /** Installs a punched direct link (called by the direct-path manager). */
+  addDirect(node: string, link: Link, side: 'in' | 'out'): void {
+    const p = this.peer(node);
+    const old = p.direct;
+    p.direct = link;
+    this.watch(link, side);
+    link.on('close', () => {
+      if (p.direct === link) p.direct = undefined;
+    });
+    if (old && old !== link) old.close();
+  }
+
+  /** The direct path to `node` stopped answering: drop it, new streams go to the relay. */
+  failDirect(node: string, why: string): void {
+    const p = this.peers.get(node);
+    if (!p?.direct) return;
+    this.m.failovers.inc();
+    this.log.info({ peer: node, why }, 'direct path lost, falling back to relay');
+    p.direct.close(new Error(why));
+    p.direct = undefined;
+  }
+
+  directLink(node: string): Link | undefined {
+    const d = this.peers.get(node)?.direct;
+    return d && !d.closed ? d : undefined;
+  }
+
+  /** A link to the peer: the direct one when up, else a relay link (established through the first server that has the peer). */
+  async link(node: string): Promise<Link> {
+    const p = this.peer(node);
+    const best = p.best();
+    if (best) return best;
+    if (!p.relayPending) {
+      p.relayPending = this.openRelayLink(p).finally(() => { p.relayPending = undefined; });
+    }
+    return p.relayPending;
+  }
+
+  private async openRelayLink(p: Peer): Promise<Link> {
+    const errors: string[] = [];
+    for (const s of this.servers) {
+      if (!s.connected) {
+        errors.push(`${s.address}: not connected`);
+        continue;
+      }
+      try {
+        const { key, stream } = await s.openRelay(p.node);
+        const link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
+        this.addRelay(p.node, key, link, 'out');
+        return link;
+      } catch (e) {
+        errors.push((e as Error).message);
+      }
+    }
+    throw new DialError('unreachable', `no path to node ${p.node}: ${errors.join('; ') || 'no servers'}`);
+  }
+
+  /** Opens a stream to an endpoint on `node`; resolves once the remote agent answered OK. */
+  async open(node: string, h: StreamHeader, signal?: AbortSignal): Promise<CreditStream> {
+    if (node === this.opts.node) throw new DialError('no-route', 'the tunnel does not dial this node');
+    this.direct?.want(node);
+    const deadline = AbortSignal.timeout(DIAL_TIMEOUT_MS);
+    const sig = signal ? AbortSignal.any([signal, deadline]) : deadline;
+    let path: PathKind = 'relay';
+    try {
+      const link = await raceAbort(this.link(node), sig);
+      path = link.kind;
+      const pending = link.mux.open(h);
+      try {
+        const s = await raceAbort(pending, sig);
+        this.m.streams.inc({ path, outcome: 'ok' });
+        return s;
+      } catch (e) {
+        pending.then((s) => s.destroy(), () => {});
+        throw e;
+      }
+    } catch (e) {
+      const err = e instanceof DialError ? e : sig.aborted ? new DialError('timeout', `dial ${node} ${h.ip}:${h.port}: ${signal?.aborted ? 'aborted' : 'timed out'}`) : new DialError('unreachable', (e as Error).message);
+      this.m.streams.inc({ path, outcome: err.code });
+      throw err;
+    }
+  }
+
+  peerStatus(): PeerStatus[] {
+    const out: PeerStatus[] = [];
+    for (const p of this.peers.values()) {
+      const d = this.directLink(p.node);
+      if (d) {
+        out.push({ node: p.node, path: 'direct', remote: d.remote, rttMs: d.rttMs });
+        continue;
+      }
+      const r = p.best();
+      if (r) out.push({ node: p.node, path: 'relay', remote: null, rttMs: r.rttMs });
+      else if (p.relayPending || this.direct?.state(p.node) === 'punching') out.push({ node: p.node, path: 'connecting', remote: null, rttMs: null });
+    }
+    return out;
+  }
+
+  status(): { servers: { address: string; connected: boolean }[]; nat: { type: string; mapped: string | null }; peers: PeerStatus[] } {
+    return {
+      servers: this.servers.map((s) => ({ address: s.address, connected: s.connected })),
+      nat: this.direct?.nat() ?? { type: 'unknown', mapped: null },
+      peers: this.peerStatus(),
+    };
+  }
+}
+
+function raceAbort<T>(p: Promise<T>, sig: AbortSignal): Promise<T> {
+  if (sig.aborted) return Promise.reject(new DialError('timeout', 'aborted'));
+  return new Promise<T>((resolve, reject) => {
+    const on = () => reject(new DialError('timeout', 'dial timed out or was aborted'));
+    sig.addEventListener('abort', on, { once: true });
+    p.then((v) => { sig.removeEventListener('abort', on); resolve(v); }, (e) => { sig.removeEventListener('abort', on); reject(e); });
+  });
+}

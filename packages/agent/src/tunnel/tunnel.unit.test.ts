@@ -1,0 +1,94 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { checkTarget } from './target.ts';
+import { DatagramDecoder, encodeDatagram } from './datagram.ts';
+import { CreditStream } from './credit.ts';
+import { loadOrCreateKeyPair, KEY_FILE } from './keys.ts';
+import { parseHeader } from './mux.ts';
+import type { Snapshot } from '../cluster/types.ts';
+
+const snap: Snapshot = {
+  version: 1,
+  services: new Map([['ns/web', {
+    key: 'ns/web', namespace: 'ns', name: 'web', type: 'ClusterIP', clusterIPs: ['10.0.0.1'], headless: false,
+    ports: [{ name: 'http', protocol: 'TCP', port: 80, targetPort: 8080 }], sessionAffinity: 'None', affinityTimeoutSeconds: 10800,
+    internalTrafficPolicy: 'Cluster', labels: {}, annotations: {},
+  }]]),
+  endpoints: new Map([['ns/web', [{
+    address: '10.1.0.5', addresses: ['10.1.0.5'], addressType: 'IPv4', nodeName: 'b', ready: true, serving: true, terminating: false,
+    ports: [{ name: 'http', port: 8080, protocol: 'TCP' }], slice: 'ns/web-1',
+  }]]]),
+  nodes: new Map(),
+  destinationRules: new Map(),
+};
+
+test('checkTarget allows only endpoints of known Services with matching port and protocol', () => {
+  assert.deepEqual(checkTarget(snap, { protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }), { ok: true });
+  assert.equal(checkTarget(snap, { protocol: 'udp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }).ok, false);
+  assert.equal(checkTarget(snap, { protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 22 }).ok, false);
+  assert.equal(checkTarget(snap, { protocol: 'tcp', serviceKey: 'ns/web', ip: '127.0.0.1', port: 8080 }).ok, false);
+  assert.equal(checkTarget(snap, { protocol: 'tcp', serviceKey: 'ns/other', ip: '10.1.0.5', port: 8080 }).ok, false);
+});
+
+test('stream headers are validated', () => {
+  assert.ok(parseHeader(Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 }))));
+  assert.equal(parseHeader(Buffer.from(JSON.stringify({ protocol: 'sctp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 }))), undefined);
+  assert.equal(parseHeader(Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 70000 }))), undefined);
+  assert.equal(parseHeader(Buffer.from('not json')), undefined);
+});
+
+test('datagrams keep their boundaries across any chunking', () => {
+  const ds = [Buffer.alloc(0), randomBytes(1), randomBytes(1400), randomBytes(65535)];
+  const wire = Buffer.concat(ds.map(encodeDatagram));
+  const dec = new DatagramDecoder();
+  const out: Buffer[] = [];
+  for (let i = 0; i < wire.length; i += 1000) out.push(...dec.push(wire.subarray(i, i + 1000)));
+  assert.deepEqual(out, ds);
+  assert.throws(() => encodeDatagram(Buffer.alloc(65536)));
+});
+
+test('CreditStream sends no more than its window until credit comes back', async () => {
+  const sent: Buffer[] = [];
+  const s = new CreditStream({ data: (c) => sent.push(c), credit: () => {}, end: () => {}, reset: () => {}, closed: () => {} }, 1000);
+  s.write(Buffer.alloc(2500));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(sent.reduce((n, c) => n + c.length, 0), 1000);
+  s.onCredit(1000);
+  assert.equal(sent.reduce((n, c) => n + c.length, 0), 2000);
+  s.onCredit(5000);
+  assert.equal(sent.reduce((n, c) => n + c.length, 0), 2500);
+  s.destroy();
+});
+
+test('CreditStream grants credit as its reader consumes', async () => {
+  const credits: number[] = [];
+  const s = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 4000);
+  s.onData(Buffer.alloc(1500));
+  assert.deepEqual(credits, [1500]);
+  s.pause();
+  s.onData(Buffer.alloc(100_000));
+  const before = credits.length;
+  s.read();
+  s.resume();
+  await new Promise((r) => setImmediate(r));
+  assert.ok(credits.length > before);
+  s.destroy();
+});
+
+test('the node key is created once with mode 0600 and reloaded', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'emkey-'));
+  try {
+    const a = loadOrCreateKeyPair(join(dir, 'state'));
+    assert.equal(a.created, true);
+    assert.equal(statSync(join(dir, 'state', KEY_FILE)).mode & 0o777, 0o600);
+    const b = loadOrCreateKeyPair(join(dir, 'state'));
+    assert.equal(b.created, false);
+    assert.deepEqual(b.pair.publicKey, a.pair.publicKey);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

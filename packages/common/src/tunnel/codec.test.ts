@@ -1,0 +1,93 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError } from './frame.ts';
+import { agentProof, ControlMac, serverProof, newNonce } from './auth.ts';
+import { bindingRequest, bindingSuccess, BINDING_REQUEST, BINDING_SUCCESS, decodeStun, looksLikeStun, newTxid, stunKey } from './stun.ts';
+import { generateKeyPair, keyPairFromSecret, signRaw, verifyRaw } from './ed25519.ts';
+
+test('frames survive arbitrary chunking', () => {
+  const frames = [encodeFrame(1, Buffer.from('hello')), encodeStreamFrame(20, 7, randomBytes(1000)), encodeFrame(9)];
+  const all = Buffer.concat(frames);
+  const dec = new FrameDecoder();
+  const out = [];
+  for (let i = 0; i < all.length; i += 3) out.push(...dec.push(all.subarray(i, i + 3)));
+  assert.equal(out.length, 3);
+  assert.equal(out[0].payload.toString(), 'hello');
+  assert.equal(out[1].payload.readUInt32BE(0), 7);
+  assert.equal(out[1].payload.length, 1004);
+  assert.equal(out[2].payload.length, 0);
+  assert.equal(dec.pending, 0);
+});
+
+test('an oversized frame is an error, not an allocation', () => {
+  const b = Buffer.alloc(5);
+  b[0] = 1;
+  b.writeUInt32BE(0xffffffff, 1);
+  assert.throws(() => new FrameDecoder().push(b), FrameError);
+});
+
+test('proofs bind role, nonces, node and key', () => {
+  const a = newNonce(), s = newNonce(), k = randomBytes(32);
+  assert.notDeepEqual(serverProof('t'.repeat(16), a, s), serverProof('t'.repeat(16), s, a));
+  assert.notDeepEqual(agentProof('t'.repeat(16), a, s, 'n1', k), agentProof('t'.repeat(16), a, s, 'n2', k));
+  assert.notDeepEqual(agentProof('t'.repeat(16), a, s, 'n1', k), agentProof('u'.repeat(16), a, s, 'n1', k));
+});
+
+test('control MACs reject forgery, replay and reflection', () => {
+  const key = randomBytes(32);
+  const agent = new ControlMac(key, 'agent');
+  const server = new ControlMac(key, 'server');
+  const m1 = agent.seal(10, Buffer.from('{"a":1}'));
+  assert.equal(server.open(10, m1)?.toString(), '{"a":1}');
+  assert.equal(server.open(10, m1), undefined, 'replay accepted');
+  const m2 = agent.seal(10, Buffer.from('{"a":2}'));
+  const forged = Buffer.from(m2);
+  forged[2] ^= 1;
+  assert.equal(server.open(10, forged), undefined, 'forgery accepted');
+  assert.equal(server.open(11, m2), undefined, 'type change accepted');
+  assert.equal(agent.open(10, m2), undefined, 'reflection accepted');
+  assert.equal(server.open(10, m2)?.toString(), '{"a":2}');
+});
+
+test('STUN binding request/response round trip with integrity and fingerprint', () => {
+  const key = stunKey('x'.repeat(16));
+  const tx = newTxid();
+  const req = bindingRequest(tx, key);
+  assert.ok(looksLikeStun(req));
+  const d = decodeStun(req, key)!;
+  assert.equal(d.type, BINDING_REQUEST);
+  assert.ok(d.integrity && d.fingerprint);
+  assert.equal(decodeStun(req, stunKey('y'.repeat(16)))!.integrity, false);
+  const res = bindingSuccess(tx, { host: '203.0.113.7', port: 40001 }, key);
+  const r = decodeStun(res, key)!;
+  assert.equal(r.type, BINDING_SUCCESS);
+  assert.deepEqual(r.mapped, { host: '203.0.113.7', port: 40001 });
+  assert.ok(r.integrity);
+  const r6 = decodeStun(bindingSuccess(tx, { host: '2001:db8::1', port: 5 }, key), key)!;
+  assert.deepEqual(r6.mapped, { host: '2001:db8:0:0:0:0:0:1', port: 5 });
+  const bad = Buffer.from(res);
+  bad[bad.length - 1] ^= 1;
+  assert.equal(decodeStun(bad, key), undefined, 'bad fingerprint accepted');
+});
+
+test('STUN decoder never throws on garbage', () => {
+  const key = stunKey('x'.repeat(16));
+  const valid = bindingRequest(newTxid(), key);
+  for (let i = 0; i < 3000; i++) {
+    const b = i % 2 ? randomBytes(i % 120) : Buffer.from(valid);
+    if (i % 2 === 0) for (let j = 0; j < 1 + (i % 4); j++) b[(i * 7 + j * 13) % b.length] = (i * 31 + j) & 255;
+    decodeStun(b, key);
+  }
+});
+
+test('ed25519 raw keys sign, verify and round-trip', () => {
+  const kp = generateKeyPair();
+  const sig = signRaw(kp.secretKey, Buffer.from('m'));
+  assert.ok(verifyRaw(kp.publicKey, Buffer.from('m'), sig));
+  assert.equal(verifyRaw(kp.publicKey, Buffer.from('n'), sig), false);
+  assert.deepEqual(keyPairFromSecret(kp.secretKey)?.publicKey, kp.publicKey);
+  const broken = Buffer.from(kp.secretKey);
+  broken[40] ^= 1;
+  assert.equal(keyPairFromSecret(broken), undefined);
+});

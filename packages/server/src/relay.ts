@@ -1,0 +1,464 @@
+// The relay/rendezvous server core: TCP listener, mutual authentication, node registry, relay streams with
+// per-stream credit (enforced here too), optional per-agent byte rate limit, rendezvous forwarding.
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Registry } from 'prom-client';
+import { Counter, Gauge } from 'prom-client';
+import type { Logger } from '@edgemesh/common/log';
+import { encodeFrame, FrameDecoder, FrameError, type Frame } from '@edgemesh/common/tunnel/frame';
+import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey, NONCE_BYTES } from '@edgemesh/common/tunnel/auth';
+import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
+import { CONTROL_TYPES, MAX_DATA_CHUNK, NODE_NAME_RE, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
+
+/** An agent must finish the handshake within this time. */
+export const AUTH_TIMEOUT_MS = 10_000;
+/** Server pings every agent this often; an agent silent for IDLE_TIMEOUT_MS is dropped. */
+export const PING_INTERVAL_MS = 10_000;
+export const IDLE_TIMEOUT_MS = 35_000;
+/** When an agent's outgoing socket buffer exceeds this, the sender feeding it is paused (credit violations only). */
+export const MAX_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024;
+export const MAX_STREAMS_PER_AGENT = 4096;
+
+export interface RelayServerOptions {
+  host: string;
+  port: number;
+  token: string;
+  log: Logger;
+  registry: Registry;
+  /** Per-agent relay byte rate limit (bytes/s of DATA it sends), 0 = unlimited. */
+  rateLimitBytesPerSec?: number;
+  /** Port of the second STUN socket, told to agents in WELCOME. */
+  stunAltPort?: number;
+}
+
+interface Agent {
+  node: string;
+  key: Buffer;
+  conn: Conn;
+  since: number;
+  remote: string;
+}
+
+interface RelayStream {
+  rid: number;
+  a: Conn;
+  b: Conn;
+  /** Bytes each side may still send (credit granted by the other side). */
+  availA: number;
+  availB: number;
+  endA: boolean;
+  endB: boolean;
+}
+
+class Conn {
+  readonly sock: Socket;
+  readonly decoder = new FrameDecoder();
+  state: 'hello' | 'auth' | 'ready' | 'closed' = 'hello';
+  agentNonce = Buffer.alloc(0);
+  serverNonce = newNonce();
+  mac: ControlMac | undefined;
+  node = '';
+  key = Buffer.alloc(0);
+  lastSeen = Date.now();
+  streams = new Set<number>();
+  tokens = 0;
+  lastRefill = Date.now();
+  paused = false;
+  rttMs = 0;
+  constructor(sock: Socket) {
+    this.sock = sock;
+  }
+}
+
+export class RelayServer {
+  private readonly opts: RelayServerOptions;
+  private server: Server | undefined;
+  private readonly conns = new Set<Conn>();
+  readonly agents = new Map<string, Agent>();
+  private readonly streams = new Map<number, RelayStream>();
+  private nextRid = 1;
+  private pingTimer: NodeJS.Timeout | undefined;
+  private readonly m: {
+    agents: Gauge; auth: Counter; relayed: Counter; streams: Gauge; streamsTotal: Counter; malformed: Counter;
+    violations: Counter; rendezvous: Counter; limited: Counter;
+  };
+  private readonly log: Logger;
+
+  constructor(opts: RelayServerOptions) {
+    this.opts = opts;
+    this.log = opts.log;
+    const r = [opts.registry];
+    this.m = {
+      agents: new Gauge({ name: 'edgemesh_server_agents_connected', help: 'Authenticated agents connected', registers: r }),
+      auth: new Counter({ name: 'edgemesh_server_auth_total', help: 'Agent authentication attempts by outcome', labelNames: ['outcome'], registers: r }),
+      relayed: new Counter({ name: 'edgemesh_server_relayed_bytes_total', help: 'Bytes relayed between agents (ciphertext)', registers: r }),
+      streams: new Gauge({ name: 'edgemesh_server_relay_streams', help: 'Open relay streams', registers: r }),
+      streamsTotal: new Counter({ name: 'edgemesh_server_relay_streams_total', help: 'Relay stream open requests by outcome', labelNames: ['outcome'], registers: r }),
+      malformed: new Counter({ name: 'edgemesh_server_malformed_frames_total', help: 'Malformed or unexpected frames dropped', registers: r }),
+      violations: new Counter({ name: 'edgemesh_server_credit_violations_total', help: 'Relay streams reset because a sender exceeded its credit', registers: r }),
+      rendezvous: new Counter({ name: 'edgemesh_server_punch_rendezvous_total', help: 'Hole-punch rendezvous messages forwarded by outcome', labelNames: ['outcome'], registers: r }),
+      limited: new Counter({ name: 'edgemesh_server_rate_limited_total', help: 'Times an agent was paused by the relay rate limit', registers: r }),
+    };
+  }
+
+  async start(): Promise<{ host: string; port: number }> {
+    this.server = createServer({ noDelay: true }, (s) => this.accept(s));
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(this.opts.port, this.opts.host || undefined, () => resolve());
+    });
+    this.pingTimer = setInterval(() => this.pingAll(), PING_INTERVAL_MS);
+    this.pingTimer.unref();
+    const a = this.server.address();
+    return typeof a === 'object' && a ? { host: a.address, port: a.port } : { host: this.opts.host, port: this.opts.port };
+  }
+
+  async stop(): Promise<void> {
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    for (const c of this.conns) c.sock.destroy();
+    const s = this.server;
+    this.server = undefined;
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  status(): unknown {
+    return {
+      agents: [...this.agents.values()].map((a) => ({ node: a.node, key: a.key.toString('hex').slice(0, 16), remote: a.remote, since: new Date(a.since).toISOString(), streams: a.conn.streams.size, rttMs: a.conn.rttMs })),
+      relayStreams: this.streams.size,
+    };
+  }
+
+  private accept(sock: Socket): void {
+    const c = new Conn(sock);
+    this.conns.add(c);
+    sock.setKeepAlive(true, 15_000);
+    const authTimer = setTimeout(() => {
+      if (c.state !== 'ready') {
+        this.m.auth.inc({ outcome: 'timeout' });
+        sock.destroy();
+      }
+    }, AUTH_TIMEOUT_MS);
+    authTimer.unref();
+    sock.on('data', (chunk: Buffer) => {
+      c.lastSeen = Date.now();
+      let frames: Frame[];
+      try {
+        frames = c.decoder.push(chunk);
+      } catch (e) {
+        this.m.malformed.inc();
+        this.log.debug({ err: (e as FrameError).message, remote: sock.remoteAddress }, 'bad frame, dropping connection');
+        sock.destroy();
+        return;
+      }
+      for (const f of frames) {
+        if (c.state === 'closed') return;
+        try {
+          this.onFrame(c, f);
+        } catch (e) {
+          this.m.malformed.inc();
+          this.log.debug({ err: (e as Error).message }, 'frame handling failed');
+          this.fail(c, 'protocol', 'malformed frame');
+          return;
+        }
+      }
+    });
+    sock.on('error', () => {});
+    sock.on('close', () => {
+      clearTimeout(authTimer);
+      this.closed(c);
+    });
+    sock.on('drain', () => this.resumeFeeders(c));
+  }
+
+  private send(c: Conn, type: number, body: Record<string, unknown>): void {
+    if (c.state === 'closed' || c.sock.destroyed) return;
+    const json = Buffer.from(JSON.stringify(body));
+    c.sock.write(encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+  }
+
+  private fail(c: Conn, code: string, message: string): void {
+    this.send(c, T.ERROR, { code, message });
+    c.sock.end();
+    setTimeout(() => c.sock.destroy(), 1000).unref();
+    c.state = 'closed';
+  }
+
+  private onFrame(c: Conn, f: Frame): void {
+    if (c.state === 'hello') {
+      const m = f.type === T.HELLO ? parseJson(f.payload) : undefined;
+      const nonce = typeof m?.nonce === 'string' ? Buffer.from(m.nonce, 'base64') : undefined;
+      if (!m || m.v !== PROTOCOL_VERSION || !nonce || nonce.length !== NONCE_BYTES) {
+        this.m.malformed.inc();
+        this.m.auth.inc({ outcome: 'bad-hello' });
+        return this.fail(c, 'protocol', 'expected HELLO v1');
+      }
+      c.agentNonce = nonce;
+      c.state = 'auth';
+      this.send(c, T.CHALLENGE, { nonce: c.serverNonce.toString('base64'), proof: serverProof(this.opts.token, c.agentNonce, c.serverNonce).toString('base64') });
+      return;
+    }
+    if (c.state === 'auth') {
+      const m = f.type === T.AUTH ? parseJson(f.payload) : undefined;
+      if (!m || typeof m.node !== 'string' || typeof m.key !== 'string' || typeof m.proof !== 'string' || typeof m.sig !== 'string') {
+        this.m.malformed.inc();
+        this.m.auth.inc({ outcome: 'bad-auth' });
+        return this.fail(c, 'protocol', 'expected AUTH');
+      }
+      const node = m.node;
+      const key = Buffer.from(m.key, 'base64');
+      const proof = Buffer.from(m.proof, 'base64');
+      const sig = Buffer.from(m.sig, 'base64');
+      if (!NODE_NAME_RE.test(node) || key.length !== 32) {
+        this.m.auth.inc({ outcome: 'bad-auth' });
+        return this.fail(c, 'protocol', 'bad node name or key');
+      }
+      if (!safeEqual(proof, agentProof(this.opts.token, c.agentNonce, c.serverNonce, node, key))) {
+        this.m.auth.inc({ outcome: 'bad-token' });
+        this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed authentication (wrong cluster token)');
+        return this.fail(c, 'auth', 'authentication failed');
+      }
+      if (!verifyRaw(key, keyTranscript(c.agentNonce, c.serverNonce, node), sig)) {
+        this.m.auth.inc({ outcome: 'bad-key-proof' });
+        this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed to prove its static key');
+        return this.fail(c, 'auth', 'key proof failed');
+      }
+      const existing = this.agents.get(node);
+      if (existing && !existing.key.equals(key)) {
+        this.m.auth.inc({ outcome: 'name-taken' });
+        this.log.warn({ node, remote: c.sock.remoteAddress, holder: existing.remote }, 'refused a second agent claiming a connected node name with another key');
+        return this.fail(c, 'name-taken', `node ${node} is connected with another key`);
+      }
+      if (existing) {
+        this.log.info({ node }, 'agent reconnected, replacing its previous connection');
+        this.dropAgent(existing.conn);
+        existing.conn.sock.destroy();
+      }
+      c.node = node;
+      c.key = key;
+      c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
+      c.state = 'ready';
+      c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
+      this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
+      this.m.agents.set(this.agents.size);
+      this.m.auth.inc({ outcome: 'ok' });
+      this.log.info({ node, remote: c.sock.remoteAddress }, 'agent registered');
+      this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort ?? 0, observed: { host: c.sock.remoteAddress, port: c.sock.remotePort } });
+      this.sendPing(c);
+      return;
+    }
+    if (c.state !== 'ready') return;
+    if (f.type === T.DATA) return this.onData(c, f.payload);
+    if (f.type === T.CREDIT || f.type === T.END || f.type === T.RESET) return this.onStreamCtl(c, f.type, f.payload);
+    if (!CONTROL_TYPES.has(f.type)) {
+      this.m.malformed.inc();
+      return;
+    }
+    const body = c.mac!.open(f.type, f.payload);
+    if (!body) {
+      this.m.malformed.inc();
+      this.log.warn({ node: c.node }, 'control message with a bad MAC, dropping connection');
+      return this.fail(c, 'protocol', 'bad MAC');
+    }
+    const m = parseJson(body);
+    if (!m) {
+      this.m.malformed.inc();
+      return;
+    }
+    switch (f.type) {
+      case T.PING:
+        return this.send(c, T.PONG, { t: m.t });
+      case T.PONG:
+        if (typeof m.t === 'number') c.rttMs = Math.max(0, Date.now() - m.t);
+        return;
+      case T.OPEN:
+        return this.onOpen(c, m);
+      case T.RENDEZVOUS:
+        return this.onRendezvous(c, m);
+      default:
+        this.m.malformed.inc();
+    }
+  }
+
+  private onOpen(c: Conn, m: Record<string, unknown>): void {
+    const req = m.req;
+    const to = m.to;
+    if (typeof req !== 'number' || typeof to !== 'string') {
+      this.m.malformed.inc();
+      return;
+    }
+    const peer = this.agents.get(to);
+    if (!peer || peer.conn === c) {
+      this.m.streamsTotal.inc({ outcome: 'no-peer' });
+      return this.send(c, T.OPEN_FAIL, { req, code: 'no-peer' });
+    }
+    if (c.streams.size >= MAX_STREAMS_PER_AGENT || peer.conn.streams.size >= MAX_STREAMS_PER_AGENT) {
+      this.m.streamsTotal.inc({ outcome: 'limit' });
+      return this.send(c, T.OPEN_FAIL, { req, code: 'limit' });
+    }
+    const rid = this.nextRid;
+    this.nextRid = this.nextRid >= 0xfffffff0 ? 1 : this.nextRid + 1;
+    const st: RelayStream = { rid, a: c, b: peer.conn, availA: RELAY_WINDOW_BYTES, availB: RELAY_WINDOW_BYTES, endA: false, endB: false };
+    this.streams.set(rid, st);
+    c.streams.add(rid);
+    peer.conn.streams.add(rid);
+    this.m.streams.set(this.streams.size);
+    this.m.streamsTotal.inc({ outcome: 'ok' });
+    this.send(peer.conn, T.INCOMING, { rid, from: c.node, key: c.key.toString('base64') });
+    this.send(c, T.OPENED, { req, rid, key: peer.key.toString('base64') });
+  }
+
+  private onRendezvous(c: Conn, m: Record<string, unknown>): void {
+    const to = m.to;
+    const peer = typeof to === 'string' ? this.agents.get(to) : undefined;
+    if (!peer || peer.conn === c) {
+      this.m.rendezvous.inc({ outcome: 'no-peer' });
+      return;
+    }
+    this.m.rendezvous.inc({ outcome: 'forwarded' });
+    // Synchronised start (as DCUtR): the message reaches the peer after ~rtt(peer)/2 and the sender already waited
+    // ~rtt(sender)/2 for its own message to arrive; the side closer to the server waits the difference.
+    const half = (x: number) => x / 2;
+    const delayMs = Math.max(0, Math.round(half(c.rttMs) - half(peer.conn.rttMs)));
+    this.send(peer.conn, T.RENDEZVOUS, { ...m, to: undefined, from: c.node, key: c.key.toString('base64'), delayMs, observed: { host: c.sock.remoteAddress } });
+  }
+
+  private onData(c: Conn, p: Buffer): void {
+    if (p.length < 4 || p.length - 4 > MAX_DATA_CHUNK) {
+      this.m.malformed.inc();
+      return;
+    }
+    const rid = p.readUInt32BE(0);
+    const st = this.streams.get(rid);
+    if (!st || (st.a !== c && st.b !== c)) return; // late frames for a closed stream
+    const n = p.length - 4;
+    const fromA = st.a === c;
+    if (fromA) st.availA -= n;
+    else st.availB -= n;
+    if ((fromA ? st.availA : st.availB) < 0) {
+      this.m.violations.inc();
+      this.log.debug({ node: c.node, rid }, 'relay credit exceeded, resetting stream');
+      return this.resetStream(st, true);
+    }
+    const to = fromA ? st.b : st.a;
+    this.m.relayed.inc(n);
+    to.sock.write(encodeFrame(T.DATA, p));
+    this.rateLimit(c, n);
+    if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
+      c.paused = true;
+      c.sock.pause();
+    }
+  }
+
+  private rateLimit(c: Conn, n: number): void {
+    const rate = this.opts.rateLimitBytesPerSec ?? 0;
+    if (!rate) return;
+    const now = Date.now();
+    c.tokens = Math.min(rate, c.tokens + ((now - c.lastRefill) / 1000) * rate);
+    c.lastRefill = now;
+    c.tokens -= n;
+    if (c.tokens < 0 && !c.paused) {
+      c.paused = true;
+      c.sock.pause();
+      this.m.limited.inc();
+      setTimeout(() => {
+        c.paused = false;
+        if (!c.sock.destroyed) c.sock.resume();
+      }, Math.ceil((-c.tokens / rate) * 1000)).unref();
+    }
+  }
+
+  private resumeFeeders(to: Conn): void {
+    for (const rid of to.streams) {
+      const st = this.streams.get(rid);
+      const from = st ? (st.a === to ? st.b : st.a) : undefined;
+      if (from?.paused && from.sock.writableLength <= MAX_SOCKET_BUFFER_BYTES) {
+        from.paused = false;
+        from.sock.resume();
+      }
+    }
+  }
+
+  private onStreamCtl(c: Conn, type: number, p: Buffer): void {
+    if (p.length < 4 || (type === T.CREDIT && p.length !== 8) || (type !== T.CREDIT && p.length !== 4)) {
+      this.m.malformed.inc();
+      return;
+    }
+    const rid = p.readUInt32BE(0);
+    const st = this.streams.get(rid);
+    if (!st || (st.a !== c && st.b !== c)) return;
+    const fromA = st.a === c;
+    const to = fromA ? st.b : st.a;
+    if (type === T.CREDIT) {
+      const n = p.readUInt32BE(4);
+      // Credit from A lets B send more, and the other way round; never beyond one window.
+      if (fromA) st.availB = Math.min(RELAY_WINDOW_BYTES, st.availB + n);
+      else st.availA = Math.min(RELAY_WINDOW_BYTES, st.availA + n);
+      to.sock.write(encodeFrame(T.CREDIT, p));
+      return;
+    }
+    if (type === T.RESET) return this.resetStream(st, false, c);
+    // END
+    if (fromA) st.endA = true;
+    else st.endB = true;
+    to.sock.write(encodeFrame(T.END, p));
+    if (st.endA && st.endB) this.forget(st);
+  }
+
+  /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
+  private resetStream(st: RelayStream, both: boolean, from?: Conn): void {
+    const frame = encodeFrame(T.RESET, u32(st.rid));
+    if (both || from !== st.a) st.a.sock.write(frame);
+    if (both || from !== st.b) st.b.sock.write(frame);
+    this.forget(st);
+  }
+
+  private forget(st: RelayStream): void {
+    this.streams.delete(st.rid);
+    st.a.streams.delete(st.rid);
+    st.b.streams.delete(st.rid);
+    this.m.streams.set(this.streams.size);
+  }
+
+  private sendPing(c: Conn): void {
+    this.send(c, T.PING, { t: Date.now() });
+  }
+
+  private pingAll(): void {
+    const now = Date.now();
+    for (const c of this.conns) {
+      if (c.state !== 'ready') continue;
+      if (now - c.lastSeen > IDLE_TIMEOUT_MS) {
+        this.log.info({ node: c.node }, 'agent silent too long, dropping');
+        c.sock.destroy();
+        continue;
+      }
+      this.sendPing(c);
+    }
+  }
+
+  private dropAgent(c: Conn): void {
+    for (const rid of [...c.streams]) {
+      const st = this.streams.get(rid);
+      if (st) this.resetStream(st, false, c);
+    }
+    const a = this.agents.get(c.node);
+    if (a && a.conn === c) {
+      this.agents.delete(c.node);
+      this.m.agents.set(this.agents.size);
+      this.log.info({ node: c.node }, 'agent disconnected');
+    }
+  }
+
+  private closed(c: Conn): void {
+    this.conns.delete(c);
+    // The agent hung up after our challenge: usually it found our proof wrong (different tokens).
+    if (c.state === 'auth') this.m.auth.inc({ outcome: 'abandoned' });
+    if (c.node) this.dropAgent(c);
+    c.state = 'closed';
+  }
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.allocUnsafe(4);
+  b.writeUInt32BE(n >>> 0);
+  return b;
+}

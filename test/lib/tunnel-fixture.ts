@@ -1,0 +1,71 @@
+// Helpers for tunnel tests: an in-memory cluster snapshot, a server and agents' tunnel modules in one process.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Registry } from 'prom-client';
+import { silentLogger } from '../../packages/common/src/log.ts';
+import { serverSchema } from '../../packages/common/src/config.ts';
+import { EdgemeshServer } from '../../packages/server/src/main.ts';
+import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
+import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
+import type { Endpoint, Service, Snapshot } from '../../packages/agent/src/cluster/types.ts';
+
+export const TEST_TOKEN = 'test-token-0123456789abcdef';
+
+export interface TestEndpoint { service: string; ip: string; port: number; protocol?: 'TCP' | 'UDP'; node: string }
+
+/** A snapshot with one Service per distinct service key and the given endpoints. */
+export function makeSnapshot(eps: TestEndpoint[]): Snapshot {
+  const services = new Map<string, Service>();
+  const endpoints = new Map<string, Endpoint[]>();
+  for (const e of eps) {
+    const [ns, name] = e.service.split('/');
+    const proto = e.protocol ?? 'TCP';
+    if (!services.has(e.service)) {
+      services.set(e.service, {
+        key: e.service, namespace: ns, name, type: 'ClusterIP', clusterIPs: ['10.96.0.10'], headless: false,
+        ports: [{ name: '', protocol: proto, port: 80, targetPort: e.port }], sessionAffinity: 'None',
+        affinityTimeoutSeconds: 10800, internalTrafficPolicy: 'Cluster', labels: {}, annotations: {},
+      });
+    }
+    const list = endpoints.get(e.service) ?? [];
+    list.push({
+      address: e.ip, addresses: [e.ip], addressType: 'IPv4', nodeName: e.node, ready: true, serving: true, terminating: false,
+      ports: [{ name: '', port: e.port, protocol: proto }], slice: `${e.service}-1`,
+    });
+    endpoints.set(e.service, list);
+  }
+  return { version: 1, services, endpoints, nodes: new Map(), destinationRules: new Map() };
+}
+
+export async function startServer(token = TEST_TOKEN, extra: Record<string, unknown> = {}): Promise<{ server: EdgemeshServer; port: number }> {
+  const cfg = serverSchema.parse({ listen: '127.0.0.1:0', stunAltPort: 0, admin: { listen: '127.0.0.1:0' }, ...extra });
+  const server = new EdgemeshServer(cfg, token, silentLogger);
+  const { port } = await server.start();
+  return { server, port };
+}
+
+export interface TestAgent { tunnel: Tunnel; stateDir: string; registry: Registry; stop(): Promise<void> }
+
+export async function startTunnel(node: string, servers: string[], snap: () => Snapshot, opts: { token?: string; stateDir?: string; listenPort?: number } = {}): Promise<TestAgent> {
+  const stateDir = opts.stateDir ?? mkdtempSync(join(tmpdir(), `emt-${node}-`));
+  const { pair } = loadOrCreateKeyPair(stateDir);
+  const registry = new Registry();
+  const tunnel = new Tunnel({ node, servers, token: opts.token ?? TEST_TOKEN, keyPair: pair, log: silentLogger, registry, snapshot: snap, listenPort: opts.listenPort });
+  await tunnel.start();
+  return {
+    tunnel, stateDir, registry,
+    async stop() {
+      await tunnel.stop();
+      if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true });
+    },
+  };
+}
+
+export async function waitFor(cond: () => boolean, ms = 10_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
