@@ -20,7 +20,7 @@ export class EdgemeshServer {
     this.cfg = cfg;
     this.log = log;
     const hp = parseHostPort(cfg.listen)!;
-    this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: cfg.stunAltPort });
+    this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
     this.admin.addCheck('listening', () => this.listening);

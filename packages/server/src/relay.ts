@@ -26,8 +26,8 @@ export interface RelayServerOptions {
   registry: Registry;
   /** Per-agent relay byte rate limit (bytes/s of DATA it sends), 0 = unlimited. */
   rateLimitBytesPerSec?: number;
-  /** Port of the second STUN socket, told to agents in WELCOME. */
-  stunAltPort?: number;
+  /** Port of the second STUN socket (as bound), told to agents in WELCOME. */
+  stunAltPort?: () => number;
 }
 
 interface Agent {
@@ -241,7 +241,7 @@ export class RelayServer {
       this.m.agents.set(this.agents.size);
       this.m.auth.inc({ outcome: 'ok' });
       this.log.info({ node, remote: c.sock.remoteAddress }, 'agent registered');
-      this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort ?? 0, observed: { host: c.sock.remoteAddress, port: c.sock.remotePort } });
+      this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress, port: c.sock.remotePort } });
       this.sendPing(c);
       return;
     }
@@ -314,11 +314,9 @@ export class RelayServer {
       return;
     }
     this.m.rendezvous.inc({ outcome: 'forwarded' });
-    // Synchronised start (as DCUtR): the message reaches the peer after ~rtt(peer)/2 and the sender already waited
-    // ~rtt(sender)/2 for its own message to arrive; the side closer to the server waits the difference.
-    const half = (x: number) => x / 2;
-    const delayMs = Math.max(0, Math.round(half(c.rttMs) - half(peer.conn.rttMs)));
-    this.send(peer.conn, T.RENDEZVOUS, { ...m, to: undefined, from: c.node, key: c.key.toString('base64'), delayMs, observed: { host: c.sock.remoteAddress } });
+    // The server passes on both RTTs it measured so the agents can start punching together (as DCUtR does):
+    // see startDelayMs in the agent's punch.ts.
+    this.send(peer.conn, T.RENDEZVOUS, { ...m, to: undefined, from: c.node, key: c.key.toString('base64'), rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs, observed: { host: c.sock.remoteAddress } });
   }
 
   private onData(c: Conn, p: Buffer): void {

@@ -12,6 +12,7 @@ import { Link, type PathKind } from './link.ts';
 import type { StreamHeader } from './mux.ts';
 import { serveIncoming } from './serve.ts';
 import { ServerConn } from './serverconn.ts';
+import { DirectManager } from './direct.ts';
 
 export const DIAL_TIMEOUT_MS = 10_000;
 
@@ -22,6 +23,8 @@ export interface TunnelOptions {
   keyPair: RawKeyPair;
   /** UDP port for the direct path (0 = any); undefined disables the direct path (relay only). */
   listenPort?: number;
+  /** Upgrade retry interval override (tests). */
+  upgradeRetryMs?: number;
   log: Logger;
   registry: Registry;
   snapshot: () => Snapshot;
@@ -42,7 +45,7 @@ export interface DirectPaths {
   state(node: string): 'direct' | 'punching' | 'none';
 }
 
-class Peer {
+export class Peer {
   readonly node: string;
   key: Buffer | undefined;
   readonly relays = new Set<Link>();
@@ -78,6 +81,9 @@ export class Tunnel {
       if (!hp) throw new Error(`tunnel.servers: bad address ${s}`);
       return new ServerConn({ host: hp.host, port: hp.port, node: opts.node, token: opts.token, keyPair: opts.keyPair, log: opts.log });
     });
+    if (opts.listenPort !== undefined) {
+      this.direct = new DirectManager({ tunnel: this, node: opts.node, listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, registry: opts.registry, upgradeRetryMs: opts.upgradeRetryMs });
+    }
     const r = [opts.registry];
     const self = this;
     this.m = {

@@ -1,0 +1,60 @@
+// Authenticated punch/heartbeat packets on the shared UDP socket. The MAC key comes from an X25519 exchange of the
+// two nodes' static keys, so only the two peers can make or check them; a counter (anti-replay window) stops
+// replays. Layout:
+//   [0] 0xE5 magic  [1] type  [2..10) sender key id  [10..22) txid  [22..30) counter u64  [30..34) udx stream id
+//   [34..50) HMAC-SHA256 truncated to 16 bytes over [0..34)
+import { createHmac } from 'node:crypto';
+import sodium from 'sodium-native';
+import { safeEqual } from '@edgemesh/common/tunnel/auth';
+
+export const PING_MAGIC = 0xe5;
+export const PING_BYTES = 50;
+export const P = { PING: 1, PONG: 2 } as const;
+const BODY = 34;
+
+export interface PingPacket { type: number; keyId: Buffer; txid: Buffer; counter: bigint; streamId: number }
+
+export const keyId = (publicKey: Buffer): Buffer => publicKey.subarray(0, 8);
+
+/** The pairwise ping key: X25519(our secret, their public) bound to both public keys. */
+export function pingKey(mySecret: Buffer, myPublic: Buffer, peerPublic: Buffer): Buffer {
+  const sk = Buffer.alloc(32);
+  const pk = Buffer.alloc(32);
+  const shared = Buffer.alloc(32);
+  sodium.crypto_sign_ed25519_sk_to_curve25519(sk, mySecret);
+  sodium.crypto_sign_ed25519_pk_to_curve25519(pk, peerPublic);
+  sodium.crypto_scalarmult(shared, sk, pk);
+  const [x, y] = Buffer.compare(myPublic, peerPublic) < 0 ? [myPublic, peerPublic] : [peerPublic, myPublic];
+  return createHmac('sha256', shared).update('edgemesh/ping/v1').update(x).update(y).digest();
+}
+
+export function isPing(b: Buffer): boolean {
+  return b.length === PING_BYTES && b[0] === PING_MAGIC;
+}
+
+export function encodePing(key: Buffer, p: PingPacket): Buffer {
+  const b = Buffer.alloc(PING_BYTES);
+  b[0] = PING_MAGIC;
+  b[1] = p.type;
+  p.keyId.copy(b, 2, 0, 8);
+  p.txid.copy(b, 10, 0, 12);
+  b.writeBigUInt64BE(p.counter, 22);
+  b.writeUInt32BE(p.streamId >>> 0, 30);
+  createHmac('sha256', key).update(b.subarray(0, BODY)).digest().copy(b, BODY, 0, 16);
+  return b;
+}
+
+/** Header fields without checking the MAC (to find the peer's key by key id). */
+export function peekKeyId(b: Buffer): Buffer {
+  return b.subarray(2, 10);
+}
+
+/** Decodes and checks the MAC; undefined when forged or malformed. */
+export function decodePing(key: Buffer, b: Buffer): PingPacket | undefined {
+  if (!isPing(b)) return undefined;
+  const mac = createHmac('sha256', key).update(b.subarray(0, BODY)).digest().subarray(0, 16);
+  if (!safeEqual(mac, b.subarray(BODY, PING_BYTES))) return undefined;
+  const type = b[1];
+  if (type !== P.PING && type !== P.PONG) return undefined;
+  return { type, keyId: Buffer.from(b.subarray(2, 10)), txid: Buffer.from(b.subarray(10, 22)), counter: b.readBigUInt64BE(22), streamId: b.readUInt32BE(30) };
+}

@@ -1,0 +1,95 @@
+// In-process: two agents' tunnels on loopback with the UDP socket enabled. The first stream goes on the relay at
+// once, punching upgrades the peer to a direct UDX+Noise link, later streams use it; forged pings are dropped.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer, type Server } from 'node:net';
+import { createSocket } from 'node:dgram';
+import type { Duplex } from 'node:stream';
+import { makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
+import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
+import { encodePing, keyId, P } from '../packages/agent/src/tunnel/ping.ts';
+import type { DirectManager } from '../packages/agent/src/tunnel/direct.ts';
+import type { EdgemeshServer } from '../packages/server/src/main.ts';
+
+let server: EdgemeshServer;
+let a: TestAgent;
+let b: TestAgent;
+let backend: Server;
+let backendPort: number;
+
+before(async () => {
+  const s = await startServer();
+  server = s.server;
+  backend = createServer((c) => {
+    const h = createHash('sha256');
+    c.on('data', (d: Buffer) => h.update(d));
+    c.on('end', () => c.end(h.digest('hex')));
+    c.on('error', () => {});
+  });
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
+  backendPort = (backend.address() as { port: number }).port;
+  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }]);
+  a = await startTunnel('a', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
+  b = await startTunnel('b', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
+  await waitFor(() => a.tunnel.servers[0].connected && b.tunnel.servers[0].connected, 10_000, 'agents connected');
+});
+
+after(async () => {
+  await a?.stop();
+  await b?.stop();
+  await server?.stop();
+  backend?.close();
+});
+
+function sendAndHash(s: Duplex, data: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let reply = '';
+    s.on('data', (c: Buffer) => { reply += c.toString(); });
+    s.on('end', () => resolve(reply));
+    s.on('error', reject);
+    s.end(data);
+  });
+}
+
+test('first stream on the relay at once, then the peer is upgraded to a direct path', async () => {
+  const dialer = new TunnelDialer(a.tunnel);
+  const data = randomBytes(1024 * 1024);
+  const target = { serviceKey: 'default/sink', protocol: 'tcp' as const, ip: '127.0.0.1', port: backendPort, nodeName: 'b' };
+  const s1 = await dialer.dialTcp(target);
+  assert.equal(await sendAndHash(s1, data), createHash('sha256').update(data).digest('hex'));
+  await waitFor(() => a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct'), 15_000, 'direct path');
+  await waitFor(() => b.tunnel.status().peers.some((p) => p.node === 'a' && p.path === 'direct'), 15_000, 'direct path on b');
+  assert.equal(a.tunnel.status().nat.type, 'cone');
+  const big = randomBytes(8 * 1024 * 1024);
+  const s2 = await dialer.dialTcp(target);
+  assert.equal(await sendAndHash(s2, big), createHash('sha256').update(big).digest('hex'));
+  const m = await a.registry.getSingleMetricAsString('edgemesh_tunnel_streams_opened_total');
+  assert.match(m, /path="direct",outcome="ok"} [1-9]/);
+  assert.match(m, /path="relay",outcome="ok"} [1-9]/);
+});
+
+test('pings from a third party (unknown key, or a known key id with a forged MAC) are dropped', async () => {
+  const direct = a.tunnel.direct as DirectManager;
+  const port = direct.port;
+  const u = createSocket('udp4');
+  await new Promise<void>((r) => u.bind(0, '127.0.0.1', r));
+  const bKey = (b.tunnel.opts.keyPair.publicKey);
+  const forged = encodePing(randomBytes(32), { type: P.PING, keyId: keyId(bKey), txid: randomBytes(12), counter: 1n << 60n, streamId: 1 });
+  const stranger = encodePing(randomBytes(32), { type: P.PING, keyId: randomBytes(8), txid: randomBytes(12), counter: 1n, streamId: 1 });
+  const answers: Buffer[] = [];
+  u.on('message', (m) => answers.push(m));
+  for (let i = 0; i < 5; i++) {
+    u.send(forged, port, '127.0.0.1');
+    u.send(stranger, port, '127.0.0.1');
+    u.send(randomBytes(50), port, '127.0.0.1');
+  }
+  await waitFor(() => true);
+  await new Promise((r) => setTimeout(r, 300));
+  u.close();
+  assert.equal(answers.length, 0, 'a forged ping was answered');
+  const m = await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total');
+  assert.match(m, /reason="bad-mac"} 5/);
+  assert.match(m, /reason="unknown-peer"} 5/);
+  assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct'), 'the direct path survived');
+});
