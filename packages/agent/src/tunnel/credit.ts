@@ -27,6 +27,8 @@ export class CreditStream extends Duplex {
   private done = false;
   bytesIn = 0;
   bytesOut = 0;
+  /** The path the stream was opened on (set by the tunnel): 'direct' or 'relay'. */
+  path: string | undefined;
 
   constructor(io: CreditIO, window = STREAM_WINDOW_BYTES) {
     super({ allowHalfOpen: true, highWaterMark: MAX_CHUNK_BYTES });

@@ -231,6 +231,7 @@ export class Tunnel {
       const pending = link.mux.open(h);
       try {
         const s = await raceAbort(pending, sig);
+        s.path = path;
         this.m.streams.inc({ path, outcome: 'ok' });
         return s;
       } catch (e) {

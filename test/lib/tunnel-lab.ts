@@ -1,0 +1,156 @@
+// Test-side driver for tunnel end-to-end tests in a netlab lab: the real edgemesh-server binary on a public host,
+// tunnel-node.ts processes on the other hosts, driven over stdio.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { ChildProcess } from 'node:child_process';
+import type { Lab } from './netlab.ts';
+import type { TestEndpoint } from './tunnel-fixture.ts';
+
+export const SERVER_BIN = resolve(import.meta.dirname, '../../packages/server/bin/edgemesh-server.js');
+const NODE_SCRIPT = resolve(import.meta.dirname, 'tunnel-node.ts');
+export const E2E_TOKEN = 'e2e-token-' + 'x'.repeat(24);
+export const SERVER_PORT = 20004;
+export const SINK_PORT = 9000;
+const REQUEST_TIMEOUT_MS = 120_000;
+
+export class NodeProc {
+  readonly name: string;
+  readonly host: string;
+  readonly proc: ChildProcess;
+  private nextId = 1;
+  private readonly waiting = new Map<number, (v: Record<string, unknown>) => void>();
+  readonly ready: Promise<void>;
+  stderr = '';
+
+  constructor(name: string, host: string, proc: ChildProcess) {
+    this.name = name;
+    this.host = host;
+    this.proc = proc;
+    let readyFn: () => void;
+    this.ready = new Promise((r) => { readyFn = r; });
+    createInterface({ input: proc.stdout! }).on('line', (l) => {
+      let m: Record<string, unknown>;
+      try { m = JSON.parse(l); } catch { return; }
+      if (m.id === 0) return readyFn();
+      const w = this.waiting.get(m.id as number);
+      this.waiting.delete(m.id as number);
+      w?.(m);
+    });
+    proc.stderr!.on('data', (c: Buffer) => {
+      this.stderr += c.toString();
+      if (this.stderr.length > 200_000) this.stderr = this.stderr.slice(-100_000);
+    });
+  }
+
+  request(cmd: string, body: Record<string, unknown> = {}): Promise<Record<string, unknown>> {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => { this.waiting.delete(id); reject(new Error(`${this.name}: ${cmd} timed out`)); }, REQUEST_TIMEOUT_MS);
+      this.waiting.set(id, (v) => { clearTimeout(t); resolve(v); });
+      this.proc.stdin!.write(JSON.stringify({ id, cmd, ...body }) + '\n');
+    });
+  }
+
+  async status(): Promise<{ servers: { connected: boolean }[]; nat: { type: string; mapped: string | null }; peers: { node: string; path: string; remote: string | null }[] }> {
+    return (await this.request('status')).status as never;
+  }
+
+  async path(peer: string): Promise<string | undefined> {
+    return (await this.status()).peers.find((p) => p.node === peer)?.path;
+  }
+
+  async metric(re: RegExp): Promise<number> {
+    const text = (await this.request('metrics')).metrics as string;
+    let sum = 0;
+    for (const line of text.split('\n')) if (re.test(line)) sum += Number(line.split(' ').pop());
+    return sum;
+  }
+}
+
+export class TunnelLab {
+  readonly lab: Lab;
+  readonly dir = mkdtempSync(join(tmpdir(), 'em-tunnel-e2e-'));
+  readonly nodes = new Map<string, NodeProc>();
+  server: ChildProcess | undefined;
+  serverHost = '';
+  serverLog = '';
+  endpoints: TestEndpoint[] = [];
+
+  constructor(lab: Lab) {
+    this.lab = lab;
+  }
+
+  serverAddr(): string {
+    return `${this.lab.host(this.serverHost).ip}:${SERVER_PORT}`;
+  }
+
+  async startServer(host: string, token = E2E_TOKEN, extra = ''): Promise<void> {
+    this.serverHost = host;
+    const tokenFile = join(this.dir, 'server-token');
+    writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
+    const cfgFile = join(this.dir, 'server.yaml');
+    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
+    const p = this.lab.spawn(host, process.execPath, [SERVER_BIN, '--config', cfgFile]);
+    p.stdout!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
+    p.stderr!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
+    this.server = p;
+    const end = Date.now() + 15_000;
+    while (!this.serverLog.includes('server listening')) {
+      if (Date.now() > end || p.exitCode !== null) throw new Error(`server did not start: ${this.serverLog}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async stopServer(): Promise<void> {
+    const p = this.server;
+    if (!p || p.exitCode !== null) return;
+    const exited = new Promise((r) => p.once('exit', r));
+    p.kill('SIGTERM');
+    await exited;
+  }
+
+  /** Every node serves a sink on its own address; each node knows every sink as an endpoint of default/sink-<node>. */
+  planEndpoints(names: { name: string; host: string }[]): void {
+    this.endpoints = names.map((n) => ({ service: `default/sink-${n.name}`, ip: this.lab.host(n.host).ip, port: SINK_PORT, node: n.name }));
+  }
+
+  async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string } = {}): Promise<NodeProc> {
+    const cfg = {
+      node: name, servers: [this.serverAddr()], token: opts.token ?? E2E_TOKEN, stateDir: join(this.dir, `state-${name}`),
+      listenPort: opts.listenPort === null ? undefined : (opts.listenPort ?? 20006), endpoints: this.endpoints,
+      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info',
+    };
+    const p = this.lab.spawn(host, process.execPath, [NODE_SCRIPT], { env: { ...process.env, EM_NODE: JSON.stringify(cfg) } });
+    const n = new NodeProc(name, host, p);
+    this.nodes.set(name, n);
+    await Promise.race([n.ready, new Promise((_, rej) => setTimeout(() => rej(new Error(`${name} did not start: ${n.stderr}`)), 20_000))]);
+    return n;
+  }
+
+  node(name: string): NodeProc {
+    return this.nodes.get(name)!;
+  }
+
+  /** A transfer of `bytes` from node `from` to the sink of node `to`. */
+  transfer(from: string, to: string, bytes: number): Promise<Record<string, unknown>> {
+    const ep = this.endpoints.find((e) => e.node === to)!;
+    return this.node(from).request('transfer', { to, service: ep.service, ip: ep.ip, port: ep.port, bytes });
+  }
+
+  async destroy(): Promise<void> {
+    for (const n of this.nodes.values()) n.proc.kill('SIGKILL');
+    this.server?.kill('SIGKILL');
+    await this.lab.destroy();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
+
+export async function waitUntil(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}

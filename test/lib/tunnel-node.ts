@@ -1,0 +1,86 @@
+// One node for the tunnel end-to-end tests: runs just the agent's tunnel module with an in-memory snapshot and a
+// sink backend (answers the sha256 of what it received when the client half-closes). Driven by JSON lines on stdin,
+// answers on stdout. Config in env EM_NODE (JSON).
+import { createHash, randomBytes } from 'node:crypto';
+import { createServer } from 'node:net';
+import { createInterface } from 'node:readline';
+import { Registry } from 'prom-client';
+import { createLogger } from '../../packages/common/src/log.ts';
+import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
+import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
+import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
+import type { CreditStream } from '../../packages/agent/src/tunnel/credit.ts';
+import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
+
+interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string }
+const cfg = JSON.parse(process.env.EM_NODE!) as NodeCfg;
+const log = createLogger(cfg.logLevel ?? 'info', 'tunnel-node', { node: cfg.node });
+
+const sink = createServer((s) => {
+  const h = createHash('sha256');
+  s.on('data', (c: Buffer) => h.update(c));
+  s.on('end', () => s.end(h.digest('hex')));
+  s.on('error', () => {});
+});
+await new Promise<void>((r) => sink.listen(cfg.sinkPort, cfg.sinkHost, r));
+
+const snap = makeSnapshot(cfg.endpoints);
+const registry = new Registry();
+const { pair } = loadOrCreateKeyPair(cfg.stateDir);
+const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap });
+await tunnel.start();
+const dialer = new TunnelDialer(tunnel);
+
+/** Deterministic-size random payload, generated in 1 MiB blocks (hash computed as it is written). */
+async function transfer(m: { to: string; service: string; ip: string; port: number; bytes: number }): Promise<unknown> {
+  const t0 = performance.now();
+  const s = (await dialer.dialTcp({ serviceKey: m.service, protocol: 'tcp', ip: m.ip, port: m.port, nodeName: m.to })) as CreditStream;
+  const path = s.path;
+  const h = createHash('sha256');
+  const block = randomBytes(1024 * 1024);
+  let reply = '';
+  const done = new Promise<void>((resolve, reject) => {
+    s.on('data', (c: Buffer) => { reply += c.toString(); });
+    s.on('end', () => resolve());
+    s.on('error', reject);
+  });
+  for (let sent = 0; sent < m.bytes;) {
+    const n = Math.min(block.length, m.bytes - sent);
+    const chunk = Buffer.from(block.subarray(0, n));
+    chunk.writeUInt32BE(sent >>> 0, 0);
+    h.update(chunk);
+    sent += n;
+    if (!s.write(chunk)) await new Promise((r) => s.once('drain', r));
+  }
+  s.end();
+  await done;
+  const ms = performance.now() - t0;
+  const sha = h.digest('hex');
+  return { ok: reply === sha, sha, reply, path, ms, mbps: (m.bytes * 8) / 1e6 / (ms / 1000) };
+}
+
+const rl = createInterface({ input: process.stdin });
+rl.on('line', async (line) => {
+  let msg: { id: number; cmd: string; [k: string]: unknown };
+  try {
+    msg = JSON.parse(line);
+  } catch {
+    return;
+  }
+  const reply = (body: unknown) => process.stdout.write(JSON.stringify({ id: msg.id, ...(body as object) }) + '\n');
+  try {
+    if (msg.cmd === 'status') return reply({ status: tunnel.status(), errors: tunnel.servers.map((s) => s.lastError) });
+    if (msg.cmd === 'metrics') return reply({ metrics: await registry.metrics() });
+    if (msg.cmd === 'transfer') return reply(await transfer(msg as never));
+    if (msg.cmd === 'stop') {
+      await tunnel.stop();
+      sink.close();
+      reply({ ok: true });
+      process.exit(0);
+    }
+    reply({ error: `unknown command ${msg.cmd}` });
+  } catch (e) {
+    reply({ error: (e as Error).message, code: (e as { code?: string }).code });
+  }
+});
+process.stdout.write(JSON.stringify({ id: 0, ready: true }) + '\n');
