@@ -103,12 +103,19 @@ export class TunnelLab {
     }
   }
 
-  async stopServer(): Promise<void> {
+  /** SIGTERM; resolves with the exit code. */
+  async stopServer(): Promise<number | null> {
     const p = this.server;
-    if (!p || p.exitCode !== null) return;
-    const exited = new Promise((r) => p.once('exit', r));
+    if (!p || p.exitCode !== null) return p?.exitCode ?? null;
+    const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
     p.kill('SIGTERM');
-    await exited;
+    return exited;
+  }
+
+  /** GET on the server's admin API from inside its namespace. */
+  async serverAdmin(path: string): Promise<string> {
+    const r = await this.lab.exec(this.serverHost, process.execPath, ['-e', `fetch('http://127.0.0.1:10561${path}').then(async (r) => { console.log(r.status); console.log(await r.text()); })`]);
+    return r.stdout;
   }
 
   /** Every node serves a sink on its own address; each node knows every sink as an endpoint of default/sink-<node>. */
@@ -116,11 +123,11 @@ export class TunnelLab {
     this.endpoints = names.map((n) => ({ service: `default/sink-${n.name}`, ip: this.lab.host(n.host).ip, port: SINK_PORT, node: n.name }));
   }
 
-  async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string } = {}): Promise<NodeProc> {
+  async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string; upgradeRetryMs?: number } = {}): Promise<NodeProc> {
     const cfg = {
       node: name, servers: [this.serverAddr()], token: opts.token ?? E2E_TOKEN, stateDir: join(this.dir, `state-${name}`),
       listenPort: opts.listenPort === null ? undefined : (opts.listenPort ?? 20006), endpoints: this.endpoints,
-      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info',
+      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info', upgradeRetryMs: opts.upgradeRetryMs,
     };
     const p = this.lab.spawn(host, process.execPath, [NODE_SCRIPT], { env: { ...process.env, EM_NODE: JSON.stringify(cfg) } });
     const n = new NodeProc(name, host, p);

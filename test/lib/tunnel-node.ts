@@ -5,16 +5,17 @@ import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { Registry } from 'prom-client';
-import { createLogger } from '../../packages/common/src/log.ts';
+import { pino } from 'pino';
 import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
 import type { CreditStream } from '../../packages/agent/src/tunnel/credit.ts';
 import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
 
-interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string }
+interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number }
 const cfg = JSON.parse(process.env.EM_NODE!) as NodeCfg;
-const log = createLogger(cfg.logLevel ?? 'info', 'tunnel-node', { node: cfg.node });
+// Logs go to stderr: stdout carries the JSON-lines protocol.
+const log = pino({ level: cfg.logLevel ?? 'info', name: 'tunnel-node', base: { node: cfg.node } }, pino.destination(2));
 
 const sink = createServer((s) => {
   const h = createHash('sha256');
@@ -27,7 +28,7 @@ await new Promise<void>((r) => sink.listen(cfg.sinkPort, cfg.sinkHost, r));
 const snap = makeSnapshot(cfg.endpoints);
 const registry = new Registry();
 const { pair } = loadOrCreateKeyPair(cfg.stateDir);
-const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap });
+const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
 await tunnel.start();
 const dialer = new TunnelDialer(tunnel);
 

@@ -228,10 +228,12 @@ export class DirectManager implements DirectPaths {
     pd.verified.add(k);
     const now = Date.now();
     const a = pd.active;
-    if (a) {
+    // Only packets naming the stream of our link count as the path being alive: a peer that dropped the link (and
+    // answers pings for a newer one) must not keep a dead link looking healthy.
+    if (a && p.streamId === a.remoteStreamId) {
       a.lastHeard = now;
       // Roaming (WireGuard): an authenticated, fresh packet from a new source address moves the path there.
-      if (!sameAddr(a.addr, from) && p.streamId === a.remoteStreamId) {
+      if (!sameAddr(a.addr, from)) {
         this.log.info({ peer: pd.node, from: addrKey(a.addr), to: k }, 'peer address changed, following it');
         this.m.roams.inc();
         a.addr = from;

@@ -181,6 +181,8 @@ export class Tunnel {
     this.log.info({ peer: node, why }, 'direct path lost, falling back to relay');
     p.direct.close(new Error(why));
     p.direct = undefined;
+    // Have the relay ready for the next stream (Tailscale keeps its DERP path the same way).
+    if (!this.stopped) this.link(node).catch((e: Error) => this.log.debug({ peer: node, err: e.message }, 'no relay link after failover'));
   }
 
   directLink(node: string): Link | undefined {
