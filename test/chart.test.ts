@@ -376,3 +376,26 @@ describe('image', () => {
     });
   });
 });
+
+// Only where a helm binary exists (not on the development machines or CI here): the real rendering, fed back into
+// the product's config loaders.
+const helm = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' });
+describe('helm template (when helm is installed)', { skip: helm.status !== 0 ? 'no helm binary on PATH' : false }, () => {
+  test('renders every ci values file; the ConfigMaps load through the agent and server config loaders', () => {
+    for (const f of ciFiles) {
+      const r = spawnSync('helm', ['template', 'edgemesh', chartDir, '--kube-version', '1.30.0', '-f', join(chartDir, 'ci', f)], { encoding: 'utf8' });
+      assert.equal(r.status, 0, `${f}: ${r.stderr}`);
+      const docs = parseAllDocuments(r.stdout).map((d) => d.toJS() as Obj).filter(isObj);
+      const cm = (suffix: string) => docs.find((d) => d.kind === 'ConfigMap' && String((d.metadata as Obj).name).endsWith(suffix))?.data as Obj;
+      const agent = loadAgentConfig({ text: String(cm('-agent')['agent.yaml']), env: { NODE_NAME: 'n1' } });
+      assert.ok(agent.tunnel.servers.length > 0, `${f}: tunnel.servers filled`);
+      loadServerConfig({ text: String(cm('-server')['server.yaml']), env: {} });
+    }
+  });
+
+  test('refuses agents without any server address', () => {
+    const r = spawnSync('helm', ['template', 'edgemesh', chartDir, '--kube-version', '1.30.0'], { encoding: 'utf8' });
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /advertiseAddress/);
+  });
+});
