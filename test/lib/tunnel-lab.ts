@@ -146,6 +146,15 @@ export class TunnelLab {
     return this.node(from).request('transfer', { to, service: ep.service, ip: ep.ip, port: ep.port, bytes });
   }
 
+  /** Both sides forget each other, then `from` measures time to direct from its first dial. */
+  async timeToDirect(from: string, to: string): Promise<{ relayMs: number; directMs: number | null }> {
+    await this.node(from).request('forget', { node: to });
+    await this.node(to).request('forget', { node: from });
+    await new Promise((r) => setTimeout(r, 100));
+    const ep = this.endpoints.find((e) => e.node === to)!;
+    return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port })) as never;
+  }
+
   async destroy(): Promise<void> {
     for (const n of this.nodes.values()) n.proc.kill('SIGKILL');
     this.server?.kill('SIGKILL');

@@ -73,6 +73,20 @@ rl.on('line', async (line) => {
     if (msg.cmd === 'status') return reply({ status: tunnel.status(), errors: tunnel.servers.map((s) => s.lastError) });
     if (msg.cmd === 'metrics') return reply({ metrics: await registry.metrics() });
     if (msg.cmd === 'transfer') return reply(await transfer(msg as never));
+    if (msg.cmd === 'forget') {
+      tunnel.forget(msg.node as string);
+      return reply({ ok: true });
+    }
+    if (msg.cmd === 'ttd') {
+      // Time to direct for a fresh peer: from the first dial (relay, at once) until a direct link is up.
+      const t0 = performance.now();
+      const s = await dialer.dialTcp({ serviceKey: msg.service as string, protocol: 'tcp', ip: msg.ip as string, port: msg.port as number, nodeName: msg.to as string });
+      const relayMs = performance.now() - t0;
+      s.destroy();
+      const end = Date.now() + 20_000;
+      while (!tunnel.directLink(msg.to as string) && Date.now() < end) await new Promise((r) => setTimeout(r, 2));
+      return reply({ relayMs, directMs: tunnel.directLink(msg.to as string) ? performance.now() - t0 : null });
+    }
     if (msg.cmd === 'stop') {
       await tunnel.stop();
       sink.close();

@@ -140,6 +140,16 @@ export class DirectManager implements DirectPaths {
     return pd?.active ? 'direct' : pd?.session ? 'punching' : 'none';
   }
 
+  forget(node: string): void {
+    const pd = this.peers.get(node);
+    if (!pd) return;
+    this.endSession(pd, undefined);
+    pd.session?.stream.destroy();
+    this.dropActive(pd);
+    if (pd.key) this.byKeyId.delete(keyId(pd.key).toString('hex'));
+    this.peers.delete(node);
+  }
+
   private lanHosts(): string[] {
     const out: string[] = [];
     for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) out.push(a.address);

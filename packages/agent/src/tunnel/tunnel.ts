@@ -41,6 +41,8 @@ export interface DirectPaths {
   /** The server passed on a peer's rendezvous message. */
   onRendezvous(conn: ServerConn, m: Record<string, unknown>): void;
   nat(): { type: string; mapped: string | null };
+  /** Drops the direct path state for a node. */
+  forget(node: string): void;
   /** State of the direct path to a node, for status. */
   state(node: string): 'direct' | 'punching' | 'none';
 }
@@ -171,6 +173,16 @@ export class Tunnel {
       if (p.direct === link) p.direct = undefined;
     });
     if (old && old !== link) old.close();
+  }
+
+  /** Drops every link to `node` and all path state (a node left the cluster; benchmarks start fresh with it). */
+  forget(node: string): void {
+    const p = this.peers.get(node);
+    this.direct?.forget(node);
+    if (!p) return;
+    this.peers.delete(node);
+    p.direct?.close();
+    for (const l of p.relays) l.close();
   }
 
   /** The direct path to `node` stopped answering: drop it, new streams go to the relay. */
