@@ -15,7 +15,8 @@ import { bindingRequest, BINDING_SUCCESS, decodeStun, looksLikeStun, newTxid, st
 import { Link } from './link.ts';
 import { decodePing, encodePing, isPing, keyId, P, peekKeyId, pingKey } from './ping.ts';
 import {
-  addrKey, classifyNat, HEARTBEAT_MS, localCandidates, parseCandidates, pathAlive, punchPlan, punchSchedule, PUNCH_TIMEOUT_MS,
+  addrKey, birthdayPorts, birthdayRole, BIRTHDAY_BATCH, BIRTHDAY_BATCH_MS, BIRTHDAY_LOW_TTL, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS,
+  BIRTHDAY_TIMEOUT_MS, classifyNat, HEARTBEAT_MS, localCandidates, parseCandidates, pathAlive, punchPlan, punchSchedule, PUNCH_TIMEOUT_MS,
   ReplayWindow, sameAddr, shouldTryUpgrade, startDelayMs, STUN_FRESH_MS, type Addr, type Candidate, type NatType, type UpgradeState,
 } from './punch.ts';
 import type { ServerConn } from './serverconn.ts';
@@ -26,6 +27,10 @@ export const STUN_TIMEOUT_MS = 1_500;
 const STUN_RETRIES_MS = [0, 250, 750];
 /** After the punch window, the Noise handshake over the chosen path gets this much longer. */
 const HANDSHAKE_SLACK_MS = 4_000;
+/** After the last scheduled ping, wait this long for a late pong before calling the punch failed. */
+const PUNCH_GRACE_MS = 500;
+/** Birthday: the easy side starts probing this long after the hard side's first (low-TTL) round. */
+const BIRTHDAY_HEAD_START_MS = 200;
 
 export interface DirectOptions {
   tunnel: Tunnel;
@@ -41,7 +46,15 @@ export interface DirectOptions {
 
 interface Session {
   sid: string;
+  /** initiator: connects the UDX stream on the first pong; responder: accepts it (firewall). In birthday mode the
+   *  easy side is the initiator whoever asked for the rendezvous. */
   role: 'initiator' | 'responder';
+  mode: 'normal' | 'birthday';
+  /** Whether we sent the rendezvous request (the side that may follow a failed normal punch with birthday mode). */
+  requested: boolean;
+  /** birthday, hard side: the extra sockets. */
+  sockets: UDXSocket[];
+  probeTimer?: NodeJS.Timeout;
   startedAt: number;
   startAt: number;
   cands: Candidate[];
@@ -63,7 +76,7 @@ interface PeerDirect {
   upgrade: UpgradeState;
   session?: Session;
   verified: Set<string>;
-  active?: { addr: Addr; lastHeard: number; lastPing: number; stream: UDXStream; link: Link; remoteStreamId: number; hbTx: Set<string> };
+  active?: { addr: Addr; socket: UDXSocket; lastHeard: number; lastPing: number; stream: UDXStream; link: Link; remoteStreamId: number; hbTx: Set<string> };
 }
 
 export class DirectManager implements DirectPaths {
@@ -83,7 +96,7 @@ export class DirectManager implements DirectPaths {
   private stunRunning = false;
   private tick: NodeJS.Timeout | undefined;
   private stopped = false;
-  private readonly m: { attempts: Counter; outcomes: Counter; ttd: Histogram; nat: Gauge; spoofed: Counter; roams: Counter; malformed: Counter };
+  private readonly m: { attempts: Counter; outcomes: Counter; ttd: Histogram; nat: Gauge; spoofed: Counter; roams: Counter; malformed: Counter; birthday: Counter };
 
   constructor(o: DirectOptions) {
     this.o = o;
@@ -93,11 +106,12 @@ export class DirectManager implements DirectPaths {
     const self = this;
     this.m = {
       attempts: new Counter({ name: 'edgemesh_tunnel_punch_attempts_total', help: 'Hole-punch attempts by role', labelNames: ['role'], registers: r }),
-      outcomes: new Counter({ name: 'edgemesh_tunnel_punch_outcomes_total', help: 'Hole-punch outcomes (direct, failed, relay-only)', labelNames: ['outcome'], registers: r }),
+      outcomes: new Counter({ name: 'edgemesh_tunnel_punch_outcomes_total', help: 'Hole-punch outcomes (direct, failed, relay-only, birthday-failed)', labelNames: ['outcome'], registers: r }),
       ttd: new Histogram({ name: 'edgemesh_tunnel_time_to_direct_seconds', help: 'From rendezvous to a direct Noise link', buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10], registers: r }),
       nat: new Gauge({ name: 'edgemesh_tunnel_nat_type', help: 'Detected NAT type (1 for the current one)', labelNames: ['type'], registers: r, collect() { for (const t of ['open', 'cone', 'symmetric', 'unknown']) this.set({ type: t }, t === self.natType ? 1 : 0); } }),
       spoofed: new Counter({ name: 'edgemesh_tunnel_pings_rejected_total', help: 'Punch/heartbeat packets dropped (bad MAC, replay, unknown peer)', labelNames: ['reason'], registers: r }),
       roams: new Counter({ name: 'edgemesh_tunnel_roams_total', help: 'Times a peer\'s direct address changed and we followed it', registers: r }),
+      birthday: new Counter({ name: 'edgemesh_tunnel_birthday_attempts_total', help: 'Birthday-mode punch attempts by our role (hard = symmetric side)', labelNames: ['role'], registers: r }),
       malformed: new Counter({ name: 'edgemesh_tunnel_udp_malformed_total', help: 'Unrecognised UDP packets on the tunnel socket', registers: r }),
     };
   }
@@ -105,7 +119,7 @@ export class DirectManager implements DirectPaths {
   async start(): Promise<void> {
     const s = this.udx.createSocket();
     s.bind(this.o.listenPort, '0.0.0.0');
-    s.on('message', (msg: Buffer, from: { host: string; port: number }) => this.onMessage(msg, { host: from.host, port: from.port }));
+    s.on('message', (msg: Buffer, from: { host: string; port: number }) => this.onMessage(msg, { host: from.host, port: from.port }, s));
     s.on('error', (e: Error) => this.log.warn({ err: e.message }, 'tunnel UDP socket error'));
     this.socket = s;
     for (const sc of this.o.tunnel.servers) sc.on('up', () => void this.detectNat(true));
@@ -156,9 +170,10 @@ export class DirectManager implements DirectPaths {
     return out;
   }
 
-  private send(buf: Buffer, a: Addr): void {
+  private send(buf: Buffer, a: Addr, sock: UDXSocket | undefined = this.socket, ttl?: number): void {
     try {
-      this.socket?.trySend(buf, a.port, a.host);
+      if (ttl !== undefined) sock?.trySend(buf, a.port, a.host, ttl);
+      else sock?.trySend(buf, a.port, a.host);
     } catch {
       /* unreachable address: the schedule tries again */
     }
@@ -206,7 +221,7 @@ export class DirectManager implements DirectPaths {
 
   // ---------- packets ----------
 
-  private onMessage(msg: Buffer, from: Addr): void {
+  private onMessage(msg: Buffer, from: Addr, sock: UDXSocket): void {
     if (looksLikeStun(msg)) {
       const m = decodeStun(msg, this.stunKey);
       if (!m || m.type !== BINDING_SUCCESS || !m.integrity || !m.mapped) {
@@ -248,13 +263,13 @@ export class DirectManager implements DirectPaths {
         this.m.roams.inc();
         a.addr = from;
         a.link.remote = k;
-        a.stream.changeRemote(this.socket!, a.remoteStreamId, from.port, from.host).catch(() => {});
+        a.stream.changeRemote(a.socket, a.remoteStreamId, from.port, from.host).catch(() => {});
       }
     }
     if (p.type === P.PING) {
-      this.send(encodePing(pd.pk, { type: P.PONG, keyId: keyId(this.o.keyPair.publicKey), txid: p.txid, counter: this.counter++, streamId: this.streamIdFor(pd) }), from);
+      this.send(encodePing(pd.pk, { type: P.PONG, keyId: keyId(this.o.keyPair.publicKey), txid: p.txid, counter: this.counter++, streamId: this.streamIdFor(pd) }), from, sock);
       const s = pd.session;
-      if (s && !s.cands.some((c) => sameAddr(c, from))) {
+      if (s && s.mode === 'normal' && !s.cands.some((c) => sameAddr(c, from))) {
         s.cands.push({ ...from, kind: 'prflx' });
         this.pingCandidate(pd, s, from);
       }
@@ -267,7 +282,7 @@ export class DirectManager implements DirectPaths {
     if (s && s.txids.has(tx) && s.role === 'initiator' && !s.connecting) {
       s.connecting = true;
       s.remoteStreamId = p.streamId;
-      this.connectDirect(pd, s, from);
+      this.connectDirect(pd, s, from, sock);
     }
   }
 
@@ -301,7 +316,7 @@ export class DirectManager implements DirectPaths {
     this.byKeyId.set(keyId(key).toString('hex'), pd);
   }
 
-  private newStream(pd: PeerDirect, role: 'initiator' | 'responder'): UDXStream {
+  private newStream(pd: PeerDirect): UDXStream {
     const id = this.nextStreamId;
     this.nextStreamId = this.nextStreamId >= 0x7ffffff0 ? 1 : this.nextStreamId + 1;
     const stream: UDXStream = this.udx.createStream(id, {
@@ -309,10 +324,10 @@ export class DirectManager implements DirectPaths {
         // Only the responder's stream is reached before it connects: accept the first packet from an address the
         // peer authenticated itself from during this session, and connect the stream there.
         const s = pd.session;
-        if (role !== 'responder' || !s || s.stream !== stream || s.connecting || !pd.verified.has(`${host}:${port}`)) return true;
+        if (!s || s.role !== 'responder' || s.stream !== stream || s.connecting || !pd.verified.has(`${host}:${port}`)) return true;
         s.connecting = true;
         stream.connect(socket, s.remoteStreamId, port, host);
-        queueMicrotask(() => this.linkUp(pd, s, { host, port }));
+        queueMicrotask(() => this.linkUp(pd, s, { host, port }, socket));
         return false;
       },
     });
@@ -328,20 +343,20 @@ export class DirectManager implements DirectPaths {
     void this.initiate(pd);
   }
 
-  private async initiate(pd: PeerDirect): Promise<void> {
+  private async initiate(pd: PeerDirect, mode: 'normal' | 'birthday' = 'normal'): Promise<void> {
     pd.upgrade = { lastAttemptMs: Date.now(), lastOutcome: pd.upgrade.lastOutcome };
     const sc = this.o.tunnel.servers.find((s) => s.connected);
     if (!sc) return;
     await this.detectNat();
     if (pd.session || pd.active || this.stopped) return;
     const s: Session = {
-      sid: randomBytes(8).toString('hex'), role: 'initiator', startedAt: Date.now(), startAt: Infinity, cands: [], stream: this.newStream(pd, 'initiator'),
-      remoteStreamId: 0, txids: new Map(), schedule: punchSchedule(), next: 0, connecting: false, peerNat: 'unknown',
+      sid: randomBytes(8).toString('hex'), role: 'initiator', mode, requested: true, sockets: [], startedAt: Date.now(), startAt: Infinity, cands: [],
+      stream: this.newStream(pd), remoteStreamId: 0, txids: new Map(), schedule: punchSchedule(), next: 0, connecting: false, peerNat: 'unknown',
     };
     pd.session = s;
     this.m.attempts.inc({ role: 'initiator' });
     s.timer = setTimeout(() => this.endSession(pd, 'failed'), PUNCH_TIMEOUT_MS + HANDSHAKE_SLACK_MS + 2_000);
-    const sent = sc.rendezvous({ to: pd.node, sid: s.sid, cand: this.candidates(), nat: this.natType, streamId: s.stream.id });
+    const sent = sc.rendezvous({ to: pd.node, sid: s.sid, mode, cand: this.candidates(), nat: this.natType, streamId: s.stream.id });
     if (!sent) this.endSession(pd, 'failed');
   }
 
@@ -359,21 +374,23 @@ export class DirectManager implements DirectPaths {
     const peerNat: NatType = (['open', 'cone', 'symmetric', 'unknown'] as const).find((t) => t === m.nat) ?? 'unknown';
     if (m.reply === true) {
       const s = pd.session;
-      if (!s || s.sid !== m.sid || s.role !== 'initiator' || s.startAt !== Infinity) return;
+      if (!s || s.sid !== m.sid || !s.requested || s.startAt !== Infinity) return;
       this.setKey(pd, key);
       s.cands = cands;
       s.remoteStreamId = m.streamId;
       s.peerNat = peerNat;
       if (punchPlan(this.natType, peerNat) === 'relay-only') return this.endSession(pd, 'relay-only');
       s.startAt = Date.now() + startDelayMs('initiator', 0, 0);
+      if (s.mode === 'birthday') return this.runBirthday(pd, s);
       this.runSchedule(pd, s);
       return;
     }
-    // A request. Simultaneous requests: the node with the smaller name stays the initiator.
+    // A request. Simultaneous requests: the node with the smaller name keeps its own.
     if (pd.session) {
-      if (pd.session.role === 'initiator' && this.o.node < from) return;
+      if (pd.session.requested && this.o.node < from) return;
       this.endSession(pd, undefined);
     }
+    const mode = m.mode === 'birthday' ? 'birthday' : 'normal';
     if (pd.active) {
       // The peer lost the direct path (it would not ask otherwise): ours is stale too.
       this.o.tunnel.failDirect(from, 'peer asked for a new direct path');
@@ -383,8 +400,8 @@ export class DirectManager implements DirectPaths {
     void this.detectNat().then(() => {
       if (this.stopped || pd.session) return;
       const s: Session = {
-        sid: m.sid as string, role: 'responder', startedAt: Date.now(), startAt: Infinity, cands, stream: this.newStream(pd, 'responder'),
-        remoteStreamId: m.streamId as number, txids: new Map(), schedule: punchSchedule(), next: 0, connecting: false, peerNat,
+        sid: m.sid as string, role: 'responder', mode, requested: false, sockets: [], startedAt: Date.now(), startAt: Infinity, cands,
+        stream: this.newStream(pd), remoteStreamId: m.streamId as number, txids: new Map(), schedule: punchSchedule(), next: 0, connecting: false, peerNat,
       };
       pd.session = s;
       this.m.attempts.inc({ role: 'responder' });
@@ -394,6 +411,7 @@ export class DirectManager implements DirectPaths {
       const rf = typeof m.rttFromMs === 'number' ? m.rttFromMs : 0;
       const rt = typeof m.rttToMs === 'number' ? m.rttToMs : 0;
       s.startAt = Date.now() + startDelayMs('responder', rf, rt);
+      if (mode === 'birthday') return this.runBirthday(pd, s);
       this.runSchedule(pd, s);
     });
   }
@@ -407,17 +425,71 @@ export class DirectManager implements DirectPaths {
       if (s.next < s.schedule.length) {
         const wait = s.startAt + s.schedule[s.next] - Date.now();
         setTimeout(step, Math.max(0, wait)).unref();
+      } else {
+        // Schedule exhausted: give the last pings a moment, then give up (and maybe go on with birthday mode).
+        setTimeout(() => { if (pd.session === s && !s.connecting) this.endSession(pd, 'failed'); }, PUNCH_GRACE_MS).unref();
       }
     };
     setTimeout(step, Math.max(0, s.startAt - Date.now())).unref();
   }
 
-  private connectDirect(pd: PeerDirect, s: Session, to: Addr): void {
-    s.stream.connect(this.socket!, s.remoteStreamId, to.port, to.host);
-    this.linkUp(pd, s, to);
+  private connectDirect(pd: PeerDirect, s: Session, to: Addr, sock: UDXSocket): void {
+    s.stream.connect(sock, s.remoteStreamId, to.port, to.host);
+    this.linkUp(pd, s, to, sock);
   }
 
-  private linkUp(pd: PeerDirect, s: Session, to: Addr): void {
+  /**
+   * Birthday mode. Hard (symmetric) side: BIRTHDAY_SOCKETS sockets each send a ping to the easy side's public
+   * address, the first round with a low TTL (opens our NAT, never reaches theirs), then answers whichever socket the
+   * easy side's probe hits; the UDX stream is accepted on that socket. Easy side: pings to random ports of the hard
+   * side's public address, connects on the first pong.
+   */
+  private runBirthday(pd: PeerDirect, s: Session): void {
+    const role = birthdayRole(this.natType, s.peerNat);
+    const target = s.cands.find((c) => c.kind === 'stun');
+    if (!role || !target) return this.endSession(pd, 'failed');
+    s.role = role === 'easy' ? 'initiator' : 'responder';
+    clearTimeout(s.timer);
+    s.timer = setTimeout(() => this.endSession(pd, 'failed'), Math.max(0, s.startAt - Date.now()) + BIRTHDAY_TIMEOUT_MS + HANDSHAKE_SLACK_MS);
+    this.m.birthday.inc({ role });
+    if (role === 'hard') {
+      for (let i = 0; i < BIRTHDAY_SOCKETS; i++) {
+        const sock = this.udx.createSocket();
+        try {
+          sock.bind(0, '0.0.0.0');
+        } catch {
+          break;
+        }
+        sock.on('message', (msg: Buffer, from: { host: string; port: number }) => this.onMessage(msg, { host: from.host, port: from.port }, sock));
+        sock.on('error', () => {});
+        s.sockets.push(sock);
+      }
+      const round = (ttl?: number) => {
+        if (pd.session !== s || s.connecting) return;
+        for (const sock of s.sockets) {
+          const txid = randomBytes(12);
+          this.send(encodePing(pd.pk!, { type: P.PING, keyId: keyId(this.o.keyPair.publicKey), txid, counter: this.counter++, streamId: s.stream.id }), target, sock, ttl);
+        }
+      };
+      // Low-TTL round at the start, a second one later to refresh the mappings (conntrack keeps them 30 s anyway).
+      setTimeout(() => round(BIRTHDAY_LOW_TTL), Math.max(0, s.startAt - Date.now())).unref();
+      setTimeout(() => round(BIRTHDAY_LOW_TTL), Math.max(0, s.startAt - Date.now()) + BIRTHDAY_TIMEOUT_MS / 2).unref();
+      return;
+    }
+    const ports = birthdayPorts(BIRTHDAY_PROBES);
+    let next = 0;
+    const batch = () => {
+      if (pd.session !== s || s.connecting || next >= ports.length) return;
+      for (let i = 0; i < BIRTHDAY_BATCH && next < ports.length; i++, next++) this.pingCandidate(pd, s, { host: target.host, port: ports[next] });
+      s.probeTimer = setTimeout(batch, BIRTHDAY_BATCH_MS);
+      s.probeTimer.unref();
+    };
+    // Give the hard side's low-TTL round a head start so its mappings exist before the first probes arrive.
+    s.probeTimer = setTimeout(batch, Math.max(0, s.startAt - Date.now()) + BIRTHDAY_HEAD_START_MS);
+    s.probeTimer.unref();
+  }
+
+  private linkUp(pd: PeerDirect, s: Session, to: Addr, sock: UDXSocket): void {
     const initiator = s.role === 'initiator';
     Link.establish(s.stream as unknown as Duplex, initiator, this.o.keyPair, pd.key!, 'direct', pd.node, addrKey(to), this.o.tunnel.initLink).then(
       (link) => {
@@ -428,11 +500,14 @@ export class DirectManager implements DirectPaths {
         clearTimeout(s.timer);
         pd.session = undefined;
         const now = Date.now();
-        pd.active = { addr: to, lastHeard: now, lastPing: now, stream: s.stream, link, remoteStreamId: s.remoteStreamId, hbTx: new Set() };
+        pd.active = { addr: to, socket: sock, lastHeard: now, lastPing: now, stream: s.stream, link, remoteStreamId: s.remoteStreamId, hbTx: new Set() };
+        // Birthday: keep only the socket that got through.
+        for (const x of s.sockets) if (x !== sock) void x.close().catch(() => {});
+        s.sockets = [];
         pd.upgrade = { lastAttemptMs: now, lastOutcome: 'direct' };
-        this.m.outcomes.inc({ outcome: 'direct' });
+        this.m.outcomes.inc({ outcome: s.mode === 'birthday' ? 'birthday-direct' : 'direct' });
         this.m.ttd.observe((now - s.startedAt) / 1000);
-        this.log.info({ peer: pd.node, remote: addrKey(to), ms: now - s.startedAt, role: s.role }, 'direct path up');
+        this.log.info({ peer: pd.node, remote: addrKey(to), ms: now - s.startedAt, role: s.role, mode: s.mode }, 'direct path up');
         link.on('close', () => {
           if (pd.active?.link === link) this.dropActive(pd);
         });
@@ -452,18 +527,26 @@ export class DirectManager implements DirectPaths {
     pd.upgrade = { lastAttemptMs: Date.now(), lastOutcome: 'lost' };
     a.link.close();
     a.stream.destroy();
+    if (a.socket !== this.socket) setTimeout(() => void a.socket.close().catch(() => {}), 100).unref();
   }
 
   private endSession(pd: PeerDirect, outcome: 'failed' | 'relay-only' | undefined): void {
     const s = pd.session;
     if (!s) return;
     clearTimeout(s.timer);
+    clearTimeout(s.probeTimer);
     pd.session = undefined;
     if (!s.connecting || outcome) s.stream.destroy();
+    for (const x of s.sockets) void x.close().catch(() => {});
+    s.sockets = [];
     if (outcome) {
-      this.m.outcomes.inc({ outcome });
+      this.m.outcomes.inc({ outcome: s.mode === 'birthday' ? `birthday-${outcome}` : outcome });
       pd.upgrade = { lastAttemptMs: Date.now(), lastOutcome: outcome };
-      this.log.debug({ peer: pd.node, outcome, role: s.role }, 'punch finished without a direct path');
+      this.log.debug({ peer: pd.node, outcome, role: s.role, mode: s.mode }, 'punch finished without a direct path');
+      // A normal punch we asked for failed and exactly one side is symmetric: go on with birthday mode.
+      if (outcome === 'failed' && s.mode === 'normal' && s.requested && birthdayRole(this.natType, s.peerNat) && !this.stopped) {
+        void this.initiate(pd, 'birthday');
+      }
     }
   }
 
@@ -484,7 +567,7 @@ export class DirectManager implements DirectPaths {
           const txid = randomBytes(12);
           a.hbTx.add(txid.toString('hex'));
           if (a.hbTx.size > 16) a.hbTx.delete(a.hbTx.values().next().value!);
-          this.send(encodePing(pd.pk, { type: P.PING, keyId: keyId(this.o.keyPair.publicKey), txid, counter: this.counter++, streamId: a.stream.id }), a.addr);
+          this.send(encodePing(pd.pk, { type: P.PING, keyId: keyId(this.o.keyPair.publicKey), txid, counter: this.counter++, streamId: a.stream.id }), a.addr, a.socket);
         }
       }
     }

@@ -78,3 +78,16 @@ test('ping keys agree between the two peers only; pings authenticate', () => {
   assert.equal(decodePing(kab, bad), undefined);
   assert.equal(decodePing(pingKey(c.secretKey, c.publicKey, b.publicKey), pkt), undefined);
 });
+
+test('birthday roles: only when exactly one side is symmetric and the other answered STUN', async () => {
+  const { birthdayRole, birthdayPorts, EPHEMERAL_MIN_PORT } = await import('./punch.ts');
+  assert.equal(birthdayRole('symmetric', 'cone'), 'hard');
+  assert.equal(birthdayRole('cone', 'symmetric'), 'easy');
+  assert.equal(birthdayRole('open', 'symmetric'), 'easy');
+  assert.equal(birthdayRole('symmetric', 'symmetric'), undefined);
+  assert.equal(birthdayRole('cone', 'cone'), undefined);
+  assert.equal(birthdayRole('unknown', 'symmetric'), undefined);
+  const ports = birthdayPorts(1000);
+  assert.equal(new Set(ports).size, 1000);
+  assert.ok(ports.every((p) => p >= EPHEMERAL_MIN_PORT && p <= 65535));
+});

@@ -118,3 +118,38 @@ export class ReplayWindow {
     return true;
   }
 }
+
+// ---------- birthday mode (exactly one side symmetric) ----------
+
+/** The hard (symmetric) side opens this many sockets, each making its own NAT mapping toward the easy side. */
+export const BIRTHDAY_SOCKETS = 256;
+/** The easy side probes at most this many random ports on the hard side's public address (~1000 ≈ 98 % hit). */
+export const BIRTHDAY_PROBES = 1600;
+/** Probes are sent in batches: BIRTHDAY_BATCH every BIRTHDAY_BATCH_MS. */
+export const BIRTHDAY_BATCH = 8;
+export const BIRTHDAY_BATCH_MS = 40;
+/** First round from the hard side with a low TTL: opens its own NAT without the far NAT seeing the packets. */
+export const BIRTHDAY_LOW_TTL = 5;
+export const BIRTHDAY_TIMEOUT_MS = 12_000;
+/** Ports a NAT hands out (MASQUERADE --random-fully picks from here). */
+export const EPHEMERAL_MIN_PORT = 1024;
+
+/**
+ * Birthday role, when exactly one side is symmetric and the other answered STUN (cone or open): the symmetric side
+ * is 'hard' (many sockets, answers), the other 'easy' (probes random ports, connects on the first pong).
+ */
+export function birthdayRole(mine: NatType, peer: NatType): 'hard' | 'easy' | undefined {
+  const punchable = (t: NatType) => t === 'cone' || t === 'open';
+  if (mine === 'symmetric' && punchable(peer)) return 'hard';
+  if (peer === 'symmetric' && punchable(mine)) return 'easy';
+  return undefined;
+}
+
+/** `n` distinct random ports from the ephemeral range (the easy side's probe targets). */
+export function birthdayPorts(n: number, random: () => number = Math.random): number[] {
+  const span = 65536 - EPHEMERAL_MIN_PORT;
+  const out = new Set<number>();
+  const want = Math.min(n, span);
+  while (out.size < want) out.add(EPHEMERAL_MIN_PORT + Math.floor(random() * span));
+  return [...out];
+}
