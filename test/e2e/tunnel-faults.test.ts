@@ -63,6 +63,10 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     assert.equal(await tl.node('a').path('b'), 'direct');
     const t0 = Date.now();
     const fault = await tl.lab.blackhole('pr1', { proto: 'udp' });
+    // A stream opened before the heartbeats notice: no answer on the direct link, so it is opened on the relay.
+    const early = await tl.transfer('a', 'b', MB);
+    assert.equal(early.ok, true, JSON.stringify(early));
+    assert.equal(early.path, 'relay');
     try {
       await waitUntil(async () => (await tl.node('a').path('b')) === 'relay', 20_000, 'failover to relay');
     } catch (e) {

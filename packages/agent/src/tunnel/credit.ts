@@ -105,7 +105,8 @@ export class CreditStream extends Duplex {
 
   onReset(): void {
     this.wasReset = true;
-    this.destroy(new Error('stream reset by peer'));
+    // No error listener = nobody holds the stream any more: close quietly rather than throw.
+    this.destroy(this.listenerCount('error') > 0 ? new Error('stream reset by peer') : undefined);
   }
 
   private maybeDone(): void {

@@ -167,9 +167,14 @@ export class Mux {
   close(err?: Error): void {
     if (this.closedFlag) return;
     this.closedFlag = true;
-    for (const o of this.opening.values()) o.reject(new DialError('unreachable', err?.message ?? 'link closed'));
+    for (const o of this.opening.values()) {
+      o.reject(new DialError('unreachable', err?.message ?? 'link closed'));
+      o.stream.destroy();
+    }
     this.opening.clear();
-    for (const s of this.streams.values()) s.destroy(err ?? new Error('link closed'));
+    // Streams nobody listens to for errors (never handed out, or already abandoned) close quietly: an 'error' event
+    // without a listener would take the process down.
+    for (const s of this.streams.values()) s.destroy(s.listenerCount('error') > 0 ? (err ?? new Error('link closed')) : undefined);
     this.streams.clear();
   }
 

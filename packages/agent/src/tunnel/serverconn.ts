@@ -151,7 +151,7 @@ export class ServerConn extends EventEmitter {
       const wasReady = this.state === 'ready';
       this.state = 'idle';
       this.sock = undefined;
-      for (const s of this.streams.values()) s.destroy(new Error('server connection lost'));
+      for (const s of this.streams.values()) s.destroy(s.listenerCount('error') > 0 ? new Error('server connection lost') : undefined);
       this.streams.clear();
       for (const o of this.opens.values()) {
         clearTimeout(o.timer);

@@ -15,6 +15,9 @@ import { ServerConn } from './serverconn.ts';
 import { DirectManager } from './direct.ts';
 
 export const DIAL_TIMEOUT_MS = 10_000;
+/** A stream opened on the direct link with no answer this long is retried on the relay (the direct path may have
+ *  died and heartbeats have not noticed yet). */
+export const DIRECT_OPEN_FALLBACK_MS = 3_000;
 
 export interface TunnelOptions {
   node: string;
@@ -204,9 +207,14 @@ export class Tunnel {
 
   /** A link to the peer: the direct one when up, else a relay link (established through the first server that has the peer). */
   async link(node: string): Promise<Link> {
+    const best = this.peer(node).best();
+    return best ?? this.relayLink(node);
+  }
+
+  /** A relay link to the peer, reusing one that is up. */
+  async relayLink(node: string): Promise<Link> {
     const p = this.peer(node);
-    const best = p.best();
-    if (best) return best;
+    for (const l of p.relays) if (!l.closed) return l;
     if (!p.relayPending) {
       p.relayPending = this.openRelayLink(p).finally(() => { p.relayPending = undefined; });
     }
@@ -239,19 +247,35 @@ export class Tunnel {
     const deadline = AbortSignal.timeout(DIAL_TIMEOUT_MS);
     const sig = signal ? AbortSignal.any([signal, deadline]) : deadline;
     let path: PathKind = 'relay';
-    try {
-      const link = await raceAbort(this.link(node), sig);
-      path = link.kind;
+    const attempt = async (link: Link, limit: AbortSignal): Promise<CreditStream> => {
       const pending = link.mux.open(h);
       try {
-        const s = await raceAbort(pending, sig);
-        s.path = path;
-        this.m.streams.inc({ path, outcome: 'ok' });
-        return s;
+        return await raceAbort(pending, limit);
       } catch (e) {
         pending.then((s) => s.destroy(), () => {});
         throw e;
       }
+    };
+    try {
+      const link = await raceAbort(this.link(node), sig);
+      path = link.kind;
+      let s: CreditStream;
+      if (link.kind === 'direct') {
+        const fallback = AbortSignal.timeout(DIRECT_OPEN_FALLBACK_MS);
+        try {
+          s = await attempt(link, AbortSignal.any([sig, fallback]));
+        } catch (e) {
+          if (!fallback.aborted || sig.aborted) throw e;
+          this.log.debug({ peer: node }, 'no answer on the direct path, opening the stream on the relay');
+          path = 'relay';
+          s = await attempt(await raceAbort(this.relayLink(node), sig), sig);
+        }
+      } else {
+        s = await attempt(link, sig);
+      }
+      s.path = path;
+      this.m.streams.inc({ path, outcome: 'ok' });
+      return s;
     } catch (e) {
       const err = e instanceof DialError ? e : sig.aborted ? new DialError('timeout', `dial ${node} ${h.ip}:${h.port}: ${signal?.aborted ? 'aborted' : 'timed out'}`) : new DialError('unreachable', (e as Error).message);
       this.m.streams.inc({ path, outcome: err.code });

@@ -92,3 +92,16 @@ test('the node key is created once with mode 0600 and reloaded', () => {
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a link dying under an abandoned stream (no error listener) does not throw', async () => {
+  const { Mux } = await import('./mux.ts');
+  const m = new Mux(() => {}, true);
+  const pending = m.open({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 });
+  pending.catch(() => {});
+  m.close(new Error('path died'));
+  await assert.rejects(pending);
+  const s = new CreditStream({ data: () => {}, credit: () => {}, end: () => {}, reset: () => {}, closed: () => {} });
+  s.onReset();
+  await new Promise((r) => setImmediate(r));
+  assert.equal(s.destroyed, true);
+});
