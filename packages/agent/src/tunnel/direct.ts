@@ -16,7 +16,7 @@ import { Link } from './link.ts';
 import { decodePing, encodePing, isPing, keyId, P, peekKeyId, pingKey } from './ping.ts';
 import {
   addrKey, birthdayPorts, birthdayRole, BIRTHDAY_BATCH, BIRTHDAY_BATCH_MS, BIRTHDAY_LOW_TTL, BIRTHDAY_PROBES, BIRTHDAY_SOCKETS,
-  BIRTHDAY_TIMEOUT_MS, classifyNat, HEARTBEAT_MS, localCandidates, parseCandidates, pathAlive, punchPlan, punchSchedule, PUNCH_TIMEOUT_MS,
+  BIRTHDAY_TIMEOUT_MS, classifyNat, punchTimeoutMs, HEARTBEAT_MS, localCandidates, parseCandidates, pathAlive, punchPlan, punchSchedule, PUNCH_TIMEOUT_MS,
   ReplayWindow, sameAddr, shouldTryUpgrade, startDelayMs, STUN_FRESH_MS, type Addr, type Candidate, type NatType, type UpgradeState,
 } from './punch.ts';
 import type { ServerConn } from './serverconn.ts';
@@ -356,7 +356,10 @@ export class DirectManager implements DirectPaths {
     pd.session = s;
     this.m.attempts.inc({ role: 'initiator' });
     s.timer = setTimeout(() => this.endSession(pd, 'failed'), PUNCH_TIMEOUT_MS + HANDSHAKE_SLACK_MS + 2_000);
-    const sent = sc.rendezvous({ to: pd.node, sid: s.sid, mode, cand: this.candidates(), nat: this.natType, streamId: s.stream.id });
+    // Through every server we are on: the peer may be connected to only some of them (it answers the first copy).
+    const msg = { to: pd.node, sid: s.sid, mode, cand: this.candidates(), nat: this.natType, streamId: s.stream.id };
+    let sent = false;
+    for (const c of this.o.tunnel.servers) if (c.connected && c.rendezvous(msg)) sent = true;
     if (!sent) this.endSession(pd, 'failed');
   }
 
@@ -381,11 +384,14 @@ export class DirectManager implements DirectPaths {
       s.peerNat = peerNat;
       if (punchPlan(this.natType, peerNat) === 'relay-only') return this.endSession(pd, 'relay-only');
       s.startAt = Date.now() + startDelayMs('initiator', 0, 0);
+      s.schedule = punchSchedule(punchTimeoutMs(this.natType, peerNat));
       if (s.mode === 'birthday') return this.runBirthday(pd, s);
       this.runSchedule(pd, s);
       return;
     }
-    // A request. Simultaneous requests: the node with the smaller name keeps its own.
+    // A request (a second copy through another server is ignored). Simultaneous requests: the node with the smaller
+    // name keeps its own.
+    if (pd.session?.sid === m.sid) return;
     if (pd.session) {
       if (pd.session.requested && this.o.node < from) return;
       this.endSession(pd, undefined);
@@ -411,6 +417,7 @@ export class DirectManager implements DirectPaths {
       const rf = typeof m.rttFromMs === 'number' ? m.rttFromMs : 0;
       const rt = typeof m.rttToMs === 'number' ? m.rttToMs : 0;
       s.startAt = Date.now() + startDelayMs('responder', rf, rt);
+      s.schedule = punchSchedule(punchTimeoutMs(this.natType, peerNat));
       if (mode === 'birthday') return this.runBirthday(pd, s);
       this.runSchedule(pd, s);
     });

@@ -48,6 +48,7 @@ test('path liveness and upgrade retries', () => {
 test('candidates: LAN then STUN, deduplicated; wire candidates validated and bounded', () => {
   assert.deepEqual(localCandidates(['198.18.1.2'], 20006, { host: '203.0.113.9', port: 1234 }).map((c) => c.kind), ['lan', 'stun']);
   assert.equal(localCandidates(['203.0.113.9'], 1234, { host: '203.0.113.9', port: 1234 }).length, 1);
+  assert.deepEqual(localCandidates(['169.254.96.16', '127.0.0.1', '198.18.1.10'], 1, undefined).map((c) => c.host), ['198.18.1.10']);
   const parsed = parseCandidates([{ host: '1.2.3.4', port: 5, kind: 'lan' }, { host: 'evil.example', port: 5 }, { host: '1.2.3.4', port: 0 }, 'x', ...Array(40).fill({ host: '1.1.1.1', port: 1 })]);
   assert.equal(parsed[0].kind, 'lan');
   assert.ok(parsed.length <= 16);
@@ -90,4 +91,12 @@ test('birthday roles: only when exactly one side is symmetric and the other answ
   const ports = birthdayPorts(1000);
   assert.equal(new Set(ports).size, 1000);
   assert.ok(ports.every((p) => p >= EPHEMERAL_MIN_PORT && p <= 65535));
+});
+
+test('the normal punch is cut short when birthday mode can follow', async () => {
+  const { punchTimeoutMs, SHORT_PUNCH_MS } = await import('./punch.ts');
+  assert.equal(punchTimeoutMs('cone', 'symmetric'), SHORT_PUNCH_MS);
+  assert.equal(punchTimeoutMs('cone', 'cone'), PUNCH_TIMEOUT_MS);
+  assert.equal(punchTimeoutMs('unknown', 'symmetric'), PUNCH_TIMEOUT_MS);
+  assert.ok(punchSchedule(SHORT_PUNCH_MS).every((t) => t < SHORT_PUNCH_MS));
 });

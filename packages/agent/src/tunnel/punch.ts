@@ -50,6 +50,14 @@ export function startDelayMs(role: 'initiator' | 'responder', rttFromMs: number,
   return Math.min(MAX_START_DELAY_MS, Math.round(d));
 }
 
+/** With exactly one symmetric side, peer-reflexive learning works within a few RTTs or not at all (port-restricted
+ *  filtering): the normal punch is cut short and birthday mode follows. */
+export const SHORT_PUNCH_MS = 1_500;
+
+export function punchTimeoutMs(mine: NatType, peer: NatType): number {
+  return birthdayRole(mine, peer) ? SHORT_PUNCH_MS : PUNCH_TIMEOUT_MS;
+}
+
 /** When to send pings during a punch (ms since start): dense first, then every 500 ms. */
 export function punchSchedule(timeoutMs = PUNCH_TIMEOUT_MS): number[] {
   const out = [0, 50, 100, 200, 300, 500, 750, 1000];
@@ -57,9 +65,14 @@ export function punchSchedule(timeoutMs = PUNCH_TIMEOUT_MS): number[] {
   return out.filter((t) => t < timeoutMs);
 }
 
+/** LAN addresses worth offering: IPv4, not loopback, not link-local (the agent's own 169.254.96.16 lives there). */
+export function usableLanHost(ip: string): boolean {
+  return /^\d{1,3}(\.\d{1,3}){3}$/.test(ip) && !ip.startsWith('127.') && !ip.startsWith('169.254.') && ip !== '0.0.0.0';
+}
+
 /** Candidates we offer: each LAN address on our port, then the STUN-mapped address. */
 export function localCandidates(lanHosts: readonly string[], port: number, mapped: Addr | undefined): Candidate[] {
-  const out: Candidate[] = lanHosts.map((host) => ({ host, port, kind: 'lan' as const }));
+  const out: Candidate[] = lanHosts.filter(usableLanHost).map((host) => ({ host, port, kind: 'lan' as const }));
   if (mapped && !out.some((c) => sameAddr(c, mapped))) out.push({ ...mapped, kind: 'stun' });
   return out;
 }
