@@ -1,0 +1,91 @@
+// DirectDialer: reaches an endpoint with plain net/dgram from this host (same-node endpoints, and the fallback when
+// no tunnel is configured). Errors map onto DialError codes.
+import { connect, isIPv6, type Socket } from 'node:net';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import type { Duplex } from 'node:stream';
+import { DialError, type DatagramChannel, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
+
+function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
+  switch (err.code) {
+    case 'ECONNREFUSED': return 'refused';
+    case 'ETIMEDOUT': return 'timeout';
+    case 'EACCES':
+    case 'EPERM': return 'forbidden';
+    default: return 'unreachable';
+  }
+}
+
+export class DirectDialer implements Dialer {
+  dialTcp(target: DialTarget, signal?: AbortSignal): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
+      const sock: Socket = connect({ host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true });
+      const onAbort = () => {
+        sock.destroy();
+        reject(new DialError('timeout', `dial ${target.ip}:${target.port}: timed out`));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      sock.once('error', (e: NodeJS.ErrnoException) => {
+        signal?.removeEventListener('abort', onAbort);
+        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+      });
+      sock.once('connect', () => {
+        signal?.removeEventListener('abort', onAbort);
+        sock.removeAllListeners('error');
+        resolve(sock);
+      });
+    });
+  }
+
+  openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel> {
+    return new Promise((resolve, reject) => {
+      const sock: UdpSocket = createSocket(isIPv6(target.ip) ? 'udp6' : 'udp4');
+      const fail = (e: NodeJS.ErrnoException) => {
+        sock.close();
+        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+      };
+      if (signal?.aborted) return fail(Object.assign(new Error('aborted'), { code: 'ETIMEDOUT' }));
+      sock.once('error', fail);
+      sock.connect(target.port, target.ip, () => {
+        sock.removeListener('error', fail);
+        resolve(new UdpChannel(sock));
+      });
+    });
+  }
+}
+
+class UdpChannel implements DatagramChannel {
+  private readonly sock: UdpSocket;
+  private closed = false;
+  private closeFns: ((err?: Error) => void)[] = [];
+
+  constructor(sock: UdpSocket) {
+    this.sock = sock;
+    // An ICMP port unreachable surfaces as ECONNREFUSED on a connected socket: the endpoint is gone.
+    sock.on('error', (e) => this.finish(e));
+  }
+
+  send(datagram: Buffer): void {
+    if (this.closed) return;
+    this.sock.send(datagram, (e) => { if (e) this.finish(e); });
+  }
+
+  onMessage(fn: (datagram: Buffer) => void): void {
+    this.sock.on('message', (m) => fn(m));
+  }
+
+  onClose(fn: (err?: Error) => void): void {
+    this.closeFns.push(fn);
+  }
+
+  close(): void {
+    this.finish();
+  }
+
+  private finish(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    try { this.sock.close(); } catch { /* already closed */ }
+    for (const f of this.closeFns) f(err);
+  }
+}
