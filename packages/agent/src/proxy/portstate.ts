@@ -13,7 +13,10 @@ export interface Pick {
   readonly key: string;
   readonly ip: string;
   readonly port: number;
+  /** Where the endpoint sits relative to this node. */
   readonly tier: Tier;
+  /** The routing step used (differs from the first step when traffic spilled). */
+  readonly stepTier: Tier;
   readonly spilledFrom?: Tier;
   readonly dstGroup: string;
 }
@@ -78,7 +81,7 @@ export class PortState {
     const key = this.balancer.pick(keys, { clientIP, headerValue });
     const endpoint = byKey.get(key)!;
     const dstGroup = (endpoint.nodeName !== undefined ? this.nodes.get(endpoint.nodeName)?.group : undefined) ?? 'none';
-    return { endpoint, key, ip: endpoint.address, port: endpointPort(endpoint, this.port)!, tier: sel.tier, spilledFrom: sel.spilledFrom, dstGroup };
+    return { endpoint, key, ip: endpoint.address, port: endpointPort(endpoint, this.port)!, tier: this.plan.tierOf.get(endpoint) ?? sel.tier, stepTier: sel.tier, spilledFrom: sel.spilledFrom, dstGroup };
   }
 
   /** The HTTP header the policy hashes on, if any. */

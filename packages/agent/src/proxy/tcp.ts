@@ -168,7 +168,7 @@ export class TcpListener {
     }
     const key = pick.key;
     metrics.connections.inc({ service: svc, protocol: 'tcp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.tier });
+    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
     if (client.destroyed) {
       st.balancer.ended(key);
       upstream.destroy();

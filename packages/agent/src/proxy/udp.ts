@@ -106,7 +106,7 @@ export class UdpListener {
     metrics.active.inc({ service: svc, protocol: 'udp' });
     metrics.udpSessions.inc();
     metrics.connections.inc({ service: svc, protocol: 'udp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.tier });
+    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
     const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
     const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
     dialer.openUdp({ serviceKey: svc, protocol: 'udp', ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName }, AbortSignal.timeout(UDP_OPEN_TIMEOUT_MS)).then(
