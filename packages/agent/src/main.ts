@@ -4,7 +4,13 @@ import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
-import type { Snapshot } from './cluster/types.ts';
+import type { ServiceIPTable, Snapshot } from './cluster/types.ts';
+import type { Dialer } from './proxy/dialer.ts';
+import { DirectDialer } from './proxy/direct.ts';
+import { ClusterIPTable } from './proxy/clusterips.ts';
+import { Proxier } from './proxy/proxier.ts';
+import { IptablesInterceptor } from './intercept/iptables.ts';
+import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
 
 export interface AgentStatus {
   node: string;
@@ -12,7 +18,13 @@ export interface AgentStatus {
   servers: { address: string; connected: boolean }[];
   nat: { type: string; mapped: string | null };
   peers: { node: string; path: string; remote: string | null; rttMs: number | null }[];
-  services: { name: string; ip: string | null; ports: number[]; endpoints: number; routing: string }[];
+  services: {
+    name: string; ip: string | null; ports: number[]; endpoints: number; routing: string;
+    /** Usable endpoints per routing tier as seen from this node (proxy). */
+    tiers?: { node: number; group: number; region: number; cluster: number };
+    /** Load-balancing policy (proxy). */
+    policy?: string;
+  }[];
 }
 
 export class Agent {
@@ -22,6 +34,11 @@ export class Agent {
   readonly model: ClusterModel;
   readonly admin: AdminServer;
   private readonly stops: (() => Promise<void>)[] = [];
+  /** How the proxy reaches endpoints: `direct` always; the tunnel module sets `tunnel` for other nodes' endpoints. */
+  readonly dialers: { direct: Dialer; tunnel?: Dialer } = { direct: new DirectDialer() };
+  /** Service IPs to intercept (the DNS module sets its table here); the proxy falls back to spec.clusterIPs. */
+  serviceIPs?: ServiceIPTable;
+  proxy?: Proxier;
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
@@ -38,6 +55,7 @@ export class Agent {
   status(): AgentStatus {
     const snap = this.model.snapshot();
     const me = snap.nodes.get(this.cfg.nodeName);
+    const routes = this.proxy?.status();
     return {
       node: this.cfg.nodeName,
       group: me?.group ?? null,
@@ -49,7 +67,8 @@ export class Agent {
         ip: s.clusterIPs[0] ?? null,
         ports: s.ports.map((p) => p.port),
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
-        routing: 'cluster',
+        routing: routes?.get(s.key)?.routing ?? 'none',
+        ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
       })),
     };
   }
@@ -57,6 +76,37 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+    await this.startProxy();
+  }
+
+  // --- proxy: interception rules + TCP/UDP listeners + load balancing + group routing (issue #4) ---
+  private async startProxy(): Promise<void> {
+    const pc = this.cfg.proxy;
+    let bindAddress = pc.bindAddress;
+    if (pc.intercept === 'iptables') {
+      const lease = await acquireLocalAddress(bindAddress, this.log);
+      this.stops.push(() => lease.release());
+    } else if (!isLocalAddress(bindAddress)) {
+      // No rules send traffic to bindAddress, so no interface is created for it: listen on loopback instead.
+      this.log.warn({ bindAddress }, 'proxy.bindAddress is not a local address and proxy.intercept is none: listening on 127.0.0.1');
+      bindAddress = '127.0.0.1';
+    }
+    let interceptor: IptablesInterceptor | undefined;
+    if (pc.intercept === 'iptables') {
+      interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry });
+      await interceptor.start();
+    }
+    const proxy = new Proxier({
+      log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs ?? new ClusterIPTable(this.model),
+      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
+      domain: this.cfg.dns.domain, interceptor,
+    });
+    this.proxy = proxy;
+    this.stops.push(() => proxy.stop());
+    // Stops run in reverse: on the way out the rules go first, then the listeners, then the address.
+    if (interceptor) this.stops.push(() => interceptor!.stop());
+    await proxy.start();
+    this.admin.addCheck('proxy', () => proxy.ready());
   }
 
   async stop(): Promise<void> {
