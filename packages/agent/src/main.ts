@@ -39,6 +39,8 @@ export class Agent {
   /** Service IPs to intercept (the DNS module sets its table here); the proxy falls back to spec.clusterIPs. */
   serviceIPs?: ServiceIPTable;
   proxy?: Proxier;
+  /** Proxy timings a test may shorten before start() (production uses the defaults). */
+  readonly proxyTuning: { reassertMs?: number } = {};
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
@@ -93,7 +95,7 @@ export class Agent {
     }
     let interceptor: IptablesInterceptor | undefined;
     if (pc.intercept === 'iptables') {
-      interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry });
+      interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry, reassertMs: this.proxyTuning.reassertMs });
       await interceptor.start();
     }
     const proxy = new Proxier({
