@@ -188,7 +188,9 @@ test('UDP: datagrams of various sizes come back whole per client session', async
     const done = new Promise<void>((r) => c.on('message', (m) => { got.push(m); if (got.length === sizes.length) r(); }));
     const sent = sizes.map((n) => randomBytes(n));
     for (const d of sent) c.send(d, lp, '127.0.0.1');
-    await Promise.race([done, new Promise((_, rej) => setTimeout(() => rej(new Error(`only ${got.length} replies`)), 3000))]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([done, new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`only ${got.length} replies`)), 3000); })]);
+    clearTimeout(timer);
     c.close();
     const key = (b: Buffer) => createHash('sha256').update(b).digest('hex');
     assert.deepEqual(got.map(key).sort(), sent.map(key).sort());
