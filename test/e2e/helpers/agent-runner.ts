@@ -1,7 +1,8 @@
 // Runs the real Agent (proxy with iptables interception) inside a network namespace for the proxy e2e test.
 // Usage: node agent-runner.ts CONFIG.yaml OBJECTS.json [REASSERT_MS]. The cluster model is fed from OBJECTS.json
 // (the same objects are written as manifests into cluster.manifestsDir by the test). Prints one line `READY` once
-// the proxy is ready; SIGTERM stops it (rules removed) and exits 0.
+// the proxy is ready, with JSON: listener port per `ns/svc:port/PROTO`, sync duration, RSS. SIGTERM stops it (rules
+// removed) and exits 0. Also used by bench/proxy/run.ts.
 import { readFileSync } from 'node:fs';
 import { loadAgentConfig } from '@edgemesh/common/config';
 import { createLogger } from '@edgemesh/common/log';
@@ -24,4 +25,9 @@ while (!agent.proxy?.ready()) {
   if (Date.now() > deadline) throw new Error('proxy not ready after 10 s');
   await new Promise((r) => setTimeout(r, 50));
 }
-process.stdout.write('READY\n');
+const ports: Record<string, number> = {};
+for (const [key, st] of agent.proxy.status()) for (const l of st.listeners) ports[`${key}:${l.port}/${l.protocol}`] = l.proxyPort;
+const sync = (await agent.registry.getSingleMetric('edgemesh_intercept_sync_duration_seconds')?.get())?.values ?? [];
+const syncSum = sync.find((v) => (v as { metricName?: string }).metricName?.endsWith('_sum'))?.value ?? 0;
+const syncCount = sync.find((v) => (v as { metricName?: string }).metricName?.endsWith('_count'))?.value ?? 0;
+process.stdout.write(`READY ${JSON.stringify({ ports, syncs: syncCount, syncMsAvg: syncCount ? (syncSum / syncCount) * 1000 : null, rssBytes: process.memoryUsage().rss })}\n`);
