@@ -199,3 +199,41 @@ test('UDP: datagrams of various sizes come back whole per client session', async
     await proxier.stop();
   }
 });
+
+test('UDP: when the session endpoint leaves, the same client socket is moved to a live endpoint', async () => {
+  const named = async (host: string, name: string) => {
+    const s = createSocket('udp4');
+    s.on('message', (_m, r) => s.send(name, r.port, r.address));
+    await new Promise<void>((r) => s.bind(0, host, () => r()));
+    servers.push(s);
+    return s.address().port;
+  };
+  const port = await named('127.0.0.9', 'A');
+  const s2 = createSocket('udp4');
+  s2.on('message', (_m, r) => s2.send('B', r.port, r.address));
+  await new Promise<void>((r) => s2.bind(port, '127.0.0.10', () => r()));
+  servers.push(s2);
+  const { proxier, model } = await setup([
+    node('me'), service({ name: 'u', ip: '10.96.0.7', ports: [{ port: 53, protocol: 'UDP', targetPort: port }] }),
+    slice('u', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.9', node: 'me' }]),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/u', 53, 'UDP')!;
+    const c = createSocket('udp4');
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    const ask = () => new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no reply')), 2000);
+      c.once('message', (m) => { clearTimeout(t); resolve(m.toString()); });
+      c.send('?', lp, '127.0.0.1');
+    });
+    assert.equal(await ask(), 'A');
+    assert.equal(await ask(), 'A');
+    model.upsert('EndpointSlice', slice('u', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.10', node: 'me' }]));
+    model.flush();
+    await proxier.settle();
+    assert.equal(await ask(), 'B');
+    c.close();
+  } finally {
+    await proxier.stop();
+  }
+});

@@ -9,6 +9,8 @@ import { CHAIN, HOOKS, chooseBackend, parseHook, renderCleanup, renderSync, type
 export const REASSERT_MS = 30_000;
 /** Coalesce bursts of changes into one batch. */
 export const SYNC_DEBOUNCE_MS = 100;
+/** conntrack deletions per sync for newly intercepted UDP ports (stale un-NATed flows); the rest age out. */
+export const CONNTRACK_FLUSH_MAX = 256;
 /** iptables lock wait, seconds. */
 export const XTABLES_WAIT_S = 5;
 
@@ -57,6 +59,7 @@ export class IptablesInterceptor {
   private timer: NodeJS.Timeout | undefined;
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
+  private appliedUdp = new Set<string>();
   private readonly mSync: Histogram;
   private readonly mFail: Counter;
   private readonly mRules: Gauge;
@@ -114,6 +117,7 @@ export class IptablesInterceptor {
       await this.restore(renderSync(rules, await this.jumps()));
       this.appliedGeneration = gen;
       this.mRules.set(rules.length);
+      this.flushStaleUdp(rules);
       this.mSync.observe((performance.now() - t0) / 1000);
       this.log.debug({ rules: rules.length, ms: Math.round(performance.now() - t0) }, 'interception rules applied');
     } catch (e) {
@@ -121,6 +125,28 @@ export class IptablesInterceptor {
       this.log.error({ err: (e as Error).message }, 'applying interception rules failed; retrying');
       if (!this.stopped) setTimeout(() => this.schedule(0), 1000).unref();
     }
+  }
+
+  /**
+   * UDP flows to a Service IP that started before its rule existed have a conntrack entry without the DNAT and keep
+   * bypassing the proxy until they go idle (kube-proxy clears them too). Deletes them for newly added UDP ports.
+   */
+  private flushStaleUdp(rules: readonly InterceptRule[]): void {
+    const now = new Set(rules.filter((r) => r.protocol === 'udp').map((r) => `${r.ip} ${r.port}`));
+    const added = [...now].filter((k) => !this.appliedUdp.has(k)).slice(0, CONNTRACK_FLUSH_MAX);
+    this.appliedUdp = now;
+    if (!added.length) return;
+    void (async () => {
+      for (const k of added) {
+        const [ip, port] = k.split(' ');
+        // Exit 1 = nothing to delete; a missing conntrack binary is fine too (entries then age out).
+        const r = await execa('conntrack', ['-D', '-p', 'udp', '--orig-dst', ip, '--orig-port-dst', port], { reject: false });
+        if (r.failed && r.exitCode !== 1) {
+          this.log.debug({ err: r.stderr || r.message }, 'conntrack cleanup skipped');
+          return;
+        }
+      }
+    })();
   }
 
   /** Waits for pending syncs (tests, benchmarks). */

@@ -84,6 +84,13 @@ export class PortState {
     return { endpoint, key, ip: endpoint.address, port: endpointPort(endpoint, this.port)!, tier: this.plan.tierOf.get(endpoint) ?? sel.tier, stepTier: sel.tier, spilledFrom: sel.spilledFrom, dstGroup };
   }
 
+  /** Keys of every usable endpoint of this service port (sessions to others are stale). */
+  liveKeys(): Set<string> {
+    const out = new Set<string>();
+    for (const e of this.plan.tierOf.keys()) out.add(endpointKey(e.address, endpointPort(e, this.port)!));
+    return out;
+  }
+
   /** The HTTP header the policy hashes on, if any. */
   get hashHeader(): string | undefined {
     return this.balancer.policy.kind === 'maglev' ? this.balancer.policy.header : undefined;

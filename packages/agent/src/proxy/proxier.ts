@@ -133,8 +133,10 @@ export class Proxier {
         routingDefault: o.routingDefault, policy: policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'),
       };
       let l = this.listeners.get(id);
-      if (l) l.state.update(update);
-      else {
+      if (l) {
+        l.state.update(update);
+        if (l instanceof UdpListener) l.prune();
+      } else {
         const state = new PortState(update, { rng: o.rng, now: o.now });
         l = sp.protocol === 'TCP'
           ? new TcpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, idleTimeoutMs: o.tcpIdleTimeoutMs ?? TCP_IDLE_TIMEOUT_MS, dialTimeoutMs: o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, limit: this.limit })

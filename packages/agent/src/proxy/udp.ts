@@ -72,6 +72,12 @@ export class UdpListener {
     return this.sessions.size;
   }
 
+  /** Closes sessions whose endpoint is no longer usable; their next datagram opens a session to a live one. */
+  prune(): void {
+    const live = this.state.liveKeys();
+    for (const [id, s] of this.sessions.entries()) if (!live.has(s.key)) this.sessions.delete(id);
+  }
+
   async close(): Promise<void> {
     clearInterval(this.purge);
     this.sessions.clear();
