@@ -60,6 +60,7 @@ export class IptablesInterceptor {
   private running: Promise<void> = Promise.resolve();
   private stopped = false;
   private appliedUdp = new Set<string>();
+  private lastOk = false;
   private readonly mSync: Histogram;
   private readonly mFail: Counter;
   private readonly mRules: Gauge;
@@ -94,6 +95,11 @@ export class IptablesInterceptor {
     this.schedule(this.debounceMs);
   }
 
+  /** Rules have been applied at least once and the last attempt succeeded (a pending debounce is fine). */
+  healthy(): boolean {
+    return this.appliedGeneration >= 0 && this.lastOk;
+  }
+
   /** True when the latest desired state has been applied successfully. */
   synced(): boolean {
     return this.appliedGeneration === this.generation;
@@ -116,11 +122,13 @@ export class IptablesInterceptor {
     try {
       await this.restore(renderSync(rules, await this.jumps()));
       this.appliedGeneration = gen;
+      this.lastOk = true;
       this.mRules.set(rules.length);
       this.flushStaleUdp(rules);
       this.mSync.observe((performance.now() - t0) / 1000);
       this.log.debug({ rules: rules.length, ms: Math.round(performance.now() - t0) }, 'interception rules applied');
     } catch (e) {
+      this.lastOk = false;
       this.mFail.inc();
       this.log.error({ err: (e as Error).message }, 'applying interception rules failed; retrying');
       if (!this.stopped) setTimeout(() => this.schedule(0), 1000).unref();
@@ -147,15 +155,6 @@ export class IptablesInterceptor {
         }
       }
     })();
-  }
-
-  /** Waits for pending syncs (tests, benchmarks). */
-  async settle(): Promise<void> {
-    while (this.debounce || !this.synced()) {
-      if (this.debounce) await new Promise((r) => setTimeout(r, this.debounceMs + 5));
-      await this.running;
-      if (!this.debounce && !this.synced()) await this.syncNow();
-    }
   }
 
   /** Removes everything this module added. */

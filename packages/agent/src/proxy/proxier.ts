@@ -20,7 +20,8 @@ export const TCP_MAX_CONNECTIONS = 20_000;
 /** What the proxy needs from the interception layer (IptablesInterceptor, or nothing with `intercept: none`). */
 export interface Interceptor {
   setDesired(rules: readonly InterceptRule[]): void;
-  synced(): boolean;
+  /** Applied at least once, last attempt succeeded. */
+  healthy(): boolean;
 }
 
 export interface ProxierOptions {
@@ -78,9 +79,12 @@ export class Proxier {
     await this.running;
   }
 
-  /** Listeners match the current Services, and the interception rules for them are applied. */
+  /**
+   * Listeners have been opened for the Services (first reconcile done) and the interception rules are applied and
+   * healthy. Later reconciles do not flip readiness while they run.
+   */
   ready(): boolean {
-    return this.reconciled && !this.dirty && !this.running && (this.o.interceptor?.synced() ?? true);
+    return this.reconciled && (this.o.interceptor?.healthy() ?? true);
   }
 
   /** Resolves when no reconcile is pending (tests). */
