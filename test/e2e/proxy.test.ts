@@ -28,11 +28,17 @@ let dir = '';
 let agent: ChildProcess | undefined;
 const backends = new Map<string, ChildProcess>();
 
-async function waitLine(p: ChildProcess, line: string, ms = 15_000): Promise<void> {
+let readyInfo: { services: { name: string; routing: string; tiers?: Record<string, number> }[] } | undefined;
+
+async function waitLine(p: ChildProcess, line: string, ms = 15_000): Promise<string> {
   let buf = '';
-  await new Promise<void>((res, rej) => {
+  return new Promise<string>((res, rej) => {
     const t = setTimeout(() => rej(new Error(`no "${line}" within ${ms} ms; output: ${buf}`)), ms);
-    p.stdout!.on('data', (d: Buffer) => { buf += d; if (buf.includes(line)) { clearTimeout(t); res(); } });
+    p.stdout!.on('data', (d: Buffer) => {
+      buf += d;
+      const l = buf.split('\n').slice(0, -1).find((x) => x.startsWith(line));
+      if (l !== undefined) { clearTimeout(t); res(l); }
+    });
     p.once('exit', (c) => { clearTimeout(t); rej(new Error(`exited ${c} before "${line}": ${buf}`)); });
   });
 }
@@ -119,7 +125,7 @@ before(async () => {
     admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
   }));
   agent = spawn('ip', ['netns', 'exec', NS.node, process.execPath, join(H, 'agent-runner.ts'), join(dir, 'agent.yaml'), join(dir, 'objects.json'), String(REASSERT_MS)], { stdio: ['ignore', 'pipe', 'inherit'] });
-  await waitLine(agent, 'READY');
+  readyInfo = JSON.parse((await waitLine(agent, 'READY')).slice('READY '.length));
 });
 
 after(cleanup);
@@ -131,6 +137,16 @@ test('rules: own chain jumped from the top of PREROUTING and OUTPUT, one DNAT pe
   assert.match(t, /-A EDGEMESH-SERVICES -d 100\.64\.0\.10\/32 -p tcp -m tcp --dport 7000 -m comment --comment "?default\/echo:7000"? -j DNAT --to-destination 169\.254\.96\.16:\d+/);
   assert.match(t, /-A EDGEMESH-SERVICES -d 100\.64\.0\.10\/32 -p udp -m udp --dport 7000 .*-j DNAT/);
   assert.equal(t.split('\n').filter((l) => l.startsWith('-A EDGEMESH-SERVICES')).length, 6);
+});
+
+test('status: routing mode and endpoint counts per tier for each Service', { skip: !isRoot && 'needs root' }, () => {
+  const byName = new Map(readyInfo!.services.map((s) => [s.name, s]));
+  assert.equal(byName.get('default/echo')!.routing, 'cluster');
+  assert.deepEqual(byName.get('default/echo')!.tiers, { node: 1, group: 1, region: 0, cluster: 1 });
+  assert.equal(byName.get('default/strict-far')!.routing, 'strict-group');
+  assert.deepEqual(byName.get('default/strict-far')!.tiers, { node: 0, group: 0, region: 0, cluster: 1 });
+  assert.equal(byName.get('default/prefer-far')!.routing, 'prefer-group');
+  assert.equal(byName.get('default/strict-near')!.routing, 'strict-group');
 });
 
 test('TCP: 10 MB through the intercepted Service IP arrives intact (sha256), from a pod namespace and from the node', { skip: !isRoot && 'needs root' }, async () => {
@@ -164,6 +180,13 @@ test('rules are re-asserted after a manual flush of the agent chain', { skip: !i
   assert.match(t, /-A EDGEMESH-SERVICES -d 100\.64\.0\.10/);
   const r = await client(NS.client, 'names', '100.64.0.10', NAME, 1);
   assert.ok(r[0].name, JSON.stringify(r));
+  // kube-proxy (re)inserting its jump above ours: ours moves back to the top at the next re-assert.
+  await inNs(NS.node, ['iptables', '-t', 'nat', '-N', 'KUBE-SERVICES']);
+  await inNs(NS.node, ['iptables', '-t', 'nat', '-I', 'PREROUTING', '1', '-j', 'KUBE-SERVICES']);
+  const first = async () => (await inNs(NS.node, ['iptables', '-t', 'nat', '-S', 'PREROUTING'])).stdout.split('\n').filter((l) => l.startsWith('-A '));
+  const pre = await poll(first, (l) => /EDGEMESH-SERVICES/.test(l[0]), 5000);
+  assert.match(pre[0], /-j EDGEMESH-SERVICES/);
+  assert.equal(pre.filter((l) => /EDGEMESH-SERVICES/.test(l)).length, 1);
 });
 
 test('a backend killed mid-test: new connections go to the others', { skip: !isRoot && 'needs root' }, async () => {

@@ -86,6 +86,9 @@ export class Agent {
     const pc = this.cfg.proxy;
     let bindAddress = pc.bindAddress;
     if (pc.intercept === 'iptables') {
+      if (bindAddress.startsWith('127.')) {
+        this.log.warn({ bindAddress }, 'proxy.bindAddress is a loopback address: pods\' traffic (PREROUTING) is only DNATed to it with net.ipv4.conf.all.route_localnet=1');
+      }
       const lease = await acquireLocalAddress(bindAddress, this.log);
       this.stops.push(() => lease.release());
     } else if (!isLocalAddress(bindAddress)) {

@@ -30,4 +30,5 @@ for (const [key, st] of agent.proxy.status()) for (const l of st.listeners) port
 const sync = (await agent.registry.getSingleMetric('edgemesh_intercept_sync_duration_seconds')?.get())?.values ?? [];
 const syncSum = sync.find((v) => (v as { metricName?: string }).metricName?.endsWith('_sum'))?.value ?? 0;
 const syncCount = sync.find((v) => (v as { metricName?: string }).metricName?.endsWith('_count'))?.value ?? 0;
-process.stdout.write(`READY ${JSON.stringify({ ports, syncs: syncCount, syncMsAvg: syncCount ? (syncSum / syncCount) * 1000 : null, rssBytes: process.memoryUsage().rss })}\n`);
+const services = Object.keys(ports).length <= 50 ? agent.status().services : undefined;
+process.stdout.write(`READY ${JSON.stringify({ services, ports, syncs: syncCount, syncMsAvg: syncCount ? (syncSum / syncCount) * 1000 : null, rssBytes: process.memoryUsage().rss })}\n`);
