@@ -85,8 +85,16 @@ async function waitPort(port: number): Promise<void> {
 }
 
 async function iperf(port: number): Promise<number> {
-  const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J']);
-  return JSON.parse(r.stdout).end.sum_received.bits_per_second / 1e9;
+  // iperf3's server takes one test at a time and can be briefly busy after the previous one: retry a little.
+  let last = '';
+  for (let i = 0; i < 5; i++) {
+    const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J'], { reject: false });
+    const j = JSON.parse(r.stdout || '{}') as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+    if (j.end?.sum_received) return j.end.sum_received.bits_per_second / 1e9;
+    last = j.error ?? r.stderr;
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+  throw new Error(`iperf3 failed: ${last}`);
 }
 
 async function wrk(port: number, close: boolean): Promise<number> {
@@ -135,7 +143,9 @@ async function main(): Promise<void> {
   const ports = JSON.parse(agent.line.slice('READY '.length)).ports as Record<string, number>;
   const agBulk = ports['default/bulk:5201/TCP'];
   const agHttp = ports['default/http:80/TCP'];
-  await Promise.all([iperfPort, httpPort, haBulk, haHttp].map(waitPort));
+  // (Not the iperf3 port itself: a probe connection confuses its one-test-at-a-time server.)
+  await Promise.all([httpPort, haBulk, haHttp].map(waitPort));
+  await new Promise((r) => setTimeout(r, 500));
 
   const rows: [string, string, number, number][] = [];
   const measure = async (name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {

@@ -39,12 +39,17 @@ export class UdpListener {
   private readonly ctx: UdpContext;
   private readonly sessions: LRUCache<string, Session>;
   private readonly purge: NodeJS.Timeout;
+  /** Per-datagram counters, label sets resolved once. */
+  private readonly bytesIn: { inc(n: number): void };
+  private readonly bytesOut: { inc(n: number): void };
   port = 0;
 
   constructor(state: PortState, ctx: UdpContext) {
     this.state = state;
     this.ctx = ctx;
     this.sock = createSocket({ type: 'udp4' });
+    this.bytesIn = ctx.metrics.bytes.labels({ service: state.service.key, direction: 'in' });
+    this.bytesOut = ctx.metrics.bytes.labels({ service: state.service.key, direction: 'out' });
     this.sessions = new LRUCache<string, Session>({
       max: UDP_MAX_SESSIONS_PER_PORT,
       ttl: ctx.idleMs,
@@ -121,7 +126,7 @@ export class UdpListener {
         session.channel = ch;
         ch.onMessage((d) => {
           this.sessions.get(id); // a reply keeps the session alive
-          metrics.bytes.inc({ service: svc, direction: 'out' }, d.length);
+          this.bytesOut.inc(d.length);
           this.sock.send(d, from.port, from.address, (e) => { if (e) metrics.udpDropped.inc({ service: svc, reason: 'send_error' }); });
         });
         ch.onClose((err) => {
@@ -140,7 +145,7 @@ export class UdpListener {
   }
 
   private forward(ch: DatagramChannel, d: Buffer): void {
-    this.ctx.metrics.bytes.inc({ service: this.state.service.key, direction: 'in' }, d.length);
+    this.bytesIn.inc(d.length);
     ch.send(d);
   }
 
