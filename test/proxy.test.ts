@@ -237,3 +237,51 @@ test('UDP: when the session endpoint leaves, the same client socket is moved to 
     await proxier.stop();
   }
 });
+
+test('TCP: a 16 MB download to a slow reader arrives intact (backpressure through the relay buffers)', async () => {
+  const blob = randomBytes(16 << 20);
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    // First half in one go (large reads on the proxy), then small paced writes (small reads while the proxy's
+    // writes to the stalled client are still pending); the endpoint half-closes first.
+    const half = blob.length / 2;
+    s.write(blob.subarray(0, half));
+    let off = half;
+    const step = () => {
+      while (off < blob.length) {
+        const ok = s.write(blob.subarray(off, off + 3000));
+        off += 3000;
+        if (!ok) return s.once('drain', step);
+        if (off % 30000 === 0) return setImmediate(step);
+      }
+      s.end();
+    };
+    step();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.11', () => r()));
+  servers.push(server);
+  const port = (server.address() as { port: number }).port;
+  const { proxier } = await setup([
+    node('me'), service({ name: 'dl', ip: '10.96.0.8', ports: [{ port: 80, targetPort: port }] }),
+    slice('dl', [{ port }], [{ ip: '127.0.0.11', node: 'me' }]),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/dl', 80)!;
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      const s = connect({ host: '127.0.0.1', port: lp, allowHalfOpen: true });
+      s.on('data', (d) => {
+        chunks.push(d);
+        // Stall now and then so the proxy's writes to us back up.
+        if (++n % 16 === 0) { s.pause(); setTimeout(() => s.resume(), 20); }
+      });
+      s.on('end', () => { s.end(); resolve(Buffer.concat(chunks)); });
+      s.on('error', reject);
+    });
+    assert.equal(got.length, blob.length);
+    assert.ok(got.equals(blob), 'bytes differ');
+  } finally {
+    await proxier.stop();
+  }
+});

@@ -20,3 +20,49 @@ test('hashed header is read from the first request head, case-insensitively; abs
   assert.equal(endpointKey('10.0.0.1', 80), '10.0.0.1:80');
   assert.equal(endpointKey('fd00::1', 80), '[fd00::1]:80');
 });
+
+test('relay buffers: the reused read buffer is never handed out while a write of it is pending', async () => {
+  const { relayReads } = await import('./direct.ts');
+  // A sink that accepts writes but completes them only when told (like a socket whose kernel buffer is full).
+  const pending: { data: Buffer; copy: Buffer; cb?: () => void }[] = [];
+  let drainFn: (() => void) | undefined;
+  let resumed = 0;
+  const sink = {
+    destroyed: false,
+    get writableLength() { return pending.reduce((n, p) => n + p.data.length, 0); },
+    write(data: Buffer, cb?: () => void) {
+      pending.push({ data, copy: Buffer.from(data), cb });
+      return this.writableLength < 16384;
+    },
+    once(_ev: string, fn: () => void) { drainFn = fn; return this; },
+  };
+  const r = relayReads(sink as never, () => ({ resume: () => { resumed++; } }) as never);
+  const read = (text: string) => {
+    const buf = r.buffer();
+    const n = buf.write(text);
+    return { buf, more: r.callback(n, buf) };
+  };
+  const a = read('first');
+  assert.equal(a.more, true);
+  const b = read('second'); // 'first' is still pending: must not land in the same memory
+  assert.notEqual(b.buf, a.buf);
+  for (const p of pending) assert.ok(p.data.equals(p.copy), 'a pending write was overwritten');
+  // Completing the first write frees the reused buffer again.
+  pending.shift()!.cb?.();
+  const c = read('third');
+  assert.equal(c.buf, a.buf);
+  for (const p of pending) assert.ok(p.data.equals(p.copy), 'a pending write was overwritten');
+  // Backpressure: a write over the high-water mark pauses reading until the sink drains.
+  const big = r.buffer();
+  big.fill(1, 0, 20000);
+  assert.equal(r.callback(20000, big), false);
+  drainFn!();
+  assert.equal(resumed, 1);
+  // A write completed synchronously (nothing left pending) frees the buffer at once.
+  pending.length = 0;
+  const syncSink = { destroyed: false, writableLength: 0, write: () => true, once() { return this; } };
+  const r2 = relayReads(syncSink as never, () => ({ resume() {} }) as never);
+  const x = r2.buffer();
+  r2.callback(3, x);
+  assert.equal(r2.buffer(), x);
+});

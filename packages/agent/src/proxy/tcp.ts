@@ -6,6 +6,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { Endpoint } from '../cluster/types.ts';
 import { DialError, type Dialer } from './dialer.ts';
 import { chooseDialer } from './choose.ts';
+import { DirectDialer } from './direct.ts';
 import { headerFromRequestHead, type PortState } from './portstate.ts';
 import type { ProxyMetrics } from './metrics.ts';
 
@@ -133,6 +134,7 @@ export class TcpListener {
     const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
     const tried = new Set<Endpoint>();
     let upstream: Duplex | undefined;
+    let relayed = false;
     let pick: ReturnType<PortState['pick']>;
     for (let attempt = 0; attempt < MAX_DIAL_ATTEMPTS && !client.destroyed; attempt++) {
       pick = st.pick(clientIP, headerValue, tried);
@@ -140,11 +142,16 @@ export class TcpListener {
       const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
       const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
       st.balancer.started(pick.key);
+      const target = { serviceKey: svc, protocol: 'tcp' as const, ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName };
+      const signal = AbortSignal.timeout(this.ctx.dialTimeoutMs);
       try {
-        upstream = await dialer.dialTcp(
-          { serviceKey: svc, protocol: 'tcp', ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName },
-          AbortSignal.timeout(this.ctx.dialTimeoutMs),
-        );
+        if (dialer instanceof DirectDialer) {
+          upstream = await dialer.dialTcp(target, signal, client);
+          relayed = true;
+        } else {
+          upstream = await dialer.dialTcp(target, signal);
+          relayed = false;
+        }
         st.outliers.recordSuccess(pick.key);
         break;
       } catch (e) {
@@ -174,10 +181,11 @@ export class TcpListener {
       upstream.destroy();
       return;
     }
-    this.splice(client, upstream, head, () => st.balancer.ended(key));
+    this.splice(client, upstream, relayed, head, () => st.balancer.ended(key));
   }
 
-  private splice(client: Socket, upstream: Duplex, head: Buffer | undefined, onDone: () => void): void {
+  /** `relayed`: the upstream's reads already go to the client (DirectDialer relay); only client -> upstream is piped. */
+  private splice(client: Socket, upstream: Duplex, relayed: boolean, head: Buffer | undefined, onDone: () => void): void {
     let finished = false;
     const finish = () => {
       if (finished) return;
@@ -211,7 +219,13 @@ export class TcpListener {
     });
     if (head?.length) upstream.write(head);
     client.pipe(upstream);
-    upstream.pipe(client);
+    if (relayed) {
+      // Half-close: the endpoint's FIN becomes ours to the client; flowing mode lets 'end' be emitted.
+      upstream.once('end', () => { if (!client.destroyed) client.end(); });
+      upstream.resume();
+    } else {
+      upstream.pipe(client);
+    }
     client.resume();
   }
 }
