@@ -1,5 +1,5 @@
 // Proxy benchmark: the agent's userspace proxy vs haproxy (TCP mode, one thread) on loopback, same backends.
-//   - bulk:       iperf3 -c through each proxy to an iperf3 server (Gbit/s)
+//   - bulk:       iperf3 -c through each proxy to an iperf3 server (Gbit/s), client->server and (-R) server->client
 //   - keep-alive: wrk (1 thread, 32 connections) HTTP requests/s through each proxy
 //   - new conns:  the same with `Connection: close` (one TCP connection per request)
 // Backend for HTTP: a haproxy instance answering 200 itself (`http-request return`), so the backend is never the
@@ -84,11 +84,11 @@ async function waitPort(port: number): Promise<void> {
   throw new Error(`port ${port} never opened`);
 }
 
-async function iperf(port: number): Promise<number> {
+async function iperf(port: number, reverse = false): Promise<number> {
   // iperf3's server takes one test at a time and can be briefly busy after the previous one: retry a little.
   let last = '';
   for (let i = 0; i < 5; i++) {
-    const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J'], { reject: false });
+    const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J', ...(reverse ? ['-R'] : [])], { reject: false });
     const j = JSON.parse(r.stdout || '{}') as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
     if (j.end?.sum_received) return j.end.sum_received.bits_per_second / 1e9;
     last = j.error ?? r.stderr;
@@ -160,7 +160,8 @@ async function main(): Promise<void> {
     console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}`);
   };
   console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${(await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ')} nbthread 1, mode tcp`);
-  await measure('bulk (iperf3)', 'Gbit/s', iperf, agBulk, haBulk);
+  await measure('bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
+  await measure('bulk download (iperf3 -R)', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
   await measure('keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
   await measure('new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
   agent.p.kill('SIGTERM');

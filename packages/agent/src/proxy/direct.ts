@@ -15,33 +15,33 @@ function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
   }
 }
 
-/** Read size of the relay buffer (the same as Node's default socket read). */
+/** Read size of the relay buffers (the same as Node's default socket read). */
 export const RELAY_READ_BYTES = 65_536;
+/** Free relay buffers kept for reuse across connections (x 64 KiB). */
+export const RELAY_POOL_MAX = 128;
+const pool: Buffer[] = [];
 
 /**
  * Socket options that relay everything read from the new socket straight into `sink`, without Node allocating a
- * fresh buffer per read: reads land in one reused buffer while the previous write of it has reached the kernel
- * (the common case on a fast sink), else in a fresh one. Backpressure: reading pauses until `sink` drains. About a
- * quarter less CPU per byte than `pipe` on loopback. The socket still emits 'end', 'error' and 'close'.
+ * fresh buffer per read: reads land in pooled 64 KiB buffers, and a buffer goes back to the pool as soon as its write
+ * has reached the kernel (at once when the write completed synchronously — the common case — else from the write
+ * callback). Backpressure: reading pauses until `sink` drains. About a quarter less CPU per byte than `pipe` on
+ * loopback. The socket still emits 'end', 'error' and 'close'.
  */
 export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean } {
-  const reused = Buffer.allocUnsafeSlow(RELAY_READ_BYTES);
-  let busy = false;
-  const release = () => { busy = false; };
   return {
-    buffer: () => (busy ? Buffer.allocUnsafe(RELAY_READ_BYTES) : reused),
+    buffer: () => pool.pop() ?? Buffer.allocUnsafeSlow(RELAY_READ_BYTES),
     callback: (n, buf) => {
       if (sink.destroyed) return false;
-      const chunk = buf.subarray(0, n);
-      let ok: boolean;
-      if (buf === reused) {
-        busy = true;
-        ok = sink.write(chunk, release);
-        // Fully written to the kernel synchronously: the buffer is free again right away.
-        if (sink.writableLength === 0) busy = false;
-      } else {
-        ok = sink.write(chunk);
-      }
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
+        if (pool.length < RELAY_POOL_MAX) pool.push(buf);
+      };
+      const ok = sink.write(buf.subarray(0, n), release);
+      // Fully written to the kernel synchronously: the buffer is free again right away.
+      if (sink.writableLength === 0) release();
       if (!ok) {
         sink.once('drain', () => self().resume());
         return false;

@@ -21,7 +21,7 @@ test('hashed header is read from the first request head, case-insensitively; abs
   assert.equal(endpointKey('fd00::1', 80), '[fd00::1]:80');
 });
 
-test('relay buffers: the reused read buffer is never handed out while a write of it is pending', async () => {
+test('relay buffers: a read buffer is never handed out again while a write of it is pending', async () => {
   const { relayReads } = await import('./direct.ts');
   // A sink that accepts writes but completes them only when told (like a socket whose kernel buffer is full).
   const pending: { data: Buffer; copy: Buffer; cb?: () => void }[] = [];
