@@ -28,10 +28,18 @@ const pool: Buffer[] = [];
  * callback). Backpressure: reading pauses until `sink` drains. About a quarter less CPU per byte than `pipe` on
  * loopback. The socket still emits 'end', 'error' and 'close'.
  */
-export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean } {
+export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
+  // The buffer handed out for the next read; a read that brought no data (EAGAIN, EOF) leaves it here for the next.
+  let next: Buffer | undefined;
   return {
-    buffer: () => pool.pop() ?? Buffer.allocUnsafeSlow(RELAY_READ_BYTES),
+    buffer: () => (next ??= pool.pop() ?? Buffer.allocUnsafeSlow(RELAY_READ_BYTES)),
+    /** The socket closed: its spare buffer goes back to the pool. */
+    dispose: () => {
+      if (next && pool.length < RELAY_POOL_MAX) pool.push(next);
+      next = undefined;
+    },
     callback: (n, buf) => {
+      if (buf === next) next = undefined;
       if (sink.destroyed) return false;
       let released = false;
       const release = () => {
@@ -61,7 +69,13 @@ export class DirectDialer implements Dialer {
       if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
       let sock: Socket;
       const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true };
-      sock = relayTo ? connect({ ...opts, onread: relayReads(relayTo, () => sock) }) : connect(opts);
+      if (relayTo) {
+        const relay = relayReads(relayTo, () => sock);
+        sock = connect({ ...opts, onread: { buffer: relay.buffer, callback: relay.callback } });
+        sock.once('close', relay.dispose);
+      } else {
+        sock = connect(opts);
+      }
       const onAbort = () => {
         sock.destroy();
         reject(new DialError('timeout', `dial ${target.ip}:${target.port}: timed out`));
