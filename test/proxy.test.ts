@@ -89,7 +89,7 @@ test('TCP: 4 MB through the proxy arrives intact (sha256), half-close passes the
 
 test('TCP: strict Service with no endpoint in the group is reset at once; prefer spills to another group', async () => {
   const other = await tcpServer('127.0.0.3', 'name', 'far');
-  const { proxier, registry } = await setup([
+  const { proxier, registry, model } = await setup([
     node('me', { [GROUP]: 'g1' }), node('far', { [GROUP]: 'g2' }),
     service({ name: 'strict', ip: '10.96.0.2', ports: [{ port: 80, targetPort: other.port }], annotations: { 'apps.kubeedge.io/service-topology': 'range-nodegroup' } }),
     slice('strict', [{ port: other.port }], [{ ip: '127.0.0.3', node: 'far' }]),
@@ -107,6 +107,12 @@ test('TCP: strict Service with no endpoint in the group is reset at once; prefer
     assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_spillover_total'), /service="default\/prefer",from_tier="group",to_tier="cluster"} 1/);
     assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_strict_empty_scope_services'), / 1$/m);
     assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_refused_total'), /reason="strict_empty"} 1/);
+    // Only a Node changes (far joins our group): the strict Service now has an endpoint in scope.
+    model.upsert('Node', node('far', { [GROUP]: 'g1' }));
+    model.flush();
+    await proxier.settle();
+    assert.equal((await request(proxier.listenerPort('default/strict', 80)!, 'x')).data.toString(), 'far');
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_strict_empty_scope_services'), / 0$/m);
   } finally {
     await proxier.stop();
   }

@@ -31,7 +31,10 @@ export class ClusterIPTable implements ServiceIPTable {
 
   onChange(fn: () => void): () => void {
     return this.model.subscribe((snap, prev) => {
-      if (snap.services !== prev.services) fn();
+      if (snap.services === prev.services) return;
+      // Services are immutable objects: the IPs can only have changed where an entry was replaced, added or removed.
+      if (snap.services.size === prev.services.size && [...snap.services].every(([k, v]) => prev.services.get(k) === v)) return;
+      fn();
     });
   }
 }

@@ -39,6 +39,8 @@ export class PortState {
   plan!: RoutingPlan;
   balancer!: Balancer;
   nodes: ReadonlyMap<string, NodeInfo> = new Map();
+  /** The Service's endpoints as last given (to skip recomputing when a snapshot did not touch them). */
+  sourceEndpoints: readonly Endpoint[] = [];
   /** Endpoints of the plan that have a port for this service port. */
   total = 0;
   readonly outliers: OutlierDetector;
@@ -58,6 +60,7 @@ export class PortState {
     this.service = u.service;
     this.port = u.port;
     this.nodes = u.nodes;
+    this.sourceEndpoints = u.endpoints;
     const eps = u.endpoints.filter((e) => endpointPort(e, u.port) !== undefined && e.addressType === 'IPv4');
     this.plan = planRoutes({ service: u.service, endpoints: eps, nodes: u.nodes, thisNode: u.thisNode, routingDefault: u.routingDefault });
     this.total = eps.length;

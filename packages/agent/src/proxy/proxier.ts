@@ -2,7 +2,7 @@
 // Service-IP table, feeds each its routing/LB state, and hands the interception rules to the interceptor.
 import type { Registry } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import type { Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
+import type { DestinationRule, Endpoint, NodeInfo, Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
 import type { InterceptRule } from '../intercept/rules.ts';
 import type { Rng } from '../lb/hash.ts';
 import { policyFor } from '../lb/policy.ts';
@@ -54,6 +54,22 @@ export interface ServiceRouteStatus {
 }
 
 const portId = (svc: Service, sp: ServicePort) => `${svc.key}:${sp.port}/${sp.protocol}`;
+const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
+
+/** Same keys mapping to the very same (immutable) values. */
+function sameEntries<K, V>(a: ReadonlyMap<K, V> | undefined, b: ReadonlyMap<K, V>): boolean {
+  if (a === b) return true;
+  if (!a || a.size !== b.size) return false;
+  for (const [k, v] of a) if (b.get(k) !== v) return false;
+  return true;
+}
+
+function sameList<T>(a: readonly T[], b: readonly T[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 
 export class Proxier {
   private readonly o: ProxierOptions;
@@ -65,6 +81,9 @@ export class Proxier {
   private running: Promise<void> | undefined;
   private reconciled = false;
   private stopped = false;
+  private prevNodes: ReadonlyMap<string, NodeInfo> | undefined;
+  private prevRules: ReadonlyMap<string, DestinationRule> | undefined;
+  private appliedRulesKey: string | undefined;
 
   constructor(o: ProxierOptions) {
     this.o = o;
@@ -131,12 +150,21 @@ export class Proxier {
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
     const opened: Promise<unknown>[] = [];
+    // Only service ports whose Service, endpoints, nodes or DestinationRules changed are recomputed.
+    const contextSame = sameEntries(this.prevNodes, snap.nodes) && sameEntries(this.prevRules, snap.destinationRules);
+    this.prevNodes = snap.nodes;
+    this.prevRules = snap.destinationRules;
     for (const [id, { svc, sp }] of want) {
+      const endpoints = snap.endpoints.get(svc.key) ?? NO_ENDPOINTS;
+      let l = this.listeners.get(id);
+      if (l && contextSame && l.state.service === svc && l.state.port === sp && sameList(l.state.sourceEndpoints, endpoints)) {
+        if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
+        continue;
+      }
       const update = {
-        service: svc, port: sp, endpoints: snap.endpoints.get(svc.key) ?? [], nodes: snap.nodes, thisNode: o.thisNode,
+        service: svc, port: sp, endpoints, nodes: snap.nodes, thisNode: o.thisNode,
         routingDefault: o.routingDefault, policy: policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'),
       };
-      let l = this.listeners.get(id);
       if (l) {
         l.state.update(update);
         if (l instanceof UdpListener) l.prune();
@@ -158,7 +186,12 @@ export class Proxier {
     }
     await Promise.all(opened);
     this.metrics.strictEmpty.set(strictEmpty.size);
-    o.interceptor?.setDesired(this.rules());
+    const rules = this.rules();
+    const key = rules.map((r) => `${r.ip} ${r.protocol} ${r.port} ${r.toPort} ${r.comment}`).sort().join('\n');
+    if (key !== this.appliedRulesKey) {
+      this.appliedRulesKey = key;
+      o.interceptor?.setDesired(rules);
+    }
     this.reconciled = true;
   }
 

@@ -167,6 +167,7 @@ export class TcpListener {
         pick = undefined;
       }
     }
+    if (!upstream && client.destroyed) return; // the client gave up while we were dialing
     if (!upstream || !pick) {
       const reason = tried.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
       metrics.refused.inc({ service: svc, protocol: 'tcp', reason });
