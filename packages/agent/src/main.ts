@@ -1,10 +1,11 @@
 // edgemesh-agent: wires config, cluster source, DNS, interception + proxy, tunnel and the admin API.
-import { agentSchema, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
+import { agentSchema, ConfigError, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
+import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
 
 export interface AgentStatus {
   node: string;
@@ -22,12 +23,14 @@ export class Agent {
   readonly model: ClusterModel;
   readonly admin: AdminServer;
   private readonly stops: (() => Promise<void>)[] = [];
+  cluster: ClusterRuntime | undefined;
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
     this.log = log;
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
+    this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
 
@@ -57,6 +60,11 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+
+    // --- cluster source (cluster/): last good state, then the configured source; ready once it synced.
+    this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
+    this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
+    this.stops.push(() => this.cluster!.stop());
   }
 
   async stop(): Promise<void> {
@@ -89,6 +97,12 @@ export async function main(argv: string[]): Promise<void> {
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
   const agent = new Agent(cfg, log);
   handleSignals(log, () => agent.stop());
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (e) {
+    // A config problem found while starting (e.g. an unreadable kubeconfig) still exits 2 naming the key.
+    if (e instanceof ConfigError) await agent.stop();
+    exitOnConfigError(e);
+  }
   log.info('agent started');
 }

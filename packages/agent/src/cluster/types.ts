@@ -108,6 +108,8 @@ export interface ClusterSource {
   start(sink: ModelSink): Promise<void>;
   /** True once every kind has been listed at least once (or loaded from the last good state). */
   synced(): boolean;
+  /** True when the model content comes from the live origin (fully listed/read), i.e. worth persisting. */
+  live(): boolean;
   stop(): Promise<void>;
 }
 
