@@ -76,7 +76,7 @@ export function loadKubeConfig(value: string, env: NodeJS.ProcessEnv = process.e
       throw new ConfigError('cluster.kubeconfig', `not a valid URL: ${value}`);
     }
     kc.loadFromClusterAndUser({ name: 'direct', server: url.origin, skipTLSVerify: false }, { name: 'anonymous' });
-    return kc;
+    return allowPlainHttp(kc);
   }
   try {
     kc.loadFromFile(value);
@@ -84,6 +84,15 @@ export function loadKubeConfig(value: string, env: NodeJS.ProcessEnv = process.e
     throw new ConfigError('cluster.kubeconfig', `cannot load kubeconfig ${value}: ${(e as Error).message.split('\n')[0]}`);
   }
   if (!kc.getCurrentCluster()) throw new ConfigError('cluster.kubeconfig', `kubeconfig ${value} has no current cluster`);
+  return allowPlainHttp(kc);
+}
+
+/**
+ * client-node 2.x refuses `http://` servers unless skipTLSVerify is set. For a plain-http server (KubeEdge's
+ * metaServer on loopback) there is no TLS to verify, so setting it changes nothing else; https servers are untouched.
+ */
+function allowPlainHttp(kc: KubeConfig): KubeConfig {
+  kc.clusters = kc.clusters.map((c) => (c.server.startsWith('http:') && !c.skipTLSVerify ? { ...c, skipTLSVerify: true } : c));
   return kc;
 }
 
