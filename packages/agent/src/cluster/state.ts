@@ -2,8 +2,8 @@
 // before the source connects, so an agent that restarts while the API server is unreachable keeps serving.
 //
 // Rules:
-// - Written only while the source reports live-synced (never a half-listed state), at most once per
-//   STATE_WRITE_INTERVAL_MS, atomically (temp file + fsync + rename), and only when the content changed.
+// - Written only while the source reports live-synced (never a half-listed state): the first time right away, then
+//   at most once per STATE_WRITE_INTERVAL_MS, atomically (temp file + fsync + rename), and only when the content changed.
 // - A missing file is normal (first start); a corrupt or unreadable one is logged and ignored.
 // - Loading feeds the sink with replace() per kind; the live source replaces each kind again when it lists.
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
@@ -111,10 +111,12 @@ export class StateWriter {
 
   changed(): void {
     if (this.stopped || this.timer) return;
+    // The first good state goes to disk as soon as the source is live; after that at most once per interval.
+    const delay = this.writes === 0 ? 0 : this.opts.intervalMs ?? STATE_WRITE_INTERVAL_MS;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.writeNow();
-    }, this.opts.intervalMs ?? STATE_WRITE_INTERVAL_MS);
+    }, delay);
     this.timer.unref();
   }
 
