@@ -1,5 +1,6 @@
 // Cluster bench: RSS of the real agent (file source, dns/proxy/tunnel off) idle and with N Services x E endpoints
 // loaded from manifests, and the time from a manifest file change to the model update (in-process, default debounce).
+// The same for the kubernetes source against the in-process fake API server (test/lib/fakeapi.ts).
 // usage: node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
@@ -9,6 +10,9 @@ import { once } from 'node:events';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../../packages/agent/src/cluster/model.ts';
 import { FileSource, FILE_DEBOUNCE_MS } from '../../packages/agent/src/cluster/file.ts';
+import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kube.ts';
+import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
+import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
 
 const SERVICES = Number(process.argv[2] ?? 5000);
@@ -101,10 +105,88 @@ async function changeLatency(services: number): Promise<void> {
   console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${med.toFixed(0)} ms, min ${samples[0].toFixed(0)}, max ${samples[samples.length - 1].toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
 }
 
+/** Populates a fake API server with the same objects the manifest generator writes. */
+function objects(services: number): Obj[][] {
+  return Array.from({ length: services }, (_, i) => serviceDoc(i, ENDPOINTS).split('---\n').map((d) => parse(d) as Obj));
+}
+function populate(api: FakeApiServer, services: number, objs = objects(services)): void {
+  for (const [svc, slice] of objs) {
+    api.upsert('/api/v1/services', svc);
+    api.upsert('/apis/discovery.k8s.io/v1/endpointslices', slice);
+  }
+  for (let n = 0; n < 50; n++) api.upsert('/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: `edge-${n}`, labels: { 'apps.kubeedge.io/belonging-to': `site-${n % 5}` } } });
+}
+
+async function kubeAgentRss(): Promise<void> {
+  const api = new FakeApiServer();
+  const url = await api.start();
+  const root = mkdtempSync(join(tmpdir(), 'em-bench-kube-'));
+  const cfg = join(root, 'agent.yaml');
+  writeFileSync(cfg, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: kubernetes, kubeconfig: "${url}"}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
+  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout.on('data', (d) => { out += d; });
+  try {
+    let admin: string | undefined;
+    while (!(admin = /"admin":"([^"]+)"/.exec(out)?.[1])) await sleep(20);
+    const base = `http://${admin}`;
+    while ((await metric(base, 'edgemesh_cluster_synced')) !== 1) await sleep(20);
+    await sleep(SETTLE_MS);
+    const idle = rssMiB(child.pid!);
+    const objs = objects(SERVICES);
+    populate(api, SERVICES, objs);
+    const t0 = performance.now(); // events are written synchronously above; they leave the bench process from here
+    while ((await metric(base, 'edgemesh_cluster_services')) !== SERVICES) await sleep(20);
+    const tLoad = performance.now() - t0;
+    await sleep(SETTLE_MS);
+    const loaded = rssMiB(child.pid!);
+    console.log(`kubernetes source: agent RSS idle (empty API) ${idle.toFixed(1)} MiB; with ${SERVICES} Services x ${ENDPOINTS} endpoints streamed as watch events: ${loaded.toFixed(1)} MiB (all visible ${tLoad.toFixed(0)} ms after the server queued the ${2 * SERVICES + 50} events)`);
+    child.kill('SIGTERM');
+    await once(child, 'exit');
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+    await api.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+}
+
+/** API change -> model snapshot through the real client-node watch, in-process, with N Services already listed. */
+async function kubeLatency(services: number): Promise<void> {
+  const api = new FakeApiServer();
+  const url = await api.start();
+  populate(api, services);
+  const model = new ClusterModel([]);
+  const src = new KubeSource({ kubeConfig: loadKubeConfig(url), log: silentLogger, offlineLoaded: false });
+  const t0 = performance.now();
+  await src.start(model);
+  while (!src.synced()) await sleep(5);
+  const listMs = performance.now() - t0;
+  while (api.watcherCount('/api/v1/services') === 0) await sleep(5);
+  const samples: number[] = [];
+  for (let r = 0; r < CHANGE_ROUNDS; r++) {
+    const port = 2000 + r;
+    const seen = new Promise<number>((res) => {
+      const off = model.subscribe((s) => {
+        if (s.services.get('ns0/svc-0')?.ports[0].port === port) { off(); res(performance.now()); }
+      });
+    });
+    const t = performance.now();
+    api.upsert('/api/v1/services', parse(serviceDoc(0, ENDPOINTS, port).split('---\n')[0]) as Obj);
+    samples.push((await seen) - t);
+    await sleep(50);
+  }
+  await src.stop();
+  await api.close();
+  samples.sort((a, b) => a - b);
+  console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints + 50 Nodes ${listMs.toFixed(0)} ms; watch event -> model update median ${samples[Math.floor(samples.length / 2)].toFixed(1)} ms (min ${samples[0].toFixed(1)}, max ${samples[samples.length - 1].toFixed(1)})`);
+}
+
 // FileSource's watcher and rescan timer do not hold the process open (the agent's admin server does); the bench must.
 const keepAlive = setInterval(() => {}, 1000);
 console.log(`node ${process.version}, ${SERVICES} Services x ${ENDPOINTS} endpoints in ${FILES} files`);
 await agentRss();
 await changeLatency(100);
 await changeLatency(SERVICES);
+await kubeAgentRss();
+await kubeLatency(SERVICES);
 clearInterval(keepAlive);

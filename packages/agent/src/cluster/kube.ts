@@ -120,12 +120,22 @@ function slim(obj: KubernetesObject): RawObject {
   return { ...(obj as object), metadata: rest } as RawObject;
 }
 
-/** A Watch that refuses to start once its informer generation is retired (client-node may call it after stop). */
+/**
+ * A Watch that refuses to start once its informer generation is retired (client-node may call it after stop, e.g.
+ * when a list or a reconnect delay finishes after stop()), and that never throws.
+ */
 class GuardedWatch extends Watch {
   alive = true;
   override async watch(path: string, q: Record<string, string | number | boolean | undefined>, cb: (phase: string, apiObj: any, watchObj?: any) => void, done: (err: any) => void): Promise<AbortController> {
     if (!this.alive) return new AbortController();
-    return super.watch(path, q, cb, done);
+    try {
+      return await super.watch(path, q, cb, done);
+    } catch (e) {
+      // Thrown before the request (e.g. an exec credential plugin failing): inside the informer's reconnect path this
+      // would be an unhandled rejection. Report it through `done`, so the informer emits `error` and we restart.
+      setImmediate(() => done(e));
+      return new AbortController();
+    }
   }
 }
 
