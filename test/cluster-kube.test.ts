@@ -248,6 +248,20 @@ test('kubeconfig: a metaServer URL works directly; errors name cluster.kubeconfi
   assert.equal(kc.getCurrentCluster()?.server, 'http://127.0.0.1:10550');
   assert.throws(() => loadKubeConfig('/nonexistent/kubeconfig'), /cluster\.kubeconfig: cannot load kubeconfig/);
   assert.throws(() => loadKubeConfig('', {}), /cluster\.kubeconfig: empty means in-cluster/);
+  // In-cluster: the service-account environment (client-node reads process.env and the token/CA files lazily).
+  const saved = { host: process.env.KUBERNETES_SERVICE_HOST, port: process.env.KUBERNETES_SERVICE_PORT };
+  try {
+    process.env.KUBERNETES_SERVICE_HOST = '10.96.0.1';
+    process.env.KUBERNETES_SERVICE_PORT = '443';
+    const inCluster = loadKubeConfig('');
+    assert.equal(inCluster.getCurrentCluster()?.server, 'https://10.96.0.1:443');
+    assert.equal(inCluster.getCurrentCluster()?.skipTLSVerify, false, 'https keeps TLS verification');
+  } finally {
+    for (const [k, v] of [['KUBERNETES_SERVICE_HOST', saved.host], ['KUBERNETES_SERVICE_PORT', saved.port]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
   const { model, src } = await startSource({ kubeconfig: api.url });
   try {
     await waitFor('sync via URL', () => src.synced() && converged(model));

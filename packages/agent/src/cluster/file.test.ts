@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
@@ -174,4 +174,27 @@ test('restart from the persisted snapshot: state written atomically, loaded befo
   const c = capture();
   assert.equal(await loadState(stateDir, c.log), undefined);
   assert.ok(c.lines.some((l) => l.msg === 'ignoring a corrupt last good cluster state file'));
+});
+
+test('file source: a ConfigMap-style mount (files symlinked through a swapped ..data directory) is followed', async () => {
+  const dir = tmp();
+  const { log } = capture();
+  mkdirSync(join(dir, '..v1'));
+  writeFileSync(join(dir, '..v1', 'web.yaml'), service('web', 80));
+  symlinkSync('..v1', join(dir, '..data'));
+  symlinkSync(join('..data', 'web.yaml'), join(dir, 'web.yaml'));
+  const model = new ClusterModel([]);
+  const src = new FileSource({ dir, log, debounceMs: 30, rescanMs: 5000 });
+  await src.start(model);
+  try {
+    assert.equal(model.flush().services.get('demo/web')?.ports[0].port, 80);
+    // What the kubelet does on a ConfigMap update: write a new version directory, then atomically swap ..data.
+    mkdirSync(join(dir, '..v2'));
+    writeFileSync(join(dir, '..v2', 'web.yaml'), service('web', 81));
+    symlinkSync('..v2', join(dir, '..data_tmp'));
+    renameSync(join(dir, '..data_tmp'), join(dir, '..data'));
+    await waitFor('update through the symlink swap', () => model.flush().services.get('demo/web')?.ports[0].port === 81);
+  } finally {
+    await src.stop();
+  }
 });
