@@ -209,8 +209,8 @@ test('DestinationRule CRD absent (404) does not block readiness; installed later
   const { model, src } = await startSource();
   try {
     await waitFor('sync', () => src.synced() && converged(model));
-    assert.equal(model.snapshot().destinationRules.size, 0);
-    assert.equal(src.describe().DestinationRule.state, 'absent');
+    await waitFor('CRD found absent (v1 and v1beta1 404)', () => src.describe().DestinationRule.state === 'absent');
+    assert.equal(model.flush().destinationRules.size, 0);
     api.addCollection(DR, 'DestinationRuleList');
     api.upsert(DR, dr('web-lb', 'web.default.svc.cluster.local'));
     await waitFor('rule after CRD install', () => model.flush().destinationRules.has('default/web-lb'));
