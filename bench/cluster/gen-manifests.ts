@@ -1,5 +1,5 @@
 // Writes N Services with E endpoints each (one EndpointSlice per Service) as multi-document YAML files into DIR.
-// usage: node bench/cluster/gen-manifests.ts DIR [services=5000] [endpointsPerService=3] [files=50]
+// usage: npx node bench/cluster/gen-manifests.ts DIR [services=5000] [endpointsPerService=3] [files=50]
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 

@@ -1,7 +1,7 @@
 // Cluster bench: RSS of the real agent (file source, dns/proxy/tunnel off) idle and with N Services x E endpoints
 // loaded from manifests, and the time from a manifest file change to the model update (in-process, default debounce).
 // The same for the kubernetes source against the in-process fake API server (test/lib/fakeapi.ts).
-// usage: node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
+// usage: npx node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
