@@ -129,6 +129,11 @@ test('file source: a missing directory keeps the current state and is not synced
     writeFileSync(join(dir, 'a.yaml'), service('web', 80));
     await waitFor('dir appears', () => src.synced() && model.flush().services.has('demo/web'));
     assert.equal(model.snapshot().services.has('demo/kept'), false, 'the directory is now the truth');
+    // The directory is replaced by a new one: its content is the truth again.
+    rmSync(dir, { recursive: true });
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'b.yaml'), service('api', 81));
+    await waitFor('replaced dir read', () => model.flush().services.has('demo/api') && !model.snapshot().services.has('demo/web'));
   } finally {
     await src.stop();
   }

@@ -117,6 +117,7 @@ export class FileSource implements ClusterSource {
   private again = false;
   private readonly forced = new Set<string>();
   private dirOk = false;
+  private dirIno: number | undefined;
   private dirError: string | undefined;
   private stopped = false;
   /** Completed scans that changed the model (for tests and the bench). */
@@ -210,6 +211,14 @@ export class FileSource implements ClusterSource {
     const { dir, log } = this.opts;
     let names: string[];
     try {
+      // A directory that was replaced (deleted and created again) leaves fs.watch on the old inode: re-arm it.
+      const ino = (await stat(dir)).ino;
+      if (this.dirIno !== undefined && ino !== this.dirIno) {
+        this.watcher?.close();
+        this.watcher = undefined;
+        this.ensureWatch();
+      }
+      this.dirIno = ino;
       names = (await readdir(dir)).filter(isManifestName).sort();
     } catch (e) {
       const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
