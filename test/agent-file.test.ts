@@ -86,3 +86,13 @@ test('edgemesh-agent: a bad config exits 2 naming the key', async () => {
   assert.equal(code, 2);
   assert.match(err, /config: cluster\.manifestsDir: required when cluster\.source is file/);
 });
+
+test('edgemesh-agent: an unreadable kubeconfig exits 2 naming cluster.kubeconfig', async () => {
+  const stateDir = mkdtempSync(join(tmpdir(), 'em-agent-kc-'));
+  const child = spawn(process.execPath, [BIN, '--cluster.kubeconfig', '/nonexistent/kubeconfig', '--admin.listen', '127.0.0.1:0', '--stateDir', stateDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d) => { err += d; });
+  const [code] = await once(child, 'exit');
+  assert.equal(code, 2);
+  assert.match(err, /config: cluster\.kubeconfig: cannot load kubeconfig \/nonexistent\/kubeconfig/);
+});
