@@ -217,13 +217,17 @@ class KindWatcher {
     const abort = new AbortController();
     const sink = this.src.sink!;
     const list: Lister = async () => {
-      const aborted = new Promise<never>((_, rej) => {
-        const fail = () => rej(new Error('retired'));
-        if (abort.signal.aborted) fail();
-        abort.signal.addEventListener('abort', fail, { once: true });
-      });
-      aborted.catch(() => {});
-      const res = await Promise.race([v.list(), aborted]);
+      if (abort.signal.aborted) throw new Error('retired');
+      // A list cannot be cancelled in client-node: race it against retirement so a hung one is abandoned.
+      let fail = () => {};
+      const aborted = new Promise<never>((_, rej) => { fail = () => rej(new Error('retired')); });
+      abort.signal.addEventListener('abort', fail, { once: true });
+      let res: KubernetesListObject<KubernetesObject>;
+      try {
+        res = await Promise.race([v.list(), aborted]);
+      } finally {
+        abort.signal.removeEventListener('abort', fail);
+      }
       if (abort.signal.aborted) throw new Error('retired');
       const items = Array.isArray(res?.items) ? res.items : [];
       // The relist is the truth: replace the kind (drops objects deleted meanwhile or known only from the state file).
@@ -236,8 +240,9 @@ class KindWatcher {
     const reconnectMax = this.src.timing.reconnectMaxMs;
     const inf = new ListWatch<KubernetesObject>(v.path, watch, list, false, undefined, undefined, {
       delayFn: (ms: number) => new Promise<void>((r) => {
-        const t = setTimeout(r, Math.min(ms, reconnectMax));
-        abort.signal.addEventListener('abort', () => { clearTimeout(t); r(); }, { once: true });
+        const done = () => { clearTimeout(t); abort.signal.removeEventListener('abort', done); r(); };
+        const t = setTimeout(done, Math.min(ms, reconnectMax));
+        abort.signal.addEventListener('abort', done, { once: true });
       }),
     });
     const current = () => this.informer === inf;
