@@ -5,6 +5,8 @@ import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
+import { ServiceIPs } from './dns/serviceips.ts';
+import { startDns, type DnsHandle } from './dns/index.ts';
 
 export interface AgentStatus {
   node: string;
@@ -21,6 +23,10 @@ export class Agent {
   readonly registry = createRegistry('edgemesh_agent_');
   readonly model: ClusterModel;
   readonly admin: AdminServer;
+  /** The IPs handed out for Services (DNS answers them, the proxy intercepts them); exists even when DNS is off. */
+  readonly serviceIPs: ServiceIPs;
+  /** The running DNS server when dns.enabled (after start()). */
+  dns: DnsHandle | undefined;
   private readonly stops: (() => Promise<void>)[] = [];
 
   constructor(cfg: AgentConfig, log: Logger) {
@@ -28,6 +34,7 @@ export class Agent {
     this.log = log;
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
 
@@ -46,7 +53,7 @@ export class Agent {
       peers: [],
       services: [...snap.services.values()].map((s) => ({
         name: s.key,
-        ip: s.clusterIPs[0] ?? null,
+        ip: this.serviceIPs.ipsFor(s.key)[0] ?? null,
         ports: s.ports.map((p) => p.port),
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: 'cluster',
@@ -57,6 +64,17 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+
+    // --- Service IP table + DNS (dns/) ---
+    this.serviceIPs.update(this.model.snapshot());
+    const unsubscribeIPs = this.model.subscribe((snap) => this.serviceIPs.update(snap));
+    this.stops.push(async () => { unsubscribeIPs(); });
+    if (this.cfg.dns.enabled) {
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
+      const dns = this.dns;
+      this.stops.push(() => dns.stop());
+      this.admin.addCheck('dns', () => dns.server.listening);
+    }
   }
 
   async stop(): Promise<void> {
