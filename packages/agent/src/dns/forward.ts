@@ -57,7 +57,7 @@ export function parseResolvConf(text: string): string[] {
   const out: string[] = [];
   for (const line of text.split('\n')) {
     const m = /^\s*nameserver\s+(\S+)/.exec(line);
-    if (m && isIP(m[1].split('%')[0])) out.push(m[1].split('%')[0]);
+    if (m && isIP(m[1])) out.push(m[1]);
   }
   return out;
 }
@@ -168,7 +168,10 @@ function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
   return new Promise((resolve, reject) => {
     const id = randomInt(0, 65536);
     const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
+    let finished = false;
     const done = (err?: Error, p?: dnsPacket.DecodedPacket) => {
+      if (finished) return;
+      finished = true;
       clearTimeout(timer);
       sock.close();
       if (err) reject(err);
@@ -176,12 +179,15 @@ function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
     };
     const timer = setTimeout(() => done(new UpstreamError('timeout', `${up.key}: no answer in ${timeoutMs} ms`)), timeoutMs);
     sock.on('error', (e) => done(new UpstreamError('error', `${up.key}: ${e.message}`)));
-    sock.on('message', (msg, rinfo) => {
-      if (rinfo.address !== up.host || rinfo.port !== up.port) return; // not from the upstream: ignore (spoofing)
+    sock.on('message', (msg) => {
       const p = checkResponse(msg, id, fq);
       if (p) done(undefined, p);
     });
-    sock.send(buildQuery(id, fq), up.port, up.host, (e) => { if (e) done(new UpstreamError('error', `${up.key}: ${e.message}`)); });
+    // A connected socket: the kernel drops datagrams from anyone but the upstream, and an ICMP port-unreachable
+    // surfaces as ECONNREFUSED at once instead of a timeout.
+    sock.connect(up.port, up.host, () => {
+      sock.send(buildQuery(id, fq), (e) => { if (e) done(new UpstreamError('error', `${up.key}: ${e.message}`)); });
+    });
   });
 }
 

@@ -11,6 +11,8 @@ export const TCP_IDLE_MS = 10_000;
 export const MAX_TCP_CONNS = 1000;
 /** Unanswered queries one TCP connection may have outstanding (pipelining); more closes the connection. */
 export const MAX_TCP_PENDING = 100;
+/** Requested UDP receive buffer (the kernel caps it at net.core.rmem_max): absorbs bursts while the loop is busy. */
+export const UDP_RCVBUF_BYTES = 4 << 20;
 /** With port 0, UDP and TCP must end up on the same ephemeral port; this many tries. */
 const BIND_TRIES = 10;
 
@@ -65,7 +67,7 @@ export class DnsServer {
 
   private bindUdp(port: number): Promise<UdpSocket> {
     return new Promise((resolve, reject) => {
-      const sock = createSocket({ type: isIP(this.opts.host) === 6 ? 'udp6' : 'udp4' });
+      const sock = createSocket({ type: isIP(this.opts.host) === 6 ? 'udp6' : 'udp4', recvBufferSize: UDP_RCVBUF_BYTES });
       sock.once('error', reject);
       sock.bind(port, this.opts.host, () => {
         sock.off('error', reject);
