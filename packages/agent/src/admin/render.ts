@@ -1,0 +1,30 @@
+// Renders the agent's /status JSON as readable tables for `edgemesh status`. Pure.
+import type { AgentStatus } from '../main.ts';
+
+/** Formats rows as a left-aligned table with a header line. */
+export function table(headers: readonly string[], rows: readonly (readonly string[])[]): string {
+  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: readonly string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
+  return [line(headers), ...rows.map(line)].join('\n');
+}
+
+const dash = (v: unknown): string => (v === null || v === undefined || v === '' ? '-' : String(v));
+
+export function renderStatus(s: AgentStatus): string {
+  const out: string[] = [];
+  out.push(`node ${s.node}  group ${dash(s.group)}  nat ${dash(s.nat?.type)}  mapped ${dash(s.nat?.mapped)}`);
+  out.push('');
+  out.push('SERVERS');
+  out.push(s.servers.length ? table(['ADDRESS', 'CONNECTED'], s.servers.map((v) => [v.address, v.connected ? 'yes' : 'no'])) : '(none)');
+  out.push('');
+  out.push('PEERS');
+  out.push(s.peers.length
+    ? table(['NODE', 'PATH', 'REMOTE', 'RTT'], s.peers.map((p) => [p.node, p.path, dash(p.remote), p.rttMs === null || p.rttMs === undefined ? '-' : `${p.rttMs.toFixed(1)} ms`]))
+    : '(none)');
+  out.push('');
+  out.push('SERVICES');
+  out.push(s.services.length
+    ? table(['NAME', 'IP', 'PORTS', 'ENDPOINTS', 'ROUTING'], s.services.map((v) => [v.name, dash(v.ip), v.ports.join(',') || '-', String(v.endpoints), v.routing]))
+    : '(none)');
+  return out.join('\n') + '\n';
+}
