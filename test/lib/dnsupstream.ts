@@ -2,7 +2,7 @@
 // NXDOMAIN with an SOA otherwise, TC over UDP when the answer does not fit 512 bytes, optional per-name delay.
 // Counts the queries it receives per transport.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { createServer, type Server } from 'node:net';
+import { createServer, type Server, type Socket } from 'node:net';
 import dnsPacket from 'dns-packet';
 import type { Answer, Packet } from 'dns-packet';
 
@@ -45,18 +45,15 @@ export async function startUpstream(o: UpstreamOptions): Promise<TestUpstream> {
     if (!tcp && buf.length > 512) buf = dnsPacket.encode({ ...res, flags: (res.flags ?? 0) | dnsPacket.TRUNCATED_RESPONSE, answers: [], authorities: [] });
     return { buf, delay: o.delayMs?.[name] ?? 0 };
   };
-  const udp: UdpSocket = createSocket('udp4');
-  udp.on('message', (msg, rinfo) => {
+  const onUdp = (udp: UdpSocket) => (msg: Buffer, rinfo: { port: number; address: string }) => {
     counts.udp++;
     const r = answer(msg, false);
     if (!r) return;
     const send = () => udp.send(r.buf, rinfo.port, rinfo.address);
     if (r.delay) setTimeout(send, r.delay);
     else send();
-  });
-  await new Promise<void>((res) => udp.bind(0, host, () => res()));
-  const port = udp.address().port;
-  const tcp: Server = createServer((c) => {
+  };
+  const onTcp = (c: Socket) => {
     let buf = Buffer.alloc(0);
     c.on('error', () => c.destroy());
     c.on('data', (d) => {
@@ -72,16 +69,34 @@ export async function startUpstream(o: UpstreamOptions): Promise<TestUpstream> {
         c.write(Buffer.concat([len, r.buf]));
       }
     });
-  });
-  await new Promise<void>((res, rej) => {
-    tcp.once('error', rej);
-    tcp.listen(port, host, () => res());
-  });
+  };
+  // UDP on an ephemeral port, TCP on the same number (retry when that TCP port happens to be taken).
+  let udp: UdpSocket | undefined;
+  let tcp: Server | undefined;
+  for (let i = 0; i < 10 && !tcp; i++) {
+    const u = createSocket('udp4');
+    u.on('message', onUdp(u));
+    await new Promise<void>((res) => u.bind(0, host, () => res()));
+    const t = createServer(onTcp);
+    try {
+      await new Promise<void>((res, rej) => {
+        t.once('error', rej);
+        t.listen(u.address().port, host, () => res());
+      });
+      udp = u;
+      tcp = t;
+    } catch {
+      u.close();
+    }
+  }
+  if (!udp || !tcp) throw new Error('could not bind UDP and TCP on one port');
+  const port = udp.address().port;
+  const [u, t] = [udp, tcp];
   return {
     port, host, counts,
     async close() {
-      await new Promise<void>((r) => udp.close(() => r()));
-      await new Promise<void>((r) => tcp.close(() => r()));
+      await new Promise<void>((r) => u.close(() => r()));
+      await new Promise<void>((r) => t.close(() => r()));
     },
   };
 }
