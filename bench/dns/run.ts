@@ -102,7 +102,8 @@ async function dnsperf(port: number, file: string, seconds: number): Promise<{ q
   const { stdout: out } = await run(cmd, args, { encoding: 'utf8', maxBuffer: 64 << 20 });
   const qps = Number(/Queries per second:\s+([\d.]+)/.exec(out)?.[1] ?? NaN);
   const lost = /Queries lost:\s+(\S+ \([^)]*\))/.exec(out)?.[1] ?? '?';
-  return { qps, lost };
+  const codes = /Response codes:\s+(.*)/.exec(out)?.[1] ?? '?';
+  return { qps, lost: `lost ${lost}, ${codes}` };
 }
 
 async function main(): Promise<void> {
@@ -160,7 +161,7 @@ async function main(): Promise<void> {
     console.log('\n| names | agent qps | unbound qps | agent/unbound |');
     console.log('|---|---:|---:|---:|');
     for (const r of results) console.log(`| ${r.what} | ${Math.round(r.agent)} | ${Math.round(r.unbound)} | ${(r.agent / r.unbound).toFixed(2)}x |`);
-    for (const r of results) console.log(`lost (${r.what}): ${r.lost}`);
+    for (const r of results) console.log(`${r.what}: ${r.lost}`);
     console.log(`\nupstream queries during the bench: udp ${upstream.counts.udp}, tcp ${upstream.counts.tcp} (for ${FORWARDED_NAMES} names, both servers)`);
   } finally {
     for (const c of children) c.kill('SIGTERM');

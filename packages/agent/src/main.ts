@@ -6,7 +6,7 @@ import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
 import { ServiceIPs } from './dns/serviceips.ts';
-import { startDns, type DnsHandle } from './dns/index.ts';
+import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 
 export interface AgentStatus {
   node: string;
@@ -34,6 +34,7 @@ export class Agent {
     this.log = log;
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
+    if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
     this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
@@ -105,7 +106,12 @@ export async function main(argv: string[]): Promise<void> {
     exitOnConfigError(e);
   }
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
-  const agent = new Agent(cfg, log);
+  let agent: Agent;
+  try {
+    agent = new Agent(cfg, log);
+  } catch (e) {
+    exitOnConfigError(e);
+  }
   handleSignals(log, () => agent.stop());
   await agent.start();
   log.info('agent started');

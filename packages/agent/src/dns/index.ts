@@ -1,13 +1,14 @@
 // Starts the node-local DNS: makes sure dns.listen exists on the host (dummy interface), picks upstreams, wires
 // handler + forwarder + metrics + listeners. Returns a handle whose stop() undoes all of it.
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import { networkInterfaces } from 'node:os';
 import type { Registry } from 'prom-client';
 import { ConfigError, parseHostPort, type AgentConfig } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
 import type { ServiceIPTable, Snapshot } from '../cluster/types.ts';
 import { acquireLocalAddress } from '../intercept/localaddr.ts';
-import { chooseUpstreams, Forwarder } from './forward.ts';
+import { chooseUpstreams, Forwarder, parseUpstream } from './forward.ts';
 import { DnsHandler } from './handler.ts';
 import { createDnsMetrics } from './metrics.ts';
 import { DnsServer } from './server.ts';
@@ -33,11 +34,18 @@ export interface DnsHandle {
   stop(): Promise<void>;
 }
 
+/** Checks the dns.* keys beyond the schema; throws ConfigError naming the key. Returns the parsed listen and domain. */
+export function validateDnsConfig(cfg: AgentConfig): { host: string; port: number; domain: string } {
+  const hp = parseHostPort(cfg.dns.listen, false);
+  if (!hp || !isIP(hp.host)) throw new ConfigError('dns.listen', `expected IP:PORT, got ${JSON.stringify(cfg.dns.listen)}`);
+  const domain = cfg.dns.domain.toLowerCase().replace(/^\.+|\.+$/g, '');
+  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(domain)) throw new ConfigError('dns.domain', `${JSON.stringify(cfg.dns.domain)} is not a DNS name`);
+  cfg.dns.upstream.forEach((u, i) => parseUpstream(u, `dns.upstream[${i}]`));
+  return { host: hp.host, port: hp.port, domain };
+}
+
 export async function startDns(d: DnsDeps): Promise<DnsHandle> {
-  const hp = parseHostPort(d.cfg.dns.listen, false);
-  if (!hp) throw new ConfigError('dns.listen', `expected HOST:PORT, got ${JSON.stringify(d.cfg.dns.listen)}`);
-  const domain = d.cfg.dns.domain.toLowerCase().replace(/^\.+|\.+$/g, '');
-  if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(domain)) throw new ConfigError('dns.domain', `${JSON.stringify(d.cfg.dns.domain)} is not a DNS name`);
+  const { domain, ...hp } = validateDnsConfig(d.cfg);
 
   let resolvText: string | undefined;
   if (!d.cfg.dns.upstream.length) {
