@@ -9,6 +9,10 @@ export const STATUS_TIMEOUT_MS = 5000;
 export async function cli(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (cmd === 'status') return status(rest);
+  if (cmd === 'demo') {
+    const { demo } = await import('./demo/demo.ts');
+    process.exit(await demo(rest));
+  }
   if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(USAGE);
     return;

@@ -1,0 +1,23 @@
+// A sample backend for the demo and the end-to-end tests: HTTP on one port answers `hello from <name>`, and a UDP
+// echo on the same port number prefixes `<name>:`. Run: node backend.ts NAME PORT
+import { createServer } from 'node:http';
+import { createSocket } from 'node:dgram';
+
+const [name = 'backend', portArg = '8080'] = process.argv.slice(2);
+const port = Number(portArg);
+
+const http = createServer((req, res) => {
+  const body = `hello from ${name}\n`;
+  res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body), 'x-backend': name });
+  res.end(body);
+  req.resume();
+});
+http.listen(port, '0.0.0.0');
+
+const udp = createSocket('udp4');
+udp.on('message', (msg, from) => udp.send(Buffer.concat([Buffer.from(`${name}:`), msg]), from.port, from.address));
+udp.bind(port, '0.0.0.0');
+
+const stop = () => { http.close(); udp.close(); process.exit(0); };
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
