@@ -11,6 +11,8 @@ export interface UpstreamOptions {
   delayMs?: Record<string, number>;
   soaMinimum?: number;
   host?: string;
+  /** Fixed port (default: an ephemeral one). */
+  port?: number;
 }
 
 export interface TestUpstream {
@@ -76,7 +78,7 @@ export async function startUpstream(o: UpstreamOptions): Promise<TestUpstream> {
   for (let i = 0; i < 10 && !tcp; i++) {
     const u = createSocket('udp4');
     u.on('message', onUdp(u));
-    await new Promise<void>((res) => u.bind(0, host, () => res()));
+    await new Promise<void>((res) => u.bind(o.port ?? 0, host, () => res()));
     const t = createServer(onTcp);
     try {
       await new Promise<void>((res, rej) => {
