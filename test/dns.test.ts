@@ -80,6 +80,7 @@ describe('agent DNS with real clients', () => {
     up = await startUpstream({
       records: {
         'www.example.test': [{ name: 'www.example.test', type: 'A', ttl: 300, data: '192.0.2.10' }],
+        '.': [{ name: '.', type: 'NS', ttl: 300, data: 'a.root.test' }],
         'example.org': [{ name: 'example.org', type: 'A', ttl: 300, data: '192.0.2.7' }],
         'slow.example.test': [{ name: 'slow.example.test', type: 'A', ttl: 300, data: '192.0.2.11' }],
         'big.example.test': Array.from({ length: 40 }, (_, i) => ({ name: 'big.example.test', type: 'A' as const, ttl: 300, data: `192.0.2.${i + 1}` })),
@@ -169,6 +170,7 @@ describe('agent DNS with real clients', () => {
     await assert.rejects(resolver.resolve4('missing.example.test'), { code: 'ENOTFOUND' });
     await assert.rejects(resolver.resolve4('missing.example.test'), { code: 'ENOTFOUND' });
     assert.equal(up.counts.byName.get('missing.example.test'), 1, 'NXDOMAIN cached from the SOA minimum');
+    assert.deepEqual(answerLines(await dig(port, '.', 'NS', '+short')), ['a.root.test.']); // the root name is forwarded too
   });
 
   test('forwarding: identical concurrent questions make one upstream query; replies keep each client ID', async () => {

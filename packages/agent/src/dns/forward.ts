@@ -150,6 +150,9 @@ function buildQuery(id: number, fq: ForwardQuestion): Buffer {
   return b;
 }
 
+/** Name as a comparison key: lower case, no trailing dot (the root is ''). */
+const normQ = (n: string) => n.toLowerCase().replace(/\.$/, '');
+
 /** Validates an upstream response against our query: ID, QR, and the same question (case-insensitive). */
 function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.DecodedPacket | undefined {
   if (buf.length < 12 || buf.readUInt16BE(0) !== id || !(buf[2] & 0x80)) return undefined;
@@ -160,7 +163,7 @@ function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.
     return undefined;
   }
   const q = p.questions?.[0];
-  if (!q || q.name.toLowerCase() !== fq.name.toLowerCase().replace(/\.$/, '') || String(q.type) !== fq.type) return undefined;
+  if (!q || normQ(q.name) !== normQ(fq.name) || String(q.type) !== fq.type) return undefined;
   return p;
 }
 
@@ -256,7 +259,7 @@ export class Forwarder {
   }
 
   static cacheKey(fq: ForwardQuestion): string {
-    return `${fq.name.toLowerCase().replace(/\.$/, '')}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
+    return `${normQ(fq.name)}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
   }
 
   /** Answers from the cache, or asks the upstreams (one query for identical concurrent questions). Never rejects. */
