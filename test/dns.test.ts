@@ -205,6 +205,18 @@ describe('agent DNS with real clients', () => {
     const m = await agent.registry.metrics();
     const malformed = Number(/edgemesh_dns_malformed_total\{transport="udp"\} (\d+)/.exec(m)?.[1] ?? 0);
     assert.ok(malformed >= 100, `malformed ${malformed}`);
+
+    // TCP: garbage frames, a zero-length frame, then a frame that claims 65535 bytes and stops; then a real query.
+    const { connect } = await import('node:net');
+    const c = connect(port, '127.0.0.1');
+    await new Promise<void>((r) => c.once('connect', () => r()));
+    const frame = (b: Buffer) => Buffer.concat([Buffer.from([b.length >> 8, b.length & 255]), b]);
+    c.write(Buffer.concat([frame(rnd(3)), frame(Buffer.alloc(0)), frame(rnd(40)), Buffer.from([0xff, 0xff]), rnd(100)]));
+    await new Promise((r) => setTimeout(r, 50));
+    c.destroy();
+    assert.deepEqual(answerLines(await dig(port, '+tcp', 'web.default.svc.cluster.local', 'A', '+short')), ['10.96.0.10']);
+    const m2 = await agent.registry.metrics();
+    assert.ok(Number(/edgemesh_dns_malformed_total\{transport="tcp"\} (\d+)/.exec(m2)?.[1] ?? 0) >= 2);
   });
 });
 

@@ -11,6 +11,8 @@ export const TCP_IDLE_MS = 10_000;
 export const MAX_TCP_CONNS = 1000;
 /** Unanswered queries one TCP connection may have outstanding (pipelining); more closes the connection. */
 export const MAX_TCP_PENDING = 100;
+/** A TCP client that does not read its replies is dropped once this much is queued for it. */
+export const MAX_TCP_QUEUED_BYTES = 1 << 20;
 /** Requested UDP receive buffer (the kernel caps it at net.core.rmem_max): absorbs bursts while the loop is busy. */
 export const UDP_RCVBUF_BYTES = 4 << 20;
 /** With port 0, UDP and TCP must end up on the same ephemeral port; this many tries. */
@@ -118,6 +120,10 @@ export class DnsServer {
     const reply = (b: Buffer | null) => {
       pending--;
       if (!b || c.destroyed) return;
+      if (c.writableLength > MAX_TCP_QUEUED_BYTES) {
+        c.destroy();
+        return;
+      }
       const len = Buffer.allocUnsafe(2);
       len.writeUInt16BE(b.length);
       c.write(Buffer.concat([len, b]));
