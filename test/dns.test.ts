@@ -266,3 +266,41 @@ describe('agent DNS edge cases', () => {
     }
   });
 });
+
+describe('forwarder failover', () => {
+  test('a silent upstream times out, a refusing one fails at once; the next answers and is preferred afterwards', async () => {
+    const { Forwarder, parseUpstream } = await import('../packages/agent/src/dns/forward.ts');
+    const up = await startUpstream({ records: { 'a.example.test': [{ name: 'a.example.test', type: 'A', ttl: 60, data: '192.0.2.1' }], 'b.example.test': [{ name: 'b.example.test', type: 'A', ttl: 60, data: '192.0.2.2' }] } });
+    const silent = createSocket('udp4'); // receives and never answers
+    await new Promise<void>((r) => silent.bind(0, '127.0.0.1', () => r()));
+    let silentGot = 0;
+    silent.on('message', () => { silentGot++; });
+    const closed = createSocket('udp4');
+    await new Promise<void>((r) => closed.bind(0, '127.0.0.1', () => r()));
+    const closedPort = closed.address().port;
+    await new Promise<void>((r) => closed.close(() => r()));
+    const outcomes: string[] = [];
+    const fw = new Forwarder({
+      upstreams: [parseUpstream(`127.0.0.1:${silent.address().port}`), parseUpstream(`127.0.0.1:${closedPort}`), parseUpstream(`127.0.0.1:${up.port}`)],
+      timeoutMs: 300, log: silentLogger, hooks: { onUpstream: (_u, _s, o) => outcomes.push(o) },
+    });
+    const q = (name: string) => ({ questionBytes: dnsPacket.encode({ questions: [{ name, type: 'A' }] }).subarray(12), name, type: 'A', class: 'IN', do: false, cd: false });
+    try {
+      const t0 = Date.now();
+      const a = await fw.resolve(q('a.example.test'));
+      assert.equal(a.rcode, 0);
+      assert.equal((a.answers[0] as { data: string }).data, '192.0.2.1');
+      assert.deepEqual(outcomes, ['timeout', 'error', 'ok']);
+      assert.ok(Date.now() - t0 >= 300);
+      assert.equal(silentGot, 1);
+      // The failed upstreams are now tried last: the next question goes straight to the working one.
+      outcomes.length = 0;
+      const b = await fw.resolve(q('b.example.test'));
+      assert.equal((b.answers[0] as { data: string }).data, '192.0.2.2');
+      assert.deepEqual(outcomes, ['ok']);
+    } finally {
+      silent.close();
+      await up.close();
+    }
+  });
+});
