@@ -113,3 +113,21 @@ test('pod names (pods insecure) and non-IN classes', () => {
   assert.equal(answerCluster(z, '10-1-2-300.default.pod.cluster.local', 'A', 'IN')!.rcode, 'NXDOMAIN');
   assert.equal(answerCluster(z, 'web.default.svc.cluster.local', 'A', 'CH')!.rcode, 'REFUSED');
 });
+
+test('names DNS cannot carry: a bad externalName is NODATA, an over-long hostname falls back to the dashed address', () => {
+  const m = new ClusterModel([]);
+  m.replace('Service', [
+    { kind: 'Service', metadata: { name: 'bad', namespace: 'default' }, spec: { type: 'ExternalName', externalName: 'x'.repeat(70) + '.example.org' } },
+    { kind: 'Service', metadata: { name: 'hl', namespace: 'default' }, spec: { clusterIP: 'None' } },
+  ]);
+  m.replace('EndpointSlice', [{ kind: 'EndpointSlice', metadata: { name: 'hl-1', namespace: 'default', labels: { 'kubernetes.io/service-name': 'hl' } }, addressType: 'IPv4', endpoints: [{ addresses: ['10.1.1.1'], hostname: 'h'.repeat(64) }] }]);
+  const snap = m.flush();
+  const ips = new ServiceIPs({ mode: 'clusterIP', fakeCIDR: '9.251.0.0/16', stateDir: '/nonexistent-em-test', log: silentLogger });
+  ips.update(snap);
+  const z: ZoneView = { snap, ips, domain: 'cluster.local', ttl: 30 };
+  const bad = answerCluster(z, 'bad.default.svc.cluster.local', 'A', 'IN')!;
+  assert.equal(bad.rcode, 'NOERROR');
+  assert.equal(bad.answers.length, 0);
+  assert.deepEqual(answerCluster(z, '10-1-1-1.hl.default.svc.cluster.local', 'A', 'IN')!.answers.map(dataOf), ['10.1.1.1']);
+  assert.deepEqual(answerCluster(z, '1.1.1.10.in-addr.arpa', 'PTR', 'IN')!.answers.map(dataOf), ['10-1-1-1.hl.default.svc.cluster.local']);
+});

@@ -101,9 +101,19 @@ function readyEndpoints(snap: Snapshot, key: string): Endpoint[] {
   return (snap.endpoints.get(key) ?? []).filter((e) => e.ready && !e.terminating);
 }
 
+/** True for a name dns-packet can encode: labels of 1-63 bytes, at most 253 characters, no empty label. */
+export function isDnsName(n: string): boolean {
+  const t = n.endsWith('.') ? n.slice(0, -1) : n;
+  if (t.length === 0 || t.length > 253 || Buffer.byteLength(t) !== t.length) return false;
+  return t.split('.').every((l) => l.length >= 1 && l.length <= 63);
+}
+
+const isLabel = (l: string) => l.length >= 1 && l.length <= 63 && !l.includes('.') && Buffer.byteLength(l) === l.length;
+
 /** The per-endpoint label of a headless endpoint: its hostname, else its address with dots/colons as dashes. */
 export function endpointLabel(ep: Endpoint): string {
-  return (ep.hostname ?? ep.address.replace(/[.:]/g, '-')).toLowerCase();
+  const h = ep.hostname !== undefined && isLabel(ep.hostname) ? ep.hostname : undefined;
+  return (h ?? ep.address.replace(/[.:]/g, '-')).toLowerCase();
 }
 
 function uniq(list: string[]): string[] {
@@ -193,10 +203,11 @@ function answerSvc(z: ZoneView, rel: string[], owner: string, qtype: string): Cl
   const s = findService(z.snap, ns, rel[rel.length - 2]);
   if (!s) return nxdomain(z);
   const svcName = `${s.name}.${s.namespace}.svc.${z.domain}`.toLowerCase();
+  if (!isDnsName(svcName)) return nxdomain(z); // a name from a manifest that DNS cannot carry
 
   if (rel.length === 2) {
     if (s.type === 'ExternalName') {
-      if (!s.externalName) return nodata(z);
+      if (!s.externalName || !isDnsName(s.externalName)) return nodata(z);
       const target = normName(s.externalName);
       const rec: Answer = { name: owner, type: 'CNAME', class: 'IN', ttl: z.ttl, data: target };
       return { ...result(z, 'NOERROR', [rec]), chase: qtype === 'CNAME' ? undefined : target };
@@ -211,9 +222,11 @@ function answerSvc(z: ZoneView, rel: string[], owner: string, qtype: string): Cl
   if (rel.length === 3) {
     // <hostname|dashed-ip>.<svc>.<ns>.svc: a headless endpoint
     if (!s.headless) return nxdomain(z);
-    const eps = readyEndpoints(z.snap, s.key).filter((e) => endpointLabel(e) === rel[0] || (e.hostname === undefined && e.addresses.some((a) => a.replace(/[.:]/g, '-').toLowerCase() === rel[0])));
+    const dashed = (a: string) => a.replace(/[.:]/g, '-').toLowerCase() === rel[0];
+    const named = (e: Endpoint) => e.hostname !== undefined && isLabel(e.hostname);
+    const eps = readyEndpoints(z.snap, s.key).filter((e) => (named(e) ? e.hostname!.toLowerCase() === rel[0] : e.addresses.some(dashed)));
     if (!eps.length) return nxdomain(z);
-    const recs = addrRecords(owner, uniq(eps.flatMap((e) => e.hostname !== undefined ? e.addresses : e.addresses.filter((a) => a.replace(/[.:]/g, '-').toLowerCase() === rel[0]))), qtype, z.ttl);
+    const recs = addrRecords(owner, uniq(eps.flatMap((e) => (named(e) ? e.addresses : e.addresses.filter(dashed)))), qtype, z.ttl);
     return recs.length ? result(z, 'NOERROR', recs) : nodata(z);
   }
   if (rel.length === 4 && rel[0].startsWith('_') && rel[1].startsWith('_')) {
@@ -286,10 +299,11 @@ function answerReverse(z: ZoneView, name: string, owner: string, qtype: string, 
   const s = key !== undefined ? z.snap.services.get(key) : undefined;
   if (s) targets.push(`${s.name}.${s.namespace}.svc.${z.domain}`.toLowerCase());
   targets.push(...(headlessIndex(z).get(ip) ?? []));
-  if (!targets.length) {
+  const valid = targets.filter(isDnsName); // names from manifests that DNS cannot carry are left out
+  if (!valid.length) {
     if (z.ownsIP?.(ip)) return { rcode: 'NXDOMAIN', aa: true, answers: [], authorities: [soaRecord(z)], additionals: [] };
     return undefined;
   }
   if (qtype !== 'PTR' && qtype !== 'ANY') return { rcode: 'NOERROR', aa: true, answers: [], authorities: [soaRecord(z)], additionals: [] };
-  return { rcode: 'NOERROR', aa: true, answers: uniq(targets).map((t) => ({ name: owner, type: 'PTR', class: 'IN', ttl: z.ttl, data: t })), authorities: [], additionals: [] };
+  return { rcode: 'NOERROR', aa: true, answers: uniq(valid).map((t) => ({ name: owner, type: 'PTR', class: 'IN', ttl: z.ttl, data: t })), authorities: [], additionals: [] };
 }

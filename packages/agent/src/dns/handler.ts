@@ -113,7 +113,12 @@ export class DnsHandler {
     if (cluster) {
       if (cluster.chase) return this.chase(q, cluster, max, zone);
       const reply: Reply = { rcode: RCODE[cluster.rcode], aa: cluster.aa, answers: cluster.answers, authorities: cluster.authorities, additionals: cluster.additionals };
-      const enc = encodeReply(q, reply, max);
+      let enc;
+      try {
+        enc = encodeReply(q, reply, max);
+      } catch {
+        return this.finish(q, { rcode: RCODE.SERVFAIL, aa: false, answers: [], authorities: [], additionals: [] }, max, 'cluster');
+      }
       if (enc.truncated) this.metrics.truncated();
       if (key) this.fast.set(key, { wire: enc.wire, type: q.type, rcode: reply.rcode, source: 'cluster', gen: this.gen, fetchedAt: 0, expiresAt: 0 });
       this.metrics.query(q.type, reply.rcode, 'cluster');
