@@ -215,7 +215,7 @@ function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
     sock.on('connect', () => {
       const len = Buffer.allocUnsafe(2);
       len.writeUInt16BE(q.length);
-      sock.end(Buffer.concat([len, q]));
+      sock.write(Buffer.concat([len, q])); // no half-close: some servers drop a connection whose read side ended
     });
     sock.on('data', (d) => {
       buf = Buffer.concat([buf, d]);
