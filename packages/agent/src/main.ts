@@ -6,6 +6,8 @@ import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
 import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
+import { ServiceIPs } from './dns/serviceips.ts';
+import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 
 export interface AgentStatus {
   node: string;
@@ -22,6 +24,10 @@ export class Agent {
   readonly registry = createRegistry('edgemesh_agent_');
   readonly model: ClusterModel;
   readonly admin: AdminServer;
+  /** The IPs handed out for Services (DNS answers them, the proxy intercepts them); exists even when DNS is off. */
+  readonly serviceIPs: ServiceIPs;
+  /** The running DNS server when dns.enabled (after start()). */
+  dns: DnsHandle | undefined;
   private readonly stops: (() => Promise<void>)[] = [];
   cluster: ClusterRuntime | undefined;
 
@@ -31,6 +37,8 @@ export class Agent {
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
     this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
+    if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
 
@@ -49,7 +57,7 @@ export class Agent {
       peers: [],
       services: [...snap.services.values()].map((s) => ({
         name: s.key,
-        ip: s.clusterIPs[0] ?? null,
+        ip: this.serviceIPs.ipsFor(s.key)[0] ?? null,
         ports: s.ports.map((p) => p.port),
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: 'cluster',
@@ -61,10 +69,23 @@ export class Agent {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
 
+    // --- Service IP table (dns/serviceips.ts): follows every snapshot, shared by DNS and the proxy.
+    this.serviceIPs.update(this.model.snapshot());
+    const unsubscribeIPs = this.model.subscribe((snap) => this.serviceIPs.update(snap));
+    this.stops.push(async () => { unsubscribeIPs(); });
+
     // --- cluster source (cluster/): last good state, then the configured source; ready once it synced.
     this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
     this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
     this.stops.push(() => this.cluster!.stop());
+
+    // --- DNS (dns/) ---
+    if (this.cfg.dns.enabled) {
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
+      const dns = this.dns;
+      this.stops.push(() => dns.stop());
+      this.admin.addCheck('dns', () => dns.server.listening);
+    }
   }
 
   async stop(): Promise<void> {
@@ -95,7 +116,12 @@ export async function main(argv: string[]): Promise<void> {
     exitOnConfigError(e);
   }
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
-  const agent = new Agent(cfg, log);
+  let agent: Agent;
+  try {
+    agent = new Agent(cfg, log);
+  } catch (e) {
+    exitOnConfigError(e);
+  }
   handleSignals(log, () => agent.stop());
   try {
     await agent.start();
