@@ -1,13 +1,15 @@
 // edgemesh-agent: wires config, cluster source, DNS, interception + proxy, tunnel and the admin API.
-import { agentSchema, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
+import { agentSchema, ConfigError, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
-import type { ServiceIPTable, Snapshot } from './cluster/types.ts';
+import type { Snapshot } from './cluster/types.ts';
+import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
+import { ServiceIPs } from './dns/serviceips.ts';
+import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
-import { ClusterIPTable } from './proxy/clusterips.ts';
 import { Proxier } from './proxy/proxier.ts';
 import { IptablesInterceptor } from './intercept/iptables.ts';
 import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
@@ -33,11 +35,14 @@ export class Agent {
   readonly registry = createRegistry('edgemesh_agent_');
   readonly model: ClusterModel;
   readonly admin: AdminServer;
+  /** The IPs handed out for Services (DNS answers them, the proxy intercepts them); exists even when DNS is off. */
+  readonly serviceIPs: ServiceIPs;
+  /** The running DNS server when dns.enabled (after start()). */
+  dns: DnsHandle | undefined;
   private readonly stops: (() => Promise<void>)[] = [];
+  cluster: ClusterRuntime | undefined;
   /** How the proxy reaches endpoints: `direct` always; the tunnel module sets `tunnel` for other nodes' endpoints. */
   readonly dialers: { direct: Dialer; tunnel?: Dialer } = { direct: new DirectDialer() };
-  /** Service IPs to intercept (the DNS module sets its table here); the proxy falls back to spec.clusterIPs. */
-  serviceIPs?: ServiceIPTable;
   proxy?: Proxier;
   /** Proxy timings a test may shorten before start() (production uses the defaults). */
   readonly proxyTuning: { reassertMs?: number } = {};
@@ -47,6 +52,9 @@ export class Agent {
     this.log = log;
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
+    this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
+    if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
 
@@ -66,7 +74,7 @@ export class Agent {
       peers: [],
       services: [...snap.services.values()].map((s) => ({
         name: s.key,
-        ip: s.clusterIPs[0] ?? null,
+        ip: this.serviceIPs.ipsFor(s.key)[0] ?? null,
         ports: s.ports.map((p) => p.port),
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: routes?.get(s.key)?.routing ?? 'none',
@@ -78,6 +86,26 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+
+    // --- Service IP table (dns/serviceips.ts): follows every snapshot, shared by DNS and the proxy.
+    this.serviceIPs.update(this.model.snapshot());
+    const unsubscribeIPs = this.model.subscribe((snap) => this.serviceIPs.update(snap));
+    this.stops.push(async () => { unsubscribeIPs(); });
+
+    // --- cluster source (cluster/): last good state, then the configured source; ready once it synced.
+    this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
+    this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
+    this.stops.push(() => this.cluster!.stop());
+
+    // --- DNS (dns/) ---
+    if (this.cfg.dns.enabled) {
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
+      const dns = this.dns;
+      this.stops.push(() => dns.stop());
+      this.admin.addCheck('dns', () => dns.server.listening);
+    }
+
+    // --- proxy (intercept/, proxy/, lb/, routing/) ---
     await this.startProxy();
   }
 
@@ -102,7 +130,7 @@ export class Agent {
       await interceptor.start();
     }
     const proxy = new Proxier({
-      log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs ?? new ClusterIPTable(this.model),
+      log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
       dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
       domain: this.cfg.dns.domain, interceptor,
     });
@@ -142,8 +170,19 @@ export async function main(argv: string[]): Promise<void> {
     exitOnConfigError(e);
   }
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
-  const agent = new Agent(cfg, log);
+  let agent: Agent;
+  try {
+    agent = new Agent(cfg, log);
+  } catch (e) {
+    exitOnConfigError(e);
+  }
   handleSignals(log, () => agent.stop());
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (e) {
+    // A config problem found while starting (e.g. an unreadable kubeconfig) still exits 2 naming the key.
+    if (e instanceof ConfigError) await agent.stop();
+    exitOnConfigError(e);
+  }
   log.info('agent started');
 }
