@@ -7,7 +7,7 @@
 // scratch network namespace — never in the root namespace).
 // Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000]
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -107,6 +107,13 @@ async function wrk(port: number, close: boolean): Promise<number> {
   return Number(m[1]);
 }
 
+function writeManifests(name: string, objects: object[]): string {
+  const d = join(dir, name);
+  mkdirSync(d);
+  writeFileSync(join(d, 'objects.yaml'), objects.map((o) => stringify(o)).join('---\n'));
+  return d;
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('run as root (network namespace for the sync measurement; apt-get)');
   await ensureTools();
@@ -132,12 +139,13 @@ async function main(): Promise<void> {
     service({ name: 'http', ip: '10.96.0.2', ports: [{ port: 80, targetPort: httpPort }] }),
     slice('http', [{ port: httpPort }], [{ ip: '127.0.0.1', node: 'bench' }]),
   ];
-  const agentCfg = (intercept: string, bind: string) => stringify({
-    nodeName: 'bench', stateDir: join(dir, 'state'), cluster: { source: 'file', manifestsDir: dir },
+  // The runner feeds the model from a JSON file; the agent's file source reads the same objects as manifests.
+  const agentCfg = (intercept: string, bind: string, manifests: string) => stringify({
+    nodeName: 'bench', stateDir: join(dir, 'state'), cluster: { source: 'file', manifestsDir: manifests },
     dns: { enabled: false }, tunnel: { enabled: false }, proxy: { intercept, bindAddress: bind },
     routing: { default: 'cluster' }, admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
   });
-  writeFileSync(join(dir, 'agent.yaml'), agentCfg('none', '127.0.0.1'));
+  writeFileSync(join(dir, 'agent.yaml'), agentCfg('none', '127.0.0.1', writeManifests('m1', objects)));
   writeFileSync(join(dir, 'objects.json'), JSON.stringify(objects));
   const agent = await start(process.execPath, [RUNNER, join(dir, 'agent.yaml'), join(dir, 'objects.json')], 'READY');
   const ports = JSON.parse(agent.line.slice('READY '.length)).ports as Record<string, number>;
@@ -177,7 +185,7 @@ async function main(): Promise<void> {
     many.push(slice(name, [{ port: 8080 }], [{ ip: `198.18.${i >> 8}.${i & 255}`, node: 'bench' }]));
   }
   writeFileSync(join(dir, 'many.json'), JSON.stringify(many));
-  writeFileSync(join(dir, 'agent-ipt.yaml'), agentCfg('iptables', '169.254.96.16'));
+  writeFileSync(join(dir, 'agent-ipt.yaml'), agentCfg('iptables', '169.254.96.16', writeManifests('m2', many)));
   const t0 = performance.now();
   const big = await start('ip', ['netns', 'exec', SCRATCH, process.execPath, RUNNER, join(dir, 'agent-ipt.yaml'), join(dir, 'many.json')], 'READY');
   const startMs = performance.now() - t0;

@@ -114,7 +114,7 @@ before(async () => {
   ];
   dir = mkdtempSync(join(tmpdir(), `${P}-`));
   mkdirSync(join(dir, 'manifests'));
-  for (const [i, o] of objects.entries()) writeFileSync(join(dir, 'manifests', `${i}.yaml`), stringify({ apiVersion: o.kind === 'EndpointSlice' ? 'discovery.k8s.io/v1' : 'v1', ...o }));
+  for (const [i, o] of objects.entries()) writeFileSync(join(dir, 'manifests', `${i}.yaml`), stringify(o));
   writeFileSync(join(dir, 'objects.json'), JSON.stringify(objects));
   writeFileSync(join(dir, 'agent.yaml'), stringify({
     nodeName: 'n-a', stateDir: join(dir, 'state'),

@@ -12,6 +12,7 @@ export interface SvcSpec {
 
 export function service(s: SvcSpec): RawObject {
   return {
+    apiVersion: 'v1',
     kind: 'Service',
     metadata: { name: s.name, namespace: s.namespace ?? 'default', annotations: s.annotations ?? {} },
     spec: { clusterIP: s.ip, clusterIPs: [s.ip], ports: s.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP', targetPort: p.targetPort ?? p.port })), ...(s.spec ?? {}) },
@@ -22,6 +23,7 @@ export interface EpSpec { ip: string; node?: string; ready?: boolean; terminatin
 
 export function slice(svc: string, ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP' }[], eps: EpSpec[], namespace = 'default', suffix = '1'): RawObject {
   return {
+    apiVersion: 'discovery.k8s.io/v1',
     kind: 'EndpointSlice',
     metadata: { name: `${svc}-${suffix}`, namespace, labels: { 'kubernetes.io/service-name': svc } },
     addressType: 'IPv4',
@@ -31,5 +33,5 @@ export function slice(svc: string, ports: { name?: string; port: number; protoco
 }
 
 export function node(name: string, labels: Record<string, string> = {}): RawObject {
-  return { kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } }, status: { addresses: [] } };
+  return { apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, ...labels } }, status: { addresses: [] } };
 }
