@@ -47,6 +47,8 @@ export class PortState {
   private readonly rng?: Rng;
   private readonly now?: () => number;
   private balancerId = '';
+  /** Sorted candidate keys per endpoint list (the plan's lists are stable between updates). */
+  private candidates = new WeakMap<readonly Endpoint[], { byKey: Map<string, Endpoint>; keys: string[] }>();
 
   constructor(u: PortStateUpdate, opts: { rng?: Rng; now?: () => number; outliers?: OutlierDetector } = {}) {
     this.rng = opts.rng;
@@ -78,9 +80,14 @@ export class PortState {
     const keyOf = (e: Endpoint) => endpointKey(e.address, endpointPort(e, this.port)!);
     const sel = selectTier(this.plan, (e) => !this.outliers.isEjected(keyOf(e)), exclude);
     if (!sel) return undefined;
-    const byKey = new Map<string, Endpoint>();
-    for (const e of sel.endpoints) byKey.set(keyOf(e), e);
-    const keys = [...byKey.keys()].sort();
+    let c = this.candidates.get(sel.endpoints);
+    if (!c) {
+      const byKey = new Map<string, Endpoint>();
+      for (const e of sel.endpoints) byKey.set(keyOf(e), e);
+      c = { byKey, keys: [...byKey.keys()].sort() };
+      this.candidates.set(sel.endpoints, c);
+    }
+    const { byKey, keys } = c;
     const key = this.balancer.pick(keys, { clientIP, headerValue });
     const endpoint = byKey.get(key)!;
     const dstGroup = (endpoint.nodeName !== undefined ? this.nodes.get(endpoint.nodeName)?.group : undefined) ?? 'none';

@@ -223,7 +223,8 @@ export function selectTier(plan: RoutingPlan, healthy: (e: Endpoint) => boolean,
   for (let i = 0; i < plan.steps.length; i++) {
     const s = plan.steps[i];
     const eps = avail(s.endpoints);
-    const ok = eps.filter(healthy);
+    // The very same array when nothing is filtered out, so callers can cache per-array work.
+    const ok = eps.every(healthy) ? eps : eps.filter(healthy);
     if (ok.length) return i === 0 ? { endpoints: ok, tier: s.tier, step: 0 } : { endpoints: ok, tier: s.tier, step: i, spilledFrom: plan.steps[0].tier };
   }
   // Every candidate is ejected: use them anyway rather than refusing (outlier detection is advisory).
