@@ -15,6 +15,9 @@ function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
   }
 }
 
+/** TCP keepalive probes start after this much idle time, on both legs of a proxied connection (dead peers are noticed). */
+export const TCP_KEEPALIVE_MS = 60_000;
+
 /** Read size of the relay buffers (the same as Node's default socket read). */
 export const RELAY_READ_BYTES = 65_536;
 /** Free relay buffers kept for reuse across connections (x 64 KiB). */
@@ -68,7 +71,7 @@ export class DirectDialer implements Dialer {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
       let sock: Socket;
-      const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true };
+      const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS };
       if (relayTo) {
         const relay = relayReads(relayTo, () => sock);
         sock = connect({ ...opts, onread: { buffer: relay.buffer, callback: relay.callback } });

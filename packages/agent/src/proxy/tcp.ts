@@ -6,7 +6,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { Endpoint } from '../cluster/types.ts';
 import { DialError, type Dialer } from './dialer.ts';
 import { chooseDialer } from './choose.ts';
-import { DirectDialer } from './direct.ts';
+import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
 import { headerFromRequestHead, type PortState } from './portstate.ts';
 import type { ProxyMetrics } from './metrics.ts';
 
@@ -52,7 +52,7 @@ export class TcpListener {
   constructor(state: PortState, ctx: TcpContext) {
     this.state = state;
     this.ctx = ctx;
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.accept(s));
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS }, (s) => this.accept(s));
   }
 
   listen(host: string): Promise<number> {
