@@ -97,10 +97,8 @@ test('TCP: strict Service with no endpoint in the group is reset at once; prefer
     slice('prefer', [{ port: other.port }], [{ ip: '127.0.0.3', node: 'far' }]),
   ]);
   try {
-    const t0 = performance.now();
     const r = await request(proxier.listenerPort('default/strict', 80)!, 'x');
-    assert.equal(r.error, 'ECONNRESET');
-    assert.ok(performance.now() - t0 < 2000, 'the reset is not a timeout');
+    assert.equal(r.error, 'ECONNRESET'); // a reset, not a hang
     assert.equal(proxier.status().get('default/strict')!.routing, 'strict-group');
     const p = await request(proxier.listenerPort('default/prefer', 80)!, 'x');
     assert.equal(p.data.toString(), 'far');
