@@ -40,6 +40,7 @@ function request(port: number, payload: Buffer | string = ''): Promise<{ data: B
   return new Promise((resolve) => {
     const chunks: Buffer[] = [];
     const s: Socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    s.setTimeout(5000, () => s.destroy(Object.assign(new Error('no progress in 5 s'), { code: 'TIMEOUT' })));
     s.on('connect', () => { if (payload.length) s.write(payload); s.end(); });
     s.on('data', (d) => chunks.push(d));
     s.on('error', (e: NodeJS.ErrnoException) => resolve({ data: Buffer.concat(chunks), error: e.code }));
