@@ -10,7 +10,7 @@ import { ServiceIPs } from './dns/serviceips.ts';
 import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
-import { Proxier } from './proxy/proxier.ts';
+import { Proxier, validateProxyConfig } from './proxy/proxier.ts';
 import { IptablesInterceptor } from './intercept/iptables.ts';
 import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
 
@@ -54,6 +54,7 @@ export class Agent {
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
     this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
     if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
+    validateProxyConfig(cfg); // and bad proxy.* keys here
     this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }

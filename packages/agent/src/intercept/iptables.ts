@@ -11,6 +11,8 @@ export const REASSERT_MS = 30_000;
 export const SYNC_DEBOUNCE_MS = 100;
 /** conntrack deletions per sync for newly intercepted UDP ports (stale un-NATed flows); the rest age out. */
 export const CONNTRACK_FLUSH_MAX = 256;
+/** A failed sync is retried after this long (besides the next change and the periodic re-assert). */
+export const SYNC_RETRY_MS = 1000;
 /** iptables lock wait, seconds. */
 export const XTABLES_WAIT_S = 5;
 
@@ -131,7 +133,7 @@ export class IptablesInterceptor {
       this.lastOk = false;
       this.mFail.inc();
       this.log.error({ err: (e as Error).message }, 'applying interception rules failed; retrying');
-      if (!this.stopped) setTimeout(() => this.schedule(0), 1000).unref();
+      if (!this.stopped) setTimeout(() => this.schedule(0), SYNC_RETRY_MS).unref();
     }
   }
 

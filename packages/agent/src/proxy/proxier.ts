@@ -1,6 +1,8 @@
 // The proxy module: keeps one listener per service port (TCP and UDP) in step with the cluster model and the
 // Service-IP table, feeds each its routing/LB state, and hands the interception rules to the interceptor.
+import { isIP } from 'node:net';
 import type { Registry } from 'prom-client';
+import { ConfigError, type AgentConfig } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
 import type { DestinationRule, Endpoint, NodeInfo, Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
 import type { InterceptRule } from '../intercept/rules.ts';
@@ -13,6 +15,14 @@ import { PortState } from './portstate.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
 import type { SnapshotSource } from './clusterips.ts';
+
+/** Checks what the schema cannot: with iptables interception proxy.bindAddress must be IPv4. Throws ConfigError. */
+export function validateProxyConfig(cfg: AgentConfig): void {
+  const { bindAddress, intercept } = cfg.proxy;
+  if (intercept === 'iptables' && isIP(bindAddress) !== 4) {
+    throw new ConfigError('proxy.bindAddress', `iptables interception is IPv4 only: expected an IPv4 address, got ${JSON.stringify(bindAddress)}`);
+  }
+}
 
 /** Open proxied TCP connections across all Services before new ones are reset. */
 export const TCP_MAX_CONNECTIONS = 20_000;

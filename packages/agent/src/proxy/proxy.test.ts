@@ -66,3 +66,12 @@ test('relay buffers: a read buffer is never handed out again while a write of it
   r2.callback(3, x);
   assert.equal(r2.buffer(), x);
 });
+
+test('proxy config: bindAddress must be IPv4 with iptables interception; the error names the key', async () => {
+  const { agentSchema } = await import('@edgemesh/common/config');
+  const { validateProxyConfig } = await import('./proxier.ts');
+  const cfg = (proxy: Record<string, string>) => agentSchema.parse({ proxy });
+  assert.doesNotThrow(() => validateProxyConfig(cfg({})));
+  assert.doesNotThrow(() => validateProxyConfig(cfg({ intercept: 'none', bindAddress: '::1' })));
+  assert.throws(() => validateProxyConfig(cfg({ bindAddress: 'fd00::1' })), /proxy\.bindAddress: iptables interception is IPv4 only/);
+});

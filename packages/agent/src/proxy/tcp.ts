@@ -18,6 +18,8 @@ export const TCP_IDLE_TIMEOUT_MS = 3_600_000;
 /** Bytes of the first request read to find a hashed HTTP header, and how long to wait for them. */
 export const HEADER_PEEK_MAX_BYTES = 8192;
 export const HEADER_PEEK_TIMEOUT_MS = 2000;
+/** Pending-accept queue per service-port listener. */
+export const LISTEN_BACKLOG = 4096;
 
 export interface TcpContext {
   log: Logger;
@@ -58,7 +60,7 @@ export class TcpListener {
   listen(host: string): Promise<number> {
     return new Promise((resolve, reject) => {
       this.server.once('error', reject);
-      this.server.listen({ host, port: 0, backlog: 4096 }, () => {
+      this.server.listen({ host, port: 0, backlog: LISTEN_BACKLOG }, () => {
         this.server.removeListener('error', reject);
         this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
         const a = this.server.address();
