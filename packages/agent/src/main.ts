@@ -1,10 +1,18 @@
 // edgemesh-agent: wires config, cluster source, DNS, interception + proxy, tunnel and the admin API.
-import { agentSchema, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
+import { agentSchema, ConfigError, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
+import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
+import { ServiceIPs } from './dns/serviceips.ts';
+import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
+import type { Dialer } from './proxy/dialer.ts';
+import { DirectDialer } from './proxy/direct.ts';
+import { Proxier, validateProxyConfig } from './proxy/proxier.ts';
+import { IptablesInterceptor } from './intercept/iptables.ts';
+import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
 import { readToken } from '@edgemesh/common/config';
 import { Tunnel } from './tunnel/tunnel.ts';
 import { TunnelDialer } from './tunnel/dialer.ts';
@@ -16,7 +24,13 @@ export interface AgentStatus {
   servers: { address: string; connected: boolean }[];
   nat: { type: string; mapped: string | null };
   peers: { node: string; path: string; remote: string | null; rttMs: number | null }[];
-  services: { name: string; ip: string | null; ports: number[]; endpoints: number; routing: string }[];
+  services: {
+    name: string; ip: string | null; ports: number[]; endpoints: number; routing: string;
+    /** Usable endpoints per routing tier as seen from this node (proxy). */
+    tiers?: { node: number; group: number; region: number; cluster: number };
+    /** Load-balancing policy (proxy). */
+    policy?: string;
+  }[];
 }
 
 export class Agent {
@@ -25,16 +39,30 @@ export class Agent {
   readonly registry = createRegistry('edgemesh_agent_');
   readonly model: ClusterModel;
   readonly admin: AdminServer;
+  /** The IPs handed out for Services (DNS answers them, the proxy intercepts them); exists even when DNS is off. */
+  readonly serviceIPs: ServiceIPs;
+  /** The running DNS server when dns.enabled (after start()). */
+  dns: DnsHandle | undefined;
   private readonly stops: (() => Promise<void>)[] = [];
   /** The tunnel (tunnel.enabled) and the Dialer the proxy uses for endpoints on other nodes. */
   tunnel: Tunnel | undefined;
   tunnelDialer: TunnelDialer | undefined;
+  cluster: ClusterRuntime | undefined;
+  /** How the proxy reaches endpoints: `direct` always; the tunnel module sets `tunnel` for other nodes' endpoints. */
+  readonly dialers: { direct: Dialer; tunnel?: Dialer } = { direct: new DirectDialer() };
+  proxy?: Proxier;
+  /** Proxy timings a test may shorten before start() (production uses the defaults). */
+  readonly proxyTuning: { reassertMs?: number } = {};
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
     this.log = log;
     this.model = new ClusterModel(cfg.routing.groupLabels);
     this.model.onReject = (kind, key, reason) => log.warn({ kind, key, reason }, 'skipped a malformed object');
+    this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
+    if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
+    validateProxyConfig(cfg); // and bad proxy.* keys here
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
   }
 
@@ -45,16 +73,18 @@ export class Agent {
   status(): AgentStatus {
     const snap = this.model.snapshot();
     const me = snap.nodes.get(this.cfg.nodeName);
+    const routes = this.proxy?.status();
     return {
       node: this.cfg.nodeName,
       group: me?.group ?? null,
       ...(this.tunnel?.status() ?? { servers: [], nat: { type: 'unknown', mapped: null }, peers: [] }),
       services: [...snap.services.values()].map((s) => ({
         name: s.key,
-        ip: s.clusterIPs[0] ?? null,
+        ip: this.serviceIPs.ipsFor(s.key)[0] ?? null,
         ports: s.ports.map((p) => p.port),
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
-        routing: 'cluster',
+        routing: routes?.get(s.key)?.routing ?? 'none',
+        ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
       })),
     };
   }
@@ -62,6 +92,24 @@ export class Agent {
   async start(): Promise<void> {
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+
+    // --- Service IP table (dns/serviceips.ts): follows every snapshot, shared by DNS and the proxy.
+    this.serviceIPs.update(this.model.snapshot());
+    const unsubscribeIPs = this.model.subscribe((snap) => this.serviceIPs.update(snap));
+    this.stops.push(async () => { unsubscribeIPs(); });
+
+    // --- cluster source (cluster/): last good state, then the configured source; ready once it synced.
+    this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
+    this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
+    this.stops.push(() => this.cluster!.stop());
+
+    // --- DNS (dns/) ---
+    if (this.cfg.dns.enabled) {
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
+      const dns = this.dns;
+      this.stops.push(() => dns.stop());
+      this.admin.addCheck('dns', () => dns.server.listening);
+    }
 
     // --- tunnel (packages/agent/src/tunnel) ---
     if (this.cfg.tunnel.enabled) {
@@ -73,10 +121,47 @@ export class Agent {
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
+      this.dialers.tunnel = this.tunnelDialer;
       await this.tunnel.start();
       const t = this.tunnel;
       this.stops.push(() => t.stop());
     }
+
+    // --- proxy (intercept/, proxy/, lb/, routing/) ---
+    await this.startProxy();
+  }
+
+  // --- proxy: interception rules + TCP/UDP listeners + load balancing + group routing (issue #4) ---
+  private async startProxy(): Promise<void> {
+    const pc = this.cfg.proxy;
+    let bindAddress = pc.bindAddress;
+    if (pc.intercept === 'iptables') {
+      if (bindAddress.startsWith('127.')) {
+        this.log.warn({ bindAddress }, 'proxy.bindAddress is a loopback address: pods\' traffic (PREROUTING) is only DNATed to it with net.ipv4.conf.all.route_localnet=1');
+      }
+      const lease = await acquireLocalAddress(bindAddress, this.log);
+      this.stops.push(() => lease.release());
+    } else if (!isLocalAddress(bindAddress)) {
+      // No rules send traffic to bindAddress, so no interface is created for it: listen on loopback instead.
+      this.log.warn({ bindAddress }, 'proxy.bindAddress is not a local address and proxy.intercept is none: listening on 127.0.0.1');
+      bindAddress = '127.0.0.1';
+    }
+    let interceptor: IptablesInterceptor | undefined;
+    if (pc.intercept === 'iptables') {
+      interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry, reassertMs: this.proxyTuning.reassertMs });
+      await interceptor.start();
+    }
+    const proxy = new Proxier({
+      log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
+      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
+      domain: this.cfg.dns.domain, interceptor,
+    });
+    this.proxy = proxy;
+    this.stops.push(() => proxy.stop());
+    // Stops run in reverse: on the way out the rules go first, then the listeners, then the address.
+    if (interceptor) this.stops.push(() => interceptor!.stop());
+    await proxy.start();
+    this.admin.addCheck('proxy', () => proxy.ready());
   }
 
   async stop(): Promise<void> {
@@ -107,12 +192,18 @@ export async function main(argv: string[]): Promise<void> {
     exitOnConfigError(e);
   }
   const log = createLogger(cfg.log.level, 'edgemesh-agent', { node: cfg.nodeName });
-  const agent = new Agent(cfg, log);
+  let agent: Agent;
+  try {
+    agent = new Agent(cfg, log);
+  } catch (e) {
+    exitOnConfigError(e);
+  }
   handleSignals(log, () => agent.stop());
   try {
     await agent.start();
   } catch (e) {
-    await agent.stop();
+    // A config problem found while starting (e.g. an unreadable kubeconfig) still exits 2 naming the key.
+    if (e instanceof ConfigError) await agent.stop();
     exitOnConfigError(e);
   }
   log.info('agent started');

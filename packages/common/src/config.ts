@@ -1,6 +1,7 @@
 // Config loading: YAML file -> zod schema -> typed config, with per-key flag (`--dns.listen X`) and env
 // (`EDGEMESH_DNS_LISTEN=X`) overrides. Unknown keys are errors. Errors name the key path and the reason.
 import { readFileSync } from 'node:fs';
+import { isIP, isIPv4 } from 'node:net';
 import { hostname } from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
@@ -34,7 +35,11 @@ const logSchema = z.strictObject({
 
 const adminSchema = (listen: string) => z.strictObject({ listen: hostPort().default(listen) }).prefault({});
 
-const cidr = z.string().refine((s) => /^(\d{1,3}\.){3}\d{1,3}\/(\d|[12]\d|3[0-2])$/.test(s), { message: 'expected an IPv4 CIDR such as 9.251.0.0/16' });
+const cidr = z.string().refine((s) => {
+  const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(s);
+  return !!m && isIPv4(m[1]) && Number(m[2]) <= 32;
+}, { message: 'expected an IPv4 CIDR such as 9.251.0.0/16' });
+const ipAddress = z.string().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' });
 
 export const agentSchema = z.strictObject({
   nodeName: z.string().default(''),
@@ -55,7 +60,7 @@ export const agentSchema = z.strictObject({
     ipMode: z.enum(['clusterIP', 'fake']).default('clusterIP'),
     fakeCIDR: cidr.default('9.251.0.0/16'),
     intercept: z.enum(['iptables', 'none']).default('iptables'),
-    bindAddress: z.string().min(1).default('169.254.96.16'),
+    bindAddress: ipAddress.default('169.254.96.16'),
   }).prefault({}),
   routing: z.strictObject({
     groupLabels: z.array(z.string().min(1)).default(['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone']),
@@ -238,7 +243,7 @@ export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadOptions): z
     if (raw === null || raw === undefined) raw = {};
     if (typeof raw !== 'object' || Array.isArray(raw)) throw new ConfigError('', 'the config file must be a YAML mapping');
   }
-  const obj = raw as Record<string, unknown>;
+  const obj = dropNulls(raw as Record<string, unknown>);
   const env = opts.env ?? {};
   for (const leaf of schemaLeaves(schema)) {
     const name = envName(leaf.path);
@@ -250,6 +255,15 @@ export function loadConfig<S extends z.ZodType>(schema: S, opts: LoadOptions): z
   const res = schema.safeParse(obj);
   if (!res.success) throw formatIssue(res.error.issues[0]);
   return res.data;
+}
+
+/** `key:` with nothing after it is YAML null: treat it as "not set" (the default), also for whole sections. */
+function dropNulls(o: Record<string, unknown>): Record<string, unknown> {
+  for (const [k, v] of Object.entries(o)) {
+    if (v === null) delete o[k];
+    else if (typeof v === 'object' && !Array.isArray(v)) dropNulls(v as Record<string, unknown>);
+  }
+  return o;
 }
 
 /** Agent config with environment-derived defaults applied (nodeName from NODE_NAME, then hostname). */

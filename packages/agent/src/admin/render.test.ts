@@ -21,6 +21,15 @@ test('renderStatus shows servers, peers with path and RTT, services with routing
   assert.match(text, /default\/web\s+9\.251\.0\.7\s+80,443\s+3\s+strict-group/);
 });
 
+test('renderStatus shows the usable endpoints per routing tier when the proxy reports them', () => {
+  const text = renderStatus({
+    node: 'edge-a', group: 'g1', servers: [], nat: { type: 'unknown', mapped: null }, peers: [],
+    services: [{ name: 'default/web', ip: '10.96.0.1', ports: [80], endpoints: 6, routing: 'prefer-group', tiers: { node: 1, group: 2, region: 0, cluster: 3 } }],
+  });
+  assert.match(text, /NODE\/GROUP\/REGION\/CLUSTER/);
+  assert.match(text, /default\/web\s+10\.96\.0\.1\s+80\s+6\s+prefer-group\s+1\/2\/0\/3/);
+});
+
 test('renderStatus says (none) for empty sections', () => {
   const text = renderStatus({ node: 'n', group: null, servers: [], nat: { type: 'unknown', mapped: null }, peers: [], services: [] });
   assert.equal(text.match(/\(none\)/g)?.length, 3);

@@ -24,7 +24,10 @@ export function renderStatus(s: AgentStatus): string {
   out.push('');
   out.push('SERVICES');
   out.push(s.services.length
-    ? table(['NAME', 'IP', 'PORTS', 'ENDPOINTS', 'ROUTING'], s.services.map((v) => [v.name, dash(v.ip), v.ports.join(',') || '-', String(v.endpoints), v.routing]))
+    ? table(['NAME', 'IP', 'PORTS', 'ENDPOINTS', 'ROUTING', 'NODE/GROUP/REGION/CLUSTER'], s.services.map((v) => [
+      v.name, dash(v.ip), v.ports.join(',') || '-', String(v.endpoints), v.routing,
+      v.tiers ? `${v.tiers.node}/${v.tiers.group}/${v.tiers.region}/${v.tiers.cluster}` : '-',
+    ]))
     : '(none)');
   return out.join('\n') + '\n';
 }

@@ -16,13 +16,16 @@ const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP'
 
 export class ManifestError extends Error {}
 
-export function objectKey(obj: RawObject): string {
+/** `namespace/name` (namespace defaults to `default`, as kubectl does), or just the name for cluster-scoped Nodes. */
+export function objectKey(obj: RawObject, kind: ResourceKind = 'Service'): string {
   const md = asObj(obj.metadata);
   const name = asStr(md.name);
   if (!name) throw new ManifestError('metadata.name is missing');
-  const ns = asStr(md.namespace);
-  return ns ? `${ns}/${name}` : name;
+  if (kind === 'Node') return name;
+  return `${asStr(md.namespace) ?? 'default'}/${name}`;
 }
+
+export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule'];
 
 /** Returns the normalised Service, or undefined when it opts out of the mesh. Throws ManifestError when malformed. */
 export function normalizeService(obj: RawObject): Service | undefined {
@@ -181,6 +184,8 @@ export class ClusterModel implements ModelSink {
   private slices = new Map<string, NormalizedSlice>();
   private nodes = new Map<string, NodeInfo>();
   private rules = new Map<string, DestinationRule>();
+  /** The accepted raw objects per kind and key, for the offline last-good-state file. */
+  private readonly raw = new Map<ResourceKind, Map<string, RawObject>>(RESOURCE_KINDS.map((k) => [k, new Map()]));
   private current: Snapshot = EMPTY;
   private dirty = false;
   private scheduled = false;
@@ -188,6 +193,8 @@ export class ClusterModel implements ModelSink {
   private readonly groupLabels: readonly string[];
   /** Called for objects that fail normalisation (kind, key or '?', reason). */
   onReject: (kind: ResourceKind, key: string, reason: string) => void = () => {};
+  /** Called when a subscriber throws (the others still see the snapshot). */
+  onListenerError: (err: unknown) => void = () => {};
 
   constructor(groupLabels: readonly string[]) {
     this.groupLabels = groupLabels;
@@ -208,25 +215,25 @@ export class ClusterModel implements ModelSink {
     else if (kind === 'EndpointSlice') this.slices = new Map();
     else if (kind === 'DestinationRule') this.rules = new Map();
     else this.nodes = new Map();
+    this.raw.get(kind)!.clear();
     for (const o of objects) this.put(kind, o);
     this.markDirty();
   }
 
   upsert(kind: ResourceKind, obj: RawObject): void {
-    this.put(kind, obj);
-    this.markDirty();
+    if (this.put(kind, obj)) this.markDirty();
   }
 
   remove(kind: ResourceKind, obj: RawObject): void {
     let key: string;
     try {
-      key = objectKey(obj);
+      key = objectKey(obj, kind);
     } catch {
       return;
     }
     const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules : this.nodes;
-    if (kind === 'Node') key = key.split('/').pop()!;
-    if (map.delete(key)) this.markDirty();
+    const hadRaw = this.raw.get(kind)!.delete(key);
+    if (map.delete(key) || hadRaw) this.markDirty();
   }
 
   /** Publishes pending changes now (sources call this after a synchronous batch; tests use it too). */
@@ -235,10 +242,17 @@ export class ClusterModel implements ModelSink {
     return this.current;
   }
 
-  private put(kind: ResourceKind, obj: RawObject): void {
+  /** The accepted raw objects (including opted-out Services), for the last-good-state file. */
+  rawState(): RawState {
+    const list = (k: ResourceKind) => [...this.raw.get(k)!.values()];
+    return { services: list('Service'), endpointSlices: list('EndpointSlice'), nodes: list('Node'), destinationRules: list('DestinationRule') };
+  }
+
+  /** Returns false when the object was rejected (the previous version, if any, stays). */
+  private put(kind: ResourceKind, obj: RawObject): boolean {
     let key = '?';
     try {
-      key = objectKey(obj);
+      key = objectKey(obj, kind);
       if (kind === 'Service') {
         const s = normalizeService(obj);
         if (s) this.services.set(s.key, s);
@@ -254,8 +268,11 @@ export class ClusterModel implements ModelSink {
         const n = normalizeNode(obj, this.groupLabels);
         this.nodes.set(n.name, n);
       }
+      this.raw.get(kind)!.set(key, obj);
+      return true;
     } catch (e) {
       this.onReject(kind, key, (e as Error).message);
+      return false;
     }
   }
 
@@ -292,8 +309,9 @@ export class ClusterModel implements ModelSink {
     for (const fn of this.listeners) {
       try {
         fn(this.current, prev);
-      } catch {
+      } catch (e) {
         // A consumer's bug must not stop the others from seeing the snapshot.
+        this.onListenerError(e);
       }
     }
   }
@@ -304,4 +322,5 @@ export interface RawState {
   services: RawObject[];
   endpointSlices: RawObject[];
   nodes: RawObject[];
+  destinationRules: RawObject[];
 }

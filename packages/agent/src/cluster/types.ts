@@ -106,8 +106,13 @@ export interface ModelSink {
 /** A cluster source: feeds a ModelSink, reports when it has synced every kind at least once. */
 export interface ClusterSource {
   start(sink: ModelSink): Promise<void>;
-  /** True once every kind has been listed at least once (or loaded from the last good state). */
+  /**
+   * True once every core kind has been listed (or the directory read) since start. The kubernetes source also counts a
+   * last good state loaded at start while the API is unreachable (rule in kube.ts); the file source never does.
+   */
   synced(): boolean;
+  /** True when the model content comes from the live origin (fully listed/read), i.e. worth persisting. */
+  live(): boolean;
   stop(): Promise<void>;
 }
 

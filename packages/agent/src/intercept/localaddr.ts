@@ -20,7 +20,11 @@ export async function ensureLocalAddress(ip: string, log: Logger, iface = DUMMY_
   let createdLink = false;
   const links = await execa('ip', ['-o', 'link', 'show', 'dev', iface], { reject: false });
   if (links.exitCode !== 0) {
-    await execa('ip', ['link', 'add', 'dev', iface, 'type', 'dummy']);
+    const add = await execa('ip', ['link', 'add', 'dev', iface, 'type', 'dummy'], { reject: false });
+    if (add.exitCode !== 0) {
+      if (!/unknown device type|not supported/i.test(String(add.stderr))) throw new Error(`ip link add dev ${iface} type dummy: ${String(add.stderr).trim()}`);
+      return onLoopback(ip, prefix, log); // kernel without the dummy driver (e.g. minimal VM kernels)
+    }
     createdLink = true;
   }
   await execa('ip', ['link', 'set', 'dev', iface, 'up']);
@@ -38,6 +42,22 @@ export async function ensureLocalAddress(ip: string, log: Logger, iface = DUMMY_
         await execa('ip', ['link', 'del', 'dev', iface], { reject: false });
       }
       log.info({ ip, iface }, 'removed local address');
+    },
+  };
+}
+
+/** Fallback when the kernel has no dummy interfaces: the address lives on `lo` and only it is removed on release. */
+async function onLoopback(ip: string, prefix: number, log: Logger): Promise<LocalAddressLease> {
+  await execa('ip', ['link', 'set', 'dev', 'lo', 'up']);
+  await execa('ip', ['addr', 'replace', `${ip}/${prefix}`, 'dev', 'lo']);
+  log.info({ ip, iface: 'lo' }, 'added local address (no dummy interface support)');
+  let released = false;
+  return {
+    async release() {
+      if (released) return;
+      released = true;
+      await execa('ip', ['addr', 'del', `${ip}/${prefix}`, 'dev', 'lo'], { reject: false });
+      log.info({ ip, iface: 'lo' }, 'removed local address');
     },
   };
 }

@@ -1,0 +1,215 @@
+// Proxy benchmark: the agent's userspace proxy vs haproxy (TCP mode, one thread) on loopback, same backends.
+//   - bulk:       iperf3 -c through each proxy to an iperf3 server (Gbit/s), client->server and (-R) server->client
+//   - keep-alive: wrk (1 thread, 32 connections) HTTP requests/s through each proxy
+//   - new conns:  the same with `Connection: close` (one TCP connection per request)
+// Backend for HTTP: a haproxy instance answering 200 itself (`http-request return`), so the backend is never the
+// bottleneck. Plus: interception rule sync time and agent RSS with 5,000 service ports (iptables-restore inside a
+// scratch network namespace — never in the root namespace).
+// Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000]
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { execa } from 'execa';
+import { stringify } from 'yaml';
+import { node, service, slice } from '../../test/lib/proxyfixtures.ts';
+
+const ROOT = resolve(import.meta.dirname, '../..');
+const RUNNER = join(ROOT, 'test/e2e/helpers/agent-runner.ts');
+const arg = (name: string, def: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : def;
+};
+const SECONDS = arg('seconds', 5);
+const SYNC_PORTS = arg('ports', 5000);
+const WRK_CONNS = 32;
+
+const dir = mkdtempSync(join(tmpdir(), 'embench-'));
+const procs: ChildProcess[] = [];
+const SCRATCH = `emb${process.pid % 1000}s`;
+
+async function cleanup(): Promise<void> {
+  for (const p of procs) p.kill('SIGKILL');
+  await execa('ip', ['netns', 'del', SCRATCH], { reject: false });
+  rmSync(dir, { recursive: true, force: true });
+}
+process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
+
+async function ensureTools(): Promise<void> {
+  const missing: string[] = [];
+  for (const [bin, pkg] of [['iperf3', 'iperf3'], ['haproxy', 'haproxy'], ['wrk', 'wrk']]) {
+    if ((await execa('sh', ['-c', `command -v ${bin}`], { reject: false })).exitCode !== 0) missing.push(pkg);
+  }
+  if (!missing.length) return;
+  console.log(`installing ${missing.join(' ')} ...`);
+  await execa('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env: { DEBIAN_FRONTEND: 'noninteractive' } });
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const p = (s.address() as { port: number }).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return p;
+}
+
+function start(cmd: string, args: string[], readyLine?: string): Promise<{ p: ChildProcess; line: string }> {
+  const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  procs.push(p);
+  if (!readyLine) return Promise.resolve({ p, line: '' });
+  return new Promise((res, rej) => {
+    let buf = '';
+    const t = setTimeout(() => rej(new Error(`${cmd}: no ${readyLine} in 60 s: ${buf}`)), 60_000);
+    p.stdout!.on('data', (d: Buffer) => {
+      buf += d;
+      const line = buf.split('\n').slice(0, -1).find((l) => l.startsWith(readyLine)); // complete lines only
+      if (line) { clearTimeout(t); res({ p, line }); }
+    });
+    p.stderr!.on('data', (d: Buffer) => { buf += d; });
+    p.once('exit', (c) => { clearTimeout(t); rej(new Error(`${cmd} exited ${c}: ${buf}`)); });
+  });
+}
+
+async function waitPort(port: number): Promise<void> {
+  const end = Date.now() + 10_000;
+  while (Date.now() < end) {
+    const ok = await new Promise<boolean>((r) => {
+      const s = connect(port, '127.0.0.1', () => { s.destroy(); r(true); });
+      s.once('error', () => r(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`port ${port} never opened`);
+}
+
+async function iperf(port: number, reverse = false): Promise<number> {
+  // iperf3's server takes one test at a time and can be briefly busy after the previous one: retry a little.
+  let last = '';
+  for (let i = 0; i < 5; i++) {
+    const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J', ...(reverse ? ['-R'] : [])], { reject: false });
+    const j = JSON.parse(r.stdout || '{}') as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
+    if (j.end?.sum_received) return j.end.sum_received.bits_per_second / 1e9;
+    last = j.error ?? r.stderr;
+    await new Promise((res) => setTimeout(res, 1000));
+  }
+  throw new Error(`iperf3 failed: ${last}`);
+}
+
+async function wrk(port: number, close: boolean): Promise<number> {
+  const args = ['-t1', `-c${WRK_CONNS}`, `-d${SECONDS}s`, ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`];
+  const r = await execa('wrk', args);
+  const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
+  if (!m) throw new Error(`wrk output: ${r.stdout}`);
+  const errs = /Non-2xx|Socket errors: (.*)/.exec(r.stdout);
+  if (errs) console.log(`   wrk (${close ? 'close' : 'keep-alive'}) on ${port}: ${errs[0]}`);
+  return Number(m[1]);
+}
+
+function writeManifests(name: string, objects: object[]): string {
+  const d = join(dir, name);
+  mkdirSync(d);
+  writeFileSync(join(d, 'objects.yaml'), objects.map((o) => stringify(o)).join('---\n'));
+  return d;
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('run as root (network namespace for the sync measurement; apt-get)');
+  await ensureTools();
+  const [iperfPort, httpPort, haBulk, haHttp] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+
+  // Backends.
+  await start('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(iperfPort)]);
+  const haCfg = (lines: string[]) => ['global', '  nbthread 1', '  maxconn 4000', 'defaults', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s', ...lines].join('\n') + '\n';
+  writeFileSync(join(dir, 'backend.cfg'), haCfg(['frontend be', '  mode http', `  bind 127.0.0.1:${httpPort}`, '  http-request return status 200 content-type text/plain string "hello from the backend\\n"']));
+  await start('haproxy', ['-f', join(dir, 'backend.cfg'), '-db']);
+  // haproxy as the proxy under comparison: L4 (mode tcp), one thread, like the agent's single event loop.
+  writeFileSync(join(dir, 'proxy.cfg'), haCfg([
+    'listen bulk', '  mode tcp', `  bind 127.0.0.1:${haBulk}`, `  server s1 127.0.0.1:${iperfPort}`,
+    'listen http', '  mode tcp', `  bind 127.0.0.1:${haHttp}`, `  server s1 127.0.0.1:${httpPort}`,
+  ]));
+  await start('haproxy', ['-f', join(dir, 'proxy.cfg'), '-db']);
+
+  // The agent: real Agent, intercept none, listeners on 127.0.0.1, Services pointing at the same backends.
+  const objects = [
+    node('bench'),
+    service({ name: 'bulk', ip: '10.96.0.1', ports: [{ port: 5201, targetPort: iperfPort }] }),
+    slice('bulk', [{ port: iperfPort }], [{ ip: '127.0.0.1', node: 'bench' }]),
+    service({ name: 'http', ip: '10.96.0.2', ports: [{ port: 80, targetPort: httpPort }] }),
+    slice('http', [{ port: httpPort }], [{ ip: '127.0.0.1', node: 'bench' }]),
+  ];
+  // The runner feeds the model from a JSON file; the agent's file source reads the same objects as manifests.
+  const agentCfg = (intercept: string, bind: string, manifests: string) => stringify({
+    nodeName: 'bench', stateDir: join(dir, 'state'), cluster: { source: 'file', manifestsDir: manifests },
+    dns: { enabled: false }, tunnel: { enabled: false }, proxy: { intercept, bindAddress: bind },
+    routing: { default: 'cluster' }, admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
+  });
+  writeFileSync(join(dir, 'agent.yaml'), agentCfg('none', '127.0.0.1', writeManifests('m1', objects)));
+  writeFileSync(join(dir, 'objects.json'), JSON.stringify(objects));
+  const agent = await start(process.execPath, [RUNNER, join(dir, 'agent.yaml'), join(dir, 'objects.json')], 'READY');
+  const ports = JSON.parse(agent.line.slice('READY '.length)).ports as Record<string, number>;
+  const agBulk = ports['default/bulk:5201/TCP'];
+  const agHttp = ports['default/http:80/TCP'];
+  // (Not the iperf3 port itself: a probe connection confuses its one-test-at-a-time server.)
+  await Promise.all([httpPort, haBulk, haHttp].map(waitPort));
+  await new Promise((r) => setTimeout(r, 500));
+
+  const rows: [string, string, number, number][] = [];
+  const measure = async (name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
+    // Alternate agent / haproxy / agent / haproxy and keep each one's best, to soften the noise of a shared machine.
+    const ag = await fn(a);
+    const ha = await fn(h);
+    const ag2 = await fn(a);
+    const ha2 = await fn(h);
+    const agBest = Math.max(ag, ag2);
+    const haBest = Math.max(ha, ha2);
+    rows.push([name, unit, agBest, haBest]);
+    console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}`);
+  };
+  console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${(await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ')} nbthread 1, mode tcp`);
+  await measure('bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
+  await measure('bulk download (iperf3 -R)', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
+  await measure('keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
+  await measure('new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
+  agent.p.kill('SIGTERM');
+
+  // Rule sync and RSS with many service ports: the real agent with iptables interception in a scratch namespace.
+  await execa('ip', ['netns', 'add', SCRATCH]);
+  await execa('ip', ['netns', 'exec', SCRATCH, 'ip', 'link', 'set', 'dev', 'lo', 'up']);
+  await execa('ip', ['netns', 'exec', SCRATCH, 'ip', 'addr', 'add', '169.254.96.16/32', 'dev', 'lo']);
+  const many = [node('bench')];
+  for (let i = 0; i < SYNC_PORTS; i++) {
+    const name = `s${i}`;
+    many.push(service({ name, ip: `100.64.${i >> 8}.${i & 255}`, ports: [{ port: 80, targetPort: 8080 }] }));
+    many.push(slice(name, [{ port: 8080 }], [{ ip: `198.18.${i >> 8}.${i & 255}`, node: 'bench' }]));
+  }
+  writeFileSync(join(dir, 'many.json'), JSON.stringify(many));
+  writeFileSync(join(dir, 'agent-ipt.yaml'), agentCfg('iptables', '169.254.96.16', writeManifests('m2', many)));
+  const t0 = performance.now();
+  const big = await start('ip', ['netns', 'exec', SCRATCH, process.execPath, RUNNER, join(dir, 'agent-ipt.yaml'), join(dir, 'many.json')], 'READY');
+  const startMs = performance.now() - t0;
+  const info = JSON.parse(big.line.slice('READY '.length)) as { ports: Record<string, number>; syncMsAvg: number; syncs: number; rssBytes: number };
+  const rules = (await execa('ip', ['netns', 'exec', SCRATCH, 'iptables-save', '-t', 'nat'])).stdout.split('\n').filter((l) => l.startsWith('-A EDGEMESH-SERVICES')).length;
+  // A second, full re-sync of all rules (as the 30 s re-assert does), timed from outside: iptables-restore of the
+  // same batch the agent renders.
+  const rendered = (await execa('ip', ['netns', 'exec', SCRATCH, 'iptables-save', '-t', 'nat'])).stdout;
+  const batch = ['*nat', ':EDGEMESH-SERVICES - [0:0]', ...rendered.split('\n').filter((l) => l.startsWith('-A EDGEMESH-SERVICES')), 'COMMIT', ''].join('\n');
+  const t1 = performance.now();
+  await execa('ip', ['netns', 'exec', SCRATCH, 'iptables-restore', '-w', '5', '--noflush'], { input: batch });
+  const resyncMs = performance.now() - t1;
+  const exit = new Promise((r) => big.p.once('exit', r));
+  big.p.kill('SIGTERM');
+  await exit;
+  const left = (await execa('ip', ['netns', 'exec', SCRATCH, 'iptables-save', '-t', 'nat'])).stdout.includes('EDGEMESH');
+  console.log(`rule sync, ${SYNC_PORTS} service ports: agent sync ${info.syncMsAvg.toFixed(0)} ms (avg of ${info.syncs}), plain iptables-restore of the batch ${resyncMs.toFixed(0)} ms; ${rules} rules applied; ${Object.keys(info.ports).length} listeners; agent start to ready ${startMs.toFixed(0)} ms; rules left after SIGTERM: ${left ? 'YES' : 'none'}`);
+  console.log(`agent RSS with ${SYNC_PORTS} service ports: ${(info.rssBytes / 2 ** 20).toFixed(1)} MiB`);
+  console.log('\n| measure | agent | haproxy | agent/haproxy |\n|---|---|---|---|');
+  for (const [n, u, a, h] of rows) console.log(`| ${n} | ${a.toFixed(2)} ${u} | ${h.toFixed(2)} ${u} | ${(a / h).toFixed(2)} |`);
+}
+
+try {
+  await main();
+} finally {
+  await cleanup();
+}

@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Answer } from 'dns-packet';
+import { ConfigError } from '@edgemesh/common/config';
+import { ageRecords, cacheTtl, chooseUpstreams, MAX_NEGATIVE_TTL_S, parseResolvConf, parseUpstream } from './forward.ts';
+
+test('parseUpstream: ip, ip:port, [v6]:port, bare v6; bad input names the key', () => {
+  assert.deepEqual(parseUpstream('1.1.1.1'), { host: '1.1.1.1', port: 53, key: '1.1.1.1:53' });
+  assert.deepEqual(parseUpstream('127.0.0.1:5353'), { host: '127.0.0.1', port: 5353, key: '127.0.0.1:5353' });
+  assert.deepEqual(parseUpstream('[fd00::1]:54'), { host: 'fd00::1', port: 54, key: '[fd00::1]:54' });
+  assert.equal(parseUpstream('2001:db8::1').port, 53);
+  assert.throws(() => parseUpstream('dns.google'), (e: Error) => e instanceof ConfigError && e.key === 'dns.upstream');
+  assert.throws(() => parseUpstream('1.1.1.1:70000'), ConfigError);
+});
+
+test('resolv.conf nameservers; the agent itself is skipped (no loops), duplicates dropped', () => {
+  const rc = '# comment\nsearch default.svc.cluster.local\nnameserver 169.254.96.16\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\noptions ndots:5\nnameserver 10.0.0.2\n';
+  assert.deepEqual(parseResolvConf(rc), ['169.254.96.16', '10.0.0.2', 'fe80::1%eth0', '10.0.0.2']);
+  assert.deepEqual(chooseUpstreams([], rc, { host: '169.254.96.16', port: 53 }).map((u) => u.key), ['10.0.0.2:53', '[fe80::1%eth0]:53']);
+  // wildcard listen: loopback and own addresses on the same port are us
+  const rc2 = 'nameserver 127.0.0.53\nnameserver 192.168.1.5\nnameserver 192.168.1.1\n';
+  assert.deepEqual(chooseUpstreams([], rc2, { host: '0.0.0.0', port: 53 }, new Set(['192.168.1.5'])).map((u) => u.key), ['192.168.1.1:53']);
+  // another port on our own address is fine
+  assert.deepEqual(chooseUpstreams(['127.0.0.1:5300'], undefined, { host: '127.0.0.1', port: 53 }).map((u) => u.key), ['127.0.0.1:5300']);
+  assert.deepEqual(chooseUpstreams([], undefined, { host: '127.0.0.1', port: 53 }), []);
+});
+
+test('cacheTtl: min TTL of answers, SOA-bounded negative caching, errors never cached', () => {
+  const a = (ttl: number): Answer => ({ name: 'x', type: 'A', ttl, data: '192.0.2.1' });
+  const soa = (ttl: number, minimum: number): Answer => ({ name: 'example', type: 'SOA', ttl, data: { mname: 'ns', rname: 'h', minimum } });
+  assert.equal(cacheTtl(0, [a(300), a(60)], []), 60);
+  assert.equal(cacheTtl(3, [], [soa(900, 120)]), 120);
+  assert.equal(cacheTtl(0, [], [soa(30, 120)]), 30); // NODATA
+  assert.equal(cacheTtl(3, [], [soa(9000, 9000)]), MAX_NEGATIVE_TTL_S);
+  assert.equal(cacheTtl(3, [], []), 0);
+  assert.equal(cacheTtl(2, [a(300)], []), 0);
+  assert.deepEqual(ageRecords([a(10)], 4).map((r) => (r as { ttl: number }).ttl), [6]);
+  assert.deepEqual(ageRecords([a(3)], 4).map((r) => (r as { ttl: number }).ttl), [0]);
+});

@@ -1,0 +1,276 @@
+// The IPs the agent hands out for Services, shared by DNS (answers, PTR) and the proxy (what to intercept).
+// clusterIP mode: spec.clusterIPs. fake mode: one IPv4 per Service from proxy.fakeCIDR, stable across restarts
+// (persisted in stateDir), first choice from a hash of the Service key, collisions resolved by linear probing,
+// released only after the Service has been gone for FAKE_IP_GRACE_MS. Allocation is a pure function (reconcileFake).
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError } from '@edgemesh/common/config';
+import type { Logger } from '@edgemesh/common/log';
+import type { Service, ServiceIPTable, Snapshot } from '../cluster/types.ts';
+
+/** A fake IP stays reserved for a Service this long after it disappeared (so a quick re-create keeps its IP). */
+export const FAKE_IP_GRACE_MS = 10 * 60_000;
+/** Name of the fake-IP table file in stateDir. */
+export const FAKE_IP_FILE = 'fake-ips.json';
+const FILE_FORMAT = 1;
+
+export interface Ipv4Range {
+  /** Network address as an unsigned 32-bit integer. */
+  readonly network: number;
+  readonly prefix: number;
+  /** Number of addresses in the block (including network and broadcast). */
+  readonly size: number;
+}
+
+export function ipv4ToInt(ip: string): number | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(ip);
+  if (!m) return undefined;
+  let n = 0;
+  for (let i = 1; i <= 4; i++) {
+    const o = Number(m[i]);
+    if (o > 255) return undefined;
+    n = n * 256 + o;
+  }
+  return n;
+}
+
+export function intToIpv4(n: number): string {
+  return `${(n >>> 24) & 255}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
+}
+
+/** Parses an IPv4 CIDR for the fake pool; needs room for at least two usable addresses (/30 or larger). */
+export function parseFakeCIDR(cidr: string, key = 'proxy.fakeCIDR'): Ipv4Range {
+  const [ip, p] = cidr.split('/');
+  const base = ipv4ToInt(ip ?? '');
+  const prefix = Number(p);
+  if (base === undefined || !Number.isInteger(prefix) || prefix < 0 || prefix > 32) throw new ConfigError(key, `expected an IPv4 CIDR, got ${JSON.stringify(cidr)}`);
+  if (prefix > 30) throw new ConfigError(key, `${cidr} is too small: the fake-IP pool needs a /30 or larger block`);
+  const size = 2 ** (32 - prefix);
+  const network = prefix === 0 ? 0 : base - (base % size);
+  return { network, prefix, size };
+}
+
+export function inRange(r: Ipv4Range, n: number): boolean {
+  return n >= r.network && n < r.network + r.size;
+}
+
+/** Usable = not the network and not the broadcast address of the block. */
+export function usable(r: Ipv4Range, n: number): boolean {
+  return n > r.network && n < r.network + r.size - 1;
+}
+
+/** Deterministic first choice for a Service key: an address in the usable part of the block. */
+export function firstChoice(r: Ipv4Range, serviceKey: string): number {
+  const h = createHash('sha256').update(serviceKey).digest().readUInt32BE(0);
+  return r.network + 1 + (h % (r.size - 2));
+}
+
+export interface FakeEntry {
+  readonly ip: number;
+  /** Wall-clock ms when the Service was last seen gone; undefined while it exists. */
+  readonly goneSince?: number;
+}
+
+export interface ReconcileResult {
+  readonly entries: Map<string, FakeEntry>;
+  /** Service keys that got no IP because the pool is full. */
+  readonly exhausted: string[];
+  /** True when anything changed (the caller persists and notifies). */
+  readonly changed: boolean;
+}
+
+/**
+ * Pure: given the previous allocation, the Service keys that want an IP and the time, returns the new allocation.
+ * Existing Services keep their IP; Services that came back within the grace period get their old IP back; new ones
+ * get hash-first-choice, probing upward (wrapping, skipping network/broadcast) past every reserved address.
+ */
+export function reconcileFake(prev: ReadonlyMap<string, FakeEntry>, wanted: Iterable<string>, now: number, r: Ipv4Range, graceMs = FAKE_IP_GRACE_MS): ReconcileResult {
+  const want = new Set(wanted);
+  const entries = new Map<string, FakeEntry>();
+  const used = new Set<number>();
+  let changed = false;
+  for (const [key, e] of prev) {
+    if (!usable(r, e.ip) || used.has(e.ip)) { changed = true; continue; }
+    if (want.has(key)) {
+      entries.set(key, e.goneSince === undefined ? e : { ip: e.ip });
+      if (e.goneSince !== undefined) changed = true;
+    } else if (e.goneSince === undefined) {
+      entries.set(key, { ip: e.ip, goneSince: now });
+      changed = true;
+    } else if (now - e.goneSince < graceMs) {
+      entries.set(key, e);
+    } else {
+      changed = true; // released
+      continue;
+    }
+    used.add(e.ip);
+  }
+  const exhausted: string[] = [];
+  const capacity = r.size - 2;
+  for (const key of [...want].filter((k) => !entries.has(k)).sort()) {
+    if (used.size >= capacity) { exhausted.push(key); continue; }
+    let ip = firstChoice(r, key);
+    while (used.has(ip)) {
+      ip++;
+      if (!usable(r, ip)) ip = r.network + 1;
+    }
+    used.add(ip);
+    entries.set(key, { ip });
+    changed = true;
+  }
+  return { entries, exhausted, changed };
+}
+
+/** Which Services get an IP from the table: everything with a virtual IP, i.e. not headless and not ExternalName. */
+export function wantsIP(s: Service): boolean {
+  return !s.headless && s.type !== 'ExternalName';
+}
+
+export interface ServiceIPTableOptions {
+  mode: 'clusterIP' | 'fake';
+  fakeCIDR: string;
+  stateDir: string;
+  log: Logger;
+  /** Injected clock (tests). */
+  now?: () => number;
+  graceMs?: number;
+}
+
+/** The agent's ServiceIPTable. Feed it snapshots with update(); listeners run after every visible change. */
+export class ServiceIPs implements ServiceIPTable {
+  readonly mode: 'clusterIP' | 'fake';
+  /** Increases by one on every visible change (DNS keys its answer cache on it). */
+  version = 0;
+  private byKey = new Map<string, readonly string[]>();
+  private byIP = new Map<string, string>();
+  private fake = new Map<string, FakeEntry>();
+  private readonly range: Ipv4Range | undefined;
+  private readonly file: string;
+  private readonly listeners = new Set<() => void>();
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly graceMs: number;
+  private persistWarned = false;
+  private exhaustedWarned = false;
+
+  constructor(opts: ServiceIPTableOptions) {
+    this.mode = opts.mode;
+    this.log = opts.log;
+    this.now = opts.now ?? Date.now;
+    this.graceMs = opts.graceMs ?? FAKE_IP_GRACE_MS;
+    this.file = join(opts.stateDir, FAKE_IP_FILE);
+    this.range = opts.mode === 'fake' ? parseFakeCIDR(opts.fakeCIDR) : undefined;
+    if (this.range) this.load();
+  }
+
+  ipsFor(serviceKey: string): readonly string[] {
+    return this.byKey.get(serviceKey) ?? [];
+  }
+
+  serviceFor(ip: string): string | undefined {
+    return this.byIP.get(ip);
+  }
+
+  entries(): ReadonlyMap<string, readonly string[]> {
+    return this.byKey;
+  }
+
+  onChange(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  /** True when `ip` is in the fake pool (fake mode only). */
+  inFakePool(ip: string): boolean {
+    const n = ipv4ToInt(ip);
+    return this.range !== undefined && n !== undefined && inRange(this.range, n);
+  }
+
+  /** Recomputes the table from a snapshot. The empty initial snapshot (version 0) is ignored in fake mode. */
+  update(snap: Snapshot): void {
+    let next: Map<string, readonly string[]>;
+    if (this.range) {
+      if (snap.version === 0) return;
+      const wanted = [...snap.services.values()].filter(wantsIP).map((s) => s.key);
+      const res = reconcileFake(this.fake, wanted, this.now(), this.range, this.graceMs);
+      if (res.exhausted.length && !this.exhaustedWarned) {
+        this.exhaustedWarned = true;
+        this.log.warn({ services: res.exhausted.slice(0, 10), count: res.exhausted.length }, 'proxy.fakeCIDR is full: some Services get no IP');
+      }
+      if (res.changed) {
+        this.fake = res.entries;
+        this.persist();
+      }
+      next = new Map();
+      for (const [key, e] of this.fake) if (e.goneSince === undefined) next.set(key, Object.freeze([intToIpv4(e.ip)]));
+    } else {
+      next = new Map();
+      for (const s of snap.services.values()) if (wantsIP(s) && s.clusterIPs.length) next.set(s.key, s.clusterIPs);
+    }
+    if (sameTable(this.byKey, next)) return;
+    const byIP = new Map<string, string>();
+    for (const [key, ips] of next) for (const ip of ips) if (!byIP.has(ip)) byIP.set(ip, key);
+    this.byKey = next;
+    this.byIP = byIP;
+    this.version++;
+    for (const fn of this.listeners) {
+      try {
+        fn();
+      } catch (e) {
+        this.log.warn({ err: e }, 'a ServiceIPTable listener failed');
+      }
+    }
+  }
+
+  private load(): void {
+    let text: string;
+    try {
+      text = readFileSync(this.file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn({ file: this.file, err: (e as Error).message }, 'cannot read the fake-IP table; starting empty');
+      return;
+    }
+    try {
+      const doc = JSON.parse(text) as { format?: number; services?: Record<string, { ip?: unknown; goneSince?: unknown }> };
+      if (doc.format !== FILE_FORMAT || !doc.services || typeof doc.services !== 'object') throw new Error('unknown format');
+      const seen = new Set<number>();
+      for (const [key, v] of Object.entries(doc.services)) {
+        const n = typeof v?.ip === 'string' ? ipv4ToInt(v.ip) : undefined;
+        if (n === undefined || !usable(this.range!, n) || seen.has(n)) continue; // other CIDR or corrupt: dropped
+        seen.add(n);
+        this.fake.set(key, typeof v.goneSince === 'number' ? { ip: n, goneSince: v.goneSince } : { ip: n });
+      }
+      this.log.info({ file: this.file, services: this.fake.size }, 'loaded the fake-IP table');
+    } catch (e) {
+      this.log.warn({ file: this.file, err: (e as Error).message }, 'the fake-IP table file is unreadable; starting empty');
+    }
+  }
+
+  /** Atomic write: a temp file in the same directory, then rename over the old one. */
+  private persist(): void {
+    const services: Record<string, { ip: string; goneSince?: number }> = {};
+    for (const [key, e] of [...this.fake].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+      services[key] = e.goneSince === undefined ? { ip: intToIpv4(e.ip) } : { ip: intToIpv4(e.ip), goneSince: e.goneSince };
+    }
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    try {
+      mkdirSync(join(this.file, '..'), { recursive: true });
+      writeFileSync(tmp, JSON.stringify({ format: FILE_FORMAT, services }, null, 1) + '\n', { mode: 0o644 });
+      renameSync(tmp, this.file);
+      this.persistWarned = false;
+    } catch (e) {
+      if (!this.persistWarned) this.log.warn({ file: this.file, err: (e as Error).message }, 'cannot persist the fake-IP table; IPs may change on restart');
+      this.persistWarned = true;
+    }
+  }
+}
+
+function sameTable(a: ReadonlyMap<string, readonly string[]>, b: ReadonlyMap<string, readonly string[]>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) {
+    const w = b.get(k);
+    if (!w || w.length !== v.length || w.some((ip, i) => ip !== v[i])) return false;
+  }
+  return true;
+}

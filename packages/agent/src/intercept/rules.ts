@@ -1,0 +1,92 @@
+// The interception rules as text for `iptables-restore --noflush`: a pure rendering of the desired state plus the
+// observed position of our jumps. One batch: it applies all or nothing.
+export const CHAIN = 'EDGEMESH-SERVICES';
+export const JUMP_COMMENT = 'edgemesh service interception';
+/** Built-in nat chains our chain is jumped from, at position 1 (before kube-proxy's KUBE-SERVICES). */
+export const HOOKS = ['PREROUTING', 'OUTPUT'] as const;
+export type Hook = (typeof HOOKS)[number];
+
+export interface InterceptRule {
+  /** Service IP (IPv4). */
+  readonly ip: string;
+  readonly protocol: 'tcp' | 'udp';
+  readonly port: number;
+  /** `ns/svc:port` */
+  readonly comment: string;
+  /** Where the agent listens for this service port. */
+  readonly toIP: string;
+  readonly toPort: number;
+}
+
+/** What `iptables -t nat -S <hook>` showed about our jumps: the exact lines (for -D) and whether one is first. */
+export interface HookState {
+  readonly jumpLines: readonly string[];
+  readonly first: boolean;
+}
+export type JumpState = Readonly<Record<Hook, HookState>>;
+
+export const NO_JUMPS: JumpState = { PREROUTING: { jumpLines: [], first: false }, OUTPUT: { jumpLines: [], first: false } };
+
+/** Parses `iptables -t nat -S <hook>` output for jumps to our chain. */
+export function parseHook(listing: string, hook: Hook): HookState {
+  const rules = listing.split('\n').map((l) => l.trim()).filter((l) => l.startsWith(`-A ${hook} `));
+  const isJump = (l: string) => new RegExp(`(^|\\s)-j ${CHAIN}(\\s|$)`).test(l);
+  return { jumpLines: rules.filter(isJump), first: rules.length > 0 && isJump(rules[0]) };
+}
+
+/** Redirect (REDIRECT --to-ports) when the listener is on the wildcard address; DNAT to the address otherwise. */
+export function usesRedirect(bindIP: string): boolean {
+  return bindIP === '0.0.0.0';
+}
+
+const quote = (s: string) => `"${s.replace(/["\\\n\r]/g, '_').slice(0, 255)}"`;
+
+export function ruleLine(r: InterceptRule): string {
+  const target = usesRedirect(r.toIP) ? `-j REDIRECT --to-ports ${r.toPort}` : `-j DNAT --to-destination ${r.toIP}:${r.toPort}`;
+  return `-A ${CHAIN} -d ${r.ip}/32 -p ${r.protocol} -m ${r.protocol} --dport ${r.port} -m comment --comment ${quote(r.comment)} ${target}`;
+}
+
+function jumpFix(jumps: JumpState): string[] {
+  const out: string[] = [];
+  for (const h of HOOKS) {
+    const s = jumps[h];
+    if (s.first && s.jumpLines.length === 1) continue;
+    for (const l of s.jumpLines) out.push(l.replace(/^-A /, '-D '));
+    out.push(`-I ${h} 1 -m comment --comment ${quote(JUMP_COMMENT)} -j ${CHAIN}`);
+  }
+  return out;
+}
+
+/**
+ * The batch that makes the nat table hold exactly `rules` in our chain, jumped once from the top of each hook.
+ * Declaring the chain flushes it (with --noflush only the declared chain is refilled).
+ */
+export function renderSync(rules: readonly InterceptRule[], jumps: JumpState): string {
+  const lines = ['*nat', `:${CHAIN} - [0:0]`, ...jumpFix(jumps)];
+  // Stable order so that identical desired state renders identical text.
+  const sorted = [...rules].sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.port - b.port));
+  for (const r of sorted) lines.push(ruleLine(r));
+  lines.push('COMMIT', '');
+  return lines.join('\n');
+}
+
+/** The batch that removes every trace: our jumps, the chain's rules, the chain. */
+export function renderCleanup(jumps: JumpState): string {
+  const lines = ['*nat', `:${CHAIN} - [0:0]`];
+  for (const h of HOOKS) for (const l of jumps[h].jumpLines) lines.push(l.replace(/^-A /, '-D '));
+  lines.push(`-X ${CHAIN}`, 'COMMIT', '');
+  return lines.join('\n');
+}
+
+export type Backend = 'nft' | 'legacy';
+
+/**
+ * Picks the iptables backend: the one `iptables --version` names, unless only the other one holds kube-proxy's
+ * chains (then the node's kube-proxy/CNI uses the other, and our jumps must sit in the same tables).
+ */
+export function chooseBackend(versionOutput: string, kubeChains: { nft: boolean; legacy: boolean }): Backend {
+  const def: Backend = /\(legacy\)/.test(versionOutput) ? 'legacy' : 'nft';
+  if (kubeChains.nft && !kubeChains.legacy) return 'nft';
+  if (kubeChains.legacy && !kubeChains.nft) return 'legacy';
+  return def;
+}

@@ -1,0 +1,150 @@
+// DirectDialer: reaches an endpoint with plain net/dgram from this host (same-node endpoints, and the fallback when
+// no tunnel is configured). Errors map onto DialError codes.
+import { connect, isIPv6, type Socket } from 'node:net';
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import type { Duplex } from 'node:stream';
+import { DialError, type DatagramChannel, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
+
+function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
+  switch (err.code) {
+    case 'ECONNREFUSED': return 'refused';
+    case 'ETIMEDOUT': return 'timeout';
+    case 'EACCES':
+    case 'EPERM': return 'forbidden';
+    default: return 'unreachable';
+  }
+}
+
+/** TCP keepalive probes start after this much idle time, on both legs of a proxied connection (dead peers are noticed). */
+export const TCP_KEEPALIVE_MS = 60_000;
+
+/** Read size of the relay buffers (the same as Node's default socket read). */
+export const RELAY_READ_BYTES = 65_536;
+/** Free relay buffers kept for reuse across connections (x 64 KiB). */
+export const RELAY_POOL_MAX = 128;
+const pool: Buffer[] = [];
+
+/**
+ * Socket options that relay everything read from the new socket straight into `sink`, without Node allocating a
+ * fresh buffer per read: reads land in pooled 64 KiB buffers, and a buffer goes back to the pool as soon as its write
+ * has reached the kernel (at once when the write completed synchronously — the common case — else from the write
+ * callback). Backpressure: reading pauses until `sink` drains. About a quarter less CPU per byte than `pipe` on
+ * loopback. The socket still emits 'end', 'error' and 'close'.
+ */
+export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
+  // The buffer handed out for the next read; a read that brought no data (EAGAIN, EOF) leaves it here for the next.
+  let next: Buffer | undefined;
+  return {
+    buffer: () => (next ??= pool.pop() ?? Buffer.allocUnsafeSlow(RELAY_READ_BYTES)),
+    /** The socket closed: its spare buffer goes back to the pool. */
+    dispose: () => {
+      if (next && pool.length < RELAY_POOL_MAX) pool.push(next);
+      next = undefined;
+    },
+    callback: (n, buf) => {
+      if (buf === next) next = undefined;
+      if (sink.destroyed) return false;
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
+        if (pool.length < RELAY_POOL_MAX) pool.push(buf);
+      };
+      const ok = sink.write(buf.subarray(0, n), release);
+      // Fully written to the kernel synchronously: the buffer is free again right away.
+      if (sink.writableLength === 0) release();
+      if (!ok) {
+        sink.once('drain', () => self().resume());
+        return false;
+      }
+      return true;
+    },
+  };
+}
+
+export class DirectDialer implements Dialer {
+  /**
+   * Connects to the endpoint. With `relayTo`, everything the endpoint sends is written to that socket directly
+   * (see relayReads) — the caller must then not read the returned stream itself, only watch its events.
+   */
+  dialTcp(target: DialTarget, signal?: AbortSignal, relayTo?: Socket): Promise<Duplex> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
+      let sock: Socket;
+      const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS };
+      if (relayTo) {
+        const relay = relayReads(relayTo, () => sock);
+        sock = connect({ ...opts, onread: { buffer: relay.buffer, callback: relay.callback } });
+        sock.once('close', relay.dispose);
+      } else {
+        sock = connect(opts);
+      }
+      const onAbort = () => {
+        sock.destroy();
+        reject(new DialError('timeout', `dial ${target.ip}:${target.port}: timed out`));
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      sock.once('error', (e: NodeJS.ErrnoException) => {
+        signal?.removeEventListener('abort', onAbort);
+        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+      });
+      sock.once('connect', () => {
+        signal?.removeEventListener('abort', onAbort);
+        sock.removeAllListeners('error');
+        resolve(sock);
+      });
+    });
+  }
+
+  openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel> {
+    return new Promise((resolve, reject) => {
+      const sock: UdpSocket = createSocket(isIPv6(target.ip) ? 'udp6' : 'udp4');
+      const fail = (e: NodeJS.ErrnoException) => {
+        sock.close();
+        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+      };
+      if (signal?.aborted) return fail(Object.assign(new Error('aborted'), { code: 'ETIMEDOUT' }));
+      sock.once('error', fail);
+      sock.connect(target.port, target.ip, () => {
+        sock.removeListener('error', fail);
+        resolve(new UdpChannel(sock));
+      });
+    });
+  }
+}
+
+class UdpChannel implements DatagramChannel {
+  private readonly sock: UdpSocket;
+  private closed = false;
+  private closeFns: ((err?: Error) => void)[] = [];
+
+  constructor(sock: UdpSocket) {
+    this.sock = sock;
+    // An ICMP port unreachable surfaces as ECONNREFUSED on a connected socket: the endpoint is gone.
+    sock.on('error', (e) => this.finish(e));
+  }
+
+  send(datagram: Buffer): void {
+    if (this.closed) return;
+    this.sock.send(datagram, (e) => { if (e) this.finish(e); });
+  }
+
+  onMessage(fn: (datagram: Buffer) => void): void {
+    this.sock.on('message', (m) => fn(m));
+  }
+
+  onClose(fn: (err?: Error) => void): void {
+    this.closeFns.push(fn);
+  }
+
+  close(): void {
+    this.finish();
+  }
+
+  private finish(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    try { this.sock.close(); } catch { /* already closed */ }
+    for (const f of this.closeFns) f(err);
+  }
+}

@@ -1,0 +1,77 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { chooseDialer } from './choose.ts';
+import { endpointKey, headerFromRequestHead } from './portstate.ts';
+
+test('dialer choice: same or unknown node direct, other node via the tunnel when there is one, else direct', () => {
+  assert.equal(chooseDialer(undefined, 'a', true), 'direct');
+  assert.equal(chooseDialer('', 'a', true), 'direct');
+  assert.equal(chooseDialer('a', 'a', true), 'direct');
+  assert.equal(chooseDialer('b', 'a', true), 'tunnel');
+  assert.equal(chooseDialer('b', 'a', false), 'direct');
+});
+
+test('hashed header is read from the first request head, case-insensitively; absent or partial heads', () => {
+  const head = Buffer.from('GET /x HTTP/1.1\r\nHost: a\r\nX-User:  alice \r\nx-other: 1\r\n\r\nbody: no');
+  assert.equal(headerFromRequestHead(head, 'x-user'), 'alice');
+  assert.equal(headerFromRequestHead(head, 'body'), undefined);
+  assert.equal(headerFromRequestHead(Buffer.from('GET / HTTP/1.1\r\nX-User: bo'), 'x-user'), 'bo');
+  assert.equal(headerFromRequestHead(Buffer.from('\x16\x03\x01binary'), 'x-user'), undefined);
+  assert.equal(endpointKey('10.0.0.1', 80), '10.0.0.1:80');
+  assert.equal(endpointKey('fd00::1', 80), '[fd00::1]:80');
+});
+
+test('relay buffers: a read buffer is never handed out again while a write of it is pending', async () => {
+  const { relayReads } = await import('./direct.ts');
+  // A sink that accepts writes but completes them only when told (like a socket whose kernel buffer is full).
+  const pending: { data: Buffer; copy: Buffer; cb?: () => void }[] = [];
+  let drainFn: (() => void) | undefined;
+  let resumed = 0;
+  const sink = {
+    destroyed: false,
+    get writableLength() { return pending.reduce((n, p) => n + p.data.length, 0); },
+    write(data: Buffer, cb?: () => void) {
+      pending.push({ data, copy: Buffer.from(data), cb });
+      return this.writableLength < 16384;
+    },
+    once(_ev: string, fn: () => void) { drainFn = fn; return this; },
+  };
+  const r = relayReads(sink as never, () => ({ resume: () => { resumed++; } }) as never);
+  const read = (text: string) => {
+    const buf = r.buffer();
+    const n = buf.write(text);
+    return { buf, more: r.callback(n, buf) };
+  };
+  const a = read('first');
+  assert.equal(a.more, true);
+  const b = read('second'); // 'first' is still pending: must not land in the same memory
+  assert.notEqual(b.buf, a.buf);
+  for (const p of pending) assert.ok(p.data.equals(p.copy), 'a pending write was overwritten');
+  // Completing the first write frees the reused buffer again.
+  pending.shift()!.cb?.();
+  const c = read('third');
+  assert.equal(c.buf, a.buf);
+  for (const p of pending) assert.ok(p.data.equals(p.copy), 'a pending write was overwritten');
+  // Backpressure: a write over the high-water mark pauses reading until the sink drains.
+  const big = r.buffer();
+  big.fill(1, 0, 20000);
+  assert.equal(r.callback(20000, big), false);
+  drainFn!();
+  assert.equal(resumed, 1);
+  // A write completed synchronously (nothing left pending) frees the buffer at once.
+  pending.length = 0;
+  const syncSink = { destroyed: false, writableLength: 0, write: () => true, once() { return this; } };
+  const r2 = relayReads(syncSink as never, () => ({ resume() {} }) as never);
+  const x = r2.buffer();
+  r2.callback(3, x);
+  assert.equal(r2.buffer(), x);
+});
+
+test('proxy config: bindAddress must be IPv4 with iptables interception; the error names the key', async () => {
+  const { agentSchema } = await import('@edgemesh/common/config');
+  const { validateProxyConfig } = await import('./proxier.ts');
+  const cfg = (proxy: Record<string, string>) => agentSchema.parse({ proxy });
+  assert.doesNotThrow(() => validateProxyConfig(cfg({})));
+  assert.doesNotThrow(() => validateProxyConfig(cfg({ intercept: 'none', bindAddress: '::1' })));
+  assert.throws(() => validateProxyConfig(cfg({ bindAddress: 'fd00::1' })), /proxy\.bindAddress: iptables interception is IPv4 only/);
+});

@@ -1,0 +1,234 @@
+// TCP proxy for one service port: accept -> route -> connect (bounded retries, each to a different endpoint) ->
+// pipe both ways with backpressure and half-close. A reset, not a hang, when no endpoint is allowed.
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import type { Logger } from '@edgemesh/common/log';
+import type { Endpoint } from '../cluster/types.ts';
+import { DialError, type Dialer } from './dialer.ts';
+import { chooseDialer } from './choose.ts';
+import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
+import { headerFromRequestHead, type PortState } from './portstate.ts';
+import type { ProxyMetrics } from './metrics.ts';
+
+export const DIAL_TIMEOUT_MS = 3000;
+/** Connect attempts per client connection, each to a different endpoint. */
+export const MAX_DIAL_ATTEMPTS = 3;
+/** A proxied connection with no traffic either way for this long is closed (Envoy's default idle timeout). */
+export const TCP_IDLE_TIMEOUT_MS = 3_600_000;
+/** Bytes of the first request read to find a hashed HTTP header, and how long to wait for them. */
+export const HEADER_PEEK_MAX_BYTES = 8192;
+export const HEADER_PEEK_TIMEOUT_MS = 2000;
+/** Pending-accept queue per service-port listener. */
+export const LISTEN_BACKLOG = 4096;
+
+export interface TcpContext {
+  log: Logger;
+  metrics: ProxyMetrics;
+  dialers: { direct: Dialer; tunnel?: Dialer };
+  thisNode: string;
+  srcGroup: () => string;
+  idleTimeoutMs: number;
+  dialTimeoutMs: number;
+  /** Shared connection budget across all TCP listeners. */
+  limit: { active: number; max: number };
+}
+
+function reset(sock: Socket): void {
+  if (sock.destroyed) return;
+  sock.resetAndDestroy();
+}
+
+function resetDuplex(d: Duplex): void {
+  const s = d as Partial<Socket> & Duplex;
+  if (typeof s.resetAndDestroy === 'function' && !d.destroyed) s.resetAndDestroy();
+  else d.destroy();
+}
+
+export class TcpListener {
+  readonly state: PortState;
+  private readonly server: Server;
+  private readonly ctx: TcpContext;
+  private readonly conns = new Set<Socket>();
+  port = 0;
+
+  constructor(state: PortState, ctx: TcpContext) {
+    this.state = state;
+    this.ctx = ctx;
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS }, (s) => this.accept(s));
+  }
+
+  listen(host: string): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen({ host, port: 0, backlog: LISTEN_BACKLOG }, () => {
+        this.server.removeListener('error', reject);
+        this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
+        const a = this.server.address();
+        this.port = typeof a === 'object' && a ? a.port : 0;
+        resolve(this.port);
+      });
+    });
+  }
+
+  /** Stops accepting; open connections are closed too when `all`. */
+  async close(all: boolean): Promise<void> {
+    if (all) for (const c of this.conns) c.destroy();
+    await new Promise<void>((r) => this.server.close(() => r()));
+  }
+
+  private accept(client: Socket): void {
+    const svc = this.state.service.key;
+    const { metrics, limit } = this.ctx;
+    client.on('error', () => {});
+    if (limit.active >= limit.max) {
+      metrics.refused.inc({ service: svc, protocol: 'tcp', reason: 'limit' });
+      return reset(client);
+    }
+    limit.active++;
+    this.conns.add(client);
+    metrics.active.inc({ service: svc, protocol: 'tcp' });
+    let released = false;
+    client.once('close', () => {
+      if (released) return;
+      released = true;
+      limit.active--;
+      this.conns.delete(client);
+      metrics.active.dec({ service: svc, protocol: 'tcp' });
+      metrics.bytes.inc({ service: svc, direction: 'in' }, client.bytesRead);
+      metrics.bytes.inc({ service: svc, direction: 'out' }, client.bytesWritten);
+    });
+    const header = this.state.hashHeader;
+    if (header) {
+      this.peekHead(client).then((head) => this.connect(client, head, head.length ? headerFromRequestHead(head, header) : undefined), () => reset(client));
+    } else {
+      void this.connect(client, undefined, undefined);
+    }
+  }
+
+  /** Reads the start of the first request (until the end of its headers, a size cap or a timeout). */
+  private peekHead(client: Socket): Promise<Buffer> {
+    return new Promise((resolve) => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      const done = () => {
+        clearTimeout(t);
+        client.removeListener('data', onData);
+        client.removeListener('end', done);
+        client.pause();
+        resolve(Buffer.concat(chunks));
+      };
+      const onData = (b: Buffer) => {
+        chunks.push(b);
+        n += b.length;
+        if (n >= HEADER_PEEK_MAX_BYTES || b.includes('\r\n\r\n')) done();
+      };
+      const t = setTimeout(done, HEADER_PEEK_TIMEOUT_MS);
+      client.on('data', onData);
+      client.once('end', done);
+      client.resume();
+    });
+  }
+
+  private async connect(client: Socket, head: Buffer | undefined, headerValue: string | undefined): Promise<void> {
+    const st = this.state;
+    const svc = st.service.key;
+    const { metrics, dialers } = this.ctx;
+    const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
+    const tried = new Set<Endpoint>();
+    let upstream: Duplex | undefined;
+    let relayed = false;
+    let pick: ReturnType<PortState['pick']>;
+    for (let attempt = 0; attempt < MAX_DIAL_ATTEMPTS && !client.destroyed; attempt++) {
+      pick = st.pick(clientIP, headerValue, tried);
+      if (!pick) break;
+      const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
+      const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
+      st.balancer.started(pick.key);
+      const target = { serviceKey: svc, protocol: 'tcp' as const, ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName };
+      const signal = AbortSignal.timeout(this.ctx.dialTimeoutMs);
+      try {
+        if (dialer instanceof DirectDialer) {
+          upstream = await dialer.dialTcp(target, signal, client);
+          relayed = true;
+        } else {
+          upstream = await dialer.dialTcp(target, signal);
+          relayed = false;
+        }
+        st.outliers.recordSuccess(pick.key);
+        break;
+      } catch (e) {
+        st.balancer.ended(pick.key);
+        tried.add(pick.endpoint);
+        const code = e instanceof DialError ? e.code : 'unreachable';
+        metrics.dialFailures.inc({ service: svc, code });
+        this.ctx.log.debug({ service: svc, endpoint: pick.key, code, attempt }, 'dial failed');
+        if (st.outliers.recordFailure(pick.key, st.total) > 0) {
+          metrics.ejections.inc({ service: svc });
+          this.ctx.log.warn({ service: svc, endpoint: pick.key }, 'endpoint ejected after consecutive connect failures');
+        }
+        pick = undefined;
+      }
+    }
+    if (!upstream && client.destroyed) return; // the client gave up while we were dialing
+    if (!upstream || !pick) {
+      const reason = tried.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
+      metrics.refused.inc({ service: svc, protocol: 'tcp', reason });
+      this.ctx.log.debug({ service: svc, reason }, 'connection reset');
+      return reset(client);
+    }
+    const key = pick.key;
+    metrics.connections.inc({ service: svc, protocol: 'tcp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
+    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
+    if (client.destroyed) {
+      st.balancer.ended(key);
+      upstream.destroy();
+      return;
+    }
+    this.splice(client, upstream, relayed, head, () => st.balancer.ended(key));
+  }
+
+  /** `relayed`: the upstream's reads already go to the client (DirectDialer relay); only client -> upstream is piped. */
+  private splice(client: Socket, upstream: Duplex, relayed: boolean, head: Buffer | undefined, onDone: () => void): void {
+    let finished = false;
+    const finish = () => {
+      if (finished) return;
+      finished = true;
+      onDone();
+    };
+    upstream.on('error', () => {
+      // The endpoint reset or failed: pass a reset on to the client.
+      reset(client);
+    });
+    client.on('error', () => resetDuplex(upstream));
+    client.once('close', () => {
+      finish();
+      // Closed without finishing its half (reset, idle timeout): nothing more will reach the endpoint.
+      if (!upstream.destroyed && !upstream.writableEnded) upstream.destroy();
+    });
+    upstream.once('close', () => {
+      finish();
+      if (client.destroyed) return;
+      // Flush what the endpoint sent, then close; if the client still had data to send, there is no one to take it.
+      if (!client.writableEnded) client.end();
+      if (!client.readableEnded) {
+        if (client.writableFinished) client.destroy();
+        else client.once('finish', () => client.destroy());
+      }
+    });
+    const idle = this.ctx.idleTimeoutMs;
+    client.setTimeout(idle, () => {
+      client.destroy();
+      upstream.destroy();
+    });
+    if (head?.length) upstream.write(head);
+    client.pipe(upstream);
+    if (relayed) {
+      // Half-close: the endpoint's FIN becomes ours to the client; flowing mode lets 'end' be emitted.
+      upstream.once('end', () => { if (!client.destroyed) client.end(); });
+      upstream.resume();
+    } else {
+      upstream.pipe(client);
+    }
+    client.resume();
+  }
+}

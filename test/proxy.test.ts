@@ -1,0 +1,292 @@
+// In-process proxy on loopback (intercept: none): listeners, routing, retries, resets, UDP sessions, LB by header.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer, connect, type Server, type Socket } from 'node:net';
+import { createSocket } from 'node:dgram';
+import { createHash, randomBytes } from 'node:crypto';
+import { Registry } from 'prom-client';
+import { silentLogger } from '@edgemesh/common/log';
+import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
+import { ClusterIPTable } from '../packages/agent/src/proxy/clusterips.ts';
+import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
+import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
+import { node, service, slice } from './lib/proxyfixtures.ts';
+
+const GROUP = 'apps.kubeedge.io/belonging-to';
+const servers: { close(): void }[] = [];
+after(() => { for (const s of servers) s.close(); });
+
+/** TCP server on 127.0.0.x: 'echo' echoes, 'name' writes its name then ends after the client ends. */
+async function tcpServer(host: string, kind: 'echo' | 'name', name = host): Promise<{ port: number; server: Server }> {
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    if (kind === 'echo') s.pipe(s);
+    else { s.write(name); s.on('data', () => {}); s.on('end', () => s.end()); }
+  });
+  await new Promise<void>((r) => server.listen(0, host, () => r()));
+  servers.push(server);
+  return { port: (server.address() as { port: number }).port, server };
+}
+
+async function udpEcho(host: string): Promise<number> {
+  const s = createSocket('udp4');
+  s.on('message', (m, r) => s.send(m, r.port, r.address));
+  await new Promise<void>((r) => s.bind(0, host, () => r()));
+  servers.push(s);
+  return s.address().port;
+}
+
+function request(port: number, payload: Buffer | string = ''): Promise<{ data: Buffer; error?: string }> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    const s: Socket = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+    s.setTimeout(5000, () => s.destroy(Object.assign(new Error('no progress in 5 s'), { code: 'TIMEOUT' })));
+    s.on('connect', () => { if (payload.length) s.write(payload); s.end(); });
+    s.on('data', (d) => chunks.push(d));
+    s.on('error', (e: NodeJS.ErrnoException) => resolve({ data: Buffer.concat(chunks), error: e.code }));
+    s.on('end', () => resolve({ data: Buffer.concat(chunks) }));
+  });
+}
+
+async function setup(objects: ReturnType<typeof service>[], extra: Partial<ConstructorParameters<typeof Proxier>[0]> = {}) {
+  const model = new ClusterModel([GROUP]);
+  const registry = new Registry();
+  const byKind = (k: string) => objects.filter((o) => o.kind === k);
+  model.replace('Node', byKind('Node'));
+  model.replace('Service', byKind('Service'));
+  model.replace('EndpointSlice', byKind('EndpointSlice'));
+  model.flush();
+  const proxier = new Proxier({
+    log: silentLogger, registry, model, serviceIPs: new ClusterIPTable(model), dialers: { direct: new DirectDialer() },
+    thisNode: 'me', bindAddress: '127.0.0.1', routingDefault: 'cluster', dialTimeoutMs: 1000, ...extra,
+  });
+  await proxier.start();
+  return { model, proxier, registry };
+}
+
+test('TCP: 4 MB through the proxy arrives intact (sha256), half-close passes the echo back', async () => {
+  const b = await tcpServer('127.0.0.2', 'echo');
+  const { proxier, registry } = await setup([
+    node('me'), service({ name: 'echo', ip: '10.96.0.1', ports: [{ port: 80, targetPort: b.port }] }),
+    slice('echo', [{ port: b.port }], [{ ip: '127.0.0.2', node: 'me' }]),
+  ]);
+  try {
+    const port = proxier.listenerPort('default/echo', 80)!;
+    assert.ok(port > 0);
+    const payload = randomBytes(4 << 20);
+    const res = await request(port, payload);
+    assert.equal(res.error, undefined);
+    assert.equal(createHash('sha256').update(res.data).digest('hex'), createHash('sha256').update(payload).digest('hex'));
+    const m = await registry.getSingleMetricAsString('edgemesh_proxy_connections_total');
+    assert.match(m, /service="default\/echo",protocol="tcp",src_group="none",dst_group="none",tier="node"} 1/);
+    const st = proxier.status().get('default/echo')!;
+    assert.equal(st.routing, 'cluster');
+    assert.deepEqual(st.tiers, { node: 1, group: 0, region: 0, cluster: 0 });
+    assert.ok(proxier.ready());
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: strict Service with no endpoint in the group is reset at once; prefer spills to another group', async () => {
+  const other = await tcpServer('127.0.0.3', 'name', 'far');
+  const { proxier, registry, model } = await setup([
+    node('me', { [GROUP]: 'g1' }), node('far', { [GROUP]: 'g2' }),
+    service({ name: 'strict', ip: '10.96.0.2', ports: [{ port: 80, targetPort: other.port }], annotations: { 'apps.kubeedge.io/service-topology': 'range-nodegroup' } }),
+    slice('strict', [{ port: other.port }], [{ ip: '127.0.0.3', node: 'far' }]),
+    service({ name: 'prefer', ip: '10.96.0.3', ports: [{ port: 80, targetPort: other.port }], spec: { trafficDistribution: 'PreferClose' } }),
+    slice('prefer', [{ port: other.port }], [{ ip: '127.0.0.3', node: 'far' }]),
+  ]);
+  try {
+    const r = await request(proxier.listenerPort('default/strict', 80)!, 'x');
+    assert.equal(r.error, 'ECONNRESET'); // a reset, not a hang
+    assert.equal(proxier.status().get('default/strict')!.routing, 'strict-group');
+    const p = await request(proxier.listenerPort('default/prefer', 80)!, 'x');
+    assert.equal(p.data.toString(), 'far');
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_spillover_total'), /service="default\/prefer",from_tier="group",to_tier="cluster"} 1/);
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_strict_empty_scope_services'), / 1$/m);
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_refused_total'), /reason="strict_empty"} 1/);
+    // Only a Node changes (far joins our group): the strict Service now has an endpoint in scope.
+    model.upsert('Node', node('far', { [GROUP]: 'g1' }));
+    model.flush();
+    await proxier.settle();
+    assert.equal((await request(proxier.listenerPort('default/strict', 80)!, 'x')).data.toString(), 'far');
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_strict_empty_scope_services'), / 0$/m);
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: a refusing endpoint is retried on another one, then ejected; endpoint changes are followed', async () => {
+  const good = await tcpServer('127.0.0.4', 'name', 'good');
+  const dead = await tcpServer('127.0.0.5', 'name', 'dead');
+  dead.server.close(); // refuses from now on
+  const port = good.port;
+  const eps = [{ ip: '127.0.0.4', node: 'me' }, { ip: '127.0.0.5', node: 'me' }];
+  // Same port number on both addresses: the dead one listens nowhere on that port.
+  const { proxier, registry, model } = await setup([
+    node('me'), service({ name: 'web', ip: '10.96.0.4', ports: [{ port: 80, targetPort: port }] }),
+    slice('web', [{ port }], eps),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/web', 80)!;
+    for (let i = 0; i < 6; i++) assert.equal((await request(lp, 'x')).data.toString(), 'good');
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_dial_failures_total'), /code="refused"} [1-9]/);
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_ejections_total'), /service="default\/web"} 1/);
+    // The good endpoint leaves: nothing left -> reset.
+    model.upsert('EndpointSlice', slice('web', [{ port }], [{ ip: '127.0.0.5', node: 'me' }]));
+    model.flush();
+    await proxier.settle();
+    assert.equal((await request(lp, 'x')).error, 'ECONNRESET');
+    // The Service goes away: its listener closes.
+    model.replace('Service', []);
+    model.flush();
+    await proxier.settle();
+    assert.equal(proxier.listenerPort('default/web', 80), undefined);
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('Maglev on an HTTP header from a DestinationRule: the same header value always reaches the same endpoint', async () => {
+  const a = await tcpServer('127.0.0.6', 'name', 'A');
+  const port = a.port;
+  const b = createServer({ allowHalfOpen: true }, (s) => { s.write('B'); s.on('data', () => {}); s.on('end', () => s.end()); });
+  await new Promise<void>((r) => b.listen(port, '127.0.0.7', () => r()));
+  servers.push(b);
+  const { proxier, model } = await setup([
+    node('me'), service({ name: 'api', ip: '10.96.0.5', ports: [{ port: 80, targetPort: port }] }),
+    slice('api', [{ port }], [{ ip: '127.0.0.6', node: 'me' }, { ip: '127.0.0.7', node: 'me' }]),
+  ]);
+  try {
+    model.replace('DestinationRule', [{ kind: 'DestinationRule', metadata: { name: 'api', namespace: 'default' }, spec: { host: 'api.default.svc.cluster.local', trafficPolicy: { loadBalancer: { consistentHash: { httpHeaderName: 'X-User' } } } } }]);
+    model.flush();
+    await proxier.settle();
+    assert.equal(proxier.status().get('default/api')!.policy, 'maglev(header x-user)');
+    const lp = proxier.listenerPort('default/api', 80)!;
+    const seen = new Map<string, Set<string>>();
+    for (let i = 0; i < 40; i++) {
+      const user = `u${i % 8}`;
+      const r = await request(lp, `GET / HTTP/1.1\r\nHost: api\r\nX-User: ${user}\r\n\r\n`);
+      if (!seen.has(user)) seen.set(user, new Set());
+      seen.get(user)!.add(r.data.toString());
+    }
+    for (const [u, s] of seen) assert.equal(s.size, 1, `user ${u} reached ${[...s]}`);
+    assert.equal(new Set([...seen.values()].flatMap((s) => [...s])).size, 2, 'both endpoints serve some users');
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('UDP: datagrams of various sizes come back whole per client session', async () => {
+  const port = await udpEcho('127.0.0.8');
+  const { proxier, registry } = await setup([
+    node('me'), service({ name: 'dns', ip: '10.96.0.6', ports: [{ port: 53, protocol: 'UDP', targetPort: port }] }),
+    slice('dns', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.8', node: 'me' }]),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/dns', 53, 'UDP')!;
+    const c = createSocket('udp4');
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    const sizes = [1, 512, 1400, 9000, 60000];
+    const got: Buffer[] = [];
+    const done = new Promise<void>((r) => c.on('message', (m) => { got.push(m); if (got.length === sizes.length) r(); }));
+    const sent = sizes.map((n) => randomBytes(n));
+    for (const d of sent) c.send(d, lp, '127.0.0.1');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([done, new Promise((_, rej) => { timer = setTimeout(() => rej(new Error(`only ${got.length} replies`)), 3000); })]);
+    clearTimeout(timer);
+    c.close();
+    const key = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    assert.deepEqual(got.map(key).sort(), sent.map(key).sort());
+    assert.match(await registry.getSingleMetricAsString('edgemesh_proxy_udp_sessions'), / 1$/m);
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('UDP: when the session endpoint leaves, the same client socket is moved to a live endpoint', async () => {
+  const named = async (host: string, name: string) => {
+    const s = createSocket('udp4');
+    s.on('message', (_m, r) => s.send(name, r.port, r.address));
+    await new Promise<void>((r) => s.bind(0, host, () => r()));
+    servers.push(s);
+    return s.address().port;
+  };
+  const port = await named('127.0.0.9', 'A');
+  const s2 = createSocket('udp4');
+  s2.on('message', (_m, r) => s2.send('B', r.port, r.address));
+  await new Promise<void>((r) => s2.bind(port, '127.0.0.10', () => r()));
+  servers.push(s2);
+  const { proxier, model } = await setup([
+    node('me'), service({ name: 'u', ip: '10.96.0.7', ports: [{ port: 53, protocol: 'UDP', targetPort: port }] }),
+    slice('u', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.9', node: 'me' }]),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/u', 53, 'UDP')!;
+    const c = createSocket('udp4');
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    const ask = () => new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no reply')), 2000);
+      c.once('message', (m) => { clearTimeout(t); resolve(m.toString()); });
+      c.send('?', lp, '127.0.0.1');
+    });
+    assert.equal(await ask(), 'A');
+    assert.equal(await ask(), 'A');
+    model.upsert('EndpointSlice', slice('u', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.10', node: 'me' }]));
+    model.flush();
+    await proxier.settle();
+    assert.equal(await ask(), 'B');
+    c.close();
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: a 16 MB download to a slow reader arrives intact (backpressure through the relay buffers)', async () => {
+  const blob = randomBytes(16 << 20);
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    s.on('error', () => {});
+    // First half in one go (large reads on the proxy), then small paced writes (small reads while the proxy's
+    // writes to the stalled client are still pending); the endpoint half-closes first.
+    const half = blob.length / 2;
+    s.write(blob.subarray(0, half));
+    let off = half;
+    const step = () => {
+      while (off < blob.length) {
+        const ok = s.write(blob.subarray(off, off + 3000));
+        off += 3000;
+        if (!ok) return s.once('drain', step);
+        if (off % 30000 === 0) return setImmediate(step);
+      }
+      s.end();
+    };
+    step();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.11', () => r()));
+  servers.push(server);
+  const port = (server.address() as { port: number }).port;
+  const { proxier } = await setup([
+    node('me'), service({ name: 'dl', ip: '10.96.0.8', ports: [{ port: 80, targetPort: port }] }),
+    slice('dl', [{ port }], [{ ip: '127.0.0.11', node: 'me' }]),
+  ]);
+  try {
+    const lp = proxier.listenerPort('default/dl', 80)!;
+    const got = await new Promise<Buffer>((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let n = 0;
+      const s = connect({ host: '127.0.0.1', port: lp, allowHalfOpen: true });
+      s.on('data', (d) => {
+        chunks.push(d);
+        // Stall now and then so the proxy's writes to us back up.
+        if (++n % 16 === 0) { s.pause(); setTimeout(() => s.resume(), 20); }
+      });
+      s.on('end', () => { s.end(); resolve(Buffer.concat(chunks)); });
+      s.on('error', reject);
+    });
+    assert.equal(got.length, blob.length);
+    assert.ok(got.equals(blob), 'bytes differ');
+  } finally {
+    await proxier.stop();
+  }
+});
