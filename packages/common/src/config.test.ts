@@ -38,7 +38,7 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
 });
 
 test('server defaults are exactly those of INTERFACE.md', () => {
-  assert.deepEqual(loadServerConfig({ text: '' }), { listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile: '/etc/edgemesh/token', admin: { listen: '0.0.0.0:10561' }, log: { level: 'info' } });
+  assert.deepEqual(loadServerConfig({ text: '' }), { listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile: '/etc/edgemesh/token', relayRateLimit: 0, admin: { listen: '0.0.0.0:10561' }, log: { level: 'info' } });
 });
 
 test('precedence: flag over env over file; every kind of value coerces', () => {
