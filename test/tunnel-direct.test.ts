@@ -82,14 +82,16 @@ test('pings from a third party (unknown key, or a known key id with a forged MAC
   for (let i = 0; i < 5; i++) {
     u.send(forged, port, '127.0.0.1');
     u.send(stranger, port, '127.0.0.1');
-    u.send(randomBytes(50), port, '127.0.0.1');
+    u.send(Buffer.concat([Buffer.from([0x00]), randomBytes(49)]), port, '127.0.0.1');
   }
   await waitFor(() => true);
   await new Promise((r) => setTimeout(r, 300));
   u.close();
   assert.equal(answers.length, 0, 'a forged ping was answered');
   const m = await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total');
-  assert.match(m, /reason="bad-mac"} 5/);
-  assert.match(m, /reason="unknown-peer"} 5/);
+  // At least ours (other tests' agents on this machine may add strays of their own).
+  const count = (reason: string) => Number(new RegExp(`reason="${reason}"} (\\d+)`).exec(m)?.[1] ?? 0);
+  assert.ok(count('bad-mac') >= 5, m);
+  assert.ok(count('unknown-peer') >= 5, m);
   assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct'), 'the direct path survived');
 });

@@ -3,7 +3,7 @@
 // inside a Noise link. A slow reader stops only its own stream.
 import { Duplex } from 'node:stream';
 
-export const STREAM_WINDOW_BYTES = 1024 * 1024;
+export const STREAM_WINDOW_BYTES = 2 * 1024 * 1024;
 export const MAX_CHUNK_BYTES = 64 * 1024;
 
 export interface CreditIO {

@@ -23,8 +23,9 @@ export const T = {
 /** Types whose payload is JSON + MAC (after the handshake). */
 export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS]);
 
-/** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. */
-export const RELAY_WINDOW_BYTES = 1024 * 1024;
+/** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. A relay stream
+ *  carries a whole peer link (its streams have their own windows inside), so this bounds the link at window/RTT. */
+export const RELAY_WINDOW_BYTES = 8 * 1024 * 1024;
 /** Data frames are cut to at most this many bytes. */
 export const MAX_DATA_CHUNK = 64 * 1024;
 
