@@ -8,7 +8,7 @@ import { createSocket } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import { makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
-import { encodePing, keyId, P } from '../packages/agent/src/tunnel/ping.ts';
+import { encodePing, keyId, P, pingKey } from '../packages/agent/src/tunnel/ping.ts';
 import type { DirectManager } from '../packages/agent/src/tunnel/direct.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 
@@ -94,4 +94,26 @@ test('pings from a third party (unknown key, or a known key id with a forged MAC
   assert.ok(count('bad-mac') >= 5, m);
   assert.ok(count('unknown-peer') >= 5, m);
   assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct'), 'the direct path survived');
+});
+
+test('a correctly MAC\'d ping with an old counter (a replay) is dropped and not answered', async () => {
+  const direct = a.tunnel.direct as DirectManager;
+  const ak = a.tunnel.opts.keyPair;
+  const bk = b.tunnel.opts.keyPair;
+  // The test knows b's secret key, so it can make a genuine ping "from b" - but with a counter long passed.
+  const key = pingKey(bk.secretKey, bk.publicKey, ak.publicKey);
+  const old = encodePing(key, { type: P.PING, keyId: keyId(bk.publicKey), txid: randomBytes(12), counter: 1n, streamId: 1 });
+  const u = createSocket('udp4');
+  await new Promise<void>((r) => u.bind(0, '127.0.0.1', r));
+  const answers: Buffer[] = [];
+  const attacker = `127.0.0.1:${u.address().port}`;
+  u.on('message', (m) => answers.push(m));
+  const before = Number(/reason="replay"} (\d+)/.exec(await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total'))?.[1] ?? 0);
+  for (let i = 0; i < 3; i++) u.send(old, direct.port, '127.0.0.1');
+  await new Promise((r) => setTimeout(r, 300));
+  u.close();
+  assert.equal(answers.length, 0, 'a replayed ping was answered');
+  const after = Number(/reason="replay"} (\d+)/.exec(await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total'))?.[1] ?? 0);
+  assert.equal(after - before, 3);
+  assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct' && p.remote !== attacker), 'the path did not move');
 });

@@ -1,0 +1,96 @@
+// The server against hand-made clients: relay credit enforced (a sender ignoring credit gets its stream reset),
+// forged control messages drop the connection, unknown frames are counted, oversized frames drop the connection.
+import { test, after, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { encodeFrame, encodeStreamFrame, FrameDecoder, type Frame } from '../packages/common/src/tunnel/frame.ts';
+import { agentProof, ControlMac, keyTranscript, newNonce, sessionKey } from '../packages/common/src/tunnel/auth.ts';
+import { generateKeyPair, signRaw } from '../packages/common/src/tunnel/ed25519.ts';
+import { MAX_DATA_CHUNK, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
+import { TEST_TOKEN, startServer, waitFor } from './lib/tunnel-fixture.ts';
+import type { EdgemeshServer } from '../packages/server/src/main.ts';
+
+let server: EdgemeshServer;
+let port: number;
+before(async () => { ({ server, port } = await startServer()); });
+after(async () => { await server.stop(); });
+
+class RawAgent {
+  sock!: Socket;
+  mac!: ControlMac;
+  frames: Frame[] = [];
+  closed = false;
+  static async connect(node: string): Promise<RawAgent> {
+    const r = new RawAgent();
+    const kp = generateKeyPair();
+    const an = newNonce();
+    r.sock = connect(port, '127.0.0.1');
+    const dec = new FrameDecoder();
+    r.sock.on('data', (c: Buffer) => r.frames.push(...dec.push(c)));
+    r.sock.on('close', () => { r.closed = true; });
+    r.sock.on('error', () => {});
+    r.sock.write(encodeFrame(T.HELLO, Buffer.from(JSON.stringify({ v: 1, nonce: an.toString('base64') }))));
+    await waitFor(() => r.frames.length > 0);
+    const ch = parseJson(r.frames.shift()!.payload)!;
+    const sn = Buffer.from(ch.nonce as string, 'base64');
+    r.sock.write(encodeFrame(T.AUTH, Buffer.from(JSON.stringify({
+      node, key: kp.publicKey.toString('base64'), proof: agentProof(TEST_TOKEN, an, sn, node, kp.publicKey).toString('base64'),
+      sig: signRaw(kp.secretKey, keyTranscript(an, sn, node)).toString('base64'),
+    }))));
+    r.mac = new ControlMac(sessionKey(TEST_TOKEN, an, sn), 'agent');
+    await waitFor(() => r.frames.some((f) => f.type === T.WELCOME));
+    assert.ok(r.take(T.WELCOME), 'WELCOME with a good MAC');
+    return r;
+  }
+  control(type: number, body: object): void {
+    this.sock.write(encodeFrame(type, this.mac.seal(type, Buffer.from(JSON.stringify(body)))));
+  }
+  private msgs: { type: number; body: Record<string, unknown> | undefined }[] = [];
+  /** Control messages in arrival order (MACs carry a sequence number, so they are opened in order). */
+  take(type: number): Record<string, unknown> | undefined {
+    for (const f of this.frames.splice(0)) {
+      if (f.type === T.DATA || f.type === T.CREDIT || f.type === T.END || f.type === T.RESET) this.frames.push(f);
+      else this.msgs.push({ type: f.type, body: parseJson(this.mac.open(f.type, f.payload) ?? Buffer.alloc(0)) });
+    }
+    const i = this.msgs.findIndex((m) => m.type === type);
+    return i < 0 ? undefined : this.msgs.splice(i, 1)[0].body;
+  }
+}
+
+test('a sender that ignores its relay credit gets the stream reset', async () => {
+  const a = await RawAgent.connect('raw-a');
+  const b = await RawAgent.connect('raw-b');
+  a.control(T.OPEN, { req: 1, to: 'raw-b' });
+  let opened: Record<string, unknown> | undefined;
+  await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined);
+  const rid = opened!.rid as number;
+  const chunk = Buffer.alloc(MAX_DATA_CHUNK);
+  for (let sent = 0; sent <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeStreamFrame(T.DATA, rid, chunk));
+  await waitFor(() => a.frames.some((f) => f.type === T.RESET) && b.frames.some((f) => f.type === T.RESET), 10_000, 'resets');
+  assert.match(await server.registry.getSingleMetricAsString('edgemesh_server_credit_violations_total'), / [1-9]/);
+  a.sock.destroy();
+  b.sock.destroy();
+});
+
+test('a control message with a bad MAC drops the connection; unknown frame types are counted', async () => {
+  const a = await RawAgent.connect('raw-c');
+  a.sock.write(encodeFrame(99, Buffer.from('x')));
+  const forged = Buffer.concat([Buffer.from(JSON.stringify({ req: 7, to: 'x' })), Buffer.alloc(16)]);
+  a.sock.write(encodeFrame(T.OPEN, forged));
+  await waitFor(() => a.closed, 5000, 'dropped');
+  assert.equal(server.relay.agents.has('raw-c'), false);
+  assert.match(await server.registry.getSingleMetricAsString('edgemesh_server_malformed_frames_total'), / [2-9]|\d\d/);
+});
+
+test('an oversized frame drops the connection before anything is allocated', async () => {
+  const s = connect(port, '127.0.0.1');
+  let closed = false;
+  s.on('close', () => { closed = true; });
+  s.on('error', () => {});
+  s.resume();
+  const b = Buffer.alloc(5);
+  b[0] = T.HELLO;
+  b.writeUInt32BE(0xfffffff0, 1);
+  s.write(b);
+  await waitFor(() => closed, 5000, 'dropped');
+});
