@@ -116,6 +116,26 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     assert.equal(r.ok, true);
   });
 
+  test('a peer whose public address changes is followed without a failover (roaming)', async () => {
+    // c is public, a behind pr1: once direct, make pr1 map a to a new port and drop its conntrack state.
+    assert.equal((await tl.transfer('c', 'a', MB)).ok, true);
+    await waitUntil(async () => (await tl.node('c').path('a')) === 'direct', 20_000, 'c<->a direct');
+    const remoteBefore = (await tl.node('c').status()).peers.find((p) => p.node === 'a')!.remote;
+    const failoversBefore = await tl.node('c').metric(/^edgemesh_tunnel_failovers_total/);
+    await tl.lab.exec('pr1', 'iptables', ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', 'wan0', '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40100'], { reject: true });
+    await tl.lab.flushConntrack('pr1');
+    await waitUntil(async () => (await tl.node('c').metric(/^edgemesh_tunnel_roams_total/)) >= 1, 15_000, 'c follows a to its new address');
+    const st = (await tl.node('c').status()).peers.find((p) => p.node === 'a')!;
+    assert.equal(st.path, 'direct');
+    assert.notEqual(st.remote, remoteBefore);
+    assert.match(st.remote ?? '', /:400\d\d$/);
+    const r = await tl.transfer('c', 'a', 2 * MB);
+    assert.equal(r.ok, true, JSON.stringify(r));
+    assert.equal(r.path, 'direct');
+    assert.equal(await tl.node('c').metric(/^edgemesh_tunnel_failovers_total/), failoversBefore);
+    await tl.lab.exec('pr1', 'iptables', ['-t', 'nat', '-D', 'POSTROUTING', '-o', 'wan0', '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40100'], { reject: true });
+  });
+
   test('malformed frames and STUN packets fuzzed at the server: no crash, agents unaffected', async () => {
     const srvIp = tl.lab.host('srv').ip;
     const out = await tl.lab.exec('spoof', process.execPath, [resolve(import.meta.dirname, '../lib/fuzz-server.ts'), srvIp, String(SERVER_PORT), '20005'], { reject: true, timeoutMs: 60_000 });

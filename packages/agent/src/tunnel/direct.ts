@@ -119,7 +119,7 @@ export class DirectManager implements DirectPaths {
   async start(): Promise<void> {
     const s = this.udx.createSocket();
     s.bind(this.o.listenPort, '0.0.0.0');
-    s.on('message', (msg: Buffer, from: { host: string; port: number }) => this.onMessage(msg, { host: from.host, port: from.port }, s));
+    s.on('message', (msg: Buffer, from: { host: string; port: number }) => this.safeOnMessage(msg, { host: from.host, port: from.port }, s));
     s.on('error', (e: Error) => this.log.warn({ err: e.message }, 'tunnel UDP socket error'));
     this.socket = s;
     for (const sc of this.o.tunnel.servers) sc.on('up', () => void this.detectNat(true));
@@ -221,6 +221,16 @@ export class DirectManager implements DirectPaths {
 
   // ---------- packets ----------
 
+  /** A packet must never take the agent down: anything unexpected is counted and dropped. */
+  private safeOnMessage(msg: Buffer, from: Addr, sock: UDXSocket): void {
+    try {
+      this.onMessage(msg, from, sock);
+    } catch (e) {
+      this.m.malformed.inc();
+      this.log.debug({ err: (e as Error).message, from: addrKey(from) }, 'tunnel UDP packet handling failed');
+    }
+  }
+
   private onMessage(msg: Buffer, from: Addr, sock: UDXSocket): void {
     if (looksLikeStun(msg)) {
       const m = decodeStun(msg, this.stunKey);
@@ -259,11 +269,17 @@ export class DirectManager implements DirectPaths {
       a.lastHeard = now;
       // Roaming (WireGuard): an authenticated, fresh packet from a new source address moves the path there.
       if (!sameAddr(a.addr, from)) {
-        this.log.info({ peer: pd.node, from: addrKey(a.addr), to: k }, 'peer address changed, following it');
-        this.m.roams.inc();
-        a.addr = from;
-        a.link.remote = k;
-        a.stream.changeRemote(a.socket, a.remoteStreamId, from.port, from.host).catch(() => {});
+        try {
+          // Throws at once while a previous change is still being confirmed; the next heartbeat tries again.
+          const changing = a.stream.changeRemote(a.socket, a.remoteStreamId, from.port, from.host) as Promise<void> | null;
+          changing?.catch(() => {});
+          this.log.info({ peer: pd.node, from: addrKey(a.addr), to: k }, 'peer address changed, following it');
+          this.m.roams.inc();
+          a.addr = from;
+          a.link.remote = k;
+        } catch (e) {
+          this.log.debug({ peer: pd.node, err: (e as Error).message }, 'could not move the stream yet');
+        }
       }
     }
     if (p.type === P.PING) {
@@ -467,7 +483,7 @@ export class DirectManager implements DirectPaths {
         } catch {
           break;
         }
-        sock.on('message', (msg: Buffer, from: { host: string; port: number }) => this.onMessage(msg, { host: from.host, port: from.port }, sock));
+        sock.on('message', (msg: Buffer, from: { host: string; port: number }) => this.safeOnMessage(msg, { host: from.host, port: from.port }, sock));
         sock.on('error', () => {});
         s.sockets.push(sock);
       }

@@ -23,7 +23,8 @@ declare module 'udx-native' {
     readonly connected: boolean;
     readonly rtt: number;
     connect(socket: UDXSocket, remoteId: number, port: number, host?: string): void;
-    changeRemote(socket: UDXSocket, remoteId: number, port: number, host?: string): Promise<void>;
+    /** Returns a promise, or null when the change completes at once. Throws while a previous change is pending. */
+    changeRemote(socket: UDXSocket, remoteId: number, port: number, host?: string): Promise<void> | null;
     setInteractive(b: boolean): void;
   }
   export default class UDX {
