@@ -3,12 +3,13 @@
 // forwarding crosses to an upstream on another host; on SIGTERM the address and the interface are removed.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { writeFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, writeFileSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { stringify } from 'yaml';
 import { buildLab, type Lab } from '../lib/netlab.ts';
+import { fixtureObjects } from '../../packages/agent/src/dns/testfixture.ts';
 
 const HELPER = resolve(import.meta.dirname, '../lib/dns-helpers-main.ts');
 const AGENT_DNS_IP = '169.254.96.16';
@@ -50,9 +51,13 @@ test('DNS on 169.254.96.16:53 via edgemesh0, resolv.conf upstreams without itsel
   const up = lab.spawn('up', process.execPath, [HELPER, 'upstream', lab.host('up').ip, '53']);
   await waitReady(up, 'upstream');
   lab.setResolvConf('node', [AGENT_DNS_IP, lab.host('up').ip], ['default.svc.cluster.local', 'svc.cluster.local', 'cluster.local']);
+  const manifests = join(dir, 'manifests');
+  mkdirSync(manifests, { recursive: true });
+  const f = fixtureObjects();
+  writeFileSync(join(manifests, 'cluster.yaml'), [...f.services, ...f.slices].map((o) => stringify({ apiVersion: o.kind === 'Service' ? 'v1' : 'discovery.k8s.io/v1', ...o })).join('---\n'));
   const cfgFile = join(dir, 'agent.yaml');
   writeFileSync(cfgFile, stringify({
-    nodeName: 'node', stateDir: join(dir, 'state'),
+    nodeName: 'node', stateDir: join(dir, 'state'), cluster: { source: 'file', manifestsDir: manifests },
     proxy: { intercept: 'none', ipMode: 'fake' }, tunnel: { enabled: false }, admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
   }));
   const agent = lab.spawn('node', process.execPath, [HELPER, 'agent', cfgFile]);

@@ -1,12 +1,11 @@
 // Processes for test/e2e/dns.test.ts, run inside lab namespaces:
 //   upstream HOST PORT      a test upstream serving www.example.test
-//   agent CONFIG_YAML_FILE  an Agent (in-process cluster fed with the DNS fixture, as a file source would)
+//   agent CONFIG_YAML_FILE  an Agent (its config names the file source holding the DNS fixture)
 // Each prints READY when serving and stops cleanly on SIGTERM.
 import { readFileSync } from 'node:fs';
 import { loadAgentConfig } from '@edgemesh/common/config';
 import { createLogger } from '@edgemesh/common/log';
 import { Agent } from '../../packages/agent/src/main.ts';
-import { fixtureObjects } from '../../packages/agent/src/dns/testfixture.ts';
 import { startUpstream } from './dnsupstream.ts';
 
 const [mode, a, b] = process.argv.slice(2);
@@ -18,10 +17,6 @@ if (mode === 'upstream') {
   const cfg = loadAgentConfig({ text: readFileSync(a, 'utf8') });
   const agent = new Agent(cfg, createLogger(cfg.log.level, 'edgemesh-agent'));
   await agent.start();
-  const f = fixtureObjects();
-  agent.model.replace('Service', f.services);
-  agent.model.replace('EndpointSlice', f.slices);
-  agent.model.flush();
   process.stdout.write('READY\n');
   process.on('SIGTERM', () => void agent.stop().then(() => process.exit(0)));
 } else {

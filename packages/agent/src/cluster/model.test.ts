@@ -101,6 +101,14 @@ test('the EdgeMesh opt-out label removes a Service, also when added later', () =
   m.upsert('Service', svc('web', { ports: [{ port: 80 }] }, { 'service.edgemesh.kubeedge.io/service-proxy-name': 'other' }));
   snap = m.flush();
   assert.equal(snap.services.size, 0);
+  // Opted-out Services stay visible to DNS (answered with their ClusterIPs), never to the proxy.
+  assert.deepEqual([...snap.optedOut!.keys()].sort(), ['shop/skip', 'shop/web']);
+  m.upsert('Service', svc('web', { ports: [{ port: 80 }] }));
+  snap = m.flush();
+  assert.deepEqual([...snap.services.keys()], ['shop/web']);
+  assert.deepEqual([...snap.optedOut!.keys()], ['shop/skip']);
+  m.remove('Service', svc('skip', { ports: [{ port: 80 }] }));
+  assert.equal(m.flush().optedOut!.size, 0);
 });
 
 test('node groups come from routing.groupLabels, first match wins', () => {

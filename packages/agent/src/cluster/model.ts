@@ -29,12 +29,22 @@ export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlic
 
 /** Returns the normalised Service, or undefined when it opts out of the mesh. Throws ManifestError when malformed. */
 export function normalizeService(obj: RawObject): Service | undefined {
+  const s = normalizeServiceObject(obj);
+  return isOptedOut(s) ? undefined : s;
+}
+
+/** True for a Service labelled with OPT_OUT_LABEL (EdgeMesh's opt-out). */
+export function isOptedOut(s: Service): boolean {
+  return s.labels[OPT_OUT_LABEL] !== undefined;
+}
+
+/** Normalises any Service, opted out or not. Throws ManifestError when malformed. */
+export function normalizeServiceObject(obj: RawObject): Service {
   const md = asObj(obj.metadata);
   const name = asStr(md.name);
   if (!name) throw new ManifestError('Service without metadata.name');
   const namespace = asStr(md.namespace) ?? 'default';
   const labels = asStrMap(md.labels);
-  if (labels[OPT_OUT_LABEL] !== undefined) return undefined;
   const spec = asObj(obj.spec);
   const type = (['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const).find((t) => t === spec.type) ?? 'ClusterIP';
   const rawIPs = asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s);
@@ -181,6 +191,7 @@ const EMPTY: Snapshot = Object.freeze({ version: 0, services: new Map(), endpoin
  */
 export class ClusterModel implements ModelSink {
   private services = new Map<string, Service>();
+  private optedOut = new Map<string, Service>();
   private slices = new Map<string, NormalizedSlice>();
   private nodes = new Map<string, NodeInfo>();
   private rules = new Map<string, DestinationRule>();
@@ -211,8 +222,10 @@ export class ClusterModel implements ModelSink {
   }
 
   replace(kind: ResourceKind, objects: readonly RawObject[]): void {
-    if (kind === 'Service') this.services = new Map();
-    else if (kind === 'EndpointSlice') this.slices = new Map();
+    if (kind === 'Service') {
+      this.services = new Map();
+      this.optedOut = new Map();
+    } else if (kind === 'EndpointSlice') this.slices = new Map();
     else if (kind === 'DestinationRule') this.rules = new Map();
     else this.nodes = new Map();
     this.raw.get(kind)!.clear();
@@ -233,7 +246,8 @@ export class ClusterModel implements ModelSink {
     }
     const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules : this.nodes;
     const hadRaw = this.raw.get(kind)!.delete(key);
-    if (map.delete(key) || hadRaw) this.markDirty();
+    const hadOptedOut = kind === 'Service' && this.optedOut.delete(key);
+    if (map.delete(key) || hadRaw || hadOptedOut) this.markDirty();
   }
 
   /** Publishes pending changes now (sources call this after a synchronous batch; tests use it too). */
@@ -254,9 +268,15 @@ export class ClusterModel implements ModelSink {
     try {
       key = objectKey(obj, kind);
       if (kind === 'Service') {
-        const s = normalizeService(obj);
-        if (s) this.services.set(s.key, s);
-        else this.services.delete(key); // opted out (maybe just now)
+        const s = normalizeServiceObject(obj);
+        // A Service may opt out (or back in) at any time: it lives in exactly one of the two maps.
+        if (isOptedOut(s)) {
+          this.services.delete(s.key);
+          this.optedOut.set(s.key, s);
+        } else {
+          this.optedOut.delete(s.key);
+          this.services.set(s.key, s);
+        }
       } else if (kind === 'EndpointSlice') {
         const s = normalizeSlice(obj);
         if (s) this.slices.set(s.key, s);
@@ -292,7 +312,7 @@ export class ClusterModel implements ModelSink {
     // Deterministic order: slices by key, then endpoints as listed.
     for (const key of [...this.slices.keys()].sort()) {
       const s = this.slices.get(key)!;
-      if (!this.services.has(s.serviceKey)) continue;
+      if (!this.services.has(s.serviceKey) && !this.optedOut.has(s.serviceKey)) continue;
       let list = endpoints.get(s.serviceKey);
       if (!list) endpoints.set(s.serviceKey, (list = []));
       list.push(...s.endpoints);
@@ -302,6 +322,7 @@ export class ClusterModel implements ModelSink {
     this.current = Object.freeze({
       version: prev.version + 1,
       services: new Map(this.services),
+      optedOut: new Map(this.optedOut),
       endpoints,
       nodes: new Map(this.nodes),
       destinationRules: new Map(this.rules),

@@ -74,6 +74,12 @@ export interface Snapshot {
   /** Endpoints per Service key, merged from all of the Service's EndpointSlices. */
   readonly endpoints: ReadonlyMap<string, readonly Endpoint[]>;
   readonly nodes: ReadonlyMap<string, NodeInfo>;
+  /**
+   * Services that opt out of the mesh (label OPT_OUT_LABEL), by key: never proxied nor intercepted, but DNS still
+   * answers them with their ClusterIPs (another proxy such as kube-proxy serves them), as EdgeMesh's CoreDNS does.
+   * Their endpoints are in `endpoints` too (headless answers).
+   */
+  readonly optedOut?: ReadonlyMap<string, Service>;
   /** Istio DestinationRules by `namespace/name` (kubernetes source watches them when the CRD exists). */
   readonly destinationRules: ReadonlyMap<string, DestinationRule>;
 }

@@ -131,3 +131,25 @@ test('names DNS cannot carry: a bad externalName is NODATA, an over-long hostnam
   assert.deepEqual(answerCluster(z, '10-1-1-1.hl.default.svc.cluster.local', 'A', 'IN')!.answers.map(dataOf), ['10.1.1.1']);
   assert.deepEqual(answerCluster(z, '1.1.1.10.in-addr.arpa', 'PTR', 'IN')!.answers.map(dataOf), ['10-1-1-1.hl.default.svc.cluster.local']);
 });
+
+test('a Service that opted out of the mesh still resolves, to its own ClusterIP even in fake mode (never a fake IP)', () => {
+  const m = new ClusterModel([]);
+  const f = fixtureObjects();
+  const legacy = {
+    apiVersion: 'v1', kind: 'Service',
+    metadata: { name: 'legacy', namespace: 'default', labels: { 'service.edgemesh.kubeedge.io/service-proxy-name': 'kube-proxy' } },
+    spec: { clusterIP: '10.96.7.7', ports: [{ name: 'http', protocol: 'TCP', port: 80 }] },
+  };
+  m.replace('Service', [...f.services, legacy]);
+  m.replace('EndpointSlice', f.slices);
+  const snap = m.flush();
+  const ips = new ServiceIPs({ mode: 'fake', fakeCIDR: '9.251.0.0/16', stateDir: '/nonexistent-em-test', log: silentLogger });
+  ips.update(snap);
+  assert.deepEqual(ips.ipsFor('default/legacy'), [], 'the proxy never intercepts it');
+  const z: ZoneView = { snap, ips, domain: 'cluster.local', ttl: 30, ownsIP: (ip) => ips.inFakePool(ip) };
+  assert.deepEqual(answerCluster(z, 'legacy.default.svc.cluster.local', 'A', 'IN')!.answers.map(dataOf), ['10.96.7.7']);
+  const srv = answerCluster(z, '_http._tcp.legacy.default.svc.cluster.local', 'SRV', 'IN')!;
+  assert.deepEqual(srv.answers.map(dataOf), [{ priority: 0, weight: 100, port: 80, target: 'legacy.default.svc.cluster.local' }]);
+  // Meshed Services in the same zone still get fake IPs.
+  assert.match(String(answerCluster(z, 'web.default.svc.cluster.local', 'A', 'IN')!.answers.map(dataOf)[0]), /^9\.251\./);
+});

@@ -65,7 +65,7 @@ const namespaces = new WeakMap<Snapshot, Set<string>>();
 function namespaceSet(snap: Snapshot): Set<string> {
   let s = namespaces.get(snap);
   if (!s) {
-    s = new Set([...snap.services.values()].map((v) => v.namespace.toLowerCase()));
+    s = new Set([...snap.services.values(), ...(snap.optedOut?.values() ?? [])].map((v) => v.namespace.toLowerCase()));
     namespaces.set(snap, s);
   }
   return s;
@@ -74,12 +74,12 @@ function namespaceSet(snap: Snapshot): Set<string> {
 /** Service lookup by lower-cased labels (names are DNS-1035 lower case in Kubernetes; be lenient anyway). */
 const lowerIndex = new WeakMap<Snapshot, Map<string, Service>>();
 function findService(snap: Snapshot, ns: string, name: string): Service | undefined {
-  const s = snap.services.get(`${ns}/${name}`);
+  const s = snap.services.get(`${ns}/${name}`) ?? snap.optedOut?.get(`${ns}/${name}`);
   if (s) return s;
   let idx = lowerIndex.get(snap);
   if (!idx) {
     idx = new Map();
-    for (const v of snap.services.values()) if (v.key !== v.key.toLowerCase()) idx.set(v.key.toLowerCase(), v);
+    for (const v of [...snap.services.values(), ...(snap.optedOut?.values() ?? [])]) if (v.key !== v.key.toLowerCase()) idx.set(v.key.toLowerCase(), v);
     lowerIndex.set(snap, idx);
   }
   return idx.get(`${ns}/${name}`);
@@ -122,7 +122,13 @@ function uniq(list: string[]): string[] {
 
 function serviceIPs(z: ZoneView, s: Service): string[] {
   if (s.headless) return uniq(readyEndpoints(z.snap, s.key).flatMap((e) => e.addresses));
-  return [...z.ips.ipsFor(s.key)];
+  return [...handedOut(z, s)];
+}
+
+/** The IPs to answer for a non-headless Service: the table's (intercepted by the proxy), or for a Service that opted
+ *  out of the mesh its own ClusterIPs (served by kube-proxy or whatever else handles it). */
+function handedOut(z: ZoneView, s: Service): readonly string[] {
+  return z.snap.services.get(s.key) === s ? z.ips.ipsFor(s.key) : s.clusterIPs;
 }
 
 /** SRV records (+ address records for the additional section) for a Service, for one port or all named ports. */
@@ -144,7 +150,7 @@ function srvRecords(z: ZoneView, s: Service, owner: string, svcName: string, por
       }
     }
   } else {
-    const ips = z.ips.ipsFor(s.key);
+    const ips = handedOut(z, s);
     if (!ips.length) return { answers: [], additionals: [] };
     const weight = Math.max(1, Math.floor(100 / ports.length));
     for (const p of ports) answers.push({ name: owner, type: 'SRV', class: 'IN', ttl: z.ttl, data: { priority: 0, weight, port: p.port, target: svcName } });

@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { stringify } from 'yaml';
 import type { Lab } from './netlab.ts';
+import type { AgentStatus } from '../main.ts';
 
 const SRC = resolve(import.meta.dirname, '..', '..', '..');
 export const AGENT_BIN = join(SRC, 'agent', 'bin', 'edgemesh-agent.js');
@@ -225,14 +226,8 @@ export interface ClientResult {
   message?: string;
 }
 
-export interface AgentStatusJson {
-  node: string;
-  group: string | null;
-  servers: { address: string; connected: boolean }[];
-  nat: { type: string; mapped: string | null };
-  peers: { node: string; path: string; remote: string | null; rttMs: number | null }[];
-  services: { name: string; ip: string | null; ports: number[]; endpoints: number; routing: string }[];
-}
+/** The agent's `/status` JSON (the admin API contract). */
+export type AgentStatusJson = AgentStatus;
 
 /** Manifest builders for the lab's clusters. */
 export function nodeManifest(name: string, labels: Record<string, string>, ip: string): object {
