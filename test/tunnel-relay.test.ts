@@ -186,3 +186,21 @@ test('an agent with the wrong token is refused', async () => {
     await bad.stop();
   }
 });
+
+test('a node that leaves the cluster snapshot is forgotten: its links are closed and its peer state dropped', async () => {
+  const dialer = new TunnelDialer(a.tunnel);
+  const s = await dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
+  const closed = new Promise((r) => s.on('close', r));
+  s.on('error', () => {});
+  const link = a.tunnel.peers.get('b')?.best();
+  assert.ok(link, 'a has a link to b');
+  const base = makeSnapshot([]);
+  const withNodes = (names: string[]) => ({ ...base, version: base.version + names.length, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
+  a.tunnel.onSnapshot(withNodes(['a', 'b']));
+  assert.ok(a.tunnel.peers.has('b'), 'still a member: kept');
+  a.tunnel.onSnapshot(withNodes(['a']));
+  assert.equal(a.tunnel.peers.has('b'), false);
+  assert.equal(link.closed, true);
+  await closed;
+  assert.deepEqual(a.tunnel.status().peers, []);
+});

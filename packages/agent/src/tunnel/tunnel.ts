@@ -73,6 +73,8 @@ export class Tunnel {
   readonly peers = new Map<string, Peer>();
   direct: DirectPaths | undefined;
   private stopped = false;
+  /** Nodes in the last cluster snapshot seen (onSnapshot), to notice the ones that leave. */
+  private knownNodes = new Set<string>();
   readonly m: {
     streams: Counter; bytes: Counter; served: Counter; servers: Gauge; peers: Gauge; links: Counter; failovers: Counter;
   };
@@ -110,6 +112,7 @@ export class Tunnel {
   }
 
   async start(): Promise<void> {
+    this.knownNodes = new Set(this.opts.snapshot().nodes.keys());
     for (const s of this.servers) {
       s.on('incoming', (from: string, key: Buffer, raw: CreditStream) => void this.onIncomingRelay(from, key, raw));
       s.on('rendezvous', (m: Record<string, unknown>) => this.direct?.onRendezvous(s, m));
@@ -186,6 +189,15 @@ export class Tunnel {
     this.peers.delete(node);
     p.direct?.close();
     for (const l of p.relays) l.close();
+  }
+
+  /** Follows the cluster: a node that left the snapshot has its links and path state dropped (forget). */
+  onSnapshot(snap: Snapshot): void {
+    for (const node of departedNodes(this.knownNodes, snap.nodes)) {
+      if (this.peers.has(node)) this.log.info({ peer: node }, 'node left the cluster, dropping its links');
+      this.forget(node);
+    }
+    this.knownNodes = new Set(snap.nodes.keys());
   }
 
   /** The direct path to `node` stopped answering: drop it, new streams go to the relay. */
@@ -305,6 +317,14 @@ export class Tunnel {
       peers: this.peerStatus(),
     };
   }
+}
+
+/** Nodes in `prev` that `next` no longer has. Only a departure counts: a snapshot that never listed a node (a
+ *  source without Node objects) forgets nothing. */
+export function departedNodes(prev: Iterable<string>, next: ReadonlyMap<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const n of prev) if (!next.has(n)) out.push(n);
+  return out;
 }
 
 function raceAbort<T>(p: Promise<T>, sig: AbortSignal): Promise<T> {

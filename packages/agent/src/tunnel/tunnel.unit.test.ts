@@ -9,6 +9,7 @@ import { DatagramDecoder, encodeDatagram } from './datagram.ts';
 import { CreditStream } from './credit.ts';
 import { loadOrCreateKeyPair, KEY_FILE } from './keys.ts';
 import { parseHeader } from './mux.ts';
+import { departedNodes } from './tunnel.ts';
 import type { Snapshot } from '../cluster/types.ts';
 
 const snap: Snapshot = {
@@ -104,4 +105,11 @@ test('a link dying under an abandoned stream (no error listener) does not throw'
   s.onReset();
   await new Promise((r) => setImmediate(r));
   assert.equal(s.destroyed, true);
+});
+
+test('departedNodes: only nodes that were listed and are gone', () => {
+  const next = new Map([['a', 1], ['c', 1]]);
+  assert.deepEqual(departedNodes(['a', 'b'], next), ['b']);
+  assert.deepEqual(departedNodes([], next), []);
+  assert.deepEqual(departedNodes(['a', 'c'], next), []);
 });
