@@ -83,6 +83,12 @@ export class CreditStream extends Duplex {
   // --- from the transport ---
   onData(b: Buffer): void {
     if (this.gotEnd || this.destroyed) return;
+    // `unacked` is what the peer sent beyond the credit we granted back; more than one window means it ignores its
+    // credit: reset rather than buffer without bound for a reader that is not reading.
+    if (this.unacked + b.length > this.window) {
+      this.destroy(this.listenerCount('error') > 0 ? new Error('peer exceeded its stream credit') : undefined);
+      return;
+    }
     this.bytesIn += b.length;
     this.unacked += b.length;
     if (this.push(b) && this.unacked >= this.window / 4) {

@@ -70,14 +70,29 @@ test('CreditStream grants credit as its reader consumes', async () => {
   const s = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 4000);
   s.onData(Buffer.alloc(1500));
   assert.deepEqual(credits, [1500]);
-  s.pause();
-  s.onData(Buffer.alloc(100_000));
+  s.destroy();
+  // A window larger than the readable buffer: a reader that stops holds the credit back until it reads again.
+  const slow = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 400_000);
+  slow.pause();
+  slow.onData(Buffer.alloc(100_000));
   const before = credits.length;
-  s.read();
-  s.resume();
+  slow.read();
+  slow.resume();
   await new Promise((r) => setImmediate(r));
   assert.ok(credits.length > before);
-  s.destroy();
+  slow.destroy();
+});
+
+test('CreditStream resets a stream whose peer sends beyond the credit it was granted (bounded buffering)', () => {
+  let resets = 0;
+  const s = new CreditStream({ data: () => {}, credit: () => {}, end: () => {}, reset: () => { resets++; }, closed: () => {} }, 400_000);
+  s.on('error', () => {});
+  s.pause();
+  s.onData(Buffer.alloc(300_000));
+  assert.equal(s.destroyed, false, 'within the window');
+  s.onData(Buffer.alloc(100_001));
+  assert.equal(s.destroyed, true);
+  assert.equal(resets, 1, 'the peer is told');
 });
 
 test('the node key is created once with mode 0600 and reloaded', () => {
