@@ -28,6 +28,8 @@ export class Mux {
   private readonly decoder = new FrameDecoder();
   private readonly streams = new Map<number, CreditStream>();
   private readonly opening = new Map<number, { resolve: (s: CreditStream) => void; reject: (e: Error) => void; stream: CreditStream }>();
+  /** Ids of streams the peer opened that we have not answered yet (the local dial is under way). */
+  private readonly answering = new Set<number>();
   private nextId: number;
   private closedFlag = false;
   onIncoming: IncomingHandler = (_h, _a, reject) => reject('refused', 'no handler');
@@ -52,6 +54,9 @@ export class Mux {
       closed: () => this.streams.delete(id),
     });
     this.streams.set(id, s);
+    // Accepted after the link died (the local dial was slow): nothing will ever close it, so close it now and let
+    // whoever holds the stream release its socket.
+    if (this.closedFlag) s.destroy();
     return s;
   }
 
@@ -103,22 +108,23 @@ export class Mux {
     const body = p.subarray(4);
     switch (type) {
       case M.OPEN: {
-        if (this.streams.has(id) || (id & 1) === (this.nextId & 1)) return this.onProtocolError('bad stream id');
+        if (this.streams.has(id) || this.answering.has(id) || (id & 1) === (this.nextId & 1)) return this.onProtocolError('bad stream id');
         const h = parseHeader(body);
-        if (!h) return this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code: 'forbidden', message: 'bad header' }))));
-        let answered = false;
+        if (!h) return this.sendErr(id, 'forbidden', 'bad header');
+        // The peer's streams count against the same limit as ours, also while their local dial is under way.
+        if (this.streams.size + this.answering.size >= MAX_STREAMS_PER_LINK) return this.sendErr(id, 'refused', 'too many streams on link');
+        this.answering.add(id);
         this.onIncoming(
           h,
           () => {
-            answered = true;
+            this.answering.delete(id);
             const s = this.makeStream(id);
             this.sendRaw(encodeStreamFrame(M.OK, id));
             return s;
           },
           (code, message) => {
-            if (answered) return;
-            answered = true;
-            this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code, message }))));
+            if (!this.answering.delete(id)) return;
+            this.sendErr(id, code, message);
           },
         );
         return;
@@ -161,6 +167,10 @@ export class Mux {
       default:
         this.onProtocolError(`unknown frame type ${type}`);
     }
+  }
+
+  private sendErr(id: number, code: DialErrorCode, message: string): void {
+    this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code, message }))));
   }
 
   /** The link died: every stream is destroyed, pending opens fail. */

@@ -128,3 +128,33 @@ test('departedNodes: only nodes that were listed and are gone', () => {
   assert.deepEqual(departedNodes([], next), []);
   assert.deepEqual(departedNodes(['a', 'c'], next), []);
 });
+
+test('a stream accepted after its link died is closed at once (the local socket it is spliced to is released)', async () => {
+  const { Mux, M } = await import('./mux.ts');
+  const { encodeStreamFrame } = await import('@edgemesh/common/tunnel/frame');
+  const m = new Mux(() => {}, true);
+  let accept: (() => CreditStream) | undefined;
+  m.onIncoming = (_h, a) => { accept = a; };
+  m.push(encodeStreamFrame(M.OPEN, 2, Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }))));
+  assert.ok(accept, 'incoming stream offered');
+  m.close(new Error('path died'));
+  const s = accept();
+  const closed = new Promise((r) => s.on('close', r));
+  assert.equal(s.destroyed, true);
+  await closed;
+});
+
+test('streams the peer opens count against the per-link limit, also while their dial is under way', async () => {
+  const { Mux, M, MAX_STREAMS_PER_LINK } = await import('./mux.ts');
+  const { encodeStreamFrame, FrameDecoder } = await import('@edgemesh/common/tunnel/frame');
+  const out = new FrameDecoder();
+  const answers: number[] = [];
+  const m = new Mux((b) => { for (const f of out.push(b)) answers.push(f.type); }, true);
+  let offered = 0;
+  m.onIncoming = () => { offered++; }; // never answered: every dial hangs
+  const header = Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }));
+  for (let i = 0; i <= MAX_STREAMS_PER_LINK; i++) m.push(encodeStreamFrame(M.OPEN, 2 + 2 * i, header));
+  assert.equal(offered, MAX_STREAMS_PER_LINK);
+  assert.deepEqual(answers, [M.ERR]);
+  m.close();
+});
