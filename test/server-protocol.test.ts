@@ -94,3 +94,36 @@ test('an oversized frame drops the connection before anything is allocated', asy
   s.write(b);
   await waitFor(() => closed, 5000, 'dropped');
 });
+
+test('an agent paused because its peer stopped reading is resumed when that peer goes away', async () => {
+  const a = await RawAgent.connect('feed-a');
+  const b = await RawAgent.connect('feed-b');
+  b.sock.pause(); // b never reads: the server's socket to b fills up
+  const chunk = Buffer.alloc(MAX_DATA_CHUNK);
+  // Several streams' worth of credit: well past the server's socket buffer limit plus the kernel's buffers.
+  const rids: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    a.control(T.OPEN, { req: 100 + i, to: 'feed-b' });
+    let opened: Record<string, unknown> | undefined;
+    await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined, 10_000, 'OPENED');
+    rids.push(opened!.rid as number);
+  }
+  for (const rid of rids) {
+    for (let sent = 0; sent + chunk.length <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeStreamFrame(T.DATA, rid, chunk));
+  }
+  // The server stops reading a once b's socket is full: a's own send buffer then stops shrinking.
+  let last = -1;
+  const deadline = Date.now() + 15_000;
+  while (a.sock.writableLength !== last || last === 0) {
+    assert.ok(Date.now() < deadline, 'a never blocked by the server');
+    last = a.sock.writableLength;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  b.sock.destroy();
+  // a is heard again: its ping is answered.
+  await waitFor(() => a.sock.writableLength === 0, 10_000, 'a drained');
+  a.control(T.PING, { t: 1 });
+  await waitFor(() => a.take(T.PONG) !== undefined, 10_000, 'pong to a');
+  assert.equal(a.closed, false);
+  a.sock.destroy();
+});

@@ -229,8 +229,8 @@ export class RelayServer {
       }
       if (existing) {
         this.log.info({ node }, 'agent reconnected, replacing its previous connection');
-        this.dropAgent(existing.conn);
         existing.conn.sock.destroy();
+        this.dropAgent(existing.conn);
       }
       c.node = node;
       c.key = key;
@@ -364,15 +364,25 @@ export class RelayServer {
     }
   }
 
+  /** `to` drained or went away: resume the agents feeding it, unless one still feeds another full socket. */
   private resumeFeeders(to: Conn): void {
     for (const rid of to.streams) {
       const st = this.streams.get(rid);
       const from = st ? (st.a === to ? st.b : st.a) : undefined;
-      if (from?.paused && from.sock.writableLength <= MAX_SOCKET_BUFFER_BYTES) {
+      if (from?.paused && !this.feedsFullSocket(from)) {
         from.paused = false;
         from.sock.resume();
       }
     }
+  }
+
+  private feedsFullSocket(from: Conn): boolean {
+    for (const rid of from.streams) {
+      const st = this.streams.get(rid);
+      const to = st ? (st.a === from ? st.b : st.a) : undefined;
+      if (to && to.state !== 'closed' && !to.sock.destroyed && to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES) return true;
+    }
+    return false;
   }
 
   private onStreamCtl(c: Conn, type: number, p: Buffer): void {
@@ -433,7 +443,10 @@ export class RelayServer {
     }
   }
 
+  /** `c` is going away (its socket destroyed or closed): its streams are reset. */
   private dropAgent(c: Conn): void {
+    // Agents paused because this one's socket was full would otherwise stay paused until they time out.
+    this.resumeFeeders(c);
     for (const rid of [...c.streams]) {
       const st = this.streams.get(rid);
       if (st) this.resetStream(st, false, c);
@@ -450,8 +463,8 @@ export class RelayServer {
     this.conns.delete(c);
     // The agent hung up after our challenge: usually it found our proof wrong (different tokens).
     if (c.state === 'auth') this.m.auth.inc({ outcome: 'abandoned' });
-    if (c.node) this.dropAgent(c);
     c.state = 'closed';
+    if (c.node) this.dropAgent(c);
   }
 }
 
