@@ -5,8 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
-import type { Duplex } from 'node:stream';
-import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
+import { TEST_TOKEN, makeSnapshot, sendAndHash, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import { DialError } from '../packages/agent/src/proxy/dialer.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
@@ -77,16 +76,6 @@ after(async () => {
   tap?.close();
   udpEcho?.close();
 });
-
-function sendAndHash(s: Duplex, data: Buffer): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let reply = '';
-    s.on('data', (c: Buffer) => { reply += c.toString(); });
-    s.on('end', () => resolve(reply));
-    s.on('error', reject);
-    s.end(data);
-  });
-}
 
 test('a TCP stream through the relay carries 4 MB intact, and the relay sees only ciphertext', async () => {
   const dialer = new TunnelDialer(a.tunnel);
