@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import { encodeFrame, FrameDecoder, FrameError, type Frame } from '@edgemesh/common/tunnel/frame';
+import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError, type Frame } from '@edgemesh/common/tunnel/frame';
 import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey, NONCE_BYTES } from '@edgemesh/common/tunnel/auth';
 import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
 import { CONTROL_TYPES, MAX_DATA_CHUNK, NODE_NAME_RE, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
@@ -413,7 +413,7 @@ export class RelayServer {
 
   /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
   private resetStream(st: RelayStream, both: boolean, from?: Conn): void {
-    const frame = encodeFrame(T.RESET, u32(st.rid));
+    const frame = encodeStreamFrame(T.RESET, st.rid);
     if (both || from !== st.a) st.a.sock.write(frame);
     if (both || from !== st.b) st.b.sock.write(frame);
     this.forget(st);
@@ -466,10 +466,4 @@ export class RelayServer {
     c.state = 'closed';
     if (c.node) this.dropAgent(c);
   }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
 }

@@ -4,7 +4,7 @@
 import { encodeFrame, encodeStreamFrame, FrameDecoder } from '@edgemesh/common/tunnel/frame';
 import { parseJson } from '@edgemesh/common/tunnel/protocol';
 import { DialError, type DialErrorCode } from '../proxy/dialer.ts';
-import { CreditStream } from './credit.ts';
+import { CreditStream, framedIO } from './credit.ts';
 
 export const M = { OPEN: 1, OK: 2, ERR: 3, DATA: 4, CREDIT: 5, END: 6, RESET: 7, PING: 8, PONG: 9 } as const;
 /** How many streams one link carries at once. */
@@ -46,13 +46,7 @@ export class Mux {
   }
 
   private makeStream(id: number): CreditStream {
-    const s = new CreditStream({
-      data: (c) => this.sendRaw(encodeStreamFrame(M.DATA, id, c)),
-      credit: (n) => this.sendRaw(encodeStreamFrame(M.CREDIT, id, u32(n))),
-      end: () => this.sendRaw(encodeStreamFrame(M.END, id)),
-      reset: () => this.sendRaw(encodeStreamFrame(M.RESET, id)),
-      closed: () => this.streams.delete(id),
-    });
+    const s = new CreditStream(framedIO(this.sendRaw, M, id, () => this.streams.delete(id)));
     this.streams.set(id, s);
     // Accepted after the link died (the local dial was slow): nothing will ever close it, so close it now and let
     // whoever holds the stream release its socket.
@@ -191,10 +185,4 @@ export class Mux {
   get closed(): boolean {
     return this.closedFlag;
   }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
 }
