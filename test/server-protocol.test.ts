@@ -7,7 +7,7 @@ import { encodeFrame, encodeStreamFrame, FrameDecoder, type Frame } from '../pac
 import { agentProof, ControlMac, keyTranscript, newNonce, sessionKey } from '../packages/common/src/tunnel/auth.ts';
 import { generateKeyPair, signRaw } from '../packages/common/src/tunnel/ed25519.ts';
 import { MAX_DATA_CHUNK, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
-import { TEST_TOKEN, startServer, waitFor } from './lib/tunnel-fixture.ts';
+import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 
 let server: EdgemeshServer;
@@ -126,4 +126,19 @@ test('an agent paused because its peer stopped reading is resumed when that peer
   await waitFor(() => a.take(T.PONG) !== undefined, 10_000, 'pong to a');
   assert.equal(a.closed, false);
   a.sock.destroy();
+});
+
+test('an agent told off by the server after the handshake reports the server\'s reason', async () => {
+  const snap = makeSnapshot([]);
+  const t = await startTunnel('scolded', [`127.0.0.1:${port}`], () => snap);
+  try {
+    const sc = t.tunnel.servers[0];
+    await waitFor(() => sc.connected, 10_000, 'connected');
+    const down = new Promise<string | null>((r) => sc.once('down', () => r(sc.lastError)));
+    // A control frame with a bad MAC: the server answers ERROR (MAC'd, as every control message once ready) and hangs up.
+    (sc as unknown as { sock: Socket }).sock.write(encodeFrame(T.PING, Buffer.alloc(40)));
+    assert.match((await down) ?? '', /protocol: bad MAC/);
+  } finally {
+    await t.stop();
+  }
 });

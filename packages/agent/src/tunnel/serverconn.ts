@@ -180,8 +180,8 @@ export class ServerConn extends EventEmitter {
     this.idleTimer.unref();
   }
 
-  private onError(payload: Buffer, sock: Socket): void {
-    const body = this.mac ? (this.mac.open(T.ERROR, payload) ?? payload) : payload;
+  /** `body`: the ERROR's JSON (sent in the clear during the handshake, MAC'd and already checked after it). */
+  private onError(body: Buffer, sock: Socket): void {
     const m = parseJson(body);
     this.lastError = `server refused: ${String(m?.code ?? '?')}: ${String(m?.message ?? '')}`;
     this.opts.log.error({ server: this.address, code: m?.code, reason: m?.message }, 'server refused the agent');
@@ -220,7 +220,7 @@ export class ServerConn extends EventEmitter {
         this.sendControl(T.PONG, { t: m.t });
         return;
       case T.ERROR:
-        this.onError(p, this.sock!);
+        this.onError(body, this.sock!);
         return;
       case T.OPENED: {
         const o = typeof m.req === 'number' ? this.opens.get(m.req) : undefined;
