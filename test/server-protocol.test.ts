@@ -9,6 +9,9 @@ import { generateKeyPair, signRaw } from '../packages/common/src/tunnel/ed25519.
 import { MAX_DATA_CHUNK, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
 import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
+import { RelayServer } from '../packages/server/src/relay.ts';
+import { Registry } from 'prom-client';
+import { silentLogger } from '../packages/common/src/log.ts';
 
 let server: EdgemeshServer;
 let port: number;
@@ -20,11 +23,11 @@ class RawAgent {
   mac!: ControlMac;
   frames: Frame[] = [];
   closed = false;
-  static async connect(node: string): Promise<RawAgent> {
+  static async connect(node: string, serverPort = port): Promise<RawAgent> {
     const r = new RawAgent();
     const kp = generateKeyPair();
     const an = newNonce();
-    r.sock = connect(port, '127.0.0.1');
+    r.sock = connect(serverPort, '127.0.0.1');
     const dec = new FrameDecoder();
     r.sock.on('data', (c: Buffer) => r.frames.push(...dec.push(c)));
     r.sock.on('close', () => { r.closed = true; });
@@ -140,5 +143,30 @@ test('an agent told off by the server after the handshake reports the server\'s 
     assert.match((await down) ?? '', /protocol: bad MAC/);
   } finally {
     await t.stop();
+  }
+});
+
+test('an agent that never reads is dropped once its backlog passes the bound, whatever its peers send it', async () => {
+  const relay = new RelayServer({ host: '127.0.0.1', port: 0, token: TEST_TOKEN, log: silentLogger, registry: new Registry(), maxBacklogBytes: 256 * 1024 });
+  const { port: relayPort } = await relay.start();
+  try {
+    const a = await RawAgent.connect('flood-a', relayPort);
+    const b = await RawAgent.connect('flood-b', relayPort);
+    a.control(T.OPEN, { req: 1, to: 'flood-b' });
+    let opened: Record<string, unknown> | undefined;
+    await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined, 10_000, 'OPENED');
+    b.sock.pause(); // b never reads again
+    // CREDIT frames are forwarded to b and never pause a: without a bound the server would queue them for ever.
+    const credit = encodeStreamFrame(T.CREDIT, opened!.rid as number, Buffer.alloc(4));
+    const batch = Buffer.concat(Array.from({ length: 20_000 }, () => credit));
+    for (let i = 0; i < 200 && !b.closed && relay.agents.has('flood-b'); i++) {
+      if (!a.sock.write(batch)) await new Promise((r) => a.sock.once('drain', r));
+    }
+    await waitFor(() => !relay.agents.has('flood-b'), 10_000, 'flood-b dropped');
+    assert.equal(relay.agents.has('flood-a'), true, 'the sender is not punished for it');
+    a.sock.destroy();
+    b.sock.destroy();
+  } finally {
+    await relay.stop();
   }
 });

@@ -17,6 +17,9 @@ export const IDLE_TIMEOUT_MS = 35_000;
 /** When an agent's outgoing socket buffer exceeds this, the sender feeding it is paused (credit violations only). */
 export const MAX_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024;
 export const MAX_STREAMS_PER_AGENT = 4096;
+/** An agent that lets this much pile up in its socket buffer is not reading (relay DATA to it is already paused
+ *  at MAX_SOCKET_BUFFER_BYTES; the rest are small frames it provokes or its peers send): it is dropped. */
+export const MAX_AGENT_BACKLOG_BYTES = 4 * MAX_SOCKET_BUFFER_BYTES;
 
 export interface RelayServerOptions {
   host: string;
@@ -28,6 +31,8 @@ export interface RelayServerOptions {
   rateLimitBytesPerSec?: number;
   /** Port of the second STUN socket (as bound), told to agents in WELCOME. */
   stunAltPort?: () => number;
+  /** Override of MAX_AGENT_BACKLOG_BYTES (tests). */
+  maxBacklogBytes?: number;
 }
 
 interface Agent {
@@ -172,7 +177,17 @@ export class RelayServer {
   private send(c: Conn, type: number, body: Record<string, unknown>): void {
     if (c.state === 'closed' || c.sock.destroyed) return;
     const json = Buffer.from(JSON.stringify(body));
-    c.sock.write(encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+    this.write(c, encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+  }
+
+  /** Every frame to an agent goes through here, so what an agent that never reads makes us hold is bounded. */
+  private write(c: Conn, frame: Buffer): void {
+    if (c.sock.destroyed) return;
+    c.sock.write(frame);
+    if (c.sock.writableLength > (this.opts.maxBacklogBytes ?? MAX_AGENT_BACKLOG_BYTES)) {
+      this.log.warn({ node: c.node, remote: c.sock.remoteAddress, bytes: c.sock.writableLength }, 'agent is not reading, dropping its connection');
+      c.sock.destroy();
+    }
   }
 
   private fail(c: Conn, code: string, message: string): void {
@@ -338,7 +353,7 @@ export class RelayServer {
     }
     const to = fromA ? st.b : st.a;
     this.m.relayed.inc(n);
-    to.sock.write(encodeFrame(T.DATA, p));
+    this.write(to, encodeFrame(T.DATA, p));
     this.rateLimit(c, n);
     if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
       c.paused = true;
@@ -400,22 +415,22 @@ export class RelayServer {
       // Credit from A lets B send more, and the other way round; never beyond one window.
       if (fromA) st.availB = Math.min(RELAY_WINDOW_BYTES, st.availB + n);
       else st.availA = Math.min(RELAY_WINDOW_BYTES, st.availA + n);
-      to.sock.write(encodeFrame(T.CREDIT, p));
+      this.write(to, encodeFrame(T.CREDIT, p));
       return;
     }
     if (type === T.RESET) return this.resetStream(st, false, c);
     // END
     if (fromA) st.endA = true;
     else st.endB = true;
-    to.sock.write(encodeFrame(T.END, p));
+    this.write(to, encodeFrame(T.END, p));
     if (st.endA && st.endB) this.forget(st);
   }
 
   /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
   private resetStream(st: RelayStream, both: boolean, from?: Conn): void {
     const frame = encodeStreamFrame(T.RESET, st.rid);
-    if (both || from !== st.a) st.a.sock.write(frame);
-    if (both || from !== st.b) st.b.sock.write(frame);
+    if (both || from !== st.a) this.write(st.a, frame);
+    if (both || from !== st.b) this.write(st.b, frame);
     this.forget(st);
   }
 
