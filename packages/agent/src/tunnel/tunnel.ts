@@ -52,7 +52,6 @@ export interface DirectPaths {
 
 export class Peer {
   readonly node: string;
-  key: Buffer | undefined;
   readonly relays = new Set<Link>();
   direct: Link | undefined;
   relayPending: Promise<Link> | undefined;
@@ -154,15 +153,14 @@ export class Tunnel {
     try {
       const link = await Link.establish(raw, false, this.opts.keyPair, key, 'relay', from, null, this.initLink);
       if (this.stopped) return link.close();
-      this.addRelay(from, key, link, 'in');
+      this.addRelay(from, link, 'in');
     } catch (e) {
       this.log.warn({ peer: from, err: (e as Error).message }, 'incoming relay link failed');
     }
   }
 
-  private addRelay(node: string, key: Buffer, link: Link, side: 'in' | 'out'): void {
+  private addRelay(node: string, link: Link, side: 'in' | 'out'): void {
     const p = this.peer(node);
-    p.key = key;
     p.relays.add(link);
     this.watch(link, side);
     link.on('close', () => p.relays.delete(link));
@@ -243,7 +241,7 @@ export class Tunnel {
       try {
         const { key, stream } = await s.openRelay(p.node);
         const link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
-        this.addRelay(p.node, key, link, 'out');
+        this.addRelay(p.node, link, 'out');
         return link;
       } catch (e) {
         errors.push((e as Error).message);
