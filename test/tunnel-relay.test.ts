@@ -193,3 +193,15 @@ test('a node that leaves the cluster snapshot is forgotten: its links are closed
   await closed;
   assert.deepEqual(a.tunnel.status().peers, []);
 });
+
+test('a node forgotten while its relay link is being set up is not brought back by that link', async () => {
+  const dialer = new TunnelDialer(a.tunnel);
+  const base = makeSnapshot([]);
+  const withNodes = (names: string[]) => ({ ...base, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
+  a.tunnel.onSnapshot(withNodes(['a', 'b']));
+  assert.equal(a.tunnel.peers.get('b')?.best(), undefined, 'no link to b yet');
+  const pending = dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
+  a.tunnel.onSnapshot(withNodes(['a']));
+  await assert.rejects(pending, (e: unknown) => e instanceof DialError && e.code === 'unreachable');
+  assert.equal(a.tunnel.peers.has('b'), false);
+});

@@ -238,14 +238,21 @@ export class Tunnel {
         errors.push(`${s.address}: not connected`);
         continue;
       }
+      let link: Link;
       try {
         const { key, stream } = await s.openRelay(p.node);
-        const link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
-        this.addRelay(p.node, link, 'out');
-        return link;
+        link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
       } catch (e) {
         errors.push((e as Error).message);
+        continue;
       }
+      // Forgotten (the node left the cluster) or stopped while the link was being made: do not bring it back.
+      if (this.stopped || this.peers.get(p.node) !== p) {
+        link.close();
+        throw new DialError('unreachable', `node ${p.node} was forgotten while its link was being set up`);
+      }
+      this.addRelay(p.node, link, 'out');
+      return link;
     }
     throw new DialError('unreachable', `no path to node ${p.node}: ${errors.join('; ') || 'no servers'}`);
   }
