@@ -98,6 +98,19 @@ test('an oversized frame drops the connection before anything is allocated', asy
   await waitFor(() => closed, 5000, 'dropped');
 });
 
+test('before authentication a frame bigger than a handshake message drops the connection at once', async () => {
+  const s = connect(port, '127.0.0.1');
+  let closed = false;
+  s.on('close', () => { closed = true; });
+  s.on('error', () => {});
+  s.resume();
+  const b = Buffer.alloc(5 + 1000);
+  b[0] = T.HELLO;
+  b.writeUInt32BE(64 * 1024, 1); // well under MAX_FRAME_BYTES; the rest never comes
+  s.write(b);
+  await waitFor(() => closed, 5000, 'dropped');
+});
+
 test('an agent paused because its peer stopped reading is resumed when that peer goes away', async () => {
   const a = await RawAgent.connect('feed-a');
   const b = await RawAgent.connect('feed-b');

@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError, type Frame } from '@edgemesh/common/tunnel/frame';
+import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES, type Frame } from '@edgemesh/common/tunnel/frame';
 import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey, NONCE_BYTES } from '@edgemesh/common/tunnel/auth';
 import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
 import { CONTROL_TYPES, MAX_DATA_CHUNK, NODE_NAME_RE, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
@@ -17,6 +17,9 @@ export const IDLE_TIMEOUT_MS = 35_000;
 /** When an agent's outgoing socket buffer exceeds this, the sender feeding it is paused (credit violations only). */
 export const MAX_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024;
 export const MAX_STREAMS_PER_AGENT = 4096;
+/** Until an agent has authenticated, no frame may be bigger than this (HELLO and AUTH are a few hundred bytes): an
+ *  unauthenticated client cannot make us hold a MAX_FRAME_BYTES frame for AUTH_TIMEOUT_MS. */
+export const MAX_HANDSHAKE_FRAME_BYTES = 4096;
 /** An agent that lets this much pile up in its socket buffer is not reading (relay DATA to it is already paused
  *  at MAX_SOCKET_BUFFER_BYTES; the rest are small frames it provokes or its peers send): it is dropped. */
 export const MAX_AGENT_BACKLOG_BYTES = 4 * MAX_SOCKET_BUFFER_BYTES;
@@ -56,7 +59,7 @@ interface RelayStream {
 
 class Conn {
   readonly sock: Socket;
-  readonly decoder = new FrameDecoder();
+  readonly decoder = new FrameDecoder(MAX_HANDSHAKE_FRAME_BYTES);
   state: 'hello' | 'auth' | 'ready' | 'closed' = 'hello';
   agentNonce = Buffer.alloc(0);
   serverNonce = newNonce();
@@ -251,6 +254,7 @@ export class RelayServer {
       c.key = key;
       c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
       c.state = 'ready';
+      c.decoder.max = MAX_FRAME_BYTES;
       c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
       this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
       this.m.agents.set(this.agents.size);
