@@ -7,8 +7,11 @@ import { encodeFrame, encodeStreamFrame, FrameDecoder, type Frame } from '../pac
 import { agentProof, ControlMac, keyTranscript, newNonce, sessionKey } from '../packages/common/src/tunnel/auth.ts';
 import { generateKeyPair, signRaw } from '../packages/common/src/tunnel/ed25519.ts';
 import { MAX_DATA_CHUNK, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
-import { TEST_TOKEN, startServer, waitFor } from './lib/tunnel-fixture.ts';
+import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
+import { RelayServer } from '../packages/server/src/relay.ts';
+import { Registry } from 'prom-client';
+import { silentLogger } from '../packages/common/src/log.ts';
 
 let server: EdgemeshServer;
 let port: number;
@@ -20,11 +23,11 @@ class RawAgent {
   mac!: ControlMac;
   frames: Frame[] = [];
   closed = false;
-  static async connect(node: string): Promise<RawAgent> {
+  static async connect(node: string, serverPort = port): Promise<RawAgent> {
     const r = new RawAgent();
     const kp = generateKeyPair();
     const an = newNonce();
-    r.sock = connect(port, '127.0.0.1');
+    r.sock = connect(serverPort, '127.0.0.1');
     const dec = new FrameDecoder();
     r.sock.on('data', (c: Buffer) => r.frames.push(...dec.push(c)));
     r.sock.on('close', () => { r.closed = true; });
@@ -93,4 +96,90 @@ test('an oversized frame drops the connection before anything is allocated', asy
   b.writeUInt32BE(0xfffffff0, 1);
   s.write(b);
   await waitFor(() => closed, 5000, 'dropped');
+});
+
+test('before authentication a frame bigger than a handshake message drops the connection at once', async () => {
+  const s = connect(port, '127.0.0.1');
+  let closed = false;
+  s.on('close', () => { closed = true; });
+  s.on('error', () => {});
+  s.resume();
+  const b = Buffer.alloc(5 + 1000);
+  b[0] = T.HELLO;
+  b.writeUInt32BE(64 * 1024, 1); // well under MAX_FRAME_BYTES; the rest never comes
+  s.write(b);
+  await waitFor(() => closed, 5000, 'dropped');
+});
+
+test('an agent paused because its peer stopped reading is resumed when that peer goes away', async () => {
+  const a = await RawAgent.connect('feed-a');
+  const b = await RawAgent.connect('feed-b');
+  b.sock.pause(); // b never reads: the server's socket to b fills up
+  const chunk = Buffer.alloc(MAX_DATA_CHUNK);
+  // Several streams' worth of credit: well past the server's socket buffer limit plus the kernel's buffers.
+  const rids: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    a.control(T.OPEN, { req: 100 + i, to: 'feed-b' });
+    let opened: Record<string, unknown> | undefined;
+    await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined, 10_000, 'OPENED');
+    rids.push(opened!.rid as number);
+  }
+  for (const rid of rids) {
+    for (let sent = 0; sent + chunk.length <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeStreamFrame(T.DATA, rid, chunk));
+  }
+  // The server stops reading a once b's socket is full: a's own send buffer then stops shrinking.
+  let last = -1;
+  const deadline = Date.now() + 15_000;
+  while (a.sock.writableLength !== last || last === 0) {
+    assert.ok(Date.now() < deadline, 'a never blocked by the server');
+    last = a.sock.writableLength;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  b.sock.destroy();
+  // a is heard again: its ping is answered.
+  await waitFor(() => a.sock.writableLength === 0, 10_000, 'a drained');
+  a.control(T.PING, { t: 1 });
+  await waitFor(() => a.take(T.PONG) !== undefined, 10_000, 'pong to a');
+  assert.equal(a.closed, false);
+  a.sock.destroy();
+});
+
+test('an agent told off by the server after the handshake reports the server\'s reason', async () => {
+  const snap = makeSnapshot([]);
+  const t = await startTunnel('scolded', [`127.0.0.1:${port}`], () => snap);
+  try {
+    const sc = t.tunnel.servers[0];
+    await waitFor(() => sc.connected, 10_000, 'connected');
+    const down = new Promise<string | null>((r) => sc.once('down', () => r(sc.lastError)));
+    // A control frame with a bad MAC: the server answers ERROR (MAC'd, as every control message once ready) and hangs up.
+    (sc as unknown as { sock: Socket }).sock.write(encodeFrame(T.PING, Buffer.alloc(40)));
+    assert.match((await down) ?? '', /protocol: bad MAC/);
+  } finally {
+    await t.stop();
+  }
+});
+
+test('an agent that never reads is dropped once its backlog passes the bound, whatever its peers send it', async () => {
+  const relay = new RelayServer({ host: '127.0.0.1', port: 0, token: TEST_TOKEN, log: silentLogger, registry: new Registry(), maxBacklogBytes: 256 * 1024 });
+  const { port: relayPort } = await relay.start();
+  try {
+    const a = await RawAgent.connect('flood-a', relayPort);
+    const b = await RawAgent.connect('flood-b', relayPort);
+    a.control(T.OPEN, { req: 1, to: 'flood-b' });
+    let opened: Record<string, unknown> | undefined;
+    await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined, 10_000, 'OPENED');
+    b.sock.pause(); // b never reads again
+    // CREDIT frames are forwarded to b and never pause a: without a bound the server would queue them for ever.
+    const credit = encodeStreamFrame(T.CREDIT, opened!.rid as number, Buffer.alloc(4));
+    const batch = Buffer.concat(Array.from({ length: 20_000 }, () => credit));
+    for (let i = 0; i < 200 && !b.closed && relay.agents.has('flood-b'); i++) {
+      if (!a.sock.write(batch)) await new Promise((r) => a.sock.once('drain', r));
+    }
+    await waitFor(() => !relay.agents.has('flood-b'), 10_000, 'flood-b dropped');
+    assert.equal(relay.agents.has('flood-a'), true, 'the sender is not punished for it');
+    a.sock.destroy();
+    b.sock.destroy();
+  } finally {
+    await relay.stop();
+  }
 });

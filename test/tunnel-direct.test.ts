@@ -3,10 +3,9 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { createSocket } from 'node:dgram';
-import type { Duplex } from 'node:stream';
-import { makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
+import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import { encodePing, keyId, P, pingKey } from '../packages/agent/src/tunnel/ping.ts';
 import type { DirectManager } from '../packages/agent/src/tunnel/direct.ts';
@@ -21,14 +20,7 @@ let backendPort: number;
 before(async () => {
   const s = await startServer();
   server = s.server;
-  backend = createServer((c) => {
-    const h = createHash('sha256');
-    c.on('data', (d: Buffer) => h.update(d));
-    c.on('end', () => c.end(h.digest('hex')));
-    c.on('error', () => {});
-  });
-  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
-  backendPort = (backend.address() as { port: number }).port;
+  ({ sink: backend, port: backendPort } = await startHashSink());
   const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }]);
   a = await startTunnel('a', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
   b = await startTunnel('b', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
@@ -41,16 +33,6 @@ after(async () => {
   await server?.stop();
   backend?.close();
 });
-
-function sendAndHash(s: Duplex, data: Buffer): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let reply = '';
-    s.on('data', (c: Buffer) => { reply += c.toString(); });
-    s.on('end', () => resolve(reply));
-    s.on('error', reject);
-    s.end(data);
-  });
-}
 
 test('first stream on the relay at once, then the peer is upgraded to a direct path', async () => {
   const dialer = new TunnelDialer(a.tunnel);

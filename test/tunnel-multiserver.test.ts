@@ -3,8 +3,8 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type Server } from 'node:net';
-import { makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
+import type { Server } from 'node:net';
+import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 
@@ -20,14 +20,7 @@ before(async () => {
   const y = await startServer();
   s1 = x.server;
   s2 = y.server;
-  backend = createServer((c) => {
-    const h = createHash('sha256');
-    c.on('data', (d: Buffer) => h.update(d));
-    c.on('end', () => c.end(h.digest('hex')));
-    c.on('error', () => {});
-  });
-  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
-  backendPort = (backend.address() as { port: number }).port;
+  ({ sink: backend, port: backendPort } = await startHashSink());
   const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }]);
   a = await startTunnel('a', [`127.0.0.1:${x.port}`, `127.0.0.1:${y.port}`], () => snap, { listenPort: 0 });
   b = await startTunnel('b', [`127.0.0.1:${y.port}`], () => snap, { listenPort: 0 });
@@ -47,13 +40,7 @@ test('a peer is reachable through any server both are on, and still gets a direc
   const target = { serviceKey: 'default/sink', protocol: 'tcp' as const, ip: '127.0.0.1', port: backendPort, nodeName: 'b' };
   const data = randomBytes(256 * 1024);
   const s = await dialer.dialTcp(target);
-  const reply = await new Promise<string>((resolve, reject) => {
-    let r = '';
-    s.on('data', (c: Buffer) => { r += c.toString(); });
-    s.on('end', () => resolve(r));
-    s.on('error', reject);
-    s.end(data);
-  });
+  const reply = await sendAndHash(s, data);
   assert.equal(reply, createHash('sha256').update(data).digest('hex'));
   // The first server does not have b (refused the open); the second relayed.
   assert.match(await s1.registry.getSingleMetricAsString('edgemesh_server_relay_streams_total'), /outcome="no-peer"} [1-9]/);

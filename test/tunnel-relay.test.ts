@@ -5,8 +5,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
-import type { Duplex } from 'node:stream';
-import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
+import { TEST_TOKEN, makeSnapshot, sendAndHash, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import { DialError } from '../packages/agent/src/proxy/dialer.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
@@ -77,16 +76,6 @@ after(async () => {
   tap?.close();
   udpEcho?.close();
 });
-
-function sendAndHash(s: Duplex, data: Buffer): Promise<string> {
-  return new Promise((resolve, reject) => {
-    let reply = '';
-    s.on('data', (c: Buffer) => { reply += c.toString(); });
-    s.on('end', () => resolve(reply));
-    s.on('error', reject);
-    s.end(data);
-  });
-}
 
 test('a TCP stream through the relay carries 4 MB intact, and the relay sees only ciphertext', async () => {
   const dialer = new TunnelDialer(a.tunnel);
@@ -185,4 +174,34 @@ test('an agent with the wrong token is refused', async () => {
   } finally {
     await bad.stop();
   }
+});
+
+test('a node that leaves the cluster snapshot is forgotten: its links are closed and its peer state dropped', async () => {
+  const dialer = new TunnelDialer(a.tunnel);
+  const s = await dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
+  const closed = new Promise((r) => s.on('close', r));
+  s.on('error', () => {});
+  const link = a.tunnel.peers.get('b')?.best();
+  assert.ok(link, 'a has a link to b');
+  const base = makeSnapshot([]);
+  const withNodes = (names: string[]) => ({ ...base, version: base.version + names.length, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
+  a.tunnel.onSnapshot(withNodes(['a', 'b']));
+  assert.ok(a.tunnel.peers.has('b'), 'still a member: kept');
+  a.tunnel.onSnapshot(withNodes(['a']));
+  assert.equal(a.tunnel.peers.has('b'), false);
+  assert.equal(link.closed, true);
+  await closed;
+  assert.deepEqual(a.tunnel.status().peers, []);
+});
+
+test('a node forgotten while its relay link is being set up is not brought back by that link', async () => {
+  const dialer = new TunnelDialer(a.tunnel);
+  const base = makeSnapshot([]);
+  const withNodes = (names: string[]) => ({ ...base, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
+  a.tunnel.onSnapshot(withNodes(['a', 'b']));
+  assert.equal(a.tunnel.peers.get('b')?.best(), undefined, 'no link to b yet');
+  const pending = dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
+  a.tunnel.onSnapshot(withNodes(['a']));
+  await assert.rejects(pending, (e: unknown) => e instanceof DialError && e.code === 'unreachable');
+  assert.equal(a.tunnel.peers.has('b'), false);
 });

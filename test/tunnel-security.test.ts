@@ -3,11 +3,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { duplexPair } from 'node:stream';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import { generateKeyPair } from '../packages/common/src/tunnel/ed25519.ts';
 import { Link } from '../packages/agent/src/tunnel/link.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
-import { makeSnapshot, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
+import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
 
 test('a Noise link is refused when the peer does not hold the vouched key', async () => {
   const a = generateKeyPair(), b = generateKeyPair(), mallory = generateKeyPair();
@@ -24,14 +23,7 @@ test('a Noise link is refused when the peer does not hold the vouched key', asyn
 
 test('the relay rate limit per agent pauses a fast sender (and the data still arrives intact)', async () => {
   const { server, port } = await startServer(undefined, { relayRateLimit: 1024 * 1024 });
-  const sink = createServer((c) => {
-    const h = createHash('sha256');
-    c.on('data', (d: Buffer) => h.update(d));
-    c.on('end', () => c.end(h.digest('hex')));
-    c.on('error', () => {});
-  });
-  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
-  const sinkPort = (sink.address() as { port: number }).port;
+  const { sink, port: sinkPort } = await startHashSink();
   const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: sinkPort, node: 'b' }]);
   const a = await startTunnel('a', [`127.0.0.1:${port}`], () => snap);
   const b = await startTunnel('b', [`127.0.0.1:${port}`], () => snap);
@@ -39,13 +31,7 @@ test('the relay rate limit per agent pauses a fast sender (and the data still ar
     await waitFor(() => a.tunnel.servers[0].connected && b.tunnel.servers[0].connected);
     const s = await new TunnelDialer(a.tunnel).dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: sinkPort, nodeName: 'b' });
     const data = randomBytes(3 * 1024 * 1024);
-    const reply = await new Promise<string>((resolve, reject) => {
-      let r = '';
-      s.on('data', (c: Buffer) => { r += c.toString(); });
-      s.on('end', () => resolve(r));
-      s.on('error', reject);
-      s.end(data);
-    });
+    const reply = await sendAndHash(s, data);
     assert.equal(reply, createHash('sha256').update(data).digest('hex'));
     assert.match(await server.registry.getSingleMetricAsString('edgemesh_server_rate_limited_total'), /edgemesh_server_rate_limited_total [1-9]/);
   } finally {

@@ -4,7 +4,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildLab } from '../lib/netlab.ts';
-import { TunnelLab, waitUntil } from '../lib/tunnel-lab.ts';
+import { NAT_MATRIX_SITES, TunnelLab, waitUntil } from '../lib/tunnel-lab.ts';
 
 const MB = 1024 * 1024;
 const TRANSFER_BYTES = 20 * MB;
@@ -27,19 +27,7 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
   const results: string[] = [];
 
   before(async () => {
-    const lab = await buildLab({
-      publicHosts: ['srv'],
-      sites: [
-        { name: 'pr1', nat: 'port-restricted', hosts: ['hp1'] },
-        { name: 'pr2', nat: 'port-restricted', hosts: ['hp2'] },
-        { name: 'fc', nat: 'full-cone', hosts: ['hf1'] },
-        { name: 'rc', nat: 'restricted-cone', hosts: ['hr1'] },
-        { name: 'sym1', nat: 'symmetric', hosts: ['hs1'] },
-        { name: 'sym2', nat: 'symmetric', hosts: ['hs2'] },
-        { name: 'ub', nat: 'udp-blocked', hosts: ['hu1'] },
-        { name: 'lan', nat: 'port-restricted', hosts: ['hl1', 'hl2'] },
-      ],
-    });
+    const lab = await buildLab({ publicHosts: ['srv'], sites: [...NAT_MATRIX_SITES] });
     tl = new TunnelLab(lab);
     const nodes = ['p1', 'p2', 'f1', 'r1', 's1', 's2', 'u1', 'l1', 'l2'].map((n) => ({ name: n, host: `h${n}` }));
     tl.planEndpoints(nodes);

@@ -2,6 +2,9 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { createServer, type Server } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { Registry } from 'prom-client';
 import { silentLogger } from '../../packages/common/src/log.ts';
 import { serverSchema } from '../../packages/common/src/config.ts';
@@ -68,4 +71,27 @@ export async function waitFor(cond: () => boolean, ms = 10_000, what = 'conditio
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** A TCP server on loopback that answers the sha256 (hex) of everything it received once the client half-closes. */
+export async function startHashSink(): Promise<{ sink: Server; port: number }> {
+  const sink = createServer((c) => {
+    const h = createHash('sha256');
+    c.on('data', (d: Buffer) => h.update(d));
+    c.on('end', () => c.end(h.digest('hex')));
+    c.on('error', () => {});
+  });
+  await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+  return { sink, port: (sink.address() as { port: number }).port };
+}
+
+/** Writes `data`, half-closes, and resolves with everything read back until the peer ends. */
+export function sendAndHash(s: Duplex, data: Buffer): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let reply = '';
+    s.on('data', (c: Buffer) => { reply += c.toString(); });
+    s.on('end', () => resolve(reply));
+    s.on('error', reject);
+    s.end(data);
+  });
 }

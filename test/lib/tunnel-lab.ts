@@ -5,8 +5,21 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { ChildProcess } from 'node:child_process';
-import type { Lab } from './netlab.ts';
+import type { Lab, SiteSpec } from './netlab.ts';
 import type { TestEndpoint } from './tunnel-fixture.ts';
+
+/** The NAT matrix of NATLAB.md: one site per NAT type, a host per tunnel node (node `p1` on host `hp1`), and a LAN
+ *  with two hosts. Shared by test/e2e/tunnel-matrix.test.ts and bench/tunnel. */
+export const NAT_MATRIX_SITES: readonly SiteSpec[] = [
+  { name: 'pr1', nat: 'port-restricted', hosts: ['hp1'] },
+  { name: 'pr2', nat: 'port-restricted', hosts: ['hp2'] },
+  { name: 'fc', nat: 'full-cone', hosts: ['hf1'] },
+  { name: 'rc', nat: 'restricted-cone', hosts: ['hr1'] },
+  { name: 'sym1', nat: 'symmetric', hosts: ['hs1'] },
+  { name: 'sym2', nat: 'symmetric', hosts: ['hs2'] },
+  { name: 'ub', nat: 'udp-blocked', hosts: ['hu1'] },
+  { name: 'lan', nat: 'port-restricted', hosts: ['hl1', 'hl2'] },
+];
 
 export const SERVER_BIN = resolve(import.meta.dirname, '../../packages/server/bin/edgemesh-server.js');
 const NODE_SCRIPT = resolve(import.meta.dirname, 'tunnel-node.ts');

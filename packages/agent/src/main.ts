@@ -124,7 +124,9 @@ export class Agent {
       this.dialers.tunnel = this.tunnelDialer;
       await this.tunnel.start();
       const t = this.tunnel;
-      this.stops.push(() => t.stop());
+      // Peers of nodes that leave the cluster are forgotten (links closed, path state dropped).
+      const unsubscribeTunnel = this.model.subscribe((snap) => t.onSnapshot(snap));
+      this.stops.push(async () => { unsubscribeTunnel(); await t.stop(); });
     }
 
     // --- proxy (intercept/, proxy/, lb/, routing/) ---

@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import { encodeFrame, FrameDecoder, FrameError, type Frame } from '@edgemesh/common/tunnel/frame';
+import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES, type Frame } from '@edgemesh/common/tunnel/frame';
 import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey, NONCE_BYTES } from '@edgemesh/common/tunnel/auth';
 import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
 import { CONTROL_TYPES, MAX_DATA_CHUNK, NODE_NAME_RE, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
@@ -17,6 +17,12 @@ export const IDLE_TIMEOUT_MS = 35_000;
 /** When an agent's outgoing socket buffer exceeds this, the sender feeding it is paused (credit violations only). */
 export const MAX_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024;
 export const MAX_STREAMS_PER_AGENT = 4096;
+/** Until an agent has authenticated, no frame may be bigger than this (HELLO and AUTH are a few hundred bytes): an
+ *  unauthenticated client cannot make us hold a MAX_FRAME_BYTES frame for AUTH_TIMEOUT_MS. */
+export const MAX_HANDSHAKE_FRAME_BYTES = 4096;
+/** An agent that lets this much pile up in its socket buffer is not reading (relay DATA to it is already paused
+ *  at MAX_SOCKET_BUFFER_BYTES; the rest are small frames it provokes or its peers send): it is dropped. */
+export const MAX_AGENT_BACKLOG_BYTES = 4 * MAX_SOCKET_BUFFER_BYTES;
 
 export interface RelayServerOptions {
   host: string;
@@ -28,6 +34,8 @@ export interface RelayServerOptions {
   rateLimitBytesPerSec?: number;
   /** Port of the second STUN socket (as bound), told to agents in WELCOME. */
   stunAltPort?: () => number;
+  /** Override of MAX_AGENT_BACKLOG_BYTES (tests). */
+  maxBacklogBytes?: number;
 }
 
 interface Agent {
@@ -51,7 +59,7 @@ interface RelayStream {
 
 class Conn {
   readonly sock: Socket;
-  readonly decoder = new FrameDecoder();
+  readonly decoder = new FrameDecoder(MAX_HANDSHAKE_FRAME_BYTES);
   state: 'hello' | 'auth' | 'ready' | 'closed' = 'hello';
   agentNonce = Buffer.alloc(0);
   serverNonce = newNonce();
@@ -172,7 +180,17 @@ export class RelayServer {
   private send(c: Conn, type: number, body: Record<string, unknown>): void {
     if (c.state === 'closed' || c.sock.destroyed) return;
     const json = Buffer.from(JSON.stringify(body));
-    c.sock.write(encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+    this.write(c, encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+  }
+
+  /** Every frame to an agent goes through here, so what an agent that never reads makes us hold is bounded. */
+  private write(c: Conn, frame: Buffer): void {
+    if (c.sock.destroyed) return;
+    c.sock.write(frame);
+    if (c.sock.writableLength > (this.opts.maxBacklogBytes ?? MAX_AGENT_BACKLOG_BYTES)) {
+      this.log.warn({ node: c.node, remote: c.sock.remoteAddress, bytes: c.sock.writableLength }, 'agent is not reading, dropping its connection');
+      c.sock.destroy();
+    }
   }
 
   private fail(c: Conn, code: string, message: string): void {
@@ -229,13 +247,14 @@ export class RelayServer {
       }
       if (existing) {
         this.log.info({ node }, 'agent reconnected, replacing its previous connection');
-        this.dropAgent(existing.conn);
         existing.conn.sock.destroy();
+        this.dropAgent(existing.conn);
       }
       c.node = node;
       c.key = key;
       c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
       c.state = 'ready';
+      c.decoder.max = MAX_FRAME_BYTES;
       c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
       this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
       this.m.agents.set(this.agents.size);
@@ -338,7 +357,7 @@ export class RelayServer {
     }
     const to = fromA ? st.b : st.a;
     this.m.relayed.inc(n);
-    to.sock.write(encodeFrame(T.DATA, p));
+    this.write(to, encodeFrame(T.DATA, p));
     this.rateLimit(c, n);
     if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
       c.paused = true;
@@ -364,15 +383,25 @@ export class RelayServer {
     }
   }
 
+  /** `to` drained or went away: resume the agents feeding it, unless one still feeds another full socket. */
   private resumeFeeders(to: Conn): void {
     for (const rid of to.streams) {
       const st = this.streams.get(rid);
       const from = st ? (st.a === to ? st.b : st.a) : undefined;
-      if (from?.paused && from.sock.writableLength <= MAX_SOCKET_BUFFER_BYTES) {
+      if (from?.paused && !this.feedsFullSocket(from)) {
         from.paused = false;
         from.sock.resume();
       }
     }
+  }
+
+  private feedsFullSocket(from: Conn): boolean {
+    for (const rid of from.streams) {
+      const st = this.streams.get(rid);
+      const to = st ? (st.a === from ? st.b : st.a) : undefined;
+      if (to && to.state !== 'closed' && !to.sock.destroyed && to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES) return true;
+    }
+    return false;
   }
 
   private onStreamCtl(c: Conn, type: number, p: Buffer): void {
@@ -390,22 +419,22 @@ export class RelayServer {
       // Credit from A lets B send more, and the other way round; never beyond one window.
       if (fromA) st.availB = Math.min(RELAY_WINDOW_BYTES, st.availB + n);
       else st.availA = Math.min(RELAY_WINDOW_BYTES, st.availA + n);
-      to.sock.write(encodeFrame(T.CREDIT, p));
+      this.write(to, encodeFrame(T.CREDIT, p));
       return;
     }
     if (type === T.RESET) return this.resetStream(st, false, c);
     // END
     if (fromA) st.endA = true;
     else st.endB = true;
-    to.sock.write(encodeFrame(T.END, p));
+    this.write(to, encodeFrame(T.END, p));
     if (st.endA && st.endB) this.forget(st);
   }
 
   /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
   private resetStream(st: RelayStream, both: boolean, from?: Conn): void {
-    const frame = encodeFrame(T.RESET, u32(st.rid));
-    if (both || from !== st.a) st.a.sock.write(frame);
-    if (both || from !== st.b) st.b.sock.write(frame);
+    const frame = encodeStreamFrame(T.RESET, st.rid);
+    if (both || from !== st.a) this.write(st.a, frame);
+    if (both || from !== st.b) this.write(st.b, frame);
     this.forget(st);
   }
 
@@ -433,7 +462,10 @@ export class RelayServer {
     }
   }
 
+  /** `c` is going away (its socket destroyed or closed): its streams are reset. */
   private dropAgent(c: Conn): void {
+    // Agents paused because this one's socket was full would otherwise stay paused until they time out.
+    this.resumeFeeders(c);
     for (const rid of [...c.streams]) {
       const st = this.streams.get(rid);
       if (st) this.resetStream(st, false, c);
@@ -450,13 +482,7 @@ export class RelayServer {
     this.conns.delete(c);
     // The agent hung up after our challenge: usually it found our proof wrong (different tokens).
     if (c.state === 'auth') this.m.auth.inc({ outcome: 'abandoned' });
-    if (c.node) this.dropAgent(c);
     c.state = 'closed';
+    if (c.node) this.dropAgent(c);
   }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
 }

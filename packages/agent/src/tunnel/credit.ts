@@ -2,6 +2,7 @@
 // handed to its reader. Used for relay streams (credit also enforced by the server) and for the streams multiplexed
 // inside a Noise link. A slow reader stops only its own stream.
 import { Duplex } from 'node:stream';
+import { encodeStreamFrame } from '@edgemesh/common/tunnel/frame';
 
 export const STREAM_WINDOW_BYTES = 2 * 1024 * 1024;
 export const MAX_CHUNK_BYTES = 64 * 1024;
@@ -13,6 +14,21 @@ export interface CreditIO {
   reset(): void;
   /** Called once when the stream is finished (both ends closed, reset or destroyed). */
   closed(): void;
+}
+
+/** The CreditIO of stream `id` on a framed transport (the relay connection or a link's mux): one frame type each. */
+export function framedIO(send: (frame: Buffer) => void, t: { DATA: number; CREDIT: number; END: number; RESET: number }, id: number, closed: () => void): CreditIO {
+  return {
+    data: (c) => send(encodeStreamFrame(t.DATA, id, c)),
+    credit: (n) => {
+      const b = Buffer.allocUnsafe(4);
+      b.writeUInt32BE(n >>> 0);
+      send(encodeStreamFrame(t.CREDIT, id, b));
+    },
+    end: () => send(encodeStreamFrame(t.END, id)),
+    reset: () => send(encodeStreamFrame(t.RESET, id)),
+    closed,
+  };
 }
 
 export class CreditStream extends Duplex {
@@ -83,6 +99,12 @@ export class CreditStream extends Duplex {
   // --- from the transport ---
   onData(b: Buffer): void {
     if (this.gotEnd || this.destroyed) return;
+    // `unacked` is what the peer sent beyond the credit we granted back; more than one window means it ignores its
+    // credit: reset rather than buffer without bound for a reader that is not reading.
+    if (this.unacked + b.length > this.window) {
+      this.destroy(this.listenerCount('error') > 0 ? new Error('peer exceeded its stream credit') : undefined);
+      return;
+    }
     this.bytesIn += b.length;
     this.unacked += b.length;
     if (this.push(b) && this.unacked >= this.window / 4) {

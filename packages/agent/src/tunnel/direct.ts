@@ -158,7 +158,6 @@ export class DirectManager implements DirectPaths {
     const pd = this.peers.get(node);
     if (!pd) return;
     this.endSession(pd, undefined);
-    pd.session?.stream.destroy();
     this.dropActive(pd);
     if (pd.key) this.byKeyId.delete(keyId(pd.key).toString('hex'));
     this.peers.delete(node);

@@ -4,7 +4,7 @@
 import { encodeFrame, encodeStreamFrame, FrameDecoder } from '@edgemesh/common/tunnel/frame';
 import { parseJson } from '@edgemesh/common/tunnel/protocol';
 import { DialError, type DialErrorCode } from '../proxy/dialer.ts';
-import { CreditStream } from './credit.ts';
+import { CreditStream, framedIO } from './credit.ts';
 
 export const M = { OPEN: 1, OK: 2, ERR: 3, DATA: 4, CREDIT: 5, END: 6, RESET: 7, PING: 8, PONG: 9 } as const;
 /** How many streams one link carries at once. */
@@ -28,6 +28,8 @@ export class Mux {
   private readonly decoder = new FrameDecoder();
   private readonly streams = new Map<number, CreditStream>();
   private readonly opening = new Map<number, { resolve: (s: CreditStream) => void; reject: (e: Error) => void; stream: CreditStream }>();
+  /** Ids of streams the peer opened that we have not answered yet (the local dial is under way). */
+  private readonly answering = new Set<number>();
   private nextId: number;
   private closedFlag = false;
   onIncoming: IncomingHandler = (_h, _a, reject) => reject('refused', 'no handler');
@@ -44,14 +46,11 @@ export class Mux {
   }
 
   private makeStream(id: number): CreditStream {
-    const s = new CreditStream({
-      data: (c) => this.sendRaw(encodeStreamFrame(M.DATA, id, c)),
-      credit: (n) => this.sendRaw(encodeStreamFrame(M.CREDIT, id, u32(n))),
-      end: () => this.sendRaw(encodeStreamFrame(M.END, id)),
-      reset: () => this.sendRaw(encodeStreamFrame(M.RESET, id)),
-      closed: () => this.streams.delete(id),
-    });
+    const s = new CreditStream(framedIO(this.sendRaw, M, id, () => this.streams.delete(id)));
     this.streams.set(id, s);
+    // Accepted after the link died (the local dial was slow): nothing will ever close it, so close it now and let
+    // whoever holds the stream release its socket.
+    if (this.closedFlag) s.destroy();
     return s;
   }
 
@@ -103,22 +102,23 @@ export class Mux {
     const body = p.subarray(4);
     switch (type) {
       case M.OPEN: {
-        if (this.streams.has(id) || (id & 1) === (this.nextId & 1)) return this.onProtocolError('bad stream id');
+        if (this.streams.has(id) || this.answering.has(id) || (id & 1) === (this.nextId & 1)) return this.onProtocolError('bad stream id');
         const h = parseHeader(body);
-        if (!h) return this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code: 'forbidden', message: 'bad header' }))));
-        let answered = false;
+        if (!h) return this.sendErr(id, 'forbidden', 'bad header');
+        // The peer's streams count against the same limit as ours, also while their local dial is under way.
+        if (this.streams.size + this.answering.size >= MAX_STREAMS_PER_LINK) return this.sendErr(id, 'refused', 'too many streams on link');
+        this.answering.add(id);
         this.onIncoming(
           h,
           () => {
-            answered = true;
+            this.answering.delete(id);
             const s = this.makeStream(id);
             this.sendRaw(encodeStreamFrame(M.OK, id));
             return s;
           },
           (code, message) => {
-            if (answered) return;
-            answered = true;
-            this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code, message }))));
+            if (!this.answering.delete(id)) return;
+            this.sendErr(id, code, message);
           },
         );
         return;
@@ -163,6 +163,10 @@ export class Mux {
     }
   }
 
+  private sendErr(id: number, code: DialErrorCode, message: string): void {
+    this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code, message }))));
+  }
+
   /** The link died: every stream is destroyed, pending opens fail. */
   close(err?: Error): void {
     if (this.closedFlag) return;
@@ -181,10 +185,4 @@ export class Mux {
   get closed(): boolean {
     return this.closedFlag;
   }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
 }

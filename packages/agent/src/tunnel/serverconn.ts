@@ -4,12 +4,12 @@ import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import type { Logger } from '@edgemesh/common/log';
 import { backoff } from '@edgemesh/common/backoff';
-import { encodeFrame, encodeStreamFrame, FrameDecoder, type Frame } from '@edgemesh/common/tunnel/frame';
+import { encodeFrame, FrameDecoder, type Frame } from '@edgemesh/common/tunnel/frame';
 import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey } from '@edgemesh/common/tunnel/auth';
 import { signRaw, type RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import { CONTROL_TYPES, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
 import { DialError } from '../proxy/dialer.ts';
-import { CreditStream } from './credit.ts';
+import { CreditStream, framedIO } from './credit.ts';
 
 export const RECONNECT_MIN_MS = 500;
 export const RECONNECT_MAX_MS = 30_000;
@@ -180,8 +180,8 @@ export class ServerConn extends EventEmitter {
     this.idleTimer.unref();
   }
 
-  private onError(payload: Buffer, sock: Socket): void {
-    const body = this.mac ? (this.mac.open(T.ERROR, payload) ?? payload) : payload;
+  /** `body`: the ERROR's JSON (sent in the clear during the handshake, MAC'd and already checked after it). */
+  private onError(body: Buffer, sock: Socket): void {
     const m = parseJson(body);
     this.lastError = `server refused: ${String(m?.code ?? '?')}: ${String(m?.message ?? '')}`;
     this.opts.log.error({ server: this.address, code: m?.code, reason: m?.message }, 'server refused the agent');
@@ -220,7 +220,7 @@ export class ServerConn extends EventEmitter {
         this.sendControl(T.PONG, { t: m.t });
         return;
       case T.ERROR:
-        this.onError(p, this.sock!);
+        this.onError(body, this.sock!);
         return;
       case T.OPENED: {
         const o = typeof m.req === 'number' ? this.opens.get(m.req) : undefined;
@@ -254,13 +254,7 @@ export class ServerConn extends EventEmitter {
   }
 
   private makeStream(rid: number): CreditStream {
-    const s = new CreditStream({
-      data: (c) => this.sock?.write(encodeStreamFrame(T.DATA, rid, c)),
-      credit: (n) => this.sock?.write(encodeStreamFrame(T.CREDIT, rid, u32(n))),
-      end: () => this.sock?.write(encodeStreamFrame(T.END, rid)),
-      reset: () => this.sock?.write(encodeStreamFrame(T.RESET, rid)),
-      closed: () => this.streams.delete(rid),
-    }, RELAY_WINDOW_BYTES);
+    const s = new CreditStream(framedIO((b) => this.sock?.write(b), T, rid, () => this.streams.delete(rid)), RELAY_WINDOW_BYTES);
     this.streams.set(rid, s);
     return s;
   }
@@ -285,10 +279,4 @@ export class ServerConn extends EventEmitter {
   rendezvous(body: Record<string, unknown>): boolean {
     return this.sendControl(T.RENDEZVOUS, body);
   }
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.allocUnsafe(4);
-  b.writeUInt32BE(n >>> 0);
-  return b;
 }

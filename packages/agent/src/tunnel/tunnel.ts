@@ -52,7 +52,6 @@ export interface DirectPaths {
 
 export class Peer {
   readonly node: string;
-  key: Buffer | undefined;
   readonly relays = new Set<Link>();
   direct: Link | undefined;
   relayPending: Promise<Link> | undefined;
@@ -73,6 +72,8 @@ export class Tunnel {
   readonly peers = new Map<string, Peer>();
   direct: DirectPaths | undefined;
   private stopped = false;
+  /** Nodes in the last cluster snapshot seen (onSnapshot), to notice the ones that leave. */
+  private knownNodes = new Set<string>();
   readonly m: {
     streams: Counter; bytes: Counter; served: Counter; servers: Gauge; peers: Gauge; links: Counter; failovers: Counter;
   };
@@ -110,6 +111,7 @@ export class Tunnel {
   }
 
   async start(): Promise<void> {
+    this.knownNodes = new Set(this.opts.snapshot().nodes.keys());
     for (const s of this.servers) {
       s.on('incoming', (from: string, key: Buffer, raw: CreditStream) => void this.onIncomingRelay(from, key, raw));
       s.on('rendezvous', (m: Record<string, unknown>) => this.direct?.onRendezvous(s, m));
@@ -151,15 +153,14 @@ export class Tunnel {
     try {
       const link = await Link.establish(raw, false, this.opts.keyPair, key, 'relay', from, null, this.initLink);
       if (this.stopped) return link.close();
-      this.addRelay(from, key, link, 'in');
+      this.addRelay(from, link, 'in');
     } catch (e) {
       this.log.warn({ peer: from, err: (e as Error).message }, 'incoming relay link failed');
     }
   }
 
-  private addRelay(node: string, key: Buffer, link: Link, side: 'in' | 'out'): void {
+  private addRelay(node: string, link: Link, side: 'in' | 'out'): void {
     const p = this.peer(node);
-    p.key = key;
     p.relays.add(link);
     this.watch(link, side);
     link.on('close', () => p.relays.delete(link));
@@ -186,6 +187,15 @@ export class Tunnel {
     this.peers.delete(node);
     p.direct?.close();
     for (const l of p.relays) l.close();
+  }
+
+  /** Follows the cluster: a node that left the snapshot has its links and path state dropped (forget). */
+  onSnapshot(snap: Snapshot): void {
+    for (const node of departedNodes(this.knownNodes, snap.nodes)) {
+      if (this.peers.has(node)) this.log.info({ peer: node }, 'node left the cluster, dropping its links');
+      this.forget(node);
+    }
+    this.knownNodes = new Set(snap.nodes.keys());
   }
 
   /** The direct path to `node` stopped answering: drop it, new streams go to the relay. */
@@ -228,14 +238,21 @@ export class Tunnel {
         errors.push(`${s.address}: not connected`);
         continue;
       }
+      let link: Link;
       try {
         const { key, stream } = await s.openRelay(p.node);
-        const link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
-        this.addRelay(p.node, key, link, 'out');
-        return link;
+        link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
       } catch (e) {
         errors.push((e as Error).message);
+        continue;
       }
+      // Forgotten (the node left the cluster) or stopped while the link was being made: do not bring it back.
+      if (this.stopped || this.peers.get(p.node) !== p) {
+        link.close();
+        throw new DialError('unreachable', `node ${p.node} was forgotten while its link was being set up`);
+      }
+      this.addRelay(p.node, link, 'out');
+      return link;
     }
     throw new DialError('unreachable', `no path to node ${p.node}: ${errors.join('; ') || 'no servers'}`);
   }
@@ -305,6 +322,14 @@ export class Tunnel {
       peers: this.peerStatus(),
     };
   }
+}
+
+/** Nodes in `prev` that `next` no longer has. Only a departure counts: a snapshot that never listed a node (a
+ *  source without Node objects) forgets nothing. */
+export function departedNodes(prev: Iterable<string>, next: ReadonlyMap<string, unknown>): string[] {
+  const out: string[] = [];
+  for (const n of prev) if (!next.has(n)) out.push(n);
+  return out;
 }
 
 function raceAbort<T>(p: Promise<T>, sig: AbortSignal): Promise<T> {

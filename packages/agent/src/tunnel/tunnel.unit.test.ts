@@ -9,6 +9,7 @@ import { DatagramDecoder, encodeDatagram } from './datagram.ts';
 import { CreditStream } from './credit.ts';
 import { loadOrCreateKeyPair, KEY_FILE } from './keys.ts';
 import { parseHeader } from './mux.ts';
+import { departedNodes } from './tunnel.ts';
 import type { Snapshot } from '../cluster/types.ts';
 
 const snap: Snapshot = {
@@ -69,14 +70,29 @@ test('CreditStream grants credit as its reader consumes', async () => {
   const s = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 4000);
   s.onData(Buffer.alloc(1500));
   assert.deepEqual(credits, [1500]);
-  s.pause();
-  s.onData(Buffer.alloc(100_000));
+  s.destroy();
+  // A window larger than the readable buffer: a reader that stops holds the credit back until it reads again.
+  const slow = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 400_000);
+  slow.pause();
+  slow.onData(Buffer.alloc(100_000));
   const before = credits.length;
-  s.read();
-  s.resume();
+  slow.read();
+  slow.resume();
   await new Promise((r) => setImmediate(r));
   assert.ok(credits.length > before);
-  s.destroy();
+  slow.destroy();
+});
+
+test('CreditStream resets a stream whose peer sends beyond the credit it was granted (bounded buffering)', () => {
+  let resets = 0;
+  const s = new CreditStream({ data: () => {}, credit: () => {}, end: () => {}, reset: () => { resets++; }, closed: () => {} }, 400_000);
+  s.on('error', () => {});
+  s.pause();
+  s.onData(Buffer.alloc(300_000));
+  assert.equal(s.destroyed, false, 'within the window');
+  s.onData(Buffer.alloc(100_001));
+  assert.equal(s.destroyed, true);
+  assert.equal(resets, 1, 'the peer is told');
 });
 
 test('the node key is created once with mode 0600 and reloaded', () => {
@@ -104,4 +120,41 @@ test('a link dying under an abandoned stream (no error listener) does not throw'
   s.onReset();
   await new Promise((r) => setImmediate(r));
   assert.equal(s.destroyed, true);
+});
+
+test('departedNodes: only nodes that were listed and are gone', () => {
+  const next = new Map([['a', 1], ['c', 1]]);
+  assert.deepEqual(departedNodes(['a', 'b'], next), ['b']);
+  assert.deepEqual(departedNodes([], next), []);
+  assert.deepEqual(departedNodes(['a', 'c'], next), []);
+});
+
+test('a stream accepted after its link died is closed at once (the local socket it is spliced to is released)', async () => {
+  const { Mux, M } = await import('./mux.ts');
+  const { encodeStreamFrame } = await import('@edgemesh/common/tunnel/frame');
+  const m = new Mux(() => {}, true);
+  let accept: (() => CreditStream) | undefined;
+  m.onIncoming = (_h, a) => { accept = a; };
+  m.push(encodeStreamFrame(M.OPEN, 2, Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }))));
+  assert.ok(accept, 'incoming stream offered');
+  m.close(new Error('path died'));
+  const s = accept();
+  const closed = new Promise((r) => s.on('close', r));
+  assert.equal(s.destroyed, true);
+  await closed;
+});
+
+test('streams the peer opens count against the per-link limit, also while their dial is under way', async () => {
+  const { Mux, M, MAX_STREAMS_PER_LINK } = await import('./mux.ts');
+  const { encodeStreamFrame, FrameDecoder } = await import('@edgemesh/common/tunnel/frame');
+  const out = new FrameDecoder();
+  const answers: number[] = [];
+  const m = new Mux((b) => { for (const f of out.push(b)) answers.push(f.type); }, true);
+  let offered = 0;
+  m.onIncoming = () => { offered++; }; // never answered: every dial hangs
+  const header = Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }));
+  for (let i = 0; i <= MAX_STREAMS_PER_LINK; i++) m.push(encodeStreamFrame(M.OPEN, 2 + 2 * i, header));
+  assert.equal(offered, MAX_STREAMS_PER_LINK);
+  assert.deepEqual(answers, [M.ERR]);
+  m.close();
 });

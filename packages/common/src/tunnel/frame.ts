@@ -30,7 +30,8 @@ export interface Frame { type: number; payload: Buffer }
 /** Incremental decoder: push chunks, get whole frames. Throws FrameError on an oversized frame. */
 export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
-  private readonly max: number;
+  /** Largest payload accepted; may be raised once the peer is authenticated. */
+  max: number;
   constructor(max = MAX_FRAME_BYTES) {
     this.max = max;
   }

@@ -4,6 +4,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { isIPv4 } from 'node:net';
+import { safeEqual } from './auth.ts';
 
 export const STUN_HEADER_BYTES = 20;
 export const MAGIC_COOKIE = 0x2112a442;
@@ -150,7 +151,7 @@ export function decodeStun(b: Buffer, key?: Buffer): StunMessage | undefined {
       if (key) {
         const hdr = Buffer.from(b.subarray(0, off));
         hdr.writeUInt16BE(off - STUN_HEADER_BYTES + 4 + MI_BYTES, 2);
-        msg.integrity = createHmac('sha1', key).update(hdr).digest().equals(v);
+        msg.integrity = safeEqual(createHmac('sha1', key).update(hdr).digest(), v);
       }
     } else if (at === ATTR_XOR_MAPPED_ADDRESS) {
       msg.mapped = parseXorAddress(v, txid);
