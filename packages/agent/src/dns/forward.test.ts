@@ -1,8 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import dnsPacket from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import { ConfigError } from '@edgemesh/common/config';
-import { ageRecords, cacheTtl, chooseUpstreams, MAX_NEGATIVE_TTL_S, parseResolvConf, parseUpstream } from './forward.ts';
+import { silentLogger } from '@edgemesh/common/log';
+import { ageRecords, cacheTtl, Forwarder, chooseUpstreams, MAX_NEGATIVE_TTL_S, parseResolvConf, parseUpstream } from './forward.ts';
 
 test('parseUpstream: ip, ip:port, [v6]:port, bare v6; bad input names the key', () => {
   assert.deepEqual(parseUpstream('1.1.1.1'), { host: '1.1.1.1', port: 53, key: '1.1.1.1:53' });
@@ -36,4 +38,13 @@ test('cacheTtl: min TTL of answers, SOA-bounded negative caching, errors never c
   assert.equal(cacheTtl(2, [a(300)], []), 0);
   assert.deepEqual(ageRecords([a(10)], 4).map((r) => (r as { ttl: number }).ttl), [6]);
   assert.deepEqual(ageRecords([a(3)], 4).map((r) => (r as { ttl: number }).ttl), [0]);
+});
+
+test('an upstream the kernel refuses to connect to (EACCES on broadcast) is a failed upstream, not a crash', async () => {
+  const outcomes: string[] = [];
+  const fw = new Forwarder({ upstreams: [parseUpstream('255.255.255.255:53')], timeoutMs: 1000, log: silentLogger, hooks: { onUpstream: (_u, _s, o) => outcomes.push(o) } });
+  const questionBytes = dnsPacket.encode({ questions: [{ name: 'example.org', type: 'A', class: 'IN' }] }).subarray(12);
+  const a = await fw.resolve({ questionBytes, name: 'example.org', type: 'A', class: 'IN', do: false, cd: false });
+  assert.equal(a.rcode, 2); // SERVFAIL
+  assert.deepEqual(outcomes, ['error']);
 });

@@ -188,7 +188,10 @@ function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
     });
     // A connected socket: the kernel drops datagrams from anyone but the upstream, and an ICMP port-unreachable
     // surfaces as ECONNREFUSED at once instead of a timeout.
-    sock.connect(up.port, up.host, () => {
+    // A failed connect (EACCES, ENETUNREACH, EMFILE on bind) comes to this callback, not to 'error'.
+    sock.connect(up.port, up.host, (err?: Error) => {
+      if (err) return done(new UpstreamError('error', `${up.key}: ${err.message}`));
+      if (finished) return;
       sock.send(buildQuery(id, fq), (e) => { if (e) done(new UpstreamError('error', `${up.key}: ${e.message}`)); });
     });
   });
