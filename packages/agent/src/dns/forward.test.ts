@@ -1,5 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
 import dnsPacket from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import { ConfigError } from '@edgemesh/common/config';
@@ -47,4 +48,20 @@ test('an upstream the kernel refuses to connect to (EACCES on broadcast) is a fa
   const a = await fw.resolve({ questionBytes, name: 'example.org', type: 'A', class: 'IN', do: false, cd: false });
   assert.equal(a.rcode, 2); // SERVFAIL
   assert.deepEqual(outcomes, ['error']);
+});
+
+test('distinct questions waiting on upstreams are capped: beyond the cap SERVFAIL at once, no new upstream socket', async () => {
+  const silent = createSocket('udp4'); // an upstream that never answers
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', () => r()));
+  try {
+    const fw = new Forwarder({ upstreams: [parseUpstream(`127.0.0.1:${silent.address().port}`)], timeoutMs: 300, maxInflight: 2, log: silentLogger });
+    const ask = (name: string) => fw.resolve({ questionBytes: dnsPacket.encode({ questions: [{ name, type: 'A', class: 'IN' }] }).subarray(12), name, type: 'A', class: 'IN', do: false, cd: false });
+    const waiting = [ask('a.example'), ask('b.example'), ask('a.example')]; // the repeat joins the first
+    const third = await ask('c.example');
+    assert.equal(third.rcode, 2);
+    assert.equal(fw.upstreamQueries, 2);
+    for (const a of await Promise.all(waiting)) assert.equal(a.rcode, 2); // timed out
+  } finally {
+    silent.close();
+  }
 });

@@ -22,6 +22,9 @@ export const MAX_CACHE_TTL_S = 3600;
 /** Negative answers (NXDOMAIN/NODATA) are cached at most this long (RFC 2308 recommends 1-3 hours max; we are a stub cache). */
 export const MAX_NEGATIVE_TTL_S = 300;
 export const CACHE_MAX_ENTRIES = 10_000;
+/** Distinct questions waiting on upstreams at once (each holds a socket for up to a timeout per upstream); beyond
+ *  this a new question gets SERVFAIL at once, so a flood of random names cannot exhaust file descriptors. */
+export const MAX_INFLIGHT_QUESTIONS = 1000;
 
 export interface Upstream {
   readonly host: string;
@@ -235,6 +238,7 @@ export interface ForwarderOptions {
   upstreams: readonly Upstream[];
   timeoutMs?: number;
   cacheMax?: number;
+  maxInflight?: number;
   log: Logger;
   hooks?: ForwarderHooks;
   now?: () => number;
@@ -245,6 +249,7 @@ export class Forwarder {
   /** Upstream queries sent (UDP and TCP), for tests and status. */
   upstreamQueries = 0;
   private readonly timeoutMs: number;
+  private readonly maxInflight: number;
   private readonly cache: LRUCache<string, ForwardAnswer>;
   private readonly inflight = new Map<string, Promise<ForwardAnswer>>();
   private readonly downUntil = new Map<string, number>();
@@ -255,6 +260,7 @@ export class Forwarder {
   constructor(opts: ForwarderOptions) {
     this.upstreams = opts.upstreams;
     this.timeoutMs = opts.timeoutMs ?? UPSTREAM_TIMEOUT_MS;
+    this.maxInflight = opts.maxInflight ?? MAX_INFLIGHT_QUESTIONS;
     this.cache = new LRUCache({ max: opts.cacheMax ?? CACHE_MAX_ENTRIES });
     this.log = opts.log;
     this.hooks = opts.hooks ?? {};
@@ -279,6 +285,7 @@ export class Forwarder {
     this.hooks.onCache?.(false);
     let p = this.inflight.get(key);
     if (!p) {
+      if (this.inflight.size >= this.maxInflight) return Promise.resolve(this.failure(2));
       p = this.ask(fq).then((a) => {
         if (a.expiresAt > 0) this.cache.set(key, a);
         return a;
@@ -329,6 +336,11 @@ export class Forwarder {
       }
     }
     const rcode = last ? (last.flags ?? 0) & 0xf : 2;
-    return { rcode: rcode === 5 || rcode === 4 || rcode === 1 ? 2 : rcode, ad: false, answers: [], authorities: [], additionals: [], fetchedAt: this.now(), expiresAt: 0 };
+    return this.failure(rcode === 5 || rcode === 4 || rcode === 1 ? 2 : rcode);
+  }
+
+  /** An empty, uncached answer with this rcode. */
+  private failure(rcode: number): ForwardAnswer {
+    return { rcode, ad: false, answers: [], authorities: [], additionals: [], fetchedAt: this.now(), expiresAt: 0 };
   }
 }
