@@ -11,6 +11,7 @@ import type { Answer, SoaAnswer } from 'dns-packet';
 import { LRUCache } from 'lru-cache';
 import { ConfigError } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
+import { normName } from './answer.ts';
 import { EDNS_UDP_SIZE } from './wire.ts';
 
 /** How long one upstream gets to answer before the next is tried. */
@@ -153,8 +154,6 @@ function buildQuery(id: number, fq: ForwardQuestion): Buffer {
   return b;
 }
 
-/** Name as a comparison key: lower case, no trailing dot (the root is ''). */
-const normQ = (n: string) => n.toLowerCase().replace(/\.$/, '');
 
 /** Validates an upstream response against our query: ID, QR, and the same question (case-insensitive). */
 function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.DecodedPacket | undefined {
@@ -166,7 +165,7 @@ function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.
     return undefined;
   }
   const q = p.questions?.[0];
-  if (!q || normQ(q.name) !== normQ(fq.name) || String(q.type) !== fq.type) return undefined;
+  if (!q || normName(q.name) !== normName(fq.name) || String(q.type) !== fq.type) return undefined;
   return p;
 }
 
@@ -268,7 +267,7 @@ export class Forwarder {
   }
 
   static cacheKey(fq: ForwardQuestion): string {
-    return `${normQ(fq.name)}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
+    return `${normName(fq.name)}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
   }
 
   /** Answers from the cache, or asks the upstreams (one query for identical concurrent questions). Never rejects. */

@@ -6,7 +6,7 @@ import dnsPacket from 'dns-packet';
 import type { Answer, RecordType } from 'dns-packet';
 import { LRUCache } from 'lru-cache';
 import type { ServiceIPTable, Snapshot } from '../cluster/types.ts';
-import { answerCluster, RCODE, type ClusterResult, type ZoneView } from './answer.ts';
+import { answerCluster, normDomain, RCODE, type ClusterResult, type ZoneView } from './answer.ts';
 import { ageRecords, type Forwarder, type ForwardQuestion } from './forward.ts';
 import { noMetrics, type DnsMetrics } from './metrics.ts';
 import { encodeReply, errorReply, maxReplySize, parseQuery, patchReply, type ParsedQuery, type Reply } from './wire.ts';
@@ -55,7 +55,7 @@ export class DnsHandler {
 
   constructor(opts: HandlerOptions) {
     this.opts = opts;
-    this.domain = opts.domain.toLowerCase().replace(/^\.+|\.+$/g, '');
+    this.domain = normDomain(opts.domain);
     this.metrics = opts.metrics ?? noMetrics;
     this.fast = new LRUCache({ max: opts.fastCacheMax ?? FAST_CACHE_MAX });
     this.now = opts.now ?? Date.now;
