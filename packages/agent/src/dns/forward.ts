@@ -169,54 +169,69 @@ function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.
   return p;
 }
 
-function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
+type Settle = (err?: Error, p?: dnsPacket.DecodedPacket) => void;
+
+interface Exchange {
+  /** Settles with the answer, or with an error when `err` is given. */
+  settle: Settle;
+  /** Settles with an upstream error. */
+  fail: (message: string) => void;
+  /** True once settled (the socket is released then). */
+  settled: () => boolean;
+}
+
+/**
+ * One query to one upstream on a fresh socket: `open` creates the socket, wires its events to the Exchange and
+ * returns the function that releases it. Settles once (answer, error or timeout) and always releases the socket.
+ */
+function exchange(up: Upstream, transport: string, timeoutMs: number, open: (x: Exchange) => () => void): Promise<dnsPacket.DecodedPacket> {
   return new Promise((resolve, reject) => {
-    const id = randomInt(0, 65536);
-    const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
     let finished = false;
-    const done = (err?: Error, p?: dnsPacket.DecodedPacket) => {
+    let release: (() => void) | undefined;
+    const settle: Settle = (err, p) => {
       if (finished) return;
       finished = true;
       clearTimeout(timer);
-      sock.close();
+      release?.();
       if (err) reject(err);
       else resolve(p!);
     };
-    const timer = setTimeout(() => done(new UpstreamError('timeout', `${up.key}: no answer in ${timeoutMs} ms`)), timeoutMs);
-    sock.on('error', (e) => done(new UpstreamError('error', `${up.key}: ${e.message}`)));
+    const label = `${up.key} (${transport})`;
+    const timer = setTimeout(() => settle(new UpstreamError('timeout', `${label}: no answer in ${timeoutMs} ms`)), timeoutMs);
+    release = open({ settle, fail: (m) => settle(new UpstreamError('error', `${label}: ${m}`)), settled: () => finished });
+    if (finished) release();
+  });
+}
+
+function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
+  return exchange(up, 'udp', timeoutMs, ({ settle, fail, settled }) => {
+    const id = randomInt(0, 65536);
+    const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
+    sock.on('error', (e) => fail(e.message));
     sock.on('message', (msg) => {
       const p = checkResponse(msg, id, fq);
-      if (p) done(undefined, p);
+      if (p) settle(undefined, p);
     });
     // A connected socket: the kernel drops datagrams from anyone but the upstream, and an ICMP port-unreachable
     // surfaces as ECONNREFUSED at once instead of a timeout.
     // A failed connect (EACCES, ENETUNREACH, EMFILE on bind) comes to this callback, not to 'error'.
     sock.connect(up.port, up.host, (err?: Error) => {
-      if (err) return done(new UpstreamError('error', `${up.key}: ${err.message}`));
-      if (finished) return;
-      sock.send(buildQuery(id, fq), (e) => { if (e) done(new UpstreamError('error', `${up.key}: ${e.message}`)); });
+      if (err) return fail(err.message);
+      if (settled()) return;
+      sock.send(buildQuery(id, fq), (e) => { if (e) fail(e.message); });
     });
+    return () => sock.close();
   });
 }
 
 function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
-  return new Promise((resolve, reject) => {
+  return exchange(up, 'tcp', timeoutMs, ({ settle, fail }) => {
     const id = randomInt(0, 65536);
     const q = buildQuery(id, fq);
     const sock = connect({ host: up.host, port: up.port });
     let buf = Buffer.alloc(0);
-    let finished = false;
-    const done = (err?: Error, p?: dnsPacket.DecodedPacket) => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(timer);
-      sock.destroy();
-      if (err) reject(err);
-      else resolve(p!);
-    };
-    const timer = setTimeout(() => done(new UpstreamError('timeout', `${up.key}: no TCP answer in ${timeoutMs} ms`)), timeoutMs);
-    sock.on('error', (e) => done(new UpstreamError('error', `${up.key} (tcp): ${e.message}`)));
-    sock.on('close', () => done(new UpstreamError('error', `${up.key} (tcp): closed before answering`)));
+    sock.on('error', (e) => fail(e.message));
+    sock.on('close', () => fail('closed before answering'));
     sock.on('connect', () => {
       const len = Buffer.allocUnsafe(2);
       len.writeUInt16BE(q.length);
@@ -228,8 +243,10 @@ function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
       const n = buf.readUInt16BE(0);
       if (buf.length < 2 + n) return;
       const p = checkResponse(buf.subarray(2, 2 + n), id, fq);
-      done(p ? undefined : new UpstreamError('error', `${up.key} (tcp): bad response`), p);
+      if (p) settle(undefined, p);
+      else fail('bad response');
     });
+    return () => sock.destroy();
   });
 }
 
