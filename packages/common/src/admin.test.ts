@@ -18,3 +18,18 @@ test('admin: a server error after listening (EMFILE on accept) is logged, not an
     await admin.close();
   }
 });
+
+test('admin: a readiness check that throws counts as failing (/readyz 503 naming it), not an uncaught exception', async () => {
+  const admin = new AdminServer({ listen: '127.0.0.1:0', registry: createRegistry('t2_'), status: () => ({}), log: silentLogger });
+  admin.addCheck('fine', () => true);
+  admin.addCheck('broken', () => { throw new Error('module bug'); });
+  const { host, port } = await admin.start();
+  try {
+    assert.deepEqual(admin.ready(), { ok: false, failing: ['broken'] });
+    const res = await fetch(`http://${host}:${port}/readyz`);
+    assert.equal(res.status, 503);
+    assert.equal(await res.text(), 'not ready: broken\n');
+  } finally {
+    await admin.close();
+  }
+});

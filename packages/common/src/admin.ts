@@ -40,8 +40,16 @@ export class AdminServer {
     this.checks.set(name, check);
   }
 
+  /** A check that throws counts as failing (a module's bug must not crash the process from an HTTP request). */
   ready(): { ok: boolean; failing: string[] } {
-    const failing = [...this.checks].filter(([, c]) => !c()).map(([n]) => n);
+    const passes = (c: ReadyCheck) => {
+      try {
+        return c();
+      } catch {
+        return false;
+      }
+    };
+    const failing = [...this.checks].filter(([, c]) => !passes(c)).map(([n]) => n);
     return { ok: failing.length === 0, failing };
   }
 
