@@ -65,3 +65,30 @@ test('distinct questions waiting on upstreams are capped: beyond the cap SERVFAI
     silent.close();
   }
 });
+
+test('close(): a question waiting on a silent upstream gets SERVFAIL at once and its socket is released', async () => {
+  const silent = createSocket('udp4');
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', () => r()));
+  const udpHandles = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap').length;
+  const settled = async (n: number) => {
+    const deadline = Date.now() + 5000;
+    while (udpHandles() !== n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return udpHandles();
+  };
+  try {
+    const before = await settled(1); // only `silent` (earlier tests' sockets have finished closing)
+    assert.equal(before, 1);
+    const fw = new Forwarder({ upstreams: [parseUpstream(`127.0.0.1:${silent.address().port}`)], timeoutMs: 60_000, log: silentLogger });
+    const ask = (name: string) => fw.resolve({ questionBytes: dnsPacket.encode({ questions: [{ name, type: 'A', class: 'IN' }] }).subarray(12), name, type: 'A', class: 'IN', do: false, cd: false });
+    const waiting = ask('a.example');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(udpHandles(), before + 1);
+    fw.close();
+    assert.equal((await waiting).rcode, 2);
+    assert.equal((await ask('b.example')).rcode, 2);
+    assert.equal(fw.upstreamQueries, 1);
+    assert.equal(await settled(before), before);
+  } finally {
+    silent.close();
+  }
+});

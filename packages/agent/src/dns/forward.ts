@@ -184,27 +184,31 @@ interface Exchange {
  * One query to one upstream on a fresh socket: `open` creates the socket, wires its events to the Exchange and
  * returns the function that releases it. Settles once (answer, error or timeout) and always releases the socket.
  */
-function exchange(up: Upstream, transport: string, timeoutMs: number, open: (x: Exchange) => () => void): Promise<dnsPacket.DecodedPacket> {
+function exchange(up: Upstream, transport: string, timeoutMs: number, signal: AbortSignal, open: (x: Exchange) => () => void): Promise<dnsPacket.DecodedPacket> {
   return new Promise((resolve, reject) => {
+    const label = `${up.key} (${transport})`;
+    if (signal.aborted) return reject(new UpstreamError('error', `${label}: forwarder closed`));
     let finished = false;
     let release: (() => void) | undefined;
     const settle: Settle = (err, p) => {
       if (finished) return;
       finished = true;
       clearTimeout(timer);
+      signal.removeEventListener('abort', onClose);
       release?.();
       if (err) reject(err);
       else resolve(p!);
     };
-    const label = `${up.key} (${transport})`;
+    const onClose = () => settle(new UpstreamError('error', `${label}: forwarder closed`));
+    signal.addEventListener('abort', onClose, { once: true });
     const timer = setTimeout(() => settle(new UpstreamError('timeout', `${label}: no answer in ${timeoutMs} ms`)), timeoutMs);
     release = open({ settle, fail: (m) => settle(new UpstreamError('error', `${label}: ${m}`)), settled: () => finished });
     if (finished) release();
   });
 }
 
-function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
-  return exchange(up, 'udp', timeoutMs, ({ settle, fail, settled }) => {
+function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number, signal: AbortSignal): Promise<dnsPacket.DecodedPacket> {
+  return exchange(up, 'udp', timeoutMs, signal, ({ settle, fail, settled }) => {
     const id = randomInt(0, 65536);
     const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
     sock.on('error', (e) => fail(e.message));
@@ -224,8 +228,8 @@ function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
   });
 }
 
-function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
-  return exchange(up, 'tcp', timeoutMs, ({ settle, fail }) => {
+function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number, signal: AbortSignal): Promise<dnsPacket.DecodedPacket> {
+  return exchange(up, 'tcp', timeoutMs, signal, ({ settle, fail }) => {
     const id = randomInt(0, 65536);
     const q = buildQuery(id, fq);
     const sock = connect({ host: up.host, port: up.port });
@@ -269,6 +273,8 @@ export class Forwarder {
   private readonly cache: LRUCache<string, ForwardAnswer>;
   private readonly inflight = new Map<string, Promise<ForwardAnswer>>();
   private readonly downUntil = new Map<string, number>();
+  /** Aborted by close(): in-flight upstream queries release their sockets and timers at once. */
+  private readonly closed = new AbortController();
   private readonly log: Logger;
   private readonly hooks: ForwarderHooks;
   private readonly now: () => number;
@@ -301,7 +307,7 @@ export class Forwarder {
     this.hooks.onCache?.(false);
     let p = this.inflight.get(key);
     if (!p) {
-      if (this.inflight.size >= this.maxInflight) return Promise.resolve(this.failure(2));
+      if (this.inflight.size >= this.maxInflight || this.closed.signal.aborted) return Promise.resolve(this.failure(2));
       p = this.ask(fq).then((a) => {
         if (a.expiresAt > 0) this.cache.set(key, a);
         return a;
@@ -309,6 +315,11 @@ export class Forwarder {
       this.inflight.set(key, p);
     }
     return p;
+  }
+
+  /** Stops forwarding: questions waiting on upstreams get SERVFAIL now, later ones at once; no socket stays open. */
+  close(): void {
+    this.closed.abort();
   }
 
   /** Healthy upstreams first (configured order), then the ones in penalty. */
@@ -321,13 +332,14 @@ export class Forwarder {
   private async ask(fq: ForwardQuestion): Promise<ForwardAnswer> {
     let last: dnsPacket.DecodedPacket | undefined;
     for (const up of this.order()) {
+      if (this.closed.signal.aborted) break;
       const t0 = performance.now();
       try {
         this.upstreamQueries++;
-        let p = await udpExchange(up, fq, this.timeoutMs);
+        let p = await udpExchange(up, fq, this.timeoutMs, this.closed.signal);
         if (p.flag_tc) {
           this.upstreamQueries++;
-          p = await tcpExchange(up, fq, this.timeoutMs);
+          p = await tcpExchange(up, fq, this.timeoutMs, this.closed.signal);
         }
         const rcode = (p.flags ?? 0) & 0xf;
         this.downUntil.delete(up.key);

@@ -78,6 +78,7 @@ export async function startDns(d: DnsDeps): Promise<DnsHandle> {
   return {
     server, handler, forwarder, address,
     async stop() {
+      forwarder.close();
       await server.close();
       await lease.release();
     },
