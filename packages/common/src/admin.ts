@@ -40,8 +40,16 @@ export class AdminServer {
     this.checks.set(name, check);
   }
 
+  /** A check that throws counts as failing (a module's bug must not crash the process from an HTTP request). */
   ready(): { ok: boolean; failing: string[] } {
-    const failing = [...this.checks].filter(([, c]) => !c()).map(([n]) => n);
+    const passes = (c: ReadyCheck) => {
+      try {
+        return c();
+      } catch {
+        return false;
+      }
+    };
+    const failing = [...this.checks].filter(([, c]) => !passes(c)).map(([n]) => n);
     return { ok: failing.length === 0, failing };
   }
 
@@ -82,9 +90,15 @@ export class AdminServer {
       send(404, 'not found: try /healthz /readyz /metrics /status\n');
     });
     this.server.keepAliveTimeout = 5000;
+    const srv = this.server;
     await new Promise<void>((resolve, reject) => {
-      this.server!.once('error', reject);
-      this.server!.listen(hp.port, hp.host || undefined, () => resolve());
+      srv.once('error', reject);
+      srv.listen(hp.port, hp.host || undefined, () => {
+        srv.off('error', reject);
+        // After listening, errors (EMFILE on accept) must not become uncaught exceptions that kill the process.
+        srv.on('error', (e) => this.opts.log.warn({ err: e.message }, 'admin server error'));
+        resolve();
+      });
     });
     const addr = this.server.address();
     const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host: hp.host, port: hp.port };

@@ -120,10 +120,6 @@ export class FileSource implements ClusterSource {
   private dirIno: number | undefined;
   private dirError: string | undefined;
   private stopped = false;
-  /** Completed scans that changed the model (for tests and the bench). */
-  applied = 0;
-  /** Called after every scan that changed the model. */
-  onApplied: () => void = () => {};
 
   constructor(opts: FileSourceOptions) {
     this.opts = opts;
@@ -301,9 +297,7 @@ export class FileSource implements ClusterSource {
       }
       this.sink.replace(kind, all);
     }
-    this.applied++;
     log.debug({ kinds, files: this.files.size }, 'manifests applied');
-    this.onApplied();
   }
 }
 

@@ -174,8 +174,8 @@ class KindWatcher {
   private watch: GuardedWatch | undefined;
   private abort: AbortController | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Its attempts are the failures since the last sign of life (0 = healthy). */
   private readonly bo: Backoff;
-  private failing = false;
   private readonly src: KubeSource;
 
   constructor(src: KubeSource, spec: KindSpec) {
@@ -259,11 +259,8 @@ class KindWatcher {
   /** Proof that the API answers: resets the backoff. */
   private alive(): void {
     this.lastActivity = Date.now();
+    if (this.bo.attempts > 0) this.log.info({ kind: this.spec.kind }, 'kubernetes watch recovered');
     this.bo.reset();
-    if (this.failing) {
-      this.failing = false;
-      this.log.info({ kind: this.spec.kind }, 'kubernetes watch recovered');
-    }
   }
 
   private onError(inf: ListWatch<KubernetesObject>, err: unknown): void {
@@ -299,13 +296,13 @@ class KindWatcher {
   }
 
   private scheduleRestart(fresh: boolean, reason: string): void {
+    const first = this.bo.attempts === 0;
     const delay = this.bo.next();
     this.restarts++;
     this.src.restarts?.inc({ kind: this.spec.kind, reason: fresh ? 'watchdog' : 'error' });
     const fields = { kind: this.spec.kind, reason, retryInMs: delay, attempt: this.bo.attempts };
-    if (!this.failing) this.log.warn(fields, 'kubernetes watch failed; restarting with backoff');
+    if (first) this.log.warn(fields, 'kubernetes watch failed; restarting with backoff');
     else this.log.debug(fields, 'kubernetes watch still failing');
-    this.failing = true;
     if (fresh) this.retire();
     this.state = 'backoff';
     this.timer = setTimeout(() => this.start(fresh), delay);

@@ -16,13 +16,18 @@ const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP'
 
 export class ManifestError extends Error {}
 
-/** `namespace/name` (namespace defaults to `default`, as kubectl does), or just the name for cluster-scoped Nodes. */
-export function objectKey(obj: RawObject, kind: ResourceKind = 'Service'): string {
+/** An object's metadata, name and namespace (default `default`, as kubectl does). Throws when the name is missing. */
+function meta(obj: RawObject, kind: ResourceKind): { md: Obj; name: string; namespace: string } {
   const md = asObj(obj.metadata);
   const name = asStr(md.name);
-  if (!name) throw new ManifestError('metadata.name is missing');
-  if (kind === 'Node') return name;
-  return `${asStr(md.namespace) ?? 'default'}/${name}`;
+  if (!name) throw new ManifestError(`${kind} without metadata.name`);
+  return { md, name, namespace: asStr(md.namespace) ?? 'default' };
+}
+
+/** `namespace/name`, or just the name for cluster-scoped Nodes. */
+export function objectKey(obj: RawObject, kind: ResourceKind = 'Service'): string {
+  const { name, namespace } = meta(obj, kind);
+  return kind === 'Node' ? name : `${namespace}/${name}`;
 }
 
 export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule'];
@@ -40,10 +45,7 @@ export function isOptedOut(s: Service): boolean {
 
 /** Normalises any Service, opted out or not. Throws ManifestError when malformed. */
 export function normalizeServiceObject(obj: RawObject): Service {
-  const md = asObj(obj.metadata);
-  const name = asStr(md.name);
-  if (!name) throw new ManifestError('Service without metadata.name');
-  const namespace = asStr(md.namespace) ?? 'default';
+  const { md, name, namespace } = meta(obj, 'Service');
   const labels = asStrMap(md.labels);
   const spec = asObj(obj.spec);
   const type = (['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const).find((t) => t === spec.type) ?? 'ClusterIP';
@@ -91,10 +93,7 @@ export interface NormalizedSlice {
 
 /** Normalises an EndpointSlice. Slices without the service-name label are not tied to any Service (undefined). */
 export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
-  const md = asObj(obj.metadata);
-  const name = asStr(md.name);
-  if (!name) throw new ManifestError('EndpointSlice without metadata.name');
-  const namespace = asStr(md.namespace) ?? 'default';
+  const { md, name, namespace } = meta(obj, 'EndpointSlice');
   const svc = asStrMap(md.labels)[SERVICE_NAME_LABEL];
   if (!svc) return undefined;
   const addressType = obj.addressType === 'IPv6' ? 'IPv6' : obj.addressType === 'FQDN' ? undefined : 'IPv4';
@@ -133,9 +132,7 @@ export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
 }
 
 export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): NodeInfo {
-  const md = asObj(obj.metadata);
-  const name = asStr(md.name);
-  if (!name) throw new ManifestError('Node without metadata.name');
+  const { md, name } = meta(obj, 'Node');
   const labels = asStrMap(md.labels);
   const group = groupOf(labels, groupLabels);
   const addresses = asArr(asObj(obj.status).addresses).map((a) => asStr(asObj(a).address)).filter((s): s is string => !!s);
@@ -152,10 +149,7 @@ export function groupOf(labels: Readonly<Record<string, string>>, groupLabels: r
 }
 
 export function normalizeDestinationRule(obj: RawObject): DestinationRule {
-  const md = asObj(obj.metadata);
-  const name = asStr(md.name);
-  if (!name) throw new ManifestError('DestinationRule without metadata.name');
-  const namespace = asStr(md.namespace) ?? 'default';
+  const { name, namespace } = meta(obj, 'DestinationRule');
   const spec = asObj(obj.spec);
   const host = asStr(spec.host);
   if (!host) throw new ManifestError(`DestinationRule ${namespace}/${name}: spec.host is missing`);

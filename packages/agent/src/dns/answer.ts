@@ -39,6 +39,16 @@ export function normName(name: string): string {
   return n.endsWith('.') ? n.slice(0, -1) : n;
 }
 
+/** Normalises dns.domain: lower case, no leading or trailing dots. */
+export function normDomain(domain: string): string {
+  return domain.toLowerCase().replace(/^\.+|\.+$/g, '');
+}
+
+/** A Service's DNS name, `<name>.<namespace>.svc.<domain>`, lower case. */
+function serviceName(s: Service, domain: string): string {
+  return `${s.name}.${s.namespace}.svc.${domain}`.toLowerCase();
+}
+
 /** Splits `name` into labels relative to the domain; undefined when outside it. */
 function relLabels(name: string, domain: string): string[] | undefined {
   if (name === domain) return [];
@@ -208,7 +218,7 @@ function answerSvc(z: ZoneView, rel: string[], owner: string, qtype: string): Cl
   if (rel.length === 1) return namespaceSet(z.snap).has(ns) ? nodata(z) : nxdomain(z);
   const s = findService(z.snap, ns, rel[rel.length - 2]);
   if (!s) return nxdomain(z);
-  const svcName = `${s.name}.${s.namespace}.svc.${z.domain}`.toLowerCase();
+  const svcName = serviceName(s, z.domain);
   if (!isDnsName(svcName)) return nxdomain(z); // a name from a manifest that DNS cannot carry
 
   if (rel.length === 2) {
@@ -287,7 +297,7 @@ function headlessIndex(z: ZoneView): Map<string, string[]> {
       for (const e of readyEndpoints(z.snap, s.key)) {
         for (const a of e.addresses) {
           const list = idx.get(a) ?? [];
-          list.push(`${endpointLabel(e)}.${s.name}.${s.namespace}.svc.${z.domain}`.toLowerCase());
+          list.push(`${endpointLabel(e)}.${serviceName(s, z.domain)}`);
           idx.set(a, list);
         }
       }
@@ -303,13 +313,13 @@ function answerReverse(z: ZoneView, name: string, owner: string, qtype: string, 
   const targets: string[] = [];
   const key = z.ips.serviceFor(ip);
   const s = key !== undefined ? z.snap.services.get(key) : undefined;
-  if (s) targets.push(`${s.name}.${s.namespace}.svc.${z.domain}`.toLowerCase());
+  if (s) targets.push(serviceName(s, z.domain));
   targets.push(...(headlessIndex(z).get(ip) ?? []));
   const valid = targets.filter(isDnsName); // names from manifests that DNS cannot carry are left out
   if (!valid.length) {
-    if (z.ownsIP?.(ip)) return { rcode: 'NXDOMAIN', aa: true, answers: [], authorities: [soaRecord(z)], additionals: [] };
+    if (z.ownsIP?.(ip)) return nxdomain(z);
     return undefined;
   }
-  if (qtype !== 'PTR' && qtype !== 'ANY') return { rcode: 'NOERROR', aa: true, answers: [], authorities: [soaRecord(z)], additionals: [] };
-  return { rcode: 'NOERROR', aa: true, answers: uniq(valid).map((t) => ({ name: owner, type: 'PTR', class: 'IN', ttl: z.ttl, data: t })), authorities: [], additionals: [] };
+  if (qtype !== 'PTR' && qtype !== 'ANY') return nodata(z);
+  return result(z, 'NOERROR', uniq(valid).map((t): Answer => ({ name: owner, type: 'PTR', class: 'IN', ttl: z.ttl, data: t })));
 }

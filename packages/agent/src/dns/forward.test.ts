@@ -1,8 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createSocket } from 'node:dgram';
+import dnsPacket from 'dns-packet';
 import type { Answer } from 'dns-packet';
 import { ConfigError } from '@edgemesh/common/config';
-import { ageRecords, cacheTtl, chooseUpstreams, MAX_NEGATIVE_TTL_S, parseResolvConf, parseUpstream } from './forward.ts';
+import { silentLogger } from '@edgemesh/common/log';
+import { ageRecords, cacheTtl, Forwarder, chooseUpstreams, MAX_NEGATIVE_TTL_S, parseResolvConf, parseUpstream } from './forward.ts';
 
 test('parseUpstream: ip, ip:port, [v6]:port, bare v6; bad input names the key', () => {
   assert.deepEqual(parseUpstream('1.1.1.1'), { host: '1.1.1.1', port: 53, key: '1.1.1.1:53' });
@@ -36,4 +39,56 @@ test('cacheTtl: min TTL of answers, SOA-bounded negative caching, errors never c
   assert.equal(cacheTtl(2, [a(300)], []), 0);
   assert.deepEqual(ageRecords([a(10)], 4).map((r) => (r as { ttl: number }).ttl), [6]);
   assert.deepEqual(ageRecords([a(3)], 4).map((r) => (r as { ttl: number }).ttl), [0]);
+});
+
+test('an upstream the kernel refuses to connect to (EACCES on broadcast) is a failed upstream, not a crash', async () => {
+  const outcomes: string[] = [];
+  const fw = new Forwarder({ upstreams: [parseUpstream('255.255.255.255:53')], timeoutMs: 1000, log: silentLogger, hooks: { onUpstream: (_u, _s, o) => outcomes.push(o) } });
+  const questionBytes = dnsPacket.encode({ questions: [{ name: 'example.org', type: 'A', class: 'IN' }] }).subarray(12);
+  const a = await fw.resolve({ questionBytes, name: 'example.org', type: 'A', class: 'IN', do: false, cd: false });
+  assert.equal(a.rcode, 2); // SERVFAIL
+  assert.deepEqual(outcomes, ['error']);
+});
+
+test('distinct questions waiting on upstreams are capped: beyond the cap SERVFAIL at once, no new upstream socket', async () => {
+  const silent = createSocket('udp4'); // an upstream that never answers
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', () => r()));
+  try {
+    const fw = new Forwarder({ upstreams: [parseUpstream(`127.0.0.1:${silent.address().port}`)], timeoutMs: 300, maxInflight: 2, log: silentLogger });
+    const ask = (name: string) => fw.resolve({ questionBytes: dnsPacket.encode({ questions: [{ name, type: 'A', class: 'IN' }] }).subarray(12), name, type: 'A', class: 'IN', do: false, cd: false });
+    const waiting = [ask('a.example'), ask('b.example'), ask('a.example')]; // the repeat joins the first
+    const third = await ask('c.example');
+    assert.equal(third.rcode, 2);
+    assert.equal(fw.upstreamQueries, 2);
+    for (const a of await Promise.all(waiting)) assert.equal(a.rcode, 2); // timed out
+  } finally {
+    silent.close();
+  }
+});
+
+test('close(): a question waiting on a silent upstream gets SERVFAIL at once and its socket is released', async () => {
+  const silent = createSocket('udp4');
+  await new Promise<void>((r) => silent.bind(0, '127.0.0.1', () => r()));
+  const udpHandles = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap').length;
+  const settled = async (n: number) => {
+    const deadline = Date.now() + 5000;
+    while (udpHandles() !== n && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    return udpHandles();
+  };
+  try {
+    const before = await settled(1); // only `silent` (earlier tests' sockets have finished closing)
+    assert.equal(before, 1);
+    const fw = new Forwarder({ upstreams: [parseUpstream(`127.0.0.1:${silent.address().port}`)], timeoutMs: 60_000, log: silentLogger });
+    const ask = (name: string) => fw.resolve({ questionBytes: dnsPacket.encode({ questions: [{ name, type: 'A', class: 'IN' }] }).subarray(12), name, type: 'A', class: 'IN', do: false, cd: false });
+    const waiting = ask('a.example');
+    await new Promise((r) => setImmediate(r));
+    assert.equal(udpHandles(), before + 1);
+    fw.close();
+    assert.equal((await waiting).rcode, 2);
+    assert.equal((await ask('b.example')).rcode, 2);
+    assert.equal(fw.upstreamQueries, 1);
+    assert.equal(await settled(before), before);
+  } finally {
+    silent.close();
+  }
 });

@@ -11,6 +11,7 @@ import type { Answer, SoaAnswer } from 'dns-packet';
 import { LRUCache } from 'lru-cache';
 import { ConfigError } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
+import { normName } from './answer.ts';
 import { EDNS_UDP_SIZE } from './wire.ts';
 
 /** How long one upstream gets to answer before the next is tried. */
@@ -22,6 +23,9 @@ export const MAX_CACHE_TTL_S = 3600;
 /** Negative answers (NXDOMAIN/NODATA) are cached at most this long (RFC 2308 recommends 1-3 hours max; we are a stub cache). */
 export const MAX_NEGATIVE_TTL_S = 300;
 export const CACHE_MAX_ENTRIES = 10_000;
+/** Distinct questions waiting on upstreams at once (each holds a socket for up to a timeout per upstream); beyond
+ *  this a new question gets SERVFAIL at once, so a flood of random names cannot exhaust file descriptors. */
+export const MAX_INFLIGHT_QUESTIONS = 1000;
 
 export interface Upstream {
   readonly host: string;
@@ -150,8 +154,6 @@ function buildQuery(id: number, fq: ForwardQuestion): Buffer {
   return b;
 }
 
-/** Name as a comparison key: lower case, no trailing dot (the root is ''). */
-const normQ = (n: string) => n.toLowerCase().replace(/\.$/, '');
 
 /** Validates an upstream response against our query: ID, QR, and the same question (case-insensitive). */
 function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.DecodedPacket | undefined {
@@ -163,55 +165,77 @@ function checkResponse(buf: Buffer, id: number, fq: ForwardQuestion): dnsPacket.
     return undefined;
   }
   const q = p.questions?.[0];
-  if (!q || normQ(q.name) !== normQ(fq.name) || String(q.type) !== fq.type) return undefined;
+  if (!q || normName(q.name) !== normName(fq.name) || String(q.type) !== fq.type) return undefined;
   return p;
 }
 
-function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
+type Settle = (err?: Error, p?: dnsPacket.DecodedPacket) => void;
+
+interface Exchange {
+  /** Settles with the answer, or with an error when `err` is given. */
+  settle: Settle;
+  /** Settles with an upstream error. */
+  fail: (message: string) => void;
+  /** True once settled (the socket is released then). */
+  settled: () => boolean;
+}
+
+/**
+ * One query to one upstream on a fresh socket: `open` creates the socket, wires its events to the Exchange and
+ * returns the function that releases it. Settles once (answer, error or timeout) and always releases the socket.
+ */
+function exchange(up: Upstream, transport: string, timeoutMs: number, signal: AbortSignal, open: (x: Exchange) => () => void): Promise<dnsPacket.DecodedPacket> {
   return new Promise((resolve, reject) => {
-    const id = randomInt(0, 65536);
-    const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
+    const label = `${up.key} (${transport})`;
+    if (signal.aborted) return reject(new UpstreamError('error', `${label}: forwarder closed`));
     let finished = false;
-    const done = (err?: Error, p?: dnsPacket.DecodedPacket) => {
+    let release: (() => void) | undefined;
+    const settle: Settle = (err, p) => {
       if (finished) return;
       finished = true;
       clearTimeout(timer);
-      sock.close();
+      signal.removeEventListener('abort', onClose);
+      release?.();
       if (err) reject(err);
       else resolve(p!);
     };
-    const timer = setTimeout(() => done(new UpstreamError('timeout', `${up.key}: no answer in ${timeoutMs} ms`)), timeoutMs);
-    sock.on('error', (e) => done(new UpstreamError('error', `${up.key}: ${e.message}`)));
-    sock.on('message', (msg) => {
-      const p = checkResponse(msg, id, fq);
-      if (p) done(undefined, p);
-    });
-    // A connected socket: the kernel drops datagrams from anyone but the upstream, and an ICMP port-unreachable
-    // surfaces as ECONNREFUSED at once instead of a timeout.
-    sock.connect(up.port, up.host, () => {
-      sock.send(buildQuery(id, fq), (e) => { if (e) done(new UpstreamError('error', `${up.key}: ${e.message}`)); });
-    });
+    const onClose = () => settle(new UpstreamError('error', `${label}: forwarder closed`));
+    signal.addEventListener('abort', onClose, { once: true });
+    const timer = setTimeout(() => settle(new UpstreamError('timeout', `${label}: no answer in ${timeoutMs} ms`)), timeoutMs);
+    release = open({ settle, fail: (m) => settle(new UpstreamError('error', `${label}: ${m}`)), settled: () => finished });
+    if (finished) release();
   });
 }
 
-function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Promise<dnsPacket.DecodedPacket> {
-  return new Promise((resolve, reject) => {
+function udpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number, signal: AbortSignal): Promise<dnsPacket.DecodedPacket> {
+  return exchange(up, 'udp', timeoutMs, signal, ({ settle, fail, settled }) => {
+    const id = randomInt(0, 65536);
+    const sock: UdpSocket = createSocket(up.host.includes(':') ? 'udp6' : 'udp4');
+    sock.on('error', (e) => fail(e.message));
+    sock.on('message', (msg) => {
+      const p = checkResponse(msg, id, fq);
+      if (p) settle(undefined, p);
+    });
+    // A connected socket: the kernel drops datagrams from anyone but the upstream, and an ICMP port-unreachable
+    // surfaces as ECONNREFUSED at once instead of a timeout.
+    // A failed connect (EACCES, ENETUNREACH, EMFILE on bind) comes to this callback, not to 'error'.
+    sock.connect(up.port, up.host, (err?: Error) => {
+      if (err) return fail(err.message);
+      if (settled()) return;
+      sock.send(buildQuery(id, fq), (e) => { if (e) fail(e.message); });
+    });
+    return () => sock.close();
+  });
+}
+
+function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number, signal: AbortSignal): Promise<dnsPacket.DecodedPacket> {
+  return exchange(up, 'tcp', timeoutMs, signal, ({ settle, fail }) => {
     const id = randomInt(0, 65536);
     const q = buildQuery(id, fq);
     const sock = connect({ host: up.host, port: up.port });
     let buf = Buffer.alloc(0);
-    let finished = false;
-    const done = (err?: Error, p?: dnsPacket.DecodedPacket) => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(timer);
-      sock.destroy();
-      if (err) reject(err);
-      else resolve(p!);
-    };
-    const timer = setTimeout(() => done(new UpstreamError('timeout', `${up.key}: no TCP answer in ${timeoutMs} ms`)), timeoutMs);
-    sock.on('error', (e) => done(new UpstreamError('error', `${up.key} (tcp): ${e.message}`)));
-    sock.on('close', () => done(new UpstreamError('error', `${up.key} (tcp): closed before answering`)));
+    sock.on('error', (e) => fail(e.message));
+    sock.on('close', () => fail('closed before answering'));
     sock.on('connect', () => {
       const len = Buffer.allocUnsafe(2);
       len.writeUInt16BE(q.length);
@@ -223,8 +247,10 @@ function tcpExchange(up: Upstream, fq: ForwardQuestion, timeoutMs: number): Prom
       const n = buf.readUInt16BE(0);
       if (buf.length < 2 + n) return;
       const p = checkResponse(buf.subarray(2, 2 + n), id, fq);
-      done(p ? undefined : new UpstreamError('error', `${up.key} (tcp): bad response`), p);
+      if (p) settle(undefined, p);
+      else fail('bad response');
     });
+    return () => sock.destroy();
   });
 }
 
@@ -232,6 +258,7 @@ export interface ForwarderOptions {
   upstreams: readonly Upstream[];
   timeoutMs?: number;
   cacheMax?: number;
+  maxInflight?: number;
   log: Logger;
   hooks?: ForwarderHooks;
   now?: () => number;
@@ -242,9 +269,12 @@ export class Forwarder {
   /** Upstream queries sent (UDP and TCP), for tests and status. */
   upstreamQueries = 0;
   private readonly timeoutMs: number;
+  private readonly maxInflight: number;
   private readonly cache: LRUCache<string, ForwardAnswer>;
   private readonly inflight = new Map<string, Promise<ForwardAnswer>>();
   private readonly downUntil = new Map<string, number>();
+  /** Aborted by close(): in-flight upstream queries release their sockets and timers at once. */
+  private readonly closed = new AbortController();
   private readonly log: Logger;
   private readonly hooks: ForwarderHooks;
   private readonly now: () => number;
@@ -252,6 +282,7 @@ export class Forwarder {
   constructor(opts: ForwarderOptions) {
     this.upstreams = opts.upstreams;
     this.timeoutMs = opts.timeoutMs ?? UPSTREAM_TIMEOUT_MS;
+    this.maxInflight = opts.maxInflight ?? MAX_INFLIGHT_QUESTIONS;
     this.cache = new LRUCache({ max: opts.cacheMax ?? CACHE_MAX_ENTRIES });
     this.log = opts.log;
     this.hooks = opts.hooks ?? {};
@@ -259,7 +290,7 @@ export class Forwarder {
   }
 
   static cacheKey(fq: ForwardQuestion): string {
-    return `${normQ(fq.name)}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
+    return `${normName(fq.name)}|${fq.type}|${fq.class}|${fq.do ? 1 : 0}${fq.cd ? 1 : 0}`;
   }
 
   /** Answers from the cache, or asks the upstreams (one query for identical concurrent questions). Never rejects. */
@@ -276,6 +307,7 @@ export class Forwarder {
     this.hooks.onCache?.(false);
     let p = this.inflight.get(key);
     if (!p) {
+      if (this.inflight.size >= this.maxInflight || this.closed.signal.aborted) return Promise.resolve(this.failure(2));
       p = this.ask(fq).then((a) => {
         if (a.expiresAt > 0) this.cache.set(key, a);
         return a;
@@ -283,6 +315,11 @@ export class Forwarder {
       this.inflight.set(key, p);
     }
     return p;
+  }
+
+  /** Stops forwarding: questions waiting on upstreams get SERVFAIL now, later ones at once; no socket stays open. */
+  close(): void {
+    this.closed.abort();
   }
 
   /** Healthy upstreams first (configured order), then the ones in penalty. */
@@ -295,13 +332,14 @@ export class Forwarder {
   private async ask(fq: ForwardQuestion): Promise<ForwardAnswer> {
     let last: dnsPacket.DecodedPacket | undefined;
     for (const up of this.order()) {
+      if (this.closed.signal.aborted) break;
       const t0 = performance.now();
       try {
         this.upstreamQueries++;
-        let p = await udpExchange(up, fq, this.timeoutMs);
+        let p = await udpExchange(up, fq, this.timeoutMs, this.closed.signal);
         if (p.flag_tc) {
           this.upstreamQueries++;
-          p = await tcpExchange(up, fq, this.timeoutMs);
+          p = await tcpExchange(up, fq, this.timeoutMs, this.closed.signal);
         }
         const rcode = (p.flags ?? 0) & 0xf;
         this.downUntil.delete(up.key);
@@ -326,6 +364,11 @@ export class Forwarder {
       }
     }
     const rcode = last ? (last.flags ?? 0) & 0xf : 2;
-    return { rcode: rcode === 5 || rcode === 4 || rcode === 1 ? 2 : rcode, ad: false, answers: [], authorities: [], additionals: [], fetchedAt: this.now(), expiresAt: 0 };
+    return this.failure(rcode === 5 || rcode === 4 || rcode === 1 ? 2 : rcode);
+  }
+
+  /** An empty, uncached answer with this rcode. */
+  private failure(rcode: number): ForwardAnswer {
+    return { rcode, ad: false, answers: [], authorities: [], additionals: [], fetchedAt: this.now(), expiresAt: 0 };
   }
 }

@@ -162,3 +162,16 @@ test('fuzz: random, mutated, truncated, oversized and pointer-loop packets never
 function rcodeOf(b: Buffer): string {
   return (dnsPacket.decode(b) as unknown as { rcode: string }).rcode;
 }
+
+test('an exception while following an ExternalName is SERVFAIL (like any other cluster answer), not a dropped query', async () => {
+  const { model } = setup();
+  const ips = { version: 1, ipsFor: (): readonly string[] => { throw new Error('table bug'); }, serviceFor: () => undefined, entries: () => new Map(), onChange: () => () => {}, mode: 'clusterIP' as const };
+  const h = new DnsHandler({ domain: 'cluster.local', ttl: 30, snapshot: () => model.snapshot(), ips });
+  const r = h.handle(query('alias.default.svc.cluster.local', 'A'), false);
+  assert.ok(r instanceof Promise);
+  const b = await r;
+  assert.ok(b, 'a reply');
+  const p = dnsPacket.decode(b);
+  assert.equal(p.id, 4242);
+  assert.equal((p.flags ?? 0) & 0xf, 2); // SERVFAIL
+});

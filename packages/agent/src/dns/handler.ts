@@ -6,7 +6,7 @@ import dnsPacket from 'dns-packet';
 import type { Answer, RecordType } from 'dns-packet';
 import { LRUCache } from 'lru-cache';
 import type { ServiceIPTable, Snapshot } from '../cluster/types.ts';
-import { answerCluster, RCODE, type ClusterResult, type ZoneView } from './answer.ts';
+import { answerCluster, normDomain, RCODE, type ClusterResult, type ZoneView } from './answer.ts';
 import { ageRecords, type Forwarder, type ForwardQuestion } from './forward.ts';
 import { noMetrics, type DnsMetrics } from './metrics.ts';
 import { encodeReply, errorReply, maxReplySize, parseQuery, patchReply, type ParsedQuery, type Reply } from './wire.ts';
@@ -55,7 +55,7 @@ export class DnsHandler {
 
   constructor(opts: HandlerOptions) {
     this.opts = opts;
-    this.domain = opts.domain.toLowerCase().replace(/^\.+|\.+$/g, '');
+    this.domain = normDomain(opts.domain);
     this.metrics = opts.metrics ?? noMetrics;
     this.fast = new LRUCache({ max: opts.fastCacheMax ?? FAST_CACHE_MAX });
     this.now = opts.now ?? Date.now;
@@ -159,32 +159,33 @@ export class DnsHandler {
 
   /** ExternalName: the CNAME, then the target's records (from the cluster or upstream), like a recursive server. */
   private async chase(q: ParsedQuery, first: ClusterResult, max: number, zone: ZoneView): Promise<Buffer | null> {
-    const answers: Answer[] = [...first.answers];
-    let target = first.chase;
-    let rcode = 0;
-    let authorities: Answer[] = [];
-    for (let depth = 0; target && depth < MAX_CNAME_CHAIN; depth++) {
-      const cur: string = target;
-      target = undefined;
-      const next = answerCluster(zone, cur, q.type, 'IN');
-      if (next) {
-        answers.push(...next.answers);
-        rcode = RCODE[next.rcode];
-        authorities = next.answers.length ? [] : next.authorities;
-        target = next.chase;
-        continue;
-      }
-      const fw = this.opts.forwarder;
-      if (!fw || !fw.upstreams.length) { rcode = RCODE.SERVFAIL; break; }
-      const questionBytes = dnsPacket.encode({ questions: [{ name: cur, type: q.type as RecordType, class: 'IN' }] }).subarray(12);
-      const a = await fw.resolve({ questionBytes, name: cur, type: q.type, class: 'IN', do: false, cd: false });
-      answers.push(...ageRecords(a.answers, Math.floor((this.now() - a.fetchedAt) / 1000)));
-      rcode = a.rcode;
-      authorities = a.answers.length ? [] : a.authorities;
-    }
     try {
+      const answers: Answer[] = [...first.answers];
+      let target = first.chase;
+      let rcode = 0;
+      let authorities: Answer[] = [];
+      for (let depth = 0; target && depth < MAX_CNAME_CHAIN; depth++) {
+        const cur: string = target;
+        target = undefined;
+        const next = answerCluster(zone, cur, q.type, 'IN');
+        if (next) {
+          answers.push(...next.answers);
+          rcode = RCODE[next.rcode];
+          authorities = next.answers.length ? [] : next.authorities;
+          target = next.chase;
+          continue;
+        }
+        const fw = this.opts.forwarder;
+        if (!fw || !fw.upstreams.length) { rcode = RCODE.SERVFAIL; break; }
+        const questionBytes = dnsPacket.encode({ questions: [{ name: cur, type: q.type as RecordType, class: 'IN' }] }).subarray(12);
+        const a = await fw.resolve({ questionBytes, name: cur, type: q.type, class: 'IN', do: false, cd: false });
+        answers.push(...ageRecords(a.answers, Math.floor((this.now() - a.fetchedAt) / 1000)));
+        rcode = a.rcode;
+        authorities = a.answers.length ? [] : a.authorities;
+      }
       return this.finish(q, { rcode, aa: true, answers, authorities, additionals: [] }, max, 'cluster');
     } catch {
+      // As on the synchronous path: a failure anywhere while following the chain answers SERVFAIL, never silence.
       return this.servfail(q, max);
     }
   }

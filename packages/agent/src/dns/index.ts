@@ -8,6 +8,7 @@ import { ConfigError, parseHostPort, type AgentConfig } from '@edgemesh/common/c
 import type { Logger } from '@edgemesh/common/log';
 import type { ServiceIPTable, Snapshot } from '../cluster/types.ts';
 import { acquireLocalAddress } from '../intercept/localaddr.ts';
+import { normDomain } from './answer.ts';
 import { chooseUpstreams, Forwarder, parseUpstream } from './forward.ts';
 import { DnsHandler } from './handler.ts';
 import { createDnsMetrics } from './metrics.ts';
@@ -38,7 +39,7 @@ export interface DnsHandle {
 export function validateDnsConfig(cfg: AgentConfig): { host: string; port: number; domain: string } {
   const hp = parseHostPort(cfg.dns.listen, false);
   if (!hp || !isIP(hp.host)) throw new ConfigError('dns.listen', `expected IP:PORT, got ${JSON.stringify(cfg.dns.listen)}`);
-  const domain = cfg.dns.domain.toLowerCase().replace(/^\.+|\.+$/g, '');
+  const domain = normDomain(cfg.dns.domain);
   if (!/^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$/.test(domain)) throw new ConfigError('dns.domain', `${JSON.stringify(cfg.dns.domain)} is not a DNS name`);
   cfg.dns.upstream.forEach((u, i) => parseUpstream(u, `dns.upstream[${i}]`));
   return { host: hp.host, port: hp.port, domain };
@@ -77,6 +78,7 @@ export async function startDns(d: DnsDeps): Promise<DnsHandle> {
   return {
     server, handler, forwarder, address,
     async stop() {
+      forwarder.close();
       await server.close();
       await lease.release();
     },

@@ -137,3 +137,25 @@ test('ServiceIPs fake mode: a corrupt state file or one from another CIDR is ign
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('ServiceIPs fake mode: a full pool is warned about again after it had room in between', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'em-ips-full-'));
+  try {
+    const warnings: string[] = [];
+    const log = { ...silentLogger, warn: (_o: unknown, msg?: string) => { warnings.push(String(msg)); }, info: () => {}, debug: () => {} } as unknown as typeof silentLogger;
+    const t = new ServiceIPs({ mode: 'fake', fakeCIDR: '10.9.0.0/30', stateDir: dir, log, graceMs: 0 });
+    const model = new ClusterModel([]);
+    const full = () => warnings.filter((w) => /is full/.test(w)).length;
+    model.replace('Service', [svc('ns', 'a'), svc('ns', 'b'), svc('ns', 'c')]);
+    t.update(model.flush());
+    assert.equal(full(), 1);
+    model.replace('Service', [svc('ns', 'a')]);
+    t.update(model.flush()); // room again (grace 0: b and c are released)
+    t.update(model.flush());
+    model.replace('Service', [svc('ns', 'a'), svc('ns', 'b'), svc('ns', 'c')]);
+    t.update(model.flush());
+    assert.equal(full(), 2);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -194,10 +194,9 @@ export class ServiceIPs implements ServiceIPTable {
       if (snap.version === 0) return;
       const wanted = [...snap.services.values()].filter(wantsIP).map((s) => s.key);
       const res = reconcileFake(this.fake, wanted, this.now(), this.range, this.graceMs);
-      if (res.exhausted.length && !this.exhaustedWarned) {
-        this.exhaustedWarned = true;
-        this.log.warn({ services: res.exhausted.slice(0, 10), count: res.exhausted.length }, 'proxy.fakeCIDR is full: some Services get no IP');
-      }
+      // Warned once per episode: again when the pool fills up after it had room.
+      if (res.exhausted.length && !this.exhaustedWarned) this.log.warn({ services: res.exhausted.slice(0, 10), count: res.exhausted.length }, 'proxy.fakeCIDR is full: some Services get no IP');
+      this.exhaustedWarned = res.exhausted.length > 0;
       if (res.changed) {
         this.fake = res.entries;
         this.persist();
