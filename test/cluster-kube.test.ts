@@ -248,6 +248,8 @@ test('kubeconfig: a metaServer URL works directly; errors name cluster.kubeconfi
   assert.equal(kc.getCurrentCluster()?.server, 'http://127.0.0.1:10550');
   assert.throws(() => loadKubeConfig('/nonexistent/kubeconfig'), /cluster\.kubeconfig: cannot load kubeconfig/);
   assert.throws(() => loadKubeConfig('', {}), /cluster\.kubeconfig: empty means in-cluster/);
+  // A malformed URL is named in the error without the credentials it may carry.
+  assert.throws(() => loadKubeConfig('http://admin:s3cret@[bad'), (e: Error) => /cluster\.kubeconfig: not a valid URL/.test(e.message) && !e.message.includes('s3cret'));
   // In-cluster: the service-account environment (client-node reads process.env and the token/CA files lazily).
   const saved = { host: process.env.KUBERNETES_SERVICE_HOST, port: process.env.KUBERNETES_SERVICE_PORT };
   try {

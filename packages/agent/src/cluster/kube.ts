@@ -73,7 +73,7 @@ export function loadKubeConfig(value: string, env: NodeJS.ProcessEnv = process.e
     try {
       url = new URL(value);
     } catch {
-      throw new ConfigError('cluster.kubeconfig', `not a valid URL: ${value}`);
+      throw new ConfigError('cluster.kubeconfig', `not a valid URL: ${value.replace(/\/\/[^/@]*@/, '//[credentials hidden]@')}`);
     }
     kc.loadFromClusterAndUser({ name: 'direct', server: url.origin, skipTLSVerify: false }, { name: 'anonymous' });
     return allowPlainHttp(kc);

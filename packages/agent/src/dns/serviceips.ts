@@ -3,9 +3,10 @@
 // (persisted in stateDir), first choice from a hash of the Service key, collisions resolved by linear probing,
 // released only after the Service has been gone for FAKE_IP_GRACE_MS. Allocation is a pure function (reconcileFake).
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError } from '@edgemesh/common/config';
+import { writeFileAtomicSync } from '@edgemesh/common/fsutil';
 import type { Logger } from '@edgemesh/common/log';
 import type { Service, ServiceIPTable, Snapshot } from '../cluster/types.ts';
 
@@ -246,17 +247,14 @@ export class ServiceIPs implements ServiceIPTable {
     }
   }
 
-  /** Atomic write: a temp file in the same directory, then rename over the old one. */
+  /** Durable atomic write (temp file, fsync, rename): stable fake IPs survive a crash or power cut. */
   private persist(): void {
     const services: Record<string, { ip: string; goneSince?: number }> = {};
     for (const [key, e] of [...this.fake].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
       services[key] = e.goneSince === undefined ? { ip: intToIpv4(e.ip) } : { ip: intToIpv4(e.ip), goneSince: e.goneSince };
     }
-    const tmp = `${this.file}.${process.pid}.tmp`;
     try {
-      mkdirSync(join(this.file, '..'), { recursive: true });
-      writeFileSync(tmp, JSON.stringify({ format: FILE_FORMAT, services }, null, 1) + '\n', { mode: 0o644 });
-      renameSync(tmp, this.file);
+      writeFileAtomicSync(this.file, JSON.stringify({ format: FILE_FORMAT, services }, null, 1) + '\n');
       this.persistWarned = false;
     } catch (e) {
       if (!this.persistWarned) this.log.warn({ file: this.file, err: (e as Error).message }, 'cannot persist the fake-IP table; IPs may change on restart');
