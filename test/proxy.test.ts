@@ -4,10 +4,11 @@ import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createHash, randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { Registry } from 'prom-client';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
-import { ClusterIPTable } from '../packages/agent/src/proxy/clusterips.ts';
+import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
@@ -56,8 +57,13 @@ async function setup(objects: ReturnType<typeof service>[], extra: Partial<Const
   model.replace('Service', byKind('Service'));
   model.replace('EndpointSlice', byKind('EndpointSlice'));
   model.flush();
+  // The agent's Service-IP table (clusterIP mode), fed from the model before the proxy sees a change, as in main.ts.
+  const serviceIPs = new ServiceIPs({ mode: 'clusterIP', fakeCIDR: '9.251.0.0/16', stateDir: tmpdir(), log: silentLogger });
+  serviceIPs.update(model.snapshot());
+  const unsubscribe = model.subscribe((snap) => serviceIPs.update(snap));
+  after(unsubscribe);
   const proxier = new Proxier({
-    log: silentLogger, registry, model, serviceIPs: new ClusterIPTable(model), dialers: { direct: new DirectDialer() },
+    log: silentLogger, registry, model, serviceIPs, dialers: { direct: new DirectDialer() },
     thisNode: 'me', bindAddress: '127.0.0.1', routingDefault: 'cluster', dialTimeoutMs: 1000, ...extra,
   });
   await proxier.start();

@@ -14,7 +14,6 @@ import { createProxyMetrics, type ProxyMetrics } from './metrics.ts';
 import { PortState } from './portstate.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
-import type { SnapshotSource } from './clusterips.ts';
 
 /** Checks what the schema cannot: with iptables interception proxy.bindAddress must be IPv4. Throws ConfigError. */
 export function validateProxyConfig(cfg: AgentConfig): void {
@@ -22,6 +21,12 @@ export function validateProxyConfig(cfg: AgentConfig): void {
   if (intercept === 'iptables' && isIP(bindAddress) !== 4) {
     throw new ConfigError('proxy.bindAddress', `iptables interception is IPv4 only: expected an IPv4 address, got ${JSON.stringify(bindAddress)}`);
   }
+}
+
+/** Where the proxy reads the cluster model from (the agent's ClusterModel). */
+export interface SnapshotSource {
+  snapshot(): Snapshot;
+  subscribe(fn: (snap: Snapshot, prev: Snapshot) => void): () => void;
 }
 
 /** Open proxied TCP connections across all Services before new ones are reset. */
