@@ -296,3 +296,48 @@ test('TCP: a 16 MB download to a slow reader arrives intact (backpressure throug
     await proxier.stop();
   }
 });
+
+/** Resolves true once `p` settles within `ms`, false otherwise (a bounded wait, not a timing assertion). */
+function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    p.then(() => { clearTimeout(t); resolve(true); }, () => { clearTimeout(t); resolve(true); });
+  });
+}
+
+test('TCP: a client that half-closed and is then closed by the proxy (stop) leaves no connection to the endpoint', async () => {
+  let endpointSide: Socket | undefined;
+  const gotEnd = Promise.withResolvers<void>();
+  const closed = Promise.withResolvers<void>();
+  // The endpoint reads the request and its FIN, then keeps streaming a slow answer (never ends on its own).
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    endpointSide = s;
+    s.on('error', () => {});
+    s.on('data', () => {});
+    s.on('end', () => gotEnd.resolve());
+    s.on('close', () => closed.resolve());
+    const t = setInterval(() => { if (!s.destroyed) s.write('x'); }, 20);
+    s.on('close', () => clearInterval(t));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.12', () => r()));
+  servers.push(server);
+  const port = (server.address() as { port: number }).port;
+  const { proxier } = await setup([
+    node('me'), service({ name: 'hc', ip: '10.96.0.9', ports: [{ port: 80, targetPort: port }] }),
+    slice('hc', [{ port }], [{ ip: '127.0.0.12', node: 'me' }]),
+  ]);
+  const c = connect({ host: '127.0.0.1', port: proxier.listenerPort('default/hc', 80)!, allowHalfOpen: true });
+  c.on('error', () => {});
+  c.on('data', () => {});
+  try {
+    c.end('request');
+    assert.ok(await within(gotEnd.promise, 3000), 'the endpoint never saw the request and FIN');
+  } finally {
+    await proxier.stop();
+  }
+  // The proxy closed its side of the client connection: the endpoint's connection must go too.
+  const gone = await within(closed.promise, 3000);
+  c.destroy();
+  endpointSide?.destroy();
+  assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
+});

@@ -202,8 +202,9 @@ export class TcpListener {
     client.on('error', () => resetDuplex(upstream));
     client.once('close', () => {
       finish();
-      // Closed without finishing its half (reset, idle timeout): nothing more will reach the endpoint.
-      if (!upstream.destroyed && !upstream.writableEnded) upstream.destroy();
+      // Both directions finished: the upstream closes itself once its last write is flushed. Otherwise (reset, idle
+      // timeout, closed by stop() even after the client's FIN) nothing more can reach the client or the endpoint.
+      if (!upstream.destroyed && !(upstream.writableEnded && upstream.readableEnded)) upstream.destroy();
     });
     upstream.once('close', () => {
       finish();
