@@ -341,3 +341,40 @@ test('TCP: a client that half-closed and is then closed by the proxy (stop) leav
   endpointSide?.destroy();
   assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
 });
+
+test('UDP: when a Service turns strict (internalTrafficPolicy: Local), a session to another node\'s endpoint moves to this node\'s', async () => {
+  const named = async (host: string, name: string, port = 0) => {
+    const s = createSocket('udp4');
+    s.on('message', (_m, r) => s.send(name, r.port, r.address));
+    await new Promise<void>((r) => s.bind(port, host, () => r()));
+    servers.push(s);
+    return s.address().port;
+  };
+  const port = await named('127.0.0.13', 'far');
+  await named('127.0.0.14', 'local', port);
+  const ports = [{ port: 53, protocol: 'UDP' as const, targetPort: port }];
+  const { proxier, model } = await setup([
+    node('me'), node('far'), service({ name: 'lu', ip: '10.96.0.10', ports }),
+    slice('lu', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.13', node: 'far' }]),
+  ]);
+  const c = createSocket('udp4');
+  try {
+    const lp = proxier.listenerPort('default/lu', 53, 'UDP')!;
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    const ask = () => new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no reply')), 2000);
+      c.once('message', (m) => { clearTimeout(t); resolve(m.toString()); });
+      c.send('?', lp, '127.0.0.1');
+    });
+    assert.equal(await ask(), 'far');
+    // The far endpoint stays ready; only the Service's routing changes, and a local endpoint appears.
+    model.upsert('Service', service({ name: 'lu', ip: '10.96.0.10', ports, spec: { internalTrafficPolicy: 'Local' } }));
+    model.upsert('EndpointSlice', slice('lu', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.13', node: 'far' }, { ip: '127.0.0.14', node: 'me' }]));
+    model.flush();
+    await proxier.settle();
+    assert.equal(await ask(), 'local');
+  } finally {
+    c.close();
+    await proxier.stop();
+  }
+});

@@ -94,10 +94,13 @@ export class PortState {
     return { endpoint, key, ip: endpoint.address, port: endpointPort(endpoint, this.port)!, tier: this.plan.tierOf.get(endpoint) ?? sel.tier, stepTier: sel.tier, spilledFrom: sel.spilledFrom, dstGroup };
   }
 
-  /** Keys of every usable endpoint of this service port (sessions to others are stale). */
+  /**
+   * Keys of the endpoints the routing plan may send new traffic to (any step); sessions to others are stale: out of
+   * a strict scope, no longer ready while ready ones exist, or gone.
+   */
   liveKeys(): Set<string> {
     const out = new Set<string>();
-    for (const e of this.plan.tierOf.keys()) out.add(endpointKey(e.address, endpointPort(e, this.port)!));
+    for (const step of this.plan.steps) for (const e of step.endpoints) out.add(endpointKey(e.address, endpointPort(e, this.port)!));
     return out;
   }
 
