@@ -11,6 +11,7 @@ import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
 import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
+import { DialError, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
@@ -376,5 +377,42 @@ test('UDP: when a Service turns strict (internalTrafficPolicy: Local), a session
   } finally {
     c.close();
     await proxier.stop();
+  }
+});
+
+test('TCP: a retry never goes back to the endpoint that just failed, even when the endpoints were re-read meanwhile (ClientIP affinity)', async () => {
+  const good = await tcpServer('127.0.0.16', 'name', 'good');
+  const port = good.port;
+  const eps = [{ ip: '127.0.0.15', node: 'me' }, { ip: '127.0.0.16', node: 'me' }];
+  const objects = [
+    node('me'), service({ name: 'aff', ip: '10.96.0.11', ports: [{ port: 80, targetPort: port }], spec: { sessionAffinity: 'ClientIP' } }),
+    slice('aff', [{ port }], eps),
+  ];
+  const dialed: string[] = [];
+  let model: ClusterModel | undefined;
+  const direct = new DirectDialer();
+  // 127.0.0.15 (the first pick: round robin over sorted keys) refuses; while its dial is failing the EndpointSlice is re-delivered unchanged (new objects).
+  const dialer: Dialer = {
+    async dialTcp(t: DialTarget, signal?: AbortSignal) {
+      dialed.push(t.ip);
+      if (t.ip !== '127.0.0.15') return direct.dialTcp(t, signal);
+      model!.upsert('EndpointSlice', slice('aff', [{ port }], eps.map((e) => ({ ...e }))));
+      model!.flush();
+      throw new DialError('refused', 'refused (test)');
+    },
+    openUdp: (t, signal) => direct.openUdp(t, signal),
+  };
+  const env = await setup(objects, { dialers: { direct: dialer } });
+  model = env.model;
+  try {
+    const lp = env.proxier.listenerPort('default/aff', 80)!;
+    for (let i = 0; i < 4; i++) {
+      dialed.length = 0;
+      const res = await request(lp, 'x');
+      assert.equal(res.data.toString(), 'good', `connection ${i}: dialed ${dialed.join(', ')}, error ${res.error}`);
+      assert.equal(new Set(dialed).size, dialed.length, `connection ${i} dialed an endpoint twice: ${dialed.join(', ')}`);
+    }
+  } finally {
+    await env.proxier.stop();
   }
 });

@@ -75,10 +75,14 @@ export class PortState {
     this.outliers.retain(new Set(eps.map((e) => endpointKey(e.address, endpointPort(e, u.port)!))));
   }
 
-  /** Picks an endpoint for a caller, skipping `exclude` (endpoints that already failed for this connection). */
-  pick(clientIP: string, headerValue: string | undefined, exclude?: ReadonlySet<Endpoint>): Pick | undefined {
+  /**
+   * Picks an endpoint for a caller, skipping the endpoint keys in `exclude` (endpoints that already failed for this
+   * connection). By key, not by object: an update between attempts brings new Endpoint objects for the same ones.
+   */
+  pick(clientIP: string, headerValue: string | undefined, exclude?: ReadonlySet<string>): Pick | undefined {
     const keyOf = (e: Endpoint) => endpointKey(e.address, endpointPort(e, this.port)!);
-    const sel = selectTier(this.plan, (e) => !this.outliers.isEjected(keyOf(e)), exclude);
+    const excluded = exclude?.size ? new Set([...this.plan.tierOf.keys()].filter((e) => exclude.has(keyOf(e)))) : undefined;
+    const sel = selectTier(this.plan, (e) => !this.outliers.isEjected(keyOf(e)), excluded);
     if (!sel) return undefined;
     let c = this.candidates.get(sel.endpoints);
     if (!c) {

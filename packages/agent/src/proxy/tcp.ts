@@ -3,7 +3,6 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '@edgemesh/common/log';
-import type { Endpoint } from '../cluster/types.ts';
 import { DialError, type Dialer } from './dialer.ts';
 import { chooseDialer } from './choose.ts';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
@@ -134,7 +133,7 @@ export class TcpListener {
     const svc = st.service.key;
     const { metrics, dialers } = this.ctx;
     const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const tried = new Set<Endpoint>();
+    const tried = new Set<string>();
     let upstream: Duplex | undefined;
     let relayed = false;
     let pick: ReturnType<PortState['pick']>;
@@ -158,7 +157,7 @@ export class TcpListener {
         break;
       } catch (e) {
         st.balancer.ended(pick.key);
-        tried.add(pick.endpoint);
+        tried.add(pick.key);
         const code = e instanceof DialError ? e.code : 'unreachable';
         metrics.dialFailures.inc({ service: svc, code });
         this.ctx.log.debug({ service: svc, endpoint: pick.key, code, attempt }, 'dial failed');
