@@ -2,12 +2,9 @@
 // pipe both ways with backpressure and half-close. A reset, not a hang, when no endpoint is allowed.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '@edgemesh/common/log';
-import { DialError, type Dialer } from './dialer.ts';
-import { chooseDialer } from './choose.ts';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
 import { headerFromRequestHead, type PortState } from './portstate.ts';
-import type { ProxyMetrics } from './metrics.ts';
+import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 
 export const DIAL_TIMEOUT_MS = 3000;
 /** Connect attempts per client connection, each to a different endpoint. */
@@ -20,12 +17,7 @@ export const HEADER_PEEK_TIMEOUT_MS = 2000;
 /** Pending-accept queue per service-port listener. */
 export const LISTEN_BACKLOG = 4096;
 
-export interface TcpContext {
-  log: Logger;
-  metrics: ProxyMetrics;
-  dialers: { direct: Dialer; tunnel?: Dialer };
-  thisNode: string;
-  srcGroup: () => string;
+export interface TcpContext extends ListenerContext {
   idleTimeoutMs: number;
   dialTimeoutMs: number;
   /** Shared connection budget across all TCP listeners. */
@@ -131,7 +123,7 @@ export class TcpListener {
   private async connect(client: Socket, head: Buffer | undefined, headerValue: string | undefined): Promise<void> {
     const st = this.state;
     const svc = st.service.key;
-    const { metrics, dialers } = this.ctx;
+    const { metrics } = this.ctx;
     const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
     const tried = new Set<string>();
     let upstream: Duplex | undefined;
@@ -140,10 +132,9 @@ export class TcpListener {
     for (let attempt = 0; attempt < MAX_DIAL_ATTEMPTS && !client.destroyed; attempt++) {
       pick = st.pick(clientIP, headerValue, tried);
       if (!pick) break;
-      const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
-      const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
+      const dialer = dialerFor(this.ctx, pick);
       st.balancer.started(pick.key);
-      const target = { serviceKey: svc, protocol: 'tcp' as const, ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName };
+      const target = targetOf(st, pick, 'tcp');
       const signal = AbortSignal.timeout(this.ctx.dialTimeoutMs);
       try {
         if (dialer instanceof DirectDialer) {
@@ -158,13 +149,7 @@ export class TcpListener {
       } catch (e) {
         st.balancer.ended(pick.key);
         tried.add(pick.key);
-        const code = e instanceof DialError ? e.code : 'unreachable';
-        metrics.dialFailures.inc({ service: svc, code });
-        this.ctx.log.debug({ service: svc, endpoint: pick.key, code, attempt }, 'dial failed');
-        if (st.outliers.recordFailure(pick.key, st.total) > 0) {
-          metrics.ejections.inc({ service: svc });
-          this.ctx.log.warn({ service: svc, endpoint: pick.key }, 'endpoint ejected after consecutive connect failures');
-        }
+        recordFailure(this.ctx, st, pick.key, e);
         pick = undefined;
       }
     }
@@ -176,8 +161,7 @@ export class TcpListener {
       return reset(client);
     }
     const key = pick.key;
-    metrics.connections.inc({ service: svc, protocol: 'tcp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
+    countOpened(this.ctx, st, pick, 'tcp');
     if (client.destroyed) {
       st.balancer.ended(key);
       upstream.destroy();
