@@ -114,6 +114,15 @@ export class PortState {
   }
 }
 
+const HEAD_END = Buffer.from('\r\n\r\n');
+
+/** True when the blank line ending a request head is in `chunk` or straddles `before` (what was read so far) and it. */
+export function headComplete(before: Buffer, chunk: Buffer): boolean {
+  if (chunk.includes(HEAD_END)) return true;
+  const k = Math.min(before.length, HEAD_END.length - 1);
+  return k > 0 && Buffer.concat([before.subarray(before.length - k), chunk.subarray(0, HEAD_END.length - 1)]).includes(HEAD_END);
+}
+
 /** Extracts a header value from the start of an HTTP/1 request, or undefined. `name` is lower case. Pure. */
 export function headerFromRequestHead(head: Buffer, name: string): string | undefined {
   const text = head.toString('latin1');

@@ -3,7 +3,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
-import { headerFromRequestHead, type PortState } from './portstate.ts';
+import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 
 export const DIAL_TIMEOUT_MS = 3000;
@@ -23,6 +23,8 @@ export interface TcpContext extends ListenerContext {
   /** Shared connection budget across all TCP listeners. */
   limit: { active: number; max: number };
 }
+
+const EMPTY = Buffer.alloc(0);
 
 function reset(sock: Socket): void {
   if (sock.destroyed) return;
@@ -108,10 +110,13 @@ export class TcpListener {
         client.pause();
         resolve(Buffer.concat(chunks));
       };
+      let tail = EMPTY; // the last bytes read, for a blank line split across reads
       const onData = (b: Buffer) => {
         chunks.push(b);
         n += b.length;
-        if (n >= HEADER_PEEK_MAX_BYTES || b.includes('\r\n\r\n')) done();
+        const ended = headComplete(tail, b);
+        tail = Buffer.concat([tail, b.subarray(-3)]).subarray(-3);
+        if (n >= HEADER_PEEK_MAX_BYTES || ended) done();
       };
       const t = setTimeout(done, HEADER_PEEK_TIMEOUT_MS);
       client.on('data', onData);
