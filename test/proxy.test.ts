@@ -416,3 +416,21 @@ test('TCP: a retry never goes back to the endpoint that just failed, even when t
     await env.proxier.stop();
   }
 });
+
+test('a service-port listener that cannot open (address not on this host) leaves no socket behind', async () => {
+  const count = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap' || r === 'TCPServerWrap').length;
+  // Let sockets of earlier tests finish closing, so that the count only moves because of this test.
+  for (let last = -1, n = count(); n !== last; last = n, n = count()) await new Promise((r) => setTimeout(r, 100));
+  const before = count();
+  for (let i = 0; i < 3; i++) {
+    const { proxier } = await setup([
+      node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
+      slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
+    ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
+    assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
+    await proxier.stop();
+  }
+  const end = Date.now() + 2000;
+  while (count() > before && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(count(), before, `sockets left: ${process.getActiveResourcesInfo().join(', ')}`);
+});

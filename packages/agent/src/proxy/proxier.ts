@@ -60,6 +60,9 @@ export interface ProxierOptions {
 
 type Listener = TcpListener | UdpListener;
 
+/** Closes a listener; `all`: its open TCP connections too (UDP sessions always go with their socket). */
+const closeListener = (l: Listener, all: boolean): Promise<void> => (l instanceof TcpListener ? l.close(all) : l.close());
+
 export interface ServiceRouteStatus {
   routing: string;
   routingSource: string;
@@ -160,7 +163,7 @@ export class Proxier {
       this.listeners.delete(id);
       this.metrics.listeners.dec({ protocol: l instanceof TcpListener ? 'tcp' : 'udp' });
       // Open TCP connections of a removed service port run to their end; the listener just stops accepting.
-      void (l instanceof TcpListener ? l.close(false) : l.close());
+      void closeListener(l, false);
     }
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
@@ -194,7 +197,11 @@ export class Proxier {
             this.listeners.set(id, lis);
             this.metrics.listeners.inc({ protocol: sp.protocol === 'TCP' ? 'tcp' : 'udp' });
           },
-          (e: Error) => o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener'),
+          (e: Error) => {
+            o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener');
+            // Its socket (and the UDP purge timer) would otherwise outlive it; the next reconcile tries a new one.
+            void closeListener(lis, true).catch(() => {});
+          },
         ));
       }
       if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
@@ -259,7 +266,7 @@ export class Proxier {
     for (const u of this.unsubs) u();
     this.unsubs = [];
     await this.settle();
-    await Promise.all([...this.listeners.values()].map((l) => (l instanceof TcpListener ? l.close(true) : l.close())));
+    await Promise.all([...this.listeners.values()].map((l) => closeListener(l, true)));
     this.listeners.clear();
   }
 }
