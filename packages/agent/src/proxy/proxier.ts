@@ -232,8 +232,7 @@ export class Proxier {
 
   /** The local listener port for a service port (tests, intercept: none users). */
   listenerPort(serviceKey: string, port: number, protocol: 'TCP' | 'UDP' = 'TCP'): number | undefined {
-    for (const [id, l] of this.listeners) if (id === `${serviceKey}:${port}/${protocol}`) return l.port;
-    return undefined;
+    return this.listeners.get(`${serviceKey}:${port}/${protocol}`)?.port;
   }
 
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
