@@ -4,12 +4,14 @@ import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createHash, randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
 import { Registry } from 'prom-client';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
-import { ClusterIPTable } from '../packages/agent/src/proxy/clusterips.ts';
+import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
+import { DialError, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
@@ -56,8 +58,13 @@ async function setup(objects: ReturnType<typeof service>[], extra: Partial<Const
   model.replace('Service', byKind('Service'));
   model.replace('EndpointSlice', byKind('EndpointSlice'));
   model.flush();
+  // The agent's Service-IP table (clusterIP mode), fed from the model before the proxy sees a change, as in main.ts.
+  const serviceIPs = new ServiceIPs({ mode: 'clusterIP', fakeCIDR: '9.251.0.0/16', stateDir: tmpdir(), log: silentLogger });
+  serviceIPs.update(model.snapshot());
+  const unsubscribe = model.subscribe((snap) => serviceIPs.update(snap));
+  after(unsubscribe);
   const proxier = new Proxier({
-    log: silentLogger, registry, model, serviceIPs: new ClusterIPTable(model), dialers: { direct: new DirectDialer() },
+    log: silentLogger, registry, model, serviceIPs, dialers: { direct: new DirectDialer() },
     thisNode: 'me', bindAddress: '127.0.0.1', routingDefault: 'cluster', dialTimeoutMs: 1000, ...extra,
   });
   await proxier.start();
@@ -289,4 +296,141 @@ test('TCP: a 16 MB download to a slow reader arrives intact (backpressure throug
   } finally {
     await proxier.stop();
   }
+});
+
+/** Resolves true once `p` settles within `ms`, false otherwise (a bounded wait, not a timing assertion). */
+function within(p: Promise<unknown>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    p.then(() => { clearTimeout(t); resolve(true); }, () => { clearTimeout(t); resolve(true); });
+  });
+}
+
+test('TCP: a client that half-closed and is then closed by the proxy (stop) leaves no connection to the endpoint', async () => {
+  let endpointSide: Socket | undefined;
+  const gotEnd = Promise.withResolvers<void>();
+  const closed = Promise.withResolvers<void>();
+  // The endpoint reads the request and its FIN, then keeps streaming a slow answer (never ends on its own).
+  const server = createServer({ allowHalfOpen: true }, (s) => {
+    endpointSide = s;
+    s.on('error', () => {});
+    s.on('data', () => {});
+    s.on('end', () => gotEnd.resolve());
+    s.on('close', () => closed.resolve());
+    const t = setInterval(() => { if (!s.destroyed) s.write('x'); }, 20);
+    s.on('close', () => clearInterval(t));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.12', () => r()));
+  servers.push(server);
+  const port = (server.address() as { port: number }).port;
+  const { proxier } = await setup([
+    node('me'), service({ name: 'hc', ip: '10.96.0.9', ports: [{ port: 80, targetPort: port }] }),
+    slice('hc', [{ port }], [{ ip: '127.0.0.12', node: 'me' }]),
+  ]);
+  const c = connect({ host: '127.0.0.1', port: proxier.listenerPort('default/hc', 80)!, allowHalfOpen: true });
+  c.on('error', () => {});
+  c.on('data', () => {});
+  try {
+    c.end('request');
+    assert.ok(await within(gotEnd.promise, 3000), 'the endpoint never saw the request and FIN');
+  } finally {
+    await proxier.stop();
+  }
+  // The proxy closed its side of the client connection: the endpoint's connection must go too.
+  const gone = await within(closed.promise, 3000);
+  c.destroy();
+  endpointSide?.destroy();
+  assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
+});
+
+test('UDP: when a Service turns strict (internalTrafficPolicy: Local), a session to another node\'s endpoint moves to this node\'s', async () => {
+  const named = async (host: string, name: string, port = 0) => {
+    const s = createSocket('udp4');
+    s.on('message', (_m, r) => s.send(name, r.port, r.address));
+    await new Promise<void>((r) => s.bind(port, host, () => r()));
+    servers.push(s);
+    return s.address().port;
+  };
+  const port = await named('127.0.0.13', 'far');
+  await named('127.0.0.14', 'local', port);
+  const ports = [{ port: 53, protocol: 'UDP' as const, targetPort: port }];
+  const { proxier, model } = await setup([
+    node('me'), node('far'), service({ name: 'lu', ip: '10.96.0.10', ports }),
+    slice('lu', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.13', node: 'far' }]),
+  ]);
+  const c = createSocket('udp4');
+  try {
+    const lp = proxier.listenerPort('default/lu', 53, 'UDP')!;
+    await new Promise<void>((r) => c.bind(0, '127.0.0.1', () => r()));
+    const ask = () => new Promise<string>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error('no reply')), 2000);
+      c.once('message', (m) => { clearTimeout(t); resolve(m.toString()); });
+      c.send('?', lp, '127.0.0.1');
+    });
+    assert.equal(await ask(), 'far');
+    // The far endpoint stays ready; only the Service's routing changes, and a local endpoint appears.
+    model.upsert('Service', service({ name: 'lu', ip: '10.96.0.10', ports, spec: { internalTrafficPolicy: 'Local' } }));
+    model.upsert('EndpointSlice', slice('lu', [{ port, protocol: 'UDP' }], [{ ip: '127.0.0.13', node: 'far' }, { ip: '127.0.0.14', node: 'me' }]));
+    model.flush();
+    await proxier.settle();
+    assert.equal(await ask(), 'local');
+  } finally {
+    c.close();
+    await proxier.stop();
+  }
+});
+
+test('TCP: a retry never goes back to the endpoint that just failed, even when the endpoints were re-read meanwhile (ClientIP affinity)', async () => {
+  const good = await tcpServer('127.0.0.16', 'name', 'good');
+  const port = good.port;
+  const eps = [{ ip: '127.0.0.15', node: 'me' }, { ip: '127.0.0.16', node: 'me' }];
+  const objects = [
+    node('me'), service({ name: 'aff', ip: '10.96.0.11', ports: [{ port: 80, targetPort: port }], spec: { sessionAffinity: 'ClientIP' } }),
+    slice('aff', [{ port }], eps),
+  ];
+  const dialed: string[] = [];
+  let model: ClusterModel | undefined;
+  const direct = new DirectDialer();
+  // 127.0.0.15 (the first pick: round robin over sorted keys) refuses; while its dial is failing the EndpointSlice is re-delivered unchanged (new objects).
+  const dialer: Dialer = {
+    async dialTcp(t: DialTarget, signal?: AbortSignal) {
+      dialed.push(t.ip);
+      if (t.ip !== '127.0.0.15') return direct.dialTcp(t, signal);
+      model!.upsert('EndpointSlice', slice('aff', [{ port }], eps.map((e) => ({ ...e }))));
+      model!.flush();
+      throw new DialError('refused', 'refused (test)');
+    },
+    openUdp: (t, signal) => direct.openUdp(t, signal),
+  };
+  const env = await setup(objects, { dialers: { direct: dialer } });
+  model = env.model;
+  try {
+    const lp = env.proxier.listenerPort('default/aff', 80)!;
+    for (let i = 0; i < 4; i++) {
+      dialed.length = 0;
+      const res = await request(lp, 'x');
+      assert.equal(res.data.toString(), 'good', `connection ${i}: dialed ${dialed.join(', ')}, error ${res.error}`);
+      assert.equal(new Set(dialed).size, dialed.length, `connection ${i} dialed an endpoint twice: ${dialed.join(', ')}`);
+    }
+  } finally {
+    await env.proxier.stop();
+  }
+});
+
+test('a service-port listener that cannot open (address not on this host) leaves no socket behind', async () => {
+  const count = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap' || r === 'TCPServerWrap').length;
+  // Let sockets of earlier tests finish closing, so that the count only moves because of this test.
+  for (let last = -1, n = count(); n !== last; last = n, n = count()) await new Promise((r) => setTimeout(r, 100));
+  const before = count();
+  for (let i = 0; i < 3; i++) {
+    const { proxier } = await setup([
+      node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
+      slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
+    ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
+    assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
+    await proxier.stop();
+  }
+  const end = Date.now() + 2000;
+  while (count() > before && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  assert.equal(count(), before, `sockets left: ${process.getActiveResourcesInfo().join(', ')}`);
 });

@@ -44,6 +44,8 @@ export class Agent {
   /** The running DNS server when dns.enabled (after start()). */
   dns: DnsHandle | undefined;
   private readonly stops: (() => Promise<void>)[] = [];
+  /** stop() has been called: whatever start() brings up from now on is stopped at once. */
+  private stopping = false;
   /** The tunnel (tunnel.enabled) and the Dialer the proxy uses for endpoints on other nodes. */
   tunnel: Tunnel | undefined;
   tunnelDialer: TunnelDialer | undefined;
@@ -89,25 +91,48 @@ export class Agent {
     };
   }
 
+  /**
+   * Registers how to stop a component start() just brought up. When stop() already ran (a signal while starting),
+   * the component is stopped at once and start() ends there.
+   */
+  private async own(stop: () => Promise<void>): Promise<void> {
+    if (!this.stopping) {
+      this.stops.push(stop);
+      return;
+    }
+    await stop().catch((e: unknown) => this.log.warn({ err: e }, 'a component failed to stop cleanly'));
+    throw new StartAborted();
+  }
+
   async start(): Promise<void> {
+    try {
+      await this.startAll();
+    } catch (e) {
+      if (!(e instanceof StartAborted)) throw e;
+      this.log.info('stopped while starting');
+    }
+  }
+
+  private async startAll(): Promise<void> {
     await this.admin.start();
-    this.stops.push(() => this.admin.close());
+    await this.own(() => this.admin.close());
 
     // --- Service IP table (dns/serviceips.ts): follows every snapshot, shared by DNS and the proxy.
     this.serviceIPs.update(this.model.snapshot());
     const unsubscribeIPs = this.model.subscribe((snap) => this.serviceIPs.update(snap));
-    this.stops.push(async () => { unsubscribeIPs(); });
+    await this.own(async () => { unsubscribeIPs(); });
 
     // --- cluster source (cluster/): last good state, then the configured source; ready once it synced.
     this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
     this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
-    this.stops.push(() => this.cluster!.stop());
+    const cluster = this.cluster;
+    await this.own(() => cluster.stop());
 
     // --- DNS (dns/) ---
     if (this.cfg.dns.enabled) {
       this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
       const dns = this.dns;
-      this.stops.push(() => dns.stop());
+      await this.own(() => dns.stop());
       this.admin.addCheck('dns', () => dns.server.listening);
     }
 
@@ -126,7 +151,7 @@ export class Agent {
       const t = this.tunnel;
       // Peers of nodes that leave the cluster are forgotten (links closed, path state dropped).
       const unsubscribeTunnel = this.model.subscribe((snap) => t.onSnapshot(snap));
-      this.stops.push(async () => { unsubscribeTunnel(); await t.stop(); });
+      await this.own(async () => { unsubscribeTunnel(); await t.stop(); });
     }
 
     // --- proxy (intercept/, proxy/, lb/, routing/) ---
@@ -142,7 +167,7 @@ export class Agent {
         this.log.warn({ bindAddress }, 'proxy.bindAddress is a loopback address: pods\' traffic (PREROUTING) is only DNATed to it with net.ipv4.conf.all.route_localnet=1');
       }
       const lease = await acquireLocalAddress(bindAddress, this.log);
-      this.stops.push(() => lease.release());
+      await this.own(() => lease.release());
     } else if (!isLocalAddress(bindAddress)) {
       // No rules send traffic to bindAddress, so no interface is created for it: listen on loopback instead.
       this.log.warn({ bindAddress }, 'proxy.bindAddress is not a local address and proxy.intercept is none: listening on 127.0.0.1');
@@ -153,21 +178,30 @@ export class Agent {
       interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry, reassertMs: this.proxyTuning.reassertMs });
       await interceptor.start();
     }
-    const proxy = new Proxier({
+    let proxy: Proxier | undefined;
+    // On the way out the rules go first, then the listeners (then the address, registered above).
+    await this.own(async () => {
+      try {
+        await interceptor?.stop();
+      } finally {
+        await proxy?.stop();
+      }
+    });
+    proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
       dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
       domain: this.cfg.dns.domain, interceptor,
     });
     this.proxy = proxy;
-    this.stops.push(() => proxy.stop());
-    // Stops run in reverse: on the way out the rules go first, then the listeners, then the address.
-    if (interceptor) this.stops.push(() => interceptor!.stop());
+    const p = proxy;
     await proxy.start();
-    this.admin.addCheck('proxy', () => proxy.ready());
+    this.admin.addCheck('proxy', () => p.ready());
   }
 
+  /** Stops what start() brought up, last first; safe to call while start() is still under way, and twice. */
   async stop(): Promise<void> {
-    for (const s of this.stops.reverse()) {
+    this.stopping = true;
+    for (let s = this.stops.pop(); s; s = this.stops.pop()) {
       try {
         await s();
       } catch (e) {
@@ -176,6 +210,9 @@ export class Agent {
     }
   }
 }
+
+/** start() ended early because stop() was called meanwhile. */
+class StartAborted extends Error {}
 
 export async function main(argv: string[]): Promise<void> {
   let cfg: AgentConfig;

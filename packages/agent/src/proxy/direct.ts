@@ -5,7 +5,8 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import { DialError, type DatagramChannel, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
 
-function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
+/** The DialError code for a socket error. */
+export function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
   switch (err.code) {
     case 'ECONNREFUSED': return 'refused';
     case 'ETIMEDOUT': return 'timeout';

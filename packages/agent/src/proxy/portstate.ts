@@ -75,10 +75,14 @@ export class PortState {
     this.outliers.retain(new Set(eps.map((e) => endpointKey(e.address, endpointPort(e, u.port)!))));
   }
 
-  /** Picks an endpoint for a caller, skipping `exclude` (endpoints that already failed for this connection). */
-  pick(clientIP: string, headerValue: string | undefined, exclude?: ReadonlySet<Endpoint>): Pick | undefined {
+  /**
+   * Picks an endpoint for a caller, skipping the endpoint keys in `exclude` (endpoints that already failed for this
+   * connection). By key, not by object: an update between attempts brings new Endpoint objects for the same ones.
+   */
+  pick(clientIP: string, headerValue: string | undefined, exclude?: ReadonlySet<string>): Pick | undefined {
     const keyOf = (e: Endpoint) => endpointKey(e.address, endpointPort(e, this.port)!);
-    const sel = selectTier(this.plan, (e) => !this.outliers.isEjected(keyOf(e)), exclude);
+    const excluded = exclude?.size ? new Set([...this.plan.tierOf.keys()].filter((e) => exclude.has(keyOf(e)))) : undefined;
+    const sel = selectTier(this.plan, (e) => !this.outliers.isEjected(keyOf(e)), excluded);
     if (!sel) return undefined;
     let c = this.candidates.get(sel.endpoints);
     if (!c) {
@@ -94,10 +98,13 @@ export class PortState {
     return { endpoint, key, ip: endpoint.address, port: endpointPort(endpoint, this.port)!, tier: this.plan.tierOf.get(endpoint) ?? sel.tier, stepTier: sel.tier, spilledFrom: sel.spilledFrom, dstGroup };
   }
 
-  /** Keys of every usable endpoint of this service port (sessions to others are stale). */
+  /**
+   * Keys of the endpoints the routing plan may send new traffic to (any step); sessions to others are stale: out of
+   * a strict scope, no longer ready while ready ones exist, or gone.
+   */
   liveKeys(): Set<string> {
     const out = new Set<string>();
-    for (const e of this.plan.tierOf.keys()) out.add(endpointKey(e.address, endpointPort(e, this.port)!));
+    for (const step of this.plan.steps) for (const e of step.endpoints) out.add(endpointKey(e.address, endpointPort(e, this.port)!));
     return out;
   }
 
@@ -105,6 +112,15 @@ export class PortState {
   get hashHeader(): string | undefined {
     return this.balancer.policy.kind === 'maglev' ? this.balancer.policy.header : undefined;
   }
+}
+
+const HEAD_END = Buffer.from('\r\n\r\n');
+
+/** True when the blank line ending a request head is in `chunk` or straddles `before` (what was read so far) and it. */
+export function headComplete(before: Buffer, chunk: Buffer): boolean {
+  if (chunk.includes(HEAD_END)) return true;
+  const k = Math.min(before.length, HEAD_END.length - 1);
+  return k > 0 && Buffer.concat([before.subarray(before.length - k), chunk.subarray(0, HEAD_END.length - 1)]).includes(HEAD_END);
 }
 
 /** Extracts a header value from the start of an HTTP/1 request, or undefined. `name` is lower case. Pure. */

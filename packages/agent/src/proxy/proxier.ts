@@ -14,7 +14,6 @@ import { createProxyMetrics, type ProxyMetrics } from './metrics.ts';
 import { PortState } from './portstate.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
-import type { SnapshotSource } from './clusterips.ts';
 
 /** Checks what the schema cannot: with iptables interception proxy.bindAddress must be IPv4. Throws ConfigError. */
 export function validateProxyConfig(cfg: AgentConfig): void {
@@ -22,6 +21,12 @@ export function validateProxyConfig(cfg: AgentConfig): void {
   if (intercept === 'iptables' && isIP(bindAddress) !== 4) {
     throw new ConfigError('proxy.bindAddress', `iptables interception is IPv4 only: expected an IPv4 address, got ${JSON.stringify(bindAddress)}`);
   }
+}
+
+/** Where the proxy reads the cluster model from (the agent's ClusterModel). */
+export interface SnapshotSource {
+  snapshot(): Snapshot;
+  subscribe(fn: (snap: Snapshot, prev: Snapshot) => void): () => void;
 }
 
 /** Open proxied TCP connections across all Services before new ones are reset. */
@@ -54,6 +59,9 @@ export interface ProxierOptions {
 }
 
 type Listener = TcpListener | UdpListener;
+
+/** Closes a listener; `all`: its open TCP connections too (UDP sessions always go with their socket). */
+const closeListener = (l: Listener, all: boolean): Promise<void> => (l instanceof TcpListener ? l.close(all) : l.close());
 
 export interface ServiceRouteStatus {
   routing: string;
@@ -155,7 +163,7 @@ export class Proxier {
       this.listeners.delete(id);
       this.metrics.listeners.dec({ protocol: l instanceof TcpListener ? 'tcp' : 'udp' });
       // Open TCP connections of a removed service port run to their end; the listener just stops accepting.
-      void (l instanceof TcpListener ? l.close(false) : l.close());
+      void closeListener(l, false);
     }
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
@@ -189,7 +197,11 @@ export class Proxier {
             this.listeners.set(id, lis);
             this.metrics.listeners.inc({ protocol: sp.protocol === 'TCP' ? 'tcp' : 'udp' });
           },
-          (e: Error) => o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener'),
+          (e: Error) => {
+            o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener');
+            // Its socket (and the UDP purge timer) would otherwise outlive it; the next reconcile tries a new one.
+            void closeListener(lis, true).catch(() => {});
+          },
         ));
       }
       if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
@@ -220,8 +232,7 @@ export class Proxier {
 
   /** The local listener port for a service port (tests, intercept: none users). */
   listenerPort(serviceKey: string, port: number, protocol: 'TCP' | 'UDP' = 'TCP'): number | undefined {
-    for (const [id, l] of this.listeners) if (id === `${serviceKey}:${port}/${protocol}`) return l.port;
-    return undefined;
+    return this.listeners.get(`${serviceKey}:${port}/${protocol}`)?.port;
   }
 
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
@@ -254,7 +265,7 @@ export class Proxier {
     for (const u of this.unsubs) u();
     this.unsubs = [];
     await this.settle();
-    await Promise.all([...this.listeners.values()].map((l) => (l instanceof TcpListener ? l.close(true) : l.close())));
+    await Promise.all([...this.listeners.values()].map((l) => closeListener(l, true)));
     this.listeners.clear();
   }
 }

@@ -75,3 +75,13 @@ test('proxy config: bindAddress must be IPv4 with iptables interception; the err
   assert.doesNotThrow(() => validateProxyConfig(cfg({ intercept: 'none', bindAddress: '::1' })));
   assert.throws(() => validateProxyConfig(cfg({ bindAddress: 'fd00::1' })), /proxy\.bindAddress: iptables interception is IPv4 only/);
 });
+
+test('the end of a request head is found even when "\\r\\n\\r\\n" is split across reads', async () => {
+  const { headComplete } = await import('./portstate.ts');
+  const none = Buffer.alloc(0);
+  assert.equal(headComplete(none, Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n\r\n')), true);
+  assert.equal(headComplete(none, Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n')), false);
+  assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n'), Buffer.from('\r\n')), true);
+  assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n\r'), Buffer.from('\nbody')), true);
+  assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r'), Buffer.from('\n\r')), false);
+});

@@ -2,13 +2,9 @@
 // pipe both ways with backpressure and half-close. A reset, not a hang, when no endpoint is allowed.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Logger } from '@edgemesh/common/log';
-import type { Endpoint } from '../cluster/types.ts';
-import { DialError, type Dialer } from './dialer.ts';
-import { chooseDialer } from './choose.ts';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
-import { headerFromRequestHead, type PortState } from './portstate.ts';
-import type { ProxyMetrics } from './metrics.ts';
+import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
+import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 
 export const DIAL_TIMEOUT_MS = 3000;
 /** Connect attempts per client connection, each to a different endpoint. */
@@ -21,17 +17,14 @@ export const HEADER_PEEK_TIMEOUT_MS = 2000;
 /** Pending-accept queue per service-port listener. */
 export const LISTEN_BACKLOG = 4096;
 
-export interface TcpContext {
-  log: Logger;
-  metrics: ProxyMetrics;
-  dialers: { direct: Dialer; tunnel?: Dialer };
-  thisNode: string;
-  srcGroup: () => string;
+export interface TcpContext extends ListenerContext {
   idleTimeoutMs: number;
   dialTimeoutMs: number;
   /** Shared connection budget across all TCP listeners. */
   limit: { active: number; max: number };
 }
+
+const EMPTY = Buffer.alloc(0);
 
 function reset(sock: Socket): void {
   if (sock.destroyed) return;
@@ -117,10 +110,13 @@ export class TcpListener {
         client.pause();
         resolve(Buffer.concat(chunks));
       };
+      let tail = EMPTY; // the last bytes read, for a blank line split across reads
       const onData = (b: Buffer) => {
         chunks.push(b);
         n += b.length;
-        if (n >= HEADER_PEEK_MAX_BYTES || b.includes('\r\n\r\n')) done();
+        const ended = headComplete(tail, b);
+        tail = Buffer.concat([tail, b.subarray(-3)]).subarray(-3);
+        if (n >= HEADER_PEEK_MAX_BYTES || ended) done();
       };
       const t = setTimeout(done, HEADER_PEEK_TIMEOUT_MS);
       client.on('data', onData);
@@ -132,19 +128,18 @@ export class TcpListener {
   private async connect(client: Socket, head: Buffer | undefined, headerValue: string | undefined): Promise<void> {
     const st = this.state;
     const svc = st.service.key;
-    const { metrics, dialers } = this.ctx;
+    const { metrics } = this.ctx;
     const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
-    const tried = new Set<Endpoint>();
+    const tried = new Set<string>();
     let upstream: Duplex | undefined;
     let relayed = false;
     let pick: ReturnType<PortState['pick']>;
     for (let attempt = 0; attempt < MAX_DIAL_ATTEMPTS && !client.destroyed; attempt++) {
       pick = st.pick(clientIP, headerValue, tried);
       if (!pick) break;
-      const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
-      const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
+      const dialer = dialerFor(this.ctx, pick);
       st.balancer.started(pick.key);
-      const target = { serviceKey: svc, protocol: 'tcp' as const, ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName };
+      const target = targetOf(st, pick, 'tcp');
       const signal = AbortSignal.timeout(this.ctx.dialTimeoutMs);
       try {
         if (dialer instanceof DirectDialer) {
@@ -158,14 +153,8 @@ export class TcpListener {
         break;
       } catch (e) {
         st.balancer.ended(pick.key);
-        tried.add(pick.endpoint);
-        const code = e instanceof DialError ? e.code : 'unreachable';
-        metrics.dialFailures.inc({ service: svc, code });
-        this.ctx.log.debug({ service: svc, endpoint: pick.key, code, attempt }, 'dial failed');
-        if (st.outliers.recordFailure(pick.key, st.total) > 0) {
-          metrics.ejections.inc({ service: svc });
-          this.ctx.log.warn({ service: svc, endpoint: pick.key }, 'endpoint ejected after consecutive connect failures');
-        }
+        tried.add(pick.key);
+        recordFailure(this.ctx, st, pick.key, e);
         pick = undefined;
       }
     }
@@ -177,8 +166,7 @@ export class TcpListener {
       return reset(client);
     }
     const key = pick.key;
-    metrics.connections.inc({ service: svc, protocol: 'tcp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
+    countOpened(this.ctx, st, pick, 'tcp');
     if (client.destroyed) {
       st.balancer.ended(key);
       upstream.destroy();
@@ -202,8 +190,9 @@ export class TcpListener {
     client.on('error', () => resetDuplex(upstream));
     client.once('close', () => {
       finish();
-      // Closed without finishing its half (reset, idle timeout): nothing more will reach the endpoint.
-      if (!upstream.destroyed && !upstream.writableEnded) upstream.destroy();
+      // Both directions finished: the upstream closes itself once its last write is flushed. Otherwise (reset, idle
+      // timeout, closed by stop() even after the client's FIN) nothing more can reach the client or the endpoint.
+      if (!upstream.destroyed && !(upstream.writableEnded && upstream.readableEnded)) upstream.destroy();
     });
     upstream.once('close', () => {
       finish();

@@ -3,11 +3,9 @@
 // right client from the service port.
 import { createSocket, type Socket as UdpSocket, type RemoteInfo } from 'node:dgram';
 import { LRUCache } from 'lru-cache';
-import type { Logger } from '@edgemesh/common/log';
-import { DialError, type DatagramChannel, type Dialer } from './dialer.ts';
-import { chooseDialer } from './choose.ts';
+import type { DatagramChannel } from './dialer.ts';
+import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import type { PortState } from './portstate.ts';
-import type { ProxyMetrics } from './metrics.ts';
 
 /** A session with no datagram either way for this long is closed (EdgeMesh uses 250 ms, far too short for DNS/QUIC). */
 export const UDP_SESSION_IDLE_MS = 60_000;
@@ -17,12 +15,7 @@ export const UDP_PENDING_MAX = 64;
 export const UDP_PURGE_INTERVAL_MS = 5_000;
 export const UDP_OPEN_TIMEOUT_MS = 3_000;
 
-export interface UdpContext {
-  log: Logger;
-  metrics: ProxyMetrics;
-  dialers: { direct: Dialer; tunnel?: Dialer };
-  thisNode: string;
-  srcGroup: () => string;
+export interface UdpContext extends ListenerContext {
   idleMs: number;
 }
 
@@ -104,7 +97,7 @@ export class UdpListener {
   private open(id: string, from: RemoteInfo, first: Buffer): void {
     const st = this.state;
     const svc = st.service.key;
-    const { metrics, dialers } = this.ctx;
+    const { metrics } = this.ctx;
     const pick = st.pick(from.address, undefined);
     if (!pick) {
       metrics.udpDropped.inc({ service: svc, reason: 'no_endpoint' });
@@ -116,11 +109,8 @@ export class UdpListener {
     st.balancer.started(pick.key);
     metrics.active.inc({ service: svc, protocol: 'udp' });
     metrics.udpSessions.inc();
-    metrics.connections.inc({ service: svc, protocol: 'udp', src_group: this.ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-    if (pick.spilledFrom) metrics.spillover.inc({ service: svc, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
-    const which = chooseDialer(pick.endpoint.nodeName, this.ctx.thisNode, !!dialers.tunnel);
-    const dialer = which === 'tunnel' ? dialers.tunnel! : dialers.direct;
-    dialer.openUdp({ serviceKey: svc, protocol: 'udp', ip: pick.ip, port: pick.port, nodeName: pick.endpoint.nodeName }, AbortSignal.timeout(UDP_OPEN_TIMEOUT_MS)).then(
+    countOpened(this.ctx, st, pick, 'udp');
+    dialerFor(this.ctx, pick).openUdp(targetOf(st, pick, 'udp'), AbortSignal.timeout(UDP_OPEN_TIMEOUT_MS)).then(
       (ch) => {
         if (session.closed) return ch.close();
         session.channel = ch;
@@ -130,7 +120,7 @@ export class UdpListener {
           this.sock.send(d, from.port, from.address, (e) => { if (e) metrics.udpDropped.inc({ service: svc, reason: 'send_error' }); });
         });
         ch.onClose((err) => {
-          if (err) this.failed(pick.key, err);
+          if (err) recordFailure(this.ctx, st, pick.key, err);
           if (this.sessions.peek(id) === session) this.sessions.delete(id);
         });
         for (const d of session.pending) this.forward(ch, d);
@@ -138,7 +128,7 @@ export class UdpListener {
         st.outliers.recordSuccess(pick.key);
       },
       (e: unknown) => {
-        this.failed(pick.key, e as Error);
+        recordFailure(this.ctx, st, pick.key, e);
         if (this.sessions.peek(id) === session) this.sessions.delete(id);
       },
     );
@@ -147,15 +137,6 @@ export class UdpListener {
   private forward(ch: DatagramChannel, d: Buffer): void {
     this.bytesIn.inc(d.length);
     ch.send(d);
-  }
-
-  private failed(key: string, err: Error): void {
-    const svc = this.state.service.key;
-    this.ctx.metrics.dialFailures.inc({ service: svc, code: err instanceof DialError ? err.code : 'refused' });
-    if (this.state.outliers.recordFailure(key, this.state.total) > 0) {
-      this.ctx.metrics.ejections.inc({ service: svc });
-      this.ctx.log.warn({ service: svc, endpoint: key }, 'endpoint ejected after consecutive failures');
-    }
   }
 
   private endSession(s: Session): void {
