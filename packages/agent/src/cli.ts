@@ -53,5 +53,12 @@ async function status(args: string[]): Promise<void> {
     process.stdout.write(body.endsWith('\n') ? body : body + '\n');
     return;
   }
-  process.stdout.write(renderStatus(JSON.parse(body) as AgentStatus));
+  let status: AgentStatus;
+  try {
+    status = JSON.parse(body) as AgentStatus;
+  } catch {
+    process.stderr.write(`edgemesh status: ${admin} did not answer /status with JSON (is it an edgemesh agent's admin port?)\n`);
+    process.exit(1);
+  }
+  process.stdout.write(renderStatus(status));
 }

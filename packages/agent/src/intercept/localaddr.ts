@@ -27,8 +27,14 @@ export async function ensureLocalAddress(ip: string, log: Logger, iface = DUMMY_
     }
     createdLink = true;
   }
-  await execa('ip', ['link', 'set', 'dev', iface, 'up']);
-  await execa('ip', ['addr', 'replace', `${ip}/${prefix}`, 'dev', iface]);
+  try {
+    await execa('ip', ['link', 'set', 'dev', iface, 'up']);
+    await execa('ip', ['addr', 'replace', `${ip}/${prefix}`, 'dev', iface]);
+  } catch (e) {
+    // Leave nothing half made: the interface goes again if this call created it.
+    if (createdLink) await execa('ip', ['link', 'del', 'dev', iface], { reject: false });
+    throw e;
+  }
   log.info({ ip, iface, createdLink }, 'added local address');
   let released = false;
   return {

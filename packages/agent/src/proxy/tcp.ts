@@ -91,11 +91,14 @@ export class TcpListener {
       metrics.bytes.inc({ service: svc, direction: 'out' }, client.bytesWritten);
     });
     const header = this.state.hashHeader;
-    if (header) {
-      this.peekHead(client).then((head) => this.connect(client, head, head.length ? headerFromRequestHead(head, header) : undefined), () => reset(client));
-    } else {
-      void this.connect(client, undefined, undefined);
-    }
+    const started = header
+      ? this.peekHead(client).then((head) => this.connect(client, head, head.length ? headerFromRequestHead(head, header) : undefined))
+      : this.connect(client, undefined, undefined);
+    // A bug in the per-connection path costs this connection (reset), never the process.
+    started.catch((e: unknown) => {
+      this.ctx.log.error({ err: e, service: svc }, 'proxying a connection failed');
+      reset(client);
+    });
   }
 
   /** Reads the start of the first request (until the end of its headers, a size cap or a timeout). */
