@@ -5,11 +5,10 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { once } from 'node:events';
 
-const BIN = resolve(import.meta.dirname, '../packages/agent/bin/edgemesh-agent.js');
-const DEADLINE_MS = 15_000;
+import { AGENT_BIN as BIN, poll, runAgent } from './lib/agentproc.ts';
 
 const manifest = (name: string, ip: string, eps: string[]) => `apiVersion: v1
 kind: Service
@@ -23,16 +22,6 @@ addressType: IPv4
 ports: [{name: http, port: 8080}]
 endpoints: [${eps.map((a) => `{addresses: [${a}], nodeName: edge-a}`).join(', ')}]
 `;
-
-async function poll<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + DEADLINE_MS;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 test('edgemesh-agent --config (file source): ready, /status lists the manifests, follows changes, SIGTERM exits 0', async () => {
   const root = mkdtempSync(join(tmpdir(), 'em-agent-'));
@@ -50,14 +39,7 @@ tunnel: {enabled: false}
 admin: {listen: "127.0.0.1:0"}
 log: {level: info}
 `);
-  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  const exited = once(child, 'exit');
-  try {
-    const admin = await poll('admin address in the log', async () => /"admin":"([^"]+)"/.exec(out)?.[1]);
-    const base = `http://${admin}`;
+  await runAgent(cfg, async (base) => {
     await poll('/readyz 200', async () => ((await fetch(`${base}/readyz`)).status === 200 ? true : undefined));
     const status = (await (await fetch(`${base}/status`)).json()) as { node: string; services: { name: string; ip: string; ports: number[]; endpoints: number }[] };
     assert.equal(status.node, 'edge-a');
@@ -70,12 +52,7 @@ log: {level: info}
     const metrics = await (await fetch(`${base}/metrics`)).text();
     assert.match(metrics, /^edgemesh_cluster_services 2$/m);
     assert.match(metrics, /^edgemesh_cluster_synced 1$/m);
-    child.kill('SIGTERM');
-    const [code] = await exited;
-    assert.equal(code, 0, out);
-  } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  }
+  });
 });
 
 test('edgemesh-agent: a bad config exits 2 naming the key', async () => {

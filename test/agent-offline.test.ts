@@ -2,44 +2,13 @@
 // the last good state; restarted while the API server is gone, it loads that state, reports ready and serves it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { once } from 'node:events';
+import { join } from 'node:path';
 import { FakeApiServer } from './lib/fakeapi.ts';
-
-const BIN = resolve(import.meta.dirname, '../packages/agent/bin/edgemesh-agent.js');
-const DEADLINE_MS = 15_000;
-
-async function poll<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + DEADLINE_MS;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+import { poll, runAgent } from './lib/agentproc.ts';
 
 type Status = { services: { name: string; endpoints: number }[] };
-
-async function runAgent(cfg: string, check: (base: string) => Promise<void>): Promise<void> {
-  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { out += d; });
-  const exited = once(child, 'exit');
-  try {
-    const admin = await poll('admin address', async () => /"admin":"([^"]+)"/.exec(out)?.[1]);
-    await check(`http://${admin}`);
-    child.kill('SIGTERM');
-    const [code] = await exited;
-    assert.equal(code, 0, out);
-  } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  }
-}
 
 test('agent restarted while the API server is unreachable serves the last good state and is ready', async () => {
   const api = new FakeApiServer();
