@@ -2,7 +2,7 @@
 // loaded from manifests, and the time from a manifest file change to the model update (in-process, default debounce).
 // The same for the kubernetes source against the in-process fake API server (test/lib/fakeapi.ts).
 // usage: npx node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -31,20 +31,26 @@ async function metric(base: string, name: string): Promise<number | undefined> {
   return m ? Number(m[1]) : undefined;
 }
 
+/** Starts the agent binary with `cfgText` as its config; resolves once the cluster source reports synced. */
+async function startAgent(root: string, cfgText: string): Promise<{ child: ChildProcess; base: string }> {
+  const cfg = join(root, 'agent.yaml');
+  writeFileSync(cfg, cfgText);
+  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  child.stdout!.on('data', (d) => { out += d; });
+  let admin: string | undefined;
+  while (!(admin = /"admin":"([^"]+)"/.exec(out)?.[1])) await sleep(20);
+  const base = `http://${admin}`;
+  while ((await metric(base, 'edgemesh_cluster_synced')) !== 1) await sleep(20);
+  return { child, base };
+}
+
 async function agentRss(): Promise<void> {
   const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
   const manifests = join(root, 'm');
   mkdirSync(manifests);
-  const cfg = join(root, 'agent.yaml');
-  writeFileSync(cfg, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: file, manifestsDir: ${manifests}}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: warn}\n`);
-  const child = spawn(process.execPath, [BIN, '--config', cfg, '--log.level', 'info'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
+  const { child, base } = await startAgent(root, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: file, manifestsDir: ${manifests}}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
   try {
-    let admin: string | undefined;
-    while (!(admin = /"admin":"([^"]+)"/.exec(out)?.[1])) await sleep(20);
-    const base = `http://${admin}`;
-    while ((await metric(base, 'edgemesh_cluster_synced')) !== 1) await sleep(20);
     await sleep(SETTLE_MS);
     const idle = rssMiB(child.pid!);
     const t0 = performance.now();
@@ -121,16 +127,8 @@ async function kubeAgentRss(): Promise<void> {
   const api = new FakeApiServer();
   const url = await api.start();
   const root = mkdtempSync(join(tmpdir(), 'em-bench-kube-'));
-  const cfg = join(root, 'agent.yaml');
-  writeFileSync(cfg, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: kubernetes, kubeconfig: "${url}"}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
-  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout.on('data', (d) => { out += d; });
+  const { child, base } = await startAgent(root, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: kubernetes, kubeconfig: "${url}"}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
   try {
-    let admin: string | undefined;
-    while (!(admin = /"admin":"([^"]+)"/.exec(out)?.[1])) await sleep(20);
-    const base = `http://${admin}`;
-    while ((await metric(base, 'edgemesh_cluster_synced')) !== 1) await sleep(20);
     await sleep(SETTLE_MS);
     const idle = rssMiB(child.pid!);
     const objs = objects(SERVICES);
