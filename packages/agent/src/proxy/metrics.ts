@@ -31,3 +31,15 @@ export function createProxyMetrics(registry: Registry): ProxyMetrics {
     listeners: new Gauge({ name: 'edgemesh_proxy_listeners', help: 'Service-port listeners open', labelNames: ['protocol'], registers: r }),
   };
 }
+
+/**
+ * Drops every series labelled with `service` (the Service left the cluster), so a long-running agent's /metrics does
+ * not grow with Service churn. Connections of that Service still open may write a series again until they end.
+ */
+export async function forgetServiceSeries(m: ProxyMetrics, service: string): Promise<void> {
+  const perService = [m.connections, m.bytes, m.active, m.refused, m.dialFailures, m.spillover, m.ejections, m.udpDropped];
+  for (const metric of perService) {
+    const { values } = await metric.get();
+    for (const v of values) if (v.labels.service === service) (metric as { remove(labels: object): void }).remove(v.labels);
+  }
+}

@@ -10,7 +10,7 @@ import type { Rng } from '../lb/hash.ts';
 import { policyFor } from '../lb/policy.ts';
 import { TIERS, type RoutingDefault, type Tier } from '../routing/routing.ts';
 import type { Dialer } from './dialer.ts';
-import { createProxyMetrics, type ProxyMetrics } from './metrics.ts';
+import { createProxyMetrics, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
 import { PortState } from './portstate.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
@@ -158,13 +158,17 @@ export class Proxier {
       if (!svc || svc.headless || svc.type === 'ExternalName') continue;
       for (const sp of svc.ports) if (sp.protocol === 'TCP' || sp.protocol === 'UDP') want.set(portId(svc, sp), { svc, sp });
     }
+    const wantServices = new Set([...want.values()].map((w) => w.svc.key));
+    const goneServices = new Set<string>();
     for (const [id, l] of this.listeners) {
       if (want.has(id)) continue;
       this.listeners.delete(id);
       this.metrics.listeners.dec({ protocol: l instanceof TcpListener ? 'tcp' : 'udp' });
+      if (!wantServices.has(l.state.service.key)) goneServices.add(l.state.service.key);
       // Open TCP connections of a removed service port run to their end; the listener just stops accepting.
       void closeListener(l, false);
     }
+    for (const key of goneServices) void forgetServiceSeries(this.metrics, key).catch(() => {});
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
     const opened: Promise<unknown>[] = [];

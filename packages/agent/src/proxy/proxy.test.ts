@@ -1,6 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { Registry } from 'prom-client';
 import { chooseDialer } from './choose.ts';
+import { createProxyMetrics, forgetServiceSeries } from './metrics.ts';
 import { endpointKey, headerFromRequestHead } from './portstate.ts';
 
 test('dialer choice: same or unknown node direct, other node via the tunnel when there is one, else direct', () => {
@@ -84,4 +86,24 @@ test('the end of a request head is found even when "\\r\\n\\r\\n" is split acros
   assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n'), Buffer.from('\r\n')), true);
   assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r\nX-User: a\r\n\r'), Buffer.from('\nbody')), true);
   assert.equal(headComplete(Buffer.from('GET / HTTP/1.1\r'), Buffer.from('\n\r')), false);
+});
+
+test('a Service that left the cluster has its metric series dropped; other Services keep theirs', async () => {
+  const registry = new Registry();
+  const m = createProxyMetrics(registry);
+  for (const service of ['shop/web', 'shop/api']) {
+    m.connections.inc({ service, protocol: 'tcp', src_group: 'g1', dst_group: 'g2', tier: 'group' });
+    m.bytes.inc({ service, direction: 'in' }, 10);
+    m.active.inc({ service, protocol: 'tcp' });
+    m.refused.inc({ service, protocol: 'tcp', reason: 'strict_empty' });
+    m.ejections.inc({ service });
+  }
+  m.listeners.inc({ protocol: 'tcp' });
+  await forgetServiceSeries(m, 'shop/web');
+  const text = await registry.metrics();
+  assert.doesNotMatch(text, /service="shop\/web"/);
+  for (const name of ['connections_total', 'bytes_total', 'active', 'refused_total', 'ejections_total']) {
+    assert.match(text, new RegExp(`edgemesh_proxy_${name}\\{[^}]*service="shop/api"`), name);
+  }
+  assert.match(text, /edgemesh_proxy_listeners\{protocol="tcp"\} 1/);
 });
