@@ -18,6 +18,7 @@ COPY package.json package-lock.json ./
 COPY packages/common/package.json packages/common/
 COPY packages/agent/package.json packages/agent/
 COPY packages/server/package.json packages/server/
+COPY packages/lab/package.json packages/lab/
 # --omit=dev drops typescript, @types/*, ajv and the `node` devDependency (the image has its own Node 24).
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY packages/ packages/

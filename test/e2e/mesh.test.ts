@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { buildLab, type Lab } from '../lib/netlab.ts';
-import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest } from '../../packages/agent/src/lab/mesh.ts';
+import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest } from '../../packages/lab/src/mesh.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
 const PORT = 8080;

@@ -1,5 +1,5 @@
 // The NAT matrix: real edgemesh-server on the public network, a tunnel node per site behind the NAT types of
-// NATLAB.md. Each pair: the first stream starts on the relay at once, punching settles the path, then 20 MB each
+// docs/natlab.md. Each pair: the first stream starts on the relay at once, punching settles the path, then 20 MB each
 // way with the sha256 checked and the path each transfer used asserted.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';

@@ -3,7 +3,7 @@
 // address they observed, and the data they got), so the sender learns its mapped address and the listener records who reached it.
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { Lab, Target } from '../../packages/agent/src/lab/netlab.ts';
+import type { Lab, Target } from '../../packages/lab/src/netlab.ts';
 
 export const PROBE_READY_TIMEOUT_MS = 10_000;
 export const PROBE_CMD_TIMEOUT_MS = 5_000;

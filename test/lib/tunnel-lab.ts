@@ -8,7 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import type { Lab, SiteSpec } from './netlab.ts';
 import type { TestEndpoint } from './tunnel-fixture.ts';
 
-/** The NAT matrix of NATLAB.md: one site per NAT type, a host per tunnel node (node `p1` on host `hp1`), and a LAN
+/** The NAT matrix of docs/natlab.md: one site per NAT type, a host per tunnel node (node `p1` on host `hp1`), and a LAN
  *  with two hosts. Shared by test/e2e/tunnel-matrix.test.ts and bench/tunnel. */
 export const NAT_MATRIX_SITES: readonly SiteSpec[] = [
   { name: 'pr1', nat: 'port-restricted', hosts: ['hp1'] },

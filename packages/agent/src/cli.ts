@@ -10,8 +10,13 @@ export async function cli(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (cmd === 'status') return status(rest);
   if (cmd === 'demo') {
-    const { demo } = await import('./demo/demo.ts');
-    process.exit(await demo(rest));
+    // The lab is a workspace package of the repository, not part of the image.
+    const lab = await import('@edgemesh/lab/demo').catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+      process.stderr.write('edgemesh demo: the lab package (packages/lab) is not installed here; run it from a checkout after npm ci\n');
+      process.exit(2);
+    });
+    process.exit(await lab.demo(rest));
   }
   if (cmd === '--help' || cmd === '-h' || cmd === 'help') {
     process.stdout.write(USAGE);

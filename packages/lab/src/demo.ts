@@ -7,8 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { buildLab, cleanupStale, type Lab } from '../lab/netlab.ts';
-import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest, type AgentStatusJson, type ClientResult } from '../lab/mesh.ts';
+import { buildLab, cleanupStale, type Lab } from './netlab.ts';
+import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest, type AgentStatusJson, type ClientResult } from './mesh.ts';
 
 export const DEMO_PREFIX = 'emdemo';
 export const DEMO_URL = 'http://hello.demo.svc.cluster.local/';

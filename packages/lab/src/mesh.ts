@@ -6,9 +6,9 @@ import { join, resolve } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { stringify } from 'yaml';
 import type { Lab } from './netlab.ts';
-import type { AgentStatus } from '../main.ts';
+import type { AgentStatus } from '@edgemesh/agent/main';
 
-const SRC = resolve(import.meta.dirname, '..', '..', '..');
+const SRC = resolve(import.meta.dirname, '..', '..');
 export const AGENT_BIN = join(SRC, 'agent', 'bin', 'edgemesh-agent.js');
 export const SERVER_BIN = join(SRC, 'server', 'bin', 'edgemesh-server.js');
 const BACKEND = join(import.meta.dirname, 'backend.ts');

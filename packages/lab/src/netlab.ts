@@ -1,5 +1,5 @@
 // Network-namespace lab: a public network (203.0.113.0/24 on a bridge) with public hosts, and sites behind routers
-// that behave like the NAT types in NATLAB.md. Used by the end-to-end tests and by `edgemesh demo`. Needs root,
+// that behave like the NAT types of docs/natlab.md. Used by the end-to-end tests and by `edgemesh demo`. Needs root,
 // iproute2, iptables (nf_tables backend) and conntrack.
 //
 // Everything the lab makes lives inside namespaces named `<prefix>-...`: veth pairs are created directly in their
@@ -13,7 +13,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execa } from 'execa';
 
-export type NatType =
+export type RouterNat =
   | 'none'
   | 'full-cone'
   | 'restricted-cone'
@@ -22,13 +22,13 @@ export type NatType =
   | 'udp-blocked'
   | 'cgnat';
 
-export const NAT_TYPES: readonly NatType[] = [
+export const ROUTER_NATS: readonly RouterNat[] = [
   'none', 'full-cone', 'restricted-cone', 'port-restricted', 'symmetric', 'udp-blocked', 'cgnat',
 ];
 
 export interface SiteSpec {
   name: string;
-  nat: NatType;
+  nat: RouterNat;
   /** Host names on the site's LAN (198.18.<i>.10, .11, ...). full-cone/restricted-cone forward inbound to the first. */
   hosts: string[];
 }
@@ -62,7 +62,7 @@ export interface RouterHop {
 
 export interface Router extends RouterHop {
   site: string;
-  nat: NatType;
+  nat: RouterNat;
   /** The address the public network sees for this site: wanIp, or for cgnat the carrier router's wanIp. */
   publicIp: string;
   /** cgnat only: the carrier-grade NAT between this router (wan 100.64.<i>.2) and the public network. */
@@ -221,7 +221,7 @@ export function planLab(spec: LabSpec, prefix: string): LabPlan {
   for (const h of spec.publicHosts) claim(h, 'host');
   for (const s of spec.sites) {
     claim(s.name, 'site');
-    if (!NAT_TYPES.includes(s.nat)) throw new Error(`netlab: site ${s.name}: unknown nat ${JSON.stringify(s.nat)}`);
+    if (!ROUTER_NATS.includes(s.nat)) throw new Error(`netlab: site ${s.name}: unknown nat ${JSON.stringify(s.nat)}`);
     if (s.hosts.length > MAX_SITE_HOSTS) throw new Error(`netlab: site ${s.name}: at most ${MAX_SITE_HOSTS} hosts`);
     for (const h of s.hosts) claim(h, 'host');
   }
@@ -308,10 +308,10 @@ export function planLab(spec: LabSpec, prefix: string): LabPlan {
 }
 
 /**
- * iptables-restore input for a site router (LAN side `lan0`, WAN side `wan0`) per NATLAB.md. `lanHosts[0]` is the
+ * iptables-restore input for a site router (LAN side `lan0`, WAN side `wan0`) per docs/natlab.md. `lanHosts[0]` is the
  * host full-cone and restricted-cone forward inbound UDP to. Every router also gets the fault chain.
  */
-export function routerRules(nat: Exclude<NatType, 'cgnat'>, lanHosts: string[]): string {
+export function routerRules(nat: Exclude<RouterNat, 'cgnat'>, lanHosts: string[]): string {
   const first = lanHosts[0];
   const filter = [
     '*filter', ':INPUT ACCEPT [0:0]', ':FORWARD DROP [0:0]', ':OUTPUT ACCEPT [0:0]', `:${FAULT_CHAIN} - [0:0]`,
@@ -328,7 +328,7 @@ export function routerRules(nat: Exclude<NatType, 'cgnat'>, lanHosts: string[]):
   if ((nat === 'full-cone' || nat === 'restricted-cone') && first) {
     filter.push(`-A FORWARD -i wan0 -o lan0 -p udp -d ${first} -m conntrack --ctstate DNAT -j ACCEPT`);
   }
-  // The router itself never answers unsolicited packets from the WAN (see NATLAB.md: early punches would otherwise
+  // The router itself never answers unsolicited packets from the WAN (see docs/natlab.md: early punches would otherwise
   // leave a confirmed conntrack entry and force a new mapped port).
   filter.push('-A INPUT -i wan0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT', '-A INPUT -i wan0 -j DROP');
   if (nat !== 'none') nat4.push(`-A POSTROUTING -o wan0 -j MASQUERADE${nat === 'symmetric' ? ' --random-fully' : ''}`);

@@ -1,11 +1,11 @@
 // Unit tests of the lab's pure parts: address plan, router rules per NAT type, fault rules.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { faultRuleArgs, NAT_TYPES, planLab, randomPrefix, routerRules, type LabSpec } from './netlab.ts';
+import { faultRuleArgs, ROUTER_NATS, planLab, randomPrefix, routerRules, type LabSpec } from './netlab.ts';
 
 const spec: LabSpec = {
   publicHosts: ['server', 'relay'],
-  sites: NAT_TYPES.map((nat, i) => ({ name: `s${i}`, nat, hosts: [`a${i}`, `b${i}`] })),
+  sites: ROUTER_NATS.map((nat, i) => ({ name: `s${i}`, nat, hosts: [`a${i}`, `b${i}`] })),
 };
 
 test('plan: addresses, gateways, namespaces and interface names', () => {
@@ -15,14 +15,14 @@ test('plan: addresses, gateways, namespaces and interface names', () => {
   assert.deepEqual(a3, { name: 'a3', ns: 'emtest-h-a3', ip: '198.18.4.10', site: 's3', gateway: '198.18.4.1' });
   assert.equal(plan.hosts.find((h) => h.name === 'b3')!.ip, '198.18.4.11');
   const cg = plan.routers.find((r) => r.nat === 'cgnat')!;
-  assert.equal(cg.wanIp, `100.64.${NAT_TYPES.indexOf('cgnat') + 1}.2`);
+  assert.equal(cg.wanIp, `100.64.${ROUTER_NATS.indexOf('cgnat') + 1}.2`);
   assert.equal(cg.publicIp, cg.carrier!.wanIp);
   const names = plan.namespaces.map((n) => n.ns);
   assert.equal(new Set(names).size, names.length);
   assert.ok(names.every((n) => n.startsWith('emtest-')));
   for (const l of plan.links) for (const end of [l.a, l.b]) assert.ok(end.name.length <= 15 && names.includes(end.ns));
   // Every public-network namespace routes to the open site's LAN, except that site's own router.
-  const open = NAT_TYPES.indexOf('none') + 1;
+  const open = ROUTER_NATS.indexOf('none') + 1;
   const route = `route add 198.18.${open}.0/24 via 203.0.113.${100 + open}`;
   for (const n of plan.namespaces) {
     const expected = n.role === 'public' || n.role === 'carrier' || (n.role === 'router' && n.ns !== `emtest-r-s${open - 1}` && !n.ipCmds.some((c) => c.includes('via 100.64')));
@@ -31,8 +31,8 @@ test('plan: addresses, gateways, namespaces and interface names', () => {
   assert.match(randomPrefix(), /^em[0-9a-z]{4}$/);
 });
 
-test('router rules: shared base with INPUT DROP, and the NAT type specifics from NATLAB.md', () => {
-  for (const nat of NAT_TYPES.filter((n) => n !== 'cgnat') as Exclude<(typeof NAT_TYPES)[number], 'cgnat'>[]) {
+test('router rules: shared base with INPUT DROP, and the NAT type specifics from docs/natlab.md', () => {
+  for (const nat of ROUTER_NATS.filter((n) => n !== 'cgnat') as Exclude<(typeof ROUTER_NATS)[number], 'cgnat'>[]) {
     const r = routerRules(nat, ['198.18.1.10']);
     assert.match(r, /:FORWARD DROP/);
     assert.match(r, /-A FORWARD -i lan0 -o wan0 -j ACCEPT/);
