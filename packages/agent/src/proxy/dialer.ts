@@ -31,7 +31,22 @@ export class DialError extends Error {
   }
 }
 
+/**
+ * The one deadline of a dial, created by the proxy (one per connect attempt) and passed down: the tunnel gives the
+ * direct path a share of what remains before it tries the relay, and tells the far agent how long it may dial.
+ */
+export interface Deadline {
+  readonly signal: AbortSignal;
+  /** Milliseconds left (0 once passed). */
+  remaining(): number;
+}
+
+export function dialDeadline(ms: number): Deadline {
+  const at = performance.now() + ms;
+  return { signal: AbortSignal.timeout(Math.max(0, ms)), remaining: () => Math.max(0, at - performance.now()) };
+}
+
 export interface Dialer {
-  dialTcp(target: DialTarget, signal?: AbortSignal): Promise<Duplex>;
-  openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel>;
+  dialTcp(target: DialTarget, deadline?: Deadline): Promise<Duplex>;
+  openUdp(target: DialTarget, deadline?: Deadline): Promise<DatagramChannel>;
 }

@@ -3,7 +3,7 @@
 // right client from the service port.
 import { createSocket, type Socket as UdpSocket, type RemoteInfo } from 'node:dgram';
 import { LRUCache } from 'lru-cache';
-import type { DatagramChannel } from './dialer.ts';
+import { dialDeadline, type DatagramChannel } from './dialer.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import type { PortState } from './portstate.ts';
 
@@ -110,7 +110,7 @@ export class UdpListener {
     metrics.active.inc({ service: svc, protocol: 'udp' });
     metrics.udpSessions.inc();
     countOpened(this.ctx, st, pick, 'udp');
-    dialerFor(this.ctx, pick).openUdp(targetOf(st, pick, 'udp'), AbortSignal.timeout(UDP_OPEN_TIMEOUT_MS)).then(
+    dialerFor(this.ctx, pick).openUdp(targetOf(st, pick, 'udp'), dialDeadline(UDP_OPEN_TIMEOUT_MS)).then(
       (ch) => {
         if (session.closed) return ch.close();
         session.channel = ch;

@@ -4,8 +4,8 @@
 //   [0] 0xE5 magic  [1] type  [2..10) sender key id  [10..22) txid  [22..30) counter u64  [30..34) udx stream id
 //   [34..50) HMAC-SHA256 truncated to 16 bytes over [0..34)
 import { createHmac } from 'node:crypto';
-import sodium from 'sodium-native';
 import { safeEqual } from '@edgemesh/common/tunnel/auth';
+import { pairKey } from './identity.ts';
 
 export const PING_MAGIC = 0xe5;
 export const PING_BYTES = 50;
@@ -16,16 +16,9 @@ export interface PingPacket { type: number; keyId: Buffer; txid: Buffer; counter
 
 export const keyId = (publicKey: Buffer): Buffer => publicKey.subarray(0, 8);
 
-/** The pairwise ping key: X25519(our secret, their public) bound to both public keys. */
+/** The pairwise ping key: only the two peers can compute it (identity.ts). */
 export function pingKey(mySecret: Buffer, myPublic: Buffer, peerPublic: Buffer): Buffer {
-  const sk = Buffer.alloc(32);
-  const pk = Buffer.alloc(32);
-  const shared = Buffer.alloc(32);
-  sodium.crypto_sign_ed25519_sk_to_curve25519(sk, mySecret);
-  sodium.crypto_sign_ed25519_pk_to_curve25519(pk, peerPublic);
-  sodium.crypto_scalarmult(shared, sk, pk);
-  const [x, y] = Buffer.compare(myPublic, peerPublic) < 0 ? [myPublic, peerPublic] : [peerPublic, myPublic];
-  return createHmac('sha256', shared).update('edgemesh/ping/v1').update(x).update(y).digest();
+  return pairKey(mySecret, myPublic, peerPublic, 'edgemesh/ping/v1');
 }
 
 export function isPing(b: Buffer): boolean {
