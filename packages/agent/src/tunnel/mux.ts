@@ -11,7 +11,7 @@ import {
   ATTACH_REPLY, ATTACH_REQUEST, decodeAttach, decodeErr, decodeId, decodeOpen, encodeAttach, encodeErr, encodeOk, encodeOpen, L,
   LINK_STREAM_TYPES, S, type AttachEntry, type StreamHeader,
 } from './linkproto.ts';
-import { TunnelStream } from './stream.ts';
+import { TunnelStream, type StreamIO } from './stream.ts';
 
 /** How many streams one session carries at once (ours and the peer's, also while the peer's dial is under way). */
 export const MAX_STREAMS_PER_SESSION = 8192;
@@ -134,27 +134,54 @@ export class Session {
 
   // ---------- streams ----------
 
-  private makeStream(id: number): TunnelStream {
+  private streamIO(id: number, self: () => TunnelStream): StreamIO {
     const t = LINK_STREAM_TYPES;
-    const s: TunnelStream = new TunnelStream({
+    return {
       canSend: () => this.canSend() && !this.opening.has(id),
       data: (off, b) => this.link!.send(encodeData(t, id, off, b)),
       credit: (ack) => this.link!.send(encodeCredit(t, id, ack)),
       end: (fin) => this.link!.send(encodeEnd(t, id, fin)),
       reset: () => this.link!.send(encodeReset(t, id)),
-      closed: () => { if (this.streams.get(id) === s) this.streams.delete(id); },
-    });
+      closed: () => { if (this.streams.get(id) === self()) this.streams.delete(id); },
+    };
+  }
+
+  private makeStream(id: number): TunnelStream {
+    const s: TunnelStream = new TunnelStream(this.streamIO(id, () => s));
     this.streams.set(id, s);
     return s;
+  }
+
+  private allocId(): number {
+    const id = this.nextId;
+    this.nextId += 2;
+    if (this.nextId > 0xfffffff0) this.nextId -= 0xfffffff0 - 2;
+    return id;
+  }
+
+  /** The peer restarted before answering these opens: the next session (to the new peer) asks again. */
+  moveOpenings(next: Session): void {
+    for (const [id, o] of this.opening) {
+      this.streams.delete(id);
+      next.adoptOpening(o);
+    }
+    this.opening.clear();
+  }
+
+  private adoptOpening(o: Opening): void {
+    const id = this.allocId();
+    o.stream.rebind(this.streamIO(id, () => o.stream));
+    o.via = undefined;
+    this.streams.set(id, o.stream);
+    this.opening.set(id, o);
+    this.sendOpen(id);
   }
 
   /** Opens a stream; `answered` resolves once the far side said OK (over whichever link carries the session then). */
   open(header: StreamHeader, deadlineAt: number): { stream: TunnelStream | undefined; answered: Promise<{ stream: TunnelStream; via: SessionLink | undefined }> } {
     if (this.closedErr) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', this.closedErr.message)) };
     if (this.size >= MAX_STREAMS_PER_SESSION) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', 'too many streams to this peer')) };
-    const id = this.nextId;
-    this.nextId += 2;
-    if (this.nextId > 0xfffffff0) this.nextId -= 0xfffffff0 - 2;
+    const id = this.allocId();
     const stream = this.makeStream(id);
     const answered = new Promise<{ stream: TunnelStream; via: SessionLink | undefined }>((resolve, reject) => {
       this.opening.set(id, { stream, header, deadlineAt, via: undefined, resolve, reject });

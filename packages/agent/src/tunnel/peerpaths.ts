@@ -253,8 +253,10 @@ export class PeerPaths implements DirectHost {
       this.env.metrics.sessionsReset.inc({ reason });
       this.log.info({ reason, streams: old.size }, 'peer session reset, its streams end');
     }
-    old.close(new Error(reason === 'timeout' ? 'no path to the peer within the resume bound' : 'the peer restarted'));
     this.session = this.newSession(localSid);
+    // Opens the old peer never answered are asked again of the new one (a dial does not fail because of a restart).
+    if (reason === 'peer-restarted') old.moveOpenings(this.session);
+    old.close(new Error(reason === 'timeout' ? 'no path to the peer within the resume bound' : 'the peer restarted'));
     this.clear('resume');
     this.clear('attach');
     // Links of the old session carry nothing that can be resumed; the new session starts on `keep` (the caller

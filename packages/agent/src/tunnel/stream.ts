@@ -22,7 +22,7 @@ export interface StreamIO {
 }
 
 export class TunnelStream extends Duplex {
-  private readonly io: StreamIO;
+  private io: StreamIO;
   readonly window: number;
   // --- send side ---
   /** Bytes written and not yet acknowledged, in order, starting at offset `keptFrom`. */
@@ -55,6 +55,12 @@ export class TunnelStream extends Duplex {
     this.io = io;
     this.window = window;
     this.rx = new FlowWindow(window);
+  }
+
+  /** Moves a stream that has carried nothing yet to another transport (an open re-asked in a new session). */
+  rebind(io: StreamIO): void {
+    if (this.written || this.rx.next || this.done) throw new Error('rebind: the stream already carried data');
+    this.io = io;
   }
 
   // ---------- send side ----------
