@@ -213,6 +213,7 @@ export class Session {
       this.streams.delete(id);
       this.sendCtl(encodeReset(LINK_STREAM_TYPES, id));
       s.abort();
+      o.reject(new DialError('timeout', 'the dial was abandoned'));
     }
   }
 
