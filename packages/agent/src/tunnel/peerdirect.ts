@@ -60,13 +60,19 @@ export class PeerDirect {
     return this.path ? addrKey(this.path.addr) : undefined;
   }
 
+  /** A direct path to this peer was lost (and not yet regained): our NAT may have mapped us anew (roaming, a router
+   *  restart), so the STUN answer we would offer as a candidate is asked again first. */
+  private mappingMayHaveChanged(): boolean {
+    return this.upgrade.sinceLost !== undefined;
+  }
+
   /** Starts punching when none is under way and the upgrade policy says it is time. */
   want(mode: 'normal' | 'birthday' = 'normal'): void {
     if (this.closed || this.punch || this.host.directLink()) return;
     const clock = this.env.clock;
     if (mode === 'normal' && !shouldTryUpgrade(this.upgrade, clock.now(), this.env.upgradeRetryMs)) return;
     this.upgrade = { ...this.upgrade, lastAttemptMs: clock.now() };
-    void this.d.freshNat().then((nat) => {
+    void this.d.freshNat(this.mappingMayHaveChanged()).then((nat) => {
       if (this.closed || this.punch || this.host.directLink()) return;
       const p = this.newPunch(randomBytes(8).toString('hex'), true, mode, nat);
       this.env.metrics.attempts.inc({ role: 'initiator' });
@@ -151,7 +157,7 @@ export class PeerDirect {
     }
     // The peer lost the direct path (it would not ask otherwise): ours is stale too.
     if (this.host.directLink()) this.host.failDirect('peer asked for a new direct path');
-    void this.d.freshNat().then((nat) => {
+    void this.d.freshNat(this.mappingMayHaveChanged()).then((nat) => {
       if (this.closed || this.punch) return;
       const p = this.newPunch(m.sid, false, m.mode, nat);
       this.env.metrics.attempts.inc({ role: 'responder' });

@@ -48,6 +48,6 @@ export interface DirectEnv {
   channel(peerKey: Buffer, onPacket: (p: PeerPacket) => void): PeerChannel;
   natType(): NatType;
   candidates(): Candidate[];
-  /** Refreshes the NAT type if stale (STUN); resolves at once when fresh. */
-  freshNat(): Promise<NatType>;
+  /** Refreshes the NAT type if stale or `force` (STUN); resolves at once when fresh. */
+  freshNat(force?: boolean): Promise<NatType>;
 }
