@@ -174,7 +174,12 @@ export class PeerPaths implements DirectHost {
     let seenIn = 0, seenOut = 0;
     const count = () => { bytesIn.inc(link.bytesIn - seenIn); bytesOut.inc(link.bytesOut - seenOut); seenIn = link.bytesIn; seenOut = link.bytesOut; };
     link.on('pong', count);
-    link.once('close', () => { count(); this.onLinkClose(link); });
+    link.once('close', (err?: Error) => {
+      count();
+      if (link === this.direct) this.log.info({ err: err?.message }, 'direct link closed, the session moves to another link');
+      else this.log.debug({ transport: link.transport, server: link.server, err: err?.message }, 'link closed');
+      this.onLinkClose(link);
+    });
     link.start((type, p) => this.session.onFrame(link, type, p));
     this.env.metrics.links.inc({ path: link.kind, side });
     this.log.debug({ transport: link.transport, server: link.server, side }, 'link up');
