@@ -58,11 +58,12 @@ export class Session {
   onResumed: (link: SessionLink) => void = () => {};
   onProtocolError: (link: SessionLink, why: string) => void = () => {};
 
-  /** `odd`: this side numbers its streams 1, 3, 5... (the side with the smaller static key). */
-  constructor(o: { localSid: Buffer; odd: boolean; clock: Clock }) {
+  /** `odd`: this side numbers its streams 1, 3, 5... (the side with the smaller node name). `after`: a session this
+   *  one replaces; its numbers are not used again, so a late frame for an old stream cannot hit a new one. */
+  constructor(o: { localSid: Buffer; odd: boolean; clock: Clock; after?: Session }) {
     this.localSid = o.localSid;
     this.clock = o.clock;
-    this.nextId = o.odd ? 1 : 2;
+    this.nextId = o.after ? o.after.nextId : o.odd ? 1 : 2;
   }
 
   get current(): SessionLink | undefined {
@@ -246,7 +247,9 @@ export class Session {
         const f = decodeStreamFrame(LINK_STREAM_TYPES, type, p);
         if (!f) return this.onProtocolError(link, `unknown or malformed frame type ${type}`);
         if (f.kind === 'reset') return this.onReset(f.id);
-        const s = this.opening.has(f.id) ? undefined : this.streams.get(f.id);
+        // Data for a stream still opening: the peer accepted it (its OK went on another link, slower than this one).
+        if (this.opening.has(f.id)) this.established(f.id);
+        const s = this.streams.get(f.id);
         if (!s) return;
         if (f.kind === 'data') s.onData(f.offset, f.bytes);
         else if (f.kind === 'credit') s.onCredit(f.ack);
@@ -280,11 +283,14 @@ export class Session {
     const m = decodeOpen(p);
     if (!m) return this.onProtocolError(link, 'short OPEN');
     const { id, header } = m;
+    // The answer goes back the way the OPEN came (it is quickest there: the session may just be moving to a link the
+    // opener cannot read yet), else on the current link.
+    const answer = (frame: Buffer) => (!link.closed ? link.send(frame) : this.sendCtl(frame));
     if ((id & 1) === (this.nextId & 1)) return this.onProtocolError(link, 'bad stream id');
     if (this.answering.has(id)) return; // the same OPEN again (resent after a move): the dial is under way
-    if (this.streams.has(id)) return this.sendCtl(encodeOk(id)); // our OK was lost with the old link
-    if (!header) return this.sendCtl(encodeErr(id, 'forbidden', 'bad header'));
-    if (this.size >= MAX_STREAMS_PER_SESSION) return this.sendCtl(encodeErr(id, 'refused', 'too many streams to this peer'));
+    if (this.streams.has(id)) return answer(encodeOk(id)); // our OK was lost with the old link
+    if (!header) return answer(encodeErr(id, 'forbidden', 'bad header'));
+    if (this.size >= MAX_STREAMS_PER_SESSION) return answer(encodeErr(id, 'refused', 'too many streams to this peer'));
     this.answering.set(id, false);
     this.onIncoming(
       header,
@@ -298,13 +304,13 @@ export class Session {
           s.abort();
           return s;
         }
-        this.sendCtl(encodeOk(id));
+        answer(encodeOk(id));
         return s;
       },
       (code, message) => {
         if (!this.answering.has(id)) return;
         this.answering.delete(id);
-        this.sendCtl(encodeErr(id, code, message));
+        answer(encodeErr(id, code, message));
       },
     );
   }

@@ -47,8 +47,8 @@ export class PeerPaths implements DirectHost {
     this.d = env.direct ? new PeerDirect(this, env.direct) : undefined;
   }
 
-  private newSession(localSid: Buffer): Session {
-    const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock });
+  private newSession(localSid: Buffer, after?: Session): Session {
+    const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock, after });
     s.onIncoming = (h, accept, reject) => this.env.serve(h, accept, reject, (s.current as Link | undefined)?.rttMs ?? null);
     s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
     s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
@@ -135,10 +135,10 @@ export class PeerPaths implements DirectHost {
     const link = await Link.establish(t, {
       keyPair: this.env.keyPair, peer: this.node, vouchedKey: this.key, initiator, clock: this.clock, hello: (hh) => this.hello(hh),
     });
-    // A session that never heard from the peer has nothing the peer's HELLO could contradict: use the link at once
-    // (its first stream goes out with the last handshake message) and check the HELLO when it comes.
-    const early = !this.session.remoteSid && !this.closed;
-    if (early) this.adopt(link, side);
+    // The Noise handshake proved the peer's key: use the link at once (a first stream goes out with the last handshake
+    // message, a move does not wait a round trip) and check the HELLO when it comes. If it names another session
+    // (the peer restarted), what we sent there meant nothing to the peer and the session starts over below.
+    this.adopt(link, side);
     let hello: Hello;
     try {
       hello = await link.hello;
@@ -158,9 +158,10 @@ export class PeerPaths implements DirectHost {
     if (this.session.remoteSid && !this.session.remoteSid.equals(hello.sid)) {
       // The peer restarted, or gave this session up: our streams cannot resume. Keep our id (see docs).
       this.resetSession('peer-restarted', this.session.localSid, link);
+      this.session.remoteSid = hello.sid;
+      this.reselect();
     }
     this.session.remoteSid = hello.sid;
-    if (!early || !this.links.has(link)) this.adopt(link, side);
     return link;
   }
 
@@ -211,6 +212,9 @@ export class PeerPaths implements DirectHost {
     if (this.suspectAt !== undefined && !relay) this.ensureRelay();
     if (!link) {
       this.session.detach();
+      // Streams (or opens) waiting: find them a transport, within the resume bound. An idle session waits for the
+      // next dial (a peer that went away must not be chased).
+      if (this.session.size === 0) return;
       this.ensureRelay();
       if (!this.timers.resume) this.set('resume', SESSION_RESUME_MS, () => this.resetSession('timeout', randomBytes(SID_BYTES)));
       return;
@@ -258,7 +262,7 @@ export class PeerPaths implements DirectHost {
       this.env.metrics.sessionsReset.inc({ reason });
       this.log.info({ reason, streams: old.size }, 'peer session reset, its streams end');
     }
-    this.session = this.newSession(localSid);
+    this.session = this.newSession(localSid, old);
     // Opens the old peer never answered are asked again of the new one (a dial does not fail because of a restart).
     if (reason === 'peer-restarted') old.moveOpenings(this.session);
     old.close(new Error(reason === 'timeout' ? 'no path to the peer within the resume bound' : 'the peer restarted'));
