@@ -23,7 +23,7 @@ export interface AgentStatus {
   group: string | null;
   servers: { address: string; connected: boolean }[];
   nat: { type: string; mapped: string | null };
-  peers: { node: string; path: string; remote: string | null; rttMs: number | null }[];
+  peers: { node: string; path: string; transport?: string | null; remote: string | null; rttMs: number | null }[];
   services: {
     name: string; ip: string | null; ports: number[]; endpoints: number; routing: string;
     /** Usable endpoints per routing tier as seen from this node (proxy). */
