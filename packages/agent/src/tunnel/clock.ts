@@ -10,17 +10,29 @@ export interface Clock {
   clearTimeout(t: Timer | undefined): void;
 }
 
-export const realClock: Clock = {
-  now: () => performance.now(),
-  setTimeout(fn, ms) {
-    const t = setTimeout(fn, Math.max(0, ms));
-    t.unref();
-    return { id: t };
-  },
-  clearTimeout(t) {
-    if (t) clearTimeout(t.id as NodeJS.Timeout);
-  },
-};
+/** The real clock. A timer that throws (a bug) is reported to `onError` instead of taking the process down: timers
+ *  run on behalf of peers, and one peer's trouble must not cost the others their connections. */
+export function makeRealClock(onError: (err: unknown) => void): Clock {
+  return {
+    now: () => performance.now(),
+    setTimeout(fn, ms) {
+      const t = setTimeout(() => {
+        try {
+          fn();
+        } catch (e) {
+          onError(e);
+        }
+      }, Math.max(0, ms));
+      t.unref();
+      return { id: t };
+    },
+    clearTimeout(t) {
+      if (t) clearTimeout(t.id as NodeJS.Timeout);
+    },
+  };
+}
+
+export const realClock: Clock = makeRealClock((e) => console.error('tunnel timer failed:', e));
 
 /** A clock that moves only when told (tests). Timers fire in time order, each at its due time. */
 export class ManualClock implements Clock {

@@ -128,7 +128,10 @@ export class Link extends EventEmitter {
         const link = new Link(noise, t, o);
         link.send(o.hello(link.handshakeHash));
         resolve(link);
-      }, fail);
+      }).catch((e: unknown) => {
+        settled = false;
+        fail(e instanceof Error ? e : new Error(String(e)));
+      });
     });
   }
 

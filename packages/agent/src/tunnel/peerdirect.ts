@@ -78,7 +78,7 @@ export class PeerDirect {
       this.env.metrics.attempts.inc({ role: 'initiator' });
       // Through every server we are on: the peer may be connected to only some of them (it answers the first copy).
       if (!this.env.rendezvous({ to: this.host.node, sid: p.sid, mode, cand: this.d.candidates(), nat, streamId: p.stream.id })) p.close();
-    });
+    }).catch((e: unknown) => this.failed(e));
   }
 
   private newPunch(sid: string, requested: boolean, mode: 'normal' | 'birthday', nat: PunchSession['peerNat']): PunchSession {
@@ -90,7 +90,7 @@ export class PeerDirect {
     };
     const p = new PunchSession({ sid, requested, mode, myNat: nat, io: this.d.io, channel: lazy, clock: this.env.clock });
     this.punch = p;
-    p.result.then((r) => this.punched(p, r), (e: PunchFailed) => this.punchEnded(p, e.outcome));
+    p.result.then((r) => this.punched(p, r), (e: PunchFailed) => this.punchEnded(p, e.outcome)).catch((e: unknown) => this.failed(e));
     return p;
   }
 
@@ -112,7 +112,13 @@ export class PeerDirect {
         this.env.log.debug({ peer: this.host.node, err: e.message }, 'direct link handshake failed');
         this.punchEnded(p, 'failed');
       },
-    );
+    ).catch((e: unknown) => this.failed(e));
+  }
+
+  /** A bug on the way of a punch (never expected): logged; the attempt is dropped, the relay carries on. */
+  private failed(e: unknown): void {
+    this.env.log.error({ peer: this.host.node, err: e }, 'punch attempt failed unexpectedly');
+    this.punch?.close();
   }
 
   private punchEnded(p: PunchSession, outcome: PunchFailed['outcome']): void {
@@ -163,7 +169,7 @@ export class PeerDirect {
       this.env.metrics.attempts.inc({ role: 'responder' });
       reply({ to: this.host.node, sid: m.sid, reply: true, mode: m.mode, cand: this.d.candidates(), nat, streamId: p.stream.id });
       p.start(m.cand, m.nat, m.streamId, { fromMs: m.rttFromMs ?? 0, toMs: m.rttToMs ?? 0 });
-    });
+    }).catch((e: unknown) => this.failed(e));
   }
 
   /** An authenticated ping or pong from the peer on our UDP socket(s). */

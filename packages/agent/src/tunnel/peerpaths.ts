@@ -246,7 +246,7 @@ export class PeerPaths implements DirectHost {
       // Nothing else can carry a new stream now: the opens waiting fail at once (the proxy tries another endpoint).
       if (!current && !this.direct && !this.d?.punching) this.session.failOpening(e instanceof DialError ? e : new DialError('unreachable', e.message));
       if (!current && this.session.size > 0) this.set('relink', RELINK_RETRY_MS, () => this.reselect());
-    });
+    }).catch((e: unknown) => this.log.error({ err: e }, 'relay link setup failed unexpectedly'));
   }
 
   /** A relay stream the peer opened to us through a server. */

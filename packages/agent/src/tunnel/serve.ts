@@ -38,13 +38,23 @@ export function serveStream(ctx: ServeContext, h: StreamHeader, rttMs: number | 
   if (t.protocol === 'tcp') {
     ctx.dialer.dialTcp(t, deadline).then((sock) => {
       ctx.onOutcome('ok');
-      splice(accept(), sock);
+      try {
+        splice(accept(), sock);
+      } catch (e) {
+        sock.destroy();
+        ctx.log.error({ err: e }, 'serving a stream failed');
+      }
     }, fail);
     return;
   }
   ctx.dialer.openUdp(t, deadline).then((ch) => {
     ctx.onOutcome('ok');
-    carryDatagrams(accept(), ch);
+    try {
+      carryDatagrams(accept(), ch);
+    } catch (e) {
+      ch.close();
+      ctx.log.error({ err: e }, 'serving a stream failed');
+    }
   }, fail);
 }
 

@@ -9,7 +9,7 @@ import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
 import type { Snapshot } from '../cluster/types.ts';
 import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import { DirectDialer } from '../proxy/direct.ts';
-import { realClock, type Clock } from './clock.ts';
+import { makeRealClock, type Clock } from './clock.ts';
 import type { Link } from './link.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
 import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
@@ -55,7 +55,7 @@ export class Tunnel {
   constructor(opts: TunnelOptions) {
     this.opts = opts;
     this.log = opts.log;
-    this.clock = opts.clock ?? realClock;
+    this.clock = opts.clock ?? makeRealClock((e) => this.log.error({ err: e }, 'tunnel timer failed'));
     if (!opts.servers.length) throw new Error('tunnel.servers: at least one server is required');
     this.servers = opts.servers.map((s) => {
       const hp = parseHostPort(s, false);
