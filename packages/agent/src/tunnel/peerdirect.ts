@@ -66,12 +66,18 @@ export class PeerDirect {
     return this.upgrade.sinceLost !== undefined;
   }
 
-  /** Starts punching when none is under way and the upgrade policy says it is time. */
-  want(mode: 'normal' | 'birthday' = 'normal'): void {
+  /** Starts punching when none is under way and the upgrade policy says it is time (else makes sure the attempt
+   *  that is due will happen). */
+  want(): void {
     if (this.closed || this.punch || this.host.directLink()) return;
-    const clock = this.env.clock;
-    if (mode === 'normal' && !shouldTryUpgrade(this.upgrade, clock.now(), this.env.upgradeRetryMs)) return;
-    this.upgrade = { ...this.upgrade, lastAttemptMs: clock.now() };
+    if (shouldTryUpgrade(this.upgrade, this.env.clock.now(), this.env.upgradeRetryMs)) return this.attempt('normal');
+    if (!this.upgradeTimer) this.scheduleUpgrade();
+  }
+
+  /** A punch attempt now (the policy was applied by the caller). */
+  private attempt(mode: 'normal' | 'birthday'): void {
+    if (this.closed || this.punch || this.host.directLink()) return;
+    this.upgrade = { ...this.upgrade, lastAttemptMs: this.env.clock.now() };
     void this.d.freshNat(this.mappingMayHaveChanged()).then((nat) => {
       if (this.closed || this.punch || this.host.directLink()) return;
       const p = this.newPunch(randomBytes(8).toString('hex'), true, mode, nat);
@@ -131,7 +137,7 @@ export class PeerDirect {
     this.upgrade = upgradeAfter(this.upgrade, outcome, this.env.clock.now());
     this.env.log.debug({ peer: this.host.node, outcome, role: p.role, mode: p.mode }, 'punch finished without a direct path');
     const next = followUpMode(outcome, p.mode, p.requested, this.d.natType(), p.peerNat);
-    if (next) return this.want(next);
+    if (next) return this.attempt(next);
     this.scheduleUpgrade();
   }
 
@@ -139,11 +145,12 @@ export class PeerDirect {
     const clock = this.env.clock;
     clock.clearTimeout(this.upgradeTimer);
     const wait = upgradeDelayMs(this.upgrade, this.env.upgradeRetryMs) - (clock.now() - this.upgrade.lastAttemptMs);
+    // The timer is the policy: when it fires the attempt is made, whatever a timer's rounding says the clock reads.
     this.upgradeTimer = clock.setTimeout(() => {
       this.upgradeTimer = undefined;
       if (this.closed) return;
-      if (this.host.inUse()) this.want();
-      else this.scheduleUpgrade();
+      // An idle peer is not punched for; the next dial or link asks again (want).
+      if (this.host.inUse()) this.attempt('normal');
     }, Math.max(0, wait));
   }
 
