@@ -221,6 +221,8 @@ export class PeerPaths implements DirectHost {
     }
     this.clear('resume');
     if (this.session.current === link) return;
+    // Leaving a direct link suspected dead: opens sent there since are asked again on the new link.
+    if (this.direct && link !== this.direct && this.suspectAt !== undefined) this.session.distrust(this.direct);
     this.session.attach(link);
     this.env.metrics.resumes.inc({ path: link.kind });
     this.set('attach', ATTACH_TIMEOUT_MS, () => {
