@@ -20,6 +20,12 @@ export function checkPeer(node: string, vouchedKey: Buffer, presentedKey: Buffer
   return undefined;
 }
 
+/** Why the identity a peer's HELLO presents is not acceptable for `node` with Noise key `presentedKey` (undefined
+ *  = fine). Nothing is presented yet; a certificate will be checked here (CA signature, node name, key). */
+export function checkIdentity(_node: string, _presentedKey: Buffer, identity: Buffer): string | undefined {
+  return identity.length === 0 ? undefined : 'unexpected identity in HELLO (certificates are not enabled)';
+}
+
 /** A key only the two nodes can compute: X25519(our secret, their public), bound to both public keys and a label. */
 export function pairKey(mySecret: Buffer, myPublic: Buffer, peerPublic: Buffer, label: string): Buffer {
   const sk = Buffer.alloc(32);

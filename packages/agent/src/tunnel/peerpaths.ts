@@ -7,7 +7,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
 import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import type { Clock, Timer } from './clock.ts';
-import { attachProof, checkAttachProof, ourIdentity, pairKey, SESSION_KEY_LABEL } from './identity.ts';
+import { attachProof, checkAttachProof, checkIdentity, ourIdentity, pairKey, SESSION_KEY_LABEL } from './identity.ts';
 import { Link, type Transport } from './link.ts';
 import { encodeHello, SID_BYTES, type Hello } from './linkproto.ts';
 import { Session } from './mux.ts';
@@ -150,10 +150,12 @@ export class PeerPaths implements DirectHost {
       link.close();
       return link;
     }
-    if (!this.sessionKey || !checkAttachProof(this.sessionKey, link.handshakeHash, hello.sid, hello.peerSid, hello.proof)) {
-      this.log.warn({ transport: link.transport }, 'link HELLO with a bad session proof, dropping the link');
+    const bad = !this.sessionKey || !checkAttachProof(this.sessionKey, link.handshakeHash, hello.sid, hello.peerSid, hello.proof)
+      ? 'bad session proof' : checkIdentity(this.node, this.key, hello.identity);
+    if (bad) {
+      this.log.warn({ transport: link.transport, why: bad }, 'link HELLO refused, dropping the link');
       link.close();
-      throw new DialError('unreachable', 'bad session proof');
+      throw new DialError('unreachable', bad);
     }
     if (this.session.remoteSid && !this.session.remoteSid.equals(hello.sid)) {
       // The peer restarted, or gave this session up: our streams cannot resume. Keep our id (see docs).
