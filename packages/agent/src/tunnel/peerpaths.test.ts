@@ -4,6 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
+import { ManualClock } from './clock.ts';
 import { collect, fakeDeadline, FakeServer, makePair, metric, runUntil, settle, TARGET } from './testfixture.ts';
 import type { TunnelStream } from './stream.ts';
 import { PATH_TIMEOUT_MS, SESSION_RESUME_MS } from './timers.ts';
@@ -182,4 +183,22 @@ test('double close: everything ends once, no timer is left, later dials fail at 
   await settle();
   env.clock.advance(120_000); // the deadlines' own timers
   assert.equal(env.clock.pending, 0, 'no timer survives close');
+});
+
+test('a re-punch timer that fires a millisecond early (timer rounding) still re-punches after a failover', async () => {
+  class EarlyClock extends ManualClock {
+    override setTimeout(fn: () => void, ms: number) {
+      return super.setTimeout(fn, Math.max(0, ms - 1));
+    }
+  }
+  const env = makePair({ direct: true, clock: new EarlyClock() });
+  const s = await openStream(env);
+  s.resume();
+  assert.ok(await runUntil(env.clock, () => path(env) === 'direct' && env.b.paths.status()?.path === 'direct'));
+  env.net.blackhole(env.a.udp.addr.host);
+  assert.ok(await runUntil(env.clock, () => path(env) === 'relay', PATH_TIMEOUT_MS + 2_000));
+  env.net.heal(env.a.udp.addr.host);
+  assert.ok(await runUntil(env.clock, () => path(env) === 'direct', 30_000), 'direct again');
+  env.a.paths.close();
+  env.b.paths.close();
 });
