@@ -10,6 +10,17 @@ import { pairKey } from './identity.ts';
 export const PING_MAGIC = 0xe5;
 export const PING_BYTES = 50;
 export const P = { PING: 1, PONG: 2 } as const;
+
+/** The packet's fields (docs/tunnel-protocol.md). */
+export const PING_FIELDS: readonly { offset: number; bytes: number; field: string }[] = [
+  { offset: 0, bytes: 1, field: 'magic 0xE5' },
+  { offset: 1, bytes: 1, field: 'type: 1 PING, 2 PONG' },
+  { offset: 2, bytes: 8, field: 'sender key id' },
+  { offset: 10, bytes: 12, field: 'txid (a PONG echoes it)' },
+  { offset: 22, bytes: 8, field: 'counter u64 (replay window)' },
+  { offset: 30, bytes: 4, field: 'the sender\'s UDX stream id for us' },
+  { offset: 34, bytes: 16, field: 'HMAC-SHA256 over bytes 0..34, truncated' },
+];
 const BODY = 34;
 
 export interface PingPacket { type: number; keyId: Buffer; txid: Buffer; counter: bigint; streamId: number }

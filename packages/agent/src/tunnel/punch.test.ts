@@ -130,3 +130,17 @@ test('the normal punch is cut short when birthday mode can follow', async () => 
   assert.equal(punchTimeoutMs('unknown', 'symmetric'), PUNCH_TIMEOUT_MS);
   assert.ok(punchSchedule(SHORT_PUNCH_MS).every((t) => t < SHORT_PUNCH_MS));
 });
+
+test('the frame tables describe every type the codecs know, without gaps or overlaps', async () => {
+  const { PING_FIELDS, PING_BYTES } = await import('./ping.ts');
+  let at = 0;
+  for (const f of PING_FIELDS) {
+    assert.equal(f.offset, at, f.field);
+    at += f.bytes;
+  }
+  assert.equal(at, PING_BYTES);
+  const { L, LINK_FRAMES } = await import('./linkproto.ts');
+  assert.deepEqual(LINK_FRAMES.map((f) => f.type).sort((a, b) => a - b), Object.values(L).sort((a, b) => a - b));
+  const { T, SERVER_FRAMES } = await import('@edgemesh/common/tunnel/protocol');
+  assert.deepEqual(SERVER_FRAMES.map((f) => f.type).sort((a, b) => a - b), Object.values(T).sort((a, b) => a - b));
+});
