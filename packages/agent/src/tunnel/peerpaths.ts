@@ -293,6 +293,18 @@ export class PeerPaths implements DirectHost {
     return this.establish(t, initiator, initiator ? 'out' : 'in');
   }
 
+  /** Bytes (inside Noise) on the peer's open links (the fleet report's per-peer traffic). */
+  linkBytes(): { bytesIn: number; bytesOut: number } {
+    let bytesIn = 0;
+    let bytesOut = 0;
+    for (const l of this.links) {
+      if (l.closed) continue;
+      bytesIn += l.bytesIn;
+      bytesOut += l.bytesOut;
+    }
+    return { bytesIn, bytesOut };
+  }
+
   directLink(): Link | undefined {
     return this.direct && !this.direct.closed ? this.direct : undefined;
   }
