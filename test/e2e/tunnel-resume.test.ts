@@ -29,8 +29,8 @@ let dir: string;
 interface Seen { t: number; path: string | undefined; remote: string | null | undefined }
 
 /** Runs a paced transfer from `host` to a Service by name; `at(t, fn)` schedules faults by the transfer's clock. */
-function transfer(host: string, svc: string) {
-  const p = lab.spawn(host, process.execPath, [TRANSFER, `${svc}.mesh.svc.cluster.local`, String(SINK_PORT), String(BYTES), String(SECONDS)]);
+function transfer(host: string, svc: string, bytes = BYTES, seconds = SECONDS) {
+  const p = lab.spawn(host, process.execPath, [TRANSFER, `${svc}.mesh.svc.cluster.local`, String(SINK_PORT), String(bytes), String(seconds)]);
   let started = 0;
   const waiters: { t: number; fn: () => void }[] = [];
   let last: Record<string, unknown> | undefined;
@@ -182,8 +182,12 @@ describe('connections survive a path change', { timeout: 900_000 }, () => {
     const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', 'wan0', '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40100'];
     let ruleIn = false;
     try {
+      // First contact between n3 and n1: if the first punch fails (n1's NAT state is fresh from (b)'s blackhole), the
+      // next attempt is a retry interval (60 s) later; a short transfer opens the session, then the path must settle.
+      const warm = await transfer('pub', 'sink-n1', 1024 * 1024, 1).result;
+      assert.equal(warm.ok, true, `warm-up: ${JSON.stringify(warm)}`);
+      await w.until((s) => s?.path === 'direct', 90_000, 'n3 -> n1 direct');
       const x = transfer('pub', 'sink-n1');
-      await w.until((s) => s?.path === 'direct', 45_000, 'n3 -> n1 direct');
       const before = w.now()!.remote;
       await x.at(20_000);
       await lab.exec('site-1', 'iptables', rule, { reject: true });

@@ -205,7 +205,8 @@ export class PeerDirect {
     this.tickTimer = undefined;
     const dp = this.path;
     if (!dp || this.closed) return;
-    if (dp.tick() === 'dead') return this.host.failDirect(`no answer on the direct path for ${Math.round(this.env.clock.now() - dp.lastHeard)} ms`);
+    const dead = dp.tick();
+    if (dead) return this.host.failDirect(dead);
     this.tickTimer = this.env.clock.setTimeout(() => this.tick(), TICK_MS);
   }
 

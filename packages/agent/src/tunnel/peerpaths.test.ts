@@ -1,5 +1,5 @@
 // PeerPaths on fake transports and a manual clock: the relay at once, the upgrade to direct moving an open stream,
-// failover when the direct path goes silent, roaming, re-attaching through another server after a restart, giving
+// failover when the direct path goes silent, roaming (idle, and mid-transfer with a stuck UDX stream), re-attaching through another server after a restart, giving
 // up after the resume bound, a dial on a dead direct path finishing over the relay, a restarted peer, double close.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { ManualClock } from './clock.ts';
 import { collect, fakeDeadline, FakeServer, makePair, metric, runUntil, settle, TARGET } from './testfixture.ts';
 import type { TunnelStream } from './stream.ts';
-import { PATH_TIMEOUT_MS, SESSION_RESUME_MS } from './timers.ts';
+import { PATH_TIMEOUT_MS, ROAM_CONFIRM_MS, SESSION_RESUME_MS } from './timers.ts';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -62,7 +62,7 @@ test('failover: the direct path goes silent mid-stream; the session moves to the
   env.b.paths.close();
 });
 
-test('roaming: the peer\'s public address changes; the path follows it without a failover', async () => {
+test('roaming while idle: the peer\'s public address changes; the path follows it without a failover', async () => {
   const env = makePair({ direct: true });
   const s = await openStream(env);
   const reply = collect(s);
@@ -70,6 +70,7 @@ test('roaming: the peer\'s public address changes; the path follows it without a
   const before = env.a.paths.status()?.remote;
   const one = randomBytes(100_000), two = randomBytes(100_000);
   s.write(one);
+  await settle();
   env.net.rebind(env.b.udp, { host: '198.51.100.7', port: 40001 });
   assert.ok(await runUntil(env.clock, () => env.a.paths.status()?.remote === '198.51.100.7:40001', 5_000), 'followed the new address');
   assert.notEqual(before, env.a.paths.status()?.remote);
@@ -79,6 +80,28 @@ test('roaming: the peer\'s public address changes; the path follows it without a
   assert.equal(await metric(env.a, 'edgemesh_tunnel_roams_total'), 1);
   assert.equal(await metric(env.a, 'edgemesh_tunnel_failovers_total'), 0);
   assert.equal(path(env), 'direct');
+  env.a.paths.close();
+  env.b.paths.close();
+});
+
+test('roaming mid-transfer: bytes sent to the forgotten mapping stall the UDX stream; the session goes on over the relay and then direct to the new address', async () => {
+  const env = makePair({ direct: true });
+  const s = await openStream(env);
+  const reply = collect(s);
+  assert.ok(await runUntil(env.clock, () => path(env) === 'direct' && env.b.paths.status()?.path === 'direct'));
+  const one = randomBytes(100_000), two = randomBytes(100_000), three = randomBytes(100_000);
+  s.write(one);
+  env.net.rebind(env.b.udp, { host: '198.51.100.7', port: 40001 });
+  s.write(two); // goes to b's old address: retransmitted there, never delivered (libudx keeps a packet's address)
+  assert.ok(await runUntil(env.clock, () => path(env) === 'relay', ROAM_CONFIRM_MS + PATH_TIMEOUT_MS), 'the stuck move was given up');
+  assert.equal(await metric(env.a, 'edgemesh_tunnel_roams_total'), 1);
+  assert.equal(await metric(env.a, 'edgemesh_tunnel_failovers_total'), 1);
+  assert.ok(await runUntil(env.clock, () => path(env) === 'direct' && env.a.paths.status()?.remote === '198.51.100.7:40001', 10_000), 'direct again, to the new address');
+  s.end(three);
+  assert.ok(await runUntil(env.clock, () => reply.ended()));
+  assert.equal(reply.text(), sha(Buffer.concat([one, two, three])), 'every byte, in order');
+  assert.equal(reply.error(), undefined);
+  assert.equal(await metric(env.a, 'edgemesh_tunnel_sessions_reset_total'), 0);
   env.a.paths.close();
   env.b.paths.close();
 });

@@ -145,7 +145,9 @@ export class TunnelSocket implements DirectEnv, PunchIO {
       const t = classifyNat({ hosts: this.lanHosts(), port: this.port }, m1, m2);
       if (t !== this.nat || !sameAddr(m1, this.mapped)) this.o.log.info({ nat: t, mapped: m1 ? addrKey(m1) : null }, 'NAT type detected');
       this.nat = t;
-      this.mapped = m1 ?? m2;
+      // No answer at all (the server or UDP briefly unreachable): keep the last mapping as a candidate; a punch with
+      // only LAN candidates could not reach a peer behind another NAT, and the mapping usually still holds.
+      this.mapped = m1 ?? m2 ?? this.mapped;
       this.stunAt = performance.now();
     } catch (e) {
       this.o.log.debug({ err: (e as Error).message }, 'STUN failed');

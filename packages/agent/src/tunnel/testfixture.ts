@@ -73,27 +73,33 @@ class FakeStream extends Duplex implements UdpStream {
     this.accepted = true;
   }
 
-  changeRemote(_s: UdpSock, remoteId: number, port: number, host: string): null {
+  /** As libudx: the move applies to packets sent from now on; a packet already sent keeps its destination on
+   *  retransmits, and the move is confirmed once every such packet got through (never, if its address is gone). */
+  changeRemote(_s: UdpSock, remoteId: number, port: number, host: string): Promise<void> | null {
     this.remote = { addr: { host, port }, id: remoteId };
     this.flush();
-    return null;
+    if (!this.outbox.some((p) => p.to)) return null;
+    return new Promise((resolve) => this.confirm.push(resolve));
   }
 
-  /** Chunks not delivered yet, in order (a reliable stream retransmits them). */
-  private outbox: (Buffer | null)[] = [];
+  /** Chunks not delivered yet, in order (a reliable stream retransmits them), each pinned to the destination of its
+   *  first transmission. */
+  private outbox: { chunk: Buffer | null; to?: { addr: Addr; id: number } }[] = [];
+  private confirm: (() => void)[] = [];
 
   private deliver(chunk: Buffer | null): void {
-    this.outbox.push(chunk);
+    this.outbox.push({ chunk });
     this.flush();
   }
 
   flush(): void {
-    const r = this.remote;
-    while (r && this.outbox.length) {
-      const c = this.outbox[0];
-      if (!this.ep.net.send(this.ep.addr, r.addr, (ep) => ep.streams.get(r.id)?.arrive(this.ep.addr, c))) return;
+    while (this.remote && this.outbox.length) {
+      const p = this.outbox[0];
+      const to = p.to ??= this.remote;
+      if (!this.ep.net.send(this.ep.addr, to.addr, (ep) => ep.streams.get(to.id)?.arrive(this.ep.addr, p.chunk))) break;
       this.outbox.shift();
     }
+    if (!this.outbox.some((p) => p.to && p.to !== this.remote)) for (const r of this.confirm.splice(0)) r();
   }
 
   override _write(chunk: Buffer, _e: BufferEncoding, cb: () => void): void {

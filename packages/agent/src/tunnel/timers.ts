@@ -76,6 +76,10 @@ export const SPARE_SOCKET_CLOSE_MS = 100;
 export const HEARTBEAT_MS = 2_000;
 /** The direct path is trusted this long after the last authenticated answer (3 heartbeats + slack). */
 export const PATH_TIMEOUT_MS = 6_500;
+/** After following the peer to a new address, the UDX stream must confirm the move (every packet sent before it
+ *  acknowledged) within this: UDX's minimum RTO (1 s) plus a retransmit's round trip and a busy event loop. Packets
+ *  that went to a mapping the NAT forgot are retransmitted there for ever (the stream times out after ~13 s). */
+export const ROAM_CONFIRM_MS = 2_500;
 /** Heartbeats and upgrade checks run this often (well under HEARTBEAT_MS). */
 export const TICK_MS = 250;
 
