@@ -79,9 +79,10 @@ export class PeerPaths implements DirectHost {
   /** A stream to `target` on the peer, answered OK within `deadline` (the relay takes over a silent direct path). */
   async open(target: DialTarget, deadline: Deadline): Promise<TunnelStream> {
     if (this.closed) throw new DialError('unreachable', `node ${this.node} was forgotten`);
-    this.want();
     const { protocol, serviceKey, ip, port } = target;
     const remaining = deadline.remaining();
+    if (deadline.signal.aborted || remaining <= 0) throw new DialError('timeout', `dial ${this.node} ${ip}:${port}: no time left`);
+    this.want();
     const { stream, answered } = this.session.open({ target: { protocol, serviceKey, ip, port }, timeoutMs: remaining }, this.clock.now() + remaining);
     let path = (this.session.current as Link | undefined)?.kind ?? 'relay';
     const sentAt = this.clock.now();

@@ -29,7 +29,13 @@ export function serveStream(ctx: ServeContext, h: StreamHeader, rttMs: number | 
     ctx.onOutcome('forbidden');
     return reject('forbidden', d.reason);
   }
-  const deadline = dialDeadline(remoteDialMs(h.timeoutMs, rttMs));
+  const ms = remoteDialMs(h.timeoutMs, rttMs);
+  if (ms <= 0) {
+    // The caller gives up before an answer could reach it: dialing would only leave a connection nobody takes.
+    ctx.onOutcome('timeout');
+    return reject('timeout', `the caller's deadline leaves no time to dial ${t.ip}:${t.port}`);
+  }
+  const deadline = dialDeadline(ms);
   const fail = (e: unknown) => {
     const code = e instanceof DialError ? e.code : codeOf(e as NodeJS.ErrnoException);
     ctx.onOutcome(code);
