@@ -111,6 +111,10 @@ export class ConnLimiter {
     return this.slots.size;
   }
 
+  get total(): number {
+    return this.opts.total;
+  }
+
   all(): IterableIterator<ConnSlot> {
     return this.slots.values();
   }
