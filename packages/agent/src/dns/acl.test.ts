@@ -35,9 +35,10 @@ test('acl: clients are this host (interface addresses, loopback), the Node\'s ad
 });
 
 test('acl: without a Node (not in the snapshot yet) only this host and dns.allowCIDRs are clients', () => {
-  const acl = new ClientAcl(clientRanges({ interfaces: [], allowCIDRs: [] }));
-  assert.equal(acl.isClient('127.0.0.1'), true, 'loopback always');
+  const acl = new ClientAcl(clientRanges({ interfaces: IFACES, allowCIDRs: [] }));
+  assert.equal(acl.isClient('127.0.0.1'), true, 'loopback (the lo interface)');
   assert.equal(acl.isClient('::1'), true);
+  assert.equal(acl.isClient('198.18.1.10'), true);
   assert.equal(acl.isClient('10.244.1.1'), false);
 });
 

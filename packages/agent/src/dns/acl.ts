@@ -51,7 +51,6 @@ function range(cidr: string, why: ClientRange['why']): ClientRange | undefined {
  */
 export function clientRanges(inp: AclInputs): ClientRange[] {
   const out: (ClientRange | undefined)[] = [];
-  out.push({ address: '127.0.0.0', prefix: 8, family: 4, why: 'loopback' }, { address: '::1', prefix: 128, family: 6, why: 'loopback' });
   for (const i of inp.interfaces) out.push(i.internal && i.cidr ? range(i.cidr, 'loopback') : host(i.address, 'local'));
   for (const a of inp.node?.addresses ?? []) out.push(host(a, 'node'));
   for (const c of inp.node?.podCIDRs ?? []) out.push(range(c, 'podCIDR'));
