@@ -64,13 +64,14 @@ test('rrl: client prefixes are /24 (IPv4) and /56 (IPv6); IPv4-mapped addresses 
 
 test('rrl: accounts are per prefix and per identical answer; the table stays bounded', () => {
   const l = new RateLimiter({ rate: 2, slip: 0, windowSeconds: 1 }, 1000);
-  const decide = (addr: string, key: string) => l.decide(addr, key, 0);
-  assert.deepEqual([decide('10.0.0.1', 'a'), decide('10.0.0.2', 'a'), decide('10.0.0.3', 'a')], ['send', 'send', 'drop'], 'one /24, one account');
-  assert.equal(decide('10.0.0.1', 'b'), 'send', 'another answer has its own account');
-  assert.equal(decide('10.0.1.1', 'a'), 'send', 'another /24 has its own account');
-  for (let i = 0; i < 5000; i++) l.decide(`10.${i >> 8}.${i & 255}.1`, 'x', 0);
+  const decide = (addr: string, key: number) => l.decide(addr, key, 0);
+  assert.deepEqual([decide('10.0.0.1', 1), decide('10.0.0.2', 1), decide('10.0.0.3', 1)], ['send', 'send', 'drop'], 'one /24, one account');
+  assert.equal(decide('10.0.0.1', 2), 'send', 'another answer has its own account');
+  assert.equal(decide('10.0.1.1', 1), 'send', 'another /24 has its own account');
+  for (let i = 0; i < 5000; i++) l.decide(`10.${i >> 8}.${i & 255}.1`, 3, 0);
+  for (let i = 0; i < 5000; i++) l.decide('10.9.9.9', 1000 + i, 0);
   assert.ok(l.size <= 1000, `accounts ${l.size}`);
-  assert.equal(new RateLimiter({ rate: 0, slip: 2, windowSeconds: 5 }).decide('10.0.0.1', 'a', 0), 'send', 'rate 0 = off');
+  assert.equal(new RateLimiter({ rate: 0, slip: 2, windowSeconds: 5 }).decide('10.0.0.1', 1, 0), 'send', 'rate 0 = off');
 });
 
 test('rrl keys: identical answers share a key whatever the case or ID; other type or rcode differ; slip reply is TC and small', () => {

@@ -85,11 +85,12 @@ export function clientPrefix(address: string): string {
   return `${g[0].toString(16)}:${g[1].toString(16)}:${g[2].toString(16)}:${(g[3] >> 8).toString(16)}/56`;
 }
 
-/** The table of accounts, keyed by client prefix and answer. */
+/** The table of accounts: per client prefix, per answer key (wire.ts answerKey). */
 export class RateLimiter {
   readonly params: RrlParams;
-  private readonly accounts = new Map<string, RrlAccount>();
-  private readonly prefixes = new Map<string, string>();
+  private readonly byPrefix = new Map<string, Map<number, RrlAccount>>();
+  private readonly prefixOf = new Map<string, string>();
+  private count = 0;
   private readonly maxAccounts: number;
 
   constructor(params: RrlParams, maxAccounts = RRL_MAX_ACCOUNTS) {
@@ -101,34 +102,46 @@ export class RateLimiter {
     return this.params.rate > 0;
   }
 
+  /** Accounts held. */
   get size(): number {
-    return this.accounts.size;
+    return this.count;
   }
 
   /** What to do with an answer `answerKey` to `address` at `now` (ms). */
-  decide(address: string, answerKey: string, now: number): RrlAction {
+  decide(address: string, answerKey: number, now: number): RrlAction {
     if (this.params.rate <= 0) return 'send';
-    let prefix = this.prefixes.get(address);
+    let prefix = this.prefixOf.get(address);
     if (prefix === undefined) {
       prefix = clientPrefix(address);
-      if (this.prefixes.size >= this.maxAccounts) this.prefixes.clear();
-      this.prefixes.set(address, prefix);
+      if (this.prefixOf.size >= this.maxAccounts) this.prefixOf.clear();
+      this.prefixOf.set(address, prefix);
     }
-    const key = prefix + '\n' + answerKey;
-    let a = this.accounts.get(key);
+    let accounts = this.byPrefix.get(prefix);
+    if (!accounts) {
+      accounts = new Map();
+      this.byPrefix.set(prefix, accounts);
+    }
+    let a = accounts.get(answerKey);
     if (!a) {
-      if (this.accounts.size >= this.maxAccounts) this.prune();
+      if (this.count >= this.maxAccounts) this.prune();
       a = newAccount(now, this.params);
-      this.accounts.set(key, a);
+      accounts.set(answerKey, a);
+      this.count++;
     }
     return rrlStep(a, now, this.params);
   }
 
+  /** Forgets about RRL_PRUNE of the oldest accounts (oldest prefixes first, their oldest answers first). */
   private prune(): void {
     let n = 0;
-    for (const k of this.accounts.keys()) {
-      this.accounts.delete(k);
-      if (++n >= RRL_PRUNE) break;
+    for (const [prefix, accounts] of this.byPrefix) {
+      for (const k of accounts.keys()) {
+        accounts.delete(k);
+        this.count--;
+        if (++n >= RRL_PRUNE) break;
+      }
+      if (accounts.size === 0) this.byPrefix.delete(prefix);
+      if (n >= RRL_PRUNE) break;
     }
   }
 }

@@ -32,8 +32,10 @@ export const DNS_TCP_BUDGET = 'dns_tcp_conns';
 export const DNS_TCP_DEADLINE = 'dns_tcp_deadline';
 export const DNS_ACL_LOG = 'dns_refused';
 export const DNS_RRL_LOG = 'dns_rrl';
+/** RRL accounts in seconds; its clock is read from a variable updated this often (a clock read per packet costs ~0.1 µs here). */
+export const RRL_CLOCK_MS = 50;
 /** RRL answer key of REFUSED replies: one account per client prefix. */
-const REFUSED_KEY = '\u0000refused';
+const REFUSED_KEY = -100;
 /** Unanswered queries one TCP connection may have outstanding (pipelining); more closes the connection. */
 export const MAX_TCP_PENDING = 100;
 /** A TCP client that does not read its replies is dropped once this much is queued for it. */
@@ -73,6 +75,8 @@ export class DnsServer {
   private readonly budgets: Budgets;
   private readonly limiter: ConnLimiter;
   private readonly rrl: RateLimiter | undefined;
+  private now = Date.now();
+  private clock: NodeJS.Timeout | undefined;
 
   constructor(opts: DnsServerOptions) {
     this.opts = opts;
@@ -153,11 +157,21 @@ export class DnsServer {
     }
   }
 
+  /** The RRL clock (ms), started with the first answer, stopped by close(). */
+  private rrlNow(): number {
+    if (!this.clock && this.udp) {
+      this.now = Date.now();
+      this.clock = setInterval(() => { this.now = Date.now(); }, RRL_CLOCK_MS);
+      this.clock.unref();
+    }
+    return this.now;
+  }
+
   /** Sends a UDP answer through response-rate limiting: sent, dropped, or slipped (truncated, so TCP is tried). */
   private sendUdp(sock: UdpSocket, b: Buffer, port: number, address: string): void {
     const rrl = this.rrl;
     if (rrl) {
-      const act = rrl.decide(address, answerKey(b), Date.now());
+      const act = rrl.decide(address, answerKey(b), this.rrlNow());
       if (act !== 'send') {
         this.metrics.rateLimited(act === 'slip' ? 'slipped' : 'dropped');
         this.budgets.refusals.note(DNS_RRL_LOG, { prefix: address, ratePerSecond: rrl.params.rate });
@@ -174,7 +188,7 @@ export class DnsServer {
     this.budgets.refusals.note(DNS_ACL_LOG, { source: address, transport: 'udp' });
     const r = refusedReply(msg);
     if (!r) return;
-    if (this.rrl && this.rrl.decide(address, REFUSED_KEY, Date.now()) === 'drop') return;
+    if (this.rrl && this.rrl.decide(address, REFUSED_KEY, this.rrlNow()) === 'drop') return;
     sock.send(r, port, address);
   }
 
@@ -287,6 +301,8 @@ export class DnsServer {
     const tcp = this.tcp;
     this.udp = undefined;
     this.tcp = undefined;
+    if (this.clock) clearInterval(this.clock);
+    this.clock = undefined;
     for (const c of this.conns) c.destroy();
     if (udp) await new Promise<void>((r) => udp.close(() => r()));
     if (tcp) await new Promise<void>((r) => tcp.close(() => r()));

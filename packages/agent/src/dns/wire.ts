@@ -229,11 +229,34 @@ export function slipReply(reply: Buffer): Buffer {
 
 /**
  * What makes two answers "identical" for rate limiting: the question (name case-folded, type, class) and the
- * response code, read from the reply itself so cached, computed and forwarded answers are keyed alike.
+ * response code, read from the reply itself so cached, computed and forwarded answers are keyed alike. A small
+ * integer (26 bits of a FNV-1a hash of the question × 16 + rcode), so that accounting builds no string on the hot
+ * path; two questions sharing a hash share an account, which only ever limits more, never less.
  */
-export function answerKey(reply: Buffer): string {
-  const q = questionEnd(reply);
-  const rcode = reply.length >= 4 ? reply[3] & 0x0f : 0;
-  if (q < 0) return `\u0000${rcode}`;
-  return reply.toString('latin1', 12, q - 4).toLowerCase() + reply.toString('latin1', q - 4, q) + String.fromCharCode(rcode);
+export function answerKey(reply: Buffer): number {
+  const n = reply.length;
+  if (n < 12) return -1;
+  const rcode = reply[3] & 0x0f;
+  let h = 0x811c9dc5;
+  let i = 12;
+  for (let hops = 0; ; hops++) {
+    if (i >= n || hops > 127) return -2 - rcode;
+    const len = reply[i];
+    h = Math.imul(h ^ len, 16777619);
+    if (len === 0) { i++; break; }
+    if (len >= 0xc0) { if (i + 1 >= n) return -2 - rcode; h = Math.imul(h ^ reply[i + 1], 16777619); i += 2; break; }
+    const end = i + 1 + len;
+    if (end > n) return -2 - rcode;
+    for (let j = i + 1; j < end; j++) {
+      const b = reply[j];
+      h = Math.imul(h ^ (b >= 65 && b <= 90 ? b | 0x20 : b), 16777619);
+    }
+    i = end;
+  }
+  if (i + 4 > n) return -2 - rcode;
+  h = Math.imul(h ^ reply[i], 16777619);
+  h = Math.imul(h ^ reply[i + 1], 16777619);
+  h = Math.imul(h ^ reply[i + 2], 16777619);
+  h = Math.imul(h ^ reply[i + 3], 16777619);
+  return (h & 0x3ffffff) * 16 + rcode;
 }
