@@ -89,7 +89,8 @@ export function clientPrefix(address: string): string {
 export class RateLimiter {
   readonly params: RrlParams;
   private readonly byPrefix = new Map<string, Map<number, RrlAccount>>();
-  private readonly prefixOf = new Map<string, string>();
+  /** Source address → its prefix's accounts (one lookup per answer instead of two). */
+  private readonly byAddress = new Map<string, Map<number, RrlAccount>>();
   private count = 0;
   private readonly maxAccounts: number;
 
@@ -110,16 +111,16 @@ export class RateLimiter {
   /** What to do with an answer `answerKey` to `address` at `now` (ms). */
   decide(address: string, answerKey: number, now: number): RrlAction {
     if (this.params.rate <= 0) return 'send';
-    let prefix = this.prefixOf.get(address);
-    if (prefix === undefined) {
-      prefix = clientPrefix(address);
-      if (this.prefixOf.size >= this.maxAccounts) this.prefixOf.clear();
-      this.prefixOf.set(address, prefix);
-    }
-    let accounts = this.byPrefix.get(prefix);
-    if (!accounts) {
-      accounts = new Map();
-      this.byPrefix.set(prefix, accounts);
+    let accounts = this.byAddress.get(address);
+    if (accounts === undefined) {
+      const prefix = clientPrefix(address);
+      accounts = this.byPrefix.get(prefix);
+      if (!accounts) {
+        accounts = new Map();
+        this.byPrefix.set(prefix, accounts);
+      }
+      if (this.byAddress.size >= this.maxAccounts) this.byAddress.clear();
+      this.byAddress.set(address, accounts);
     }
     let a = accounts.get(answerKey);
     if (!a) {
@@ -143,5 +144,7 @@ export class RateLimiter {
       if (accounts.size === 0) this.byPrefix.delete(prefix);
       if (n >= RRL_PRUNE) break;
     }
+    // Addresses may point at a prefix map that was just dropped: forget them (re-resolved on their next answer).
+    this.byAddress.clear();
   }
 }
