@@ -25,7 +25,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 interface Running { dns: DnsHandle; model: ClusterModel; registry: Registry; budgets: Budgets; port: number }
 
-async function start(dnsCfg: Record<string, unknown>, upstreamPort?: number): Promise<Running> {
+async function start(dnsCfg: Record<string, unknown>, upstreamPort?: number, interfaces = [{ address: '127.0.0.1', internal: false }]): Promise<Running> {
   const cfg = loadAgentConfig({ text: JSON.stringify({ nodeName: NODE, dns: { listen: '127.0.0.1:0', upstream: upstreamPort ? [`127.0.0.1:${upstreamPort}`] : ['127.0.0.1:9'], ...dnsCfg } }) });
   const model = new ClusterModel([]);
   const f = fixtureObjects();
@@ -37,7 +37,7 @@ async function start(dnsCfg: Record<string, unknown>, upstreamPort?: number): Pr
   model.subscribe((s) => ips.update(s));
   const registry = createRegistry('t_');
   const budgets = new Budgets({ registry, log: silentLogger });
-  const dns = await startDns({ cfg, log: silentLogger, registry, snapshot: () => model.snapshot(), ips, budgets, interfaces: () => [{ address: '127.0.0.1', internal: false }] });
+  const dns = await startDns({ cfg, log: silentLogger, registry, snapshot: () => model.snapshot(), ips, budgets, interfaces: () => interfaces });
   return { dns, model, registry, budgets, port: dns.address.port };
 }
 
@@ -170,6 +170,18 @@ describe('DNS clients (ACL)', () => {
       pod.sock.close();
     }
   });
+});
+
+test('a host process asking dns.listen directly (its source is that address) is answered even before the interface list shows it', async () => {
+  const r = await start({ rrl: { responsesPerSecond: 0 } }, undefined, []);
+  const c = await udpClient('127.0.0.1');
+  try {
+    const a = await c.ask(query('web.default.svc.cluster.local', 1), r.port);
+    assert.ok(a && rcode(a) === 0 && ancount(a) === 1);
+  } finally {
+    c.sock.close();
+    await r.dns.stop();
+  }
 });
 
 describe('DNS response-rate limiting', () => {

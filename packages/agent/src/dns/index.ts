@@ -52,7 +52,11 @@ export class ClientList {
   private sig = '';
   private ifaces: AclInputs['interfaces'] = [];
   private timer: NodeJS.Timeout | undefined;
-  private readonly d: { nodeName: string; allowCIDRs: readonly string[]; snapshot: () => Snapshot; log: Logger; interfaces: () => AclInputs['interfaces'] };
+  private readonly d: {
+    nodeName: string; allowCIDRs: readonly string[]; snapshot: () => Snapshot; log: Logger; interfaces: () => AclInputs['interfaces'];
+    /** dns.listen's address: a host process asking it directly uses it as its source (it is on this host). */
+    listenHost: string;
+  };
 
   constructor(d: ClientList['d']) {
     this.d = d;
@@ -60,12 +64,16 @@ export class ClientList {
     this.acl = this.build(d.snapshot());
   }
 
+  /** Re-reads the interface addresses now (after this agent added its own) and every LOCAL_ADDR_REFRESH_MS. */
   start(): void {
-    this.timer = setInterval(() => {
-      this.readInterfaces();
-      this.acl = this.build(this.d.snapshot());
-    }, LOCAL_ADDR_REFRESH_MS);
+    this.refresh();
+    this.timer = setInterval(() => this.refresh(), LOCAL_ADDR_REFRESH_MS);
     this.timer.unref();
+  }
+
+  refresh(): void {
+    this.readInterfaces();
+    this.acl = this.build(this.d.snapshot());
   }
 
   stop(): void {
@@ -91,7 +99,7 @@ export class ClientList {
   private build(snap: Snapshot): ClientAcl {
     this.snap = snap;
     const node = snap.nodes.get(this.d.nodeName);
-    const ranges = clientRanges({ interfaces: this.ifaces, node, allowCIDRs: this.d.allowCIDRs });
+    const ranges = clientRanges({ interfaces: [...this.ifaces, { address: this.d.listenHost, internal: false }], node, allowCIDRs: this.d.allowCIDRs });
     const sig = ranges.map((r) => `${r.address}/${r.prefix}`).join(',');
     if (sig === this.sig) return this.acl;
     this.sig = sig;
@@ -143,7 +151,7 @@ export async function startDns(d: DnsDeps): Promise<DnsHandle> {
     domain, ttl: d.cfg.dns.ttlSeconds, snapshot: d.snapshot, ips: d.ips, forwarder, metrics,
     ownsIP: d.ips.inFakePool ? (ip) => d.ips.inFakePool!(ip) : undefined,
   });
-  const clients = new ClientList({ nodeName: d.cfg.nodeName, allowCIDRs: d.cfg.dns.allowCIDRs, snapshot: d.snapshot, log: d.log, interfaces: d.interfaces ?? readInterfaces });
+  const clients = new ClientList({ nodeName: d.cfg.nodeName, allowCIDRs: d.cfg.dns.allowCIDRs, snapshot: d.snapshot, log: d.log, interfaces: d.interfaces ?? readInterfaces, listenHost: hp.host });
   const { rrl, tcp } = d.cfg.dns;
   const lease = await acquireLocalAddress(hp.host, d.log);
   const server = new DnsServer({
