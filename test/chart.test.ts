@@ -221,6 +221,7 @@ function render(file: string, v: Obj, variant: Variant): Obj[] {
 const KINDS: Record<string, string> = {
   ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
   ClusterRole: 'rbac.authorization.k8s.io/v1', ClusterRoleBinding: 'rbac.authorization.k8s.io/v1',
+  NetworkPolicy: 'networking.k8s.io/v1',
 };
 
 describe('templates', () => {
@@ -275,6 +276,31 @@ describe('templates', () => {
     const [dep] = render('server-deployment.yaml', values, 'then');
     const [c] = (((dep.spec as Obj).template as Obj).spec as Obj).containers as Obj[];
     assert.deepEqual((c.ports as Obj[]).map((p) => `${String(p.name)}/${String(p.protocol)}`), ['tunnel/TCP', 'stun/UDP', 'stun-alt/UDP', 'admin/TCP']);
+  });
+
+  test('server admin: the binary defaults to loopback; the chart listens on the pod address for probes and the scrape, never in the Service, and the NetworkPolicy opens it only to adminFrom', () => {
+    assert.equal(serverSchema.parse({}).admin.listen, '127.0.0.1:10561');
+    assert.equal((((values.server as Obj).config as Obj).admin as Obj).listen, '0.0.0.0:10561');
+    const [dep] = render('server-deployment.yaml', values, 'then');
+    const ann = (((dep.spec as Obj).template as Obj).metadata as Obj).annotations as Obj;
+    assert.equal(ann['prometheus.io/scrape'], 'true');
+    assert.equal(ann['prometheus.io/path'], '/metrics');
+    const [svc] = render('server-service.yaml', values, 'then');
+    assert.ok(!((svc.spec as Obj).ports as Obj[]).some((p) => p.name === 'admin'), 'admin is not in the Service');
+    const portsOf = (v: Obj) => {
+      const [np] = render('server-networkpolicy.yaml', v, 'then');
+      assert.equal(np.kind, 'NetworkPolicy');
+      assert.deepEqual((np.spec as Obj).policyTypes, ['Ingress']);
+      return ((np.spec as Obj).ingress as Obj[]).map((r) => ({ ports: (r.ports as Obj[]).map((p) => String(p.protocol)), from: r.from }));
+    };
+    // Default: only the agent-facing ports, from anywhere (the admin port is in no rule = closed to other pods).
+    assert.deepEqual(portsOf(values), [{ ports: ['TCP', 'UDP', 'UDP'], from: undefined }]);
+    const peer = { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } };
+    const open = portsOf(withValues({ server: { networkPolicy: { adminFrom: [peer] } } }));
+    assert.equal(open.length, 2);
+    assert.deepEqual(open[1].ports, ['TCP']);
+    assert.notEqual(open[1].from, undefined, 'admin only from the listed peers (rendered from adminFrom by toYaml)');
+    assert.deepEqual(render('server-networkpolicy.yaml', withValues({ server: { networkPolicy: { enabled: false } } }), 'then'), []);
   });
 });
 

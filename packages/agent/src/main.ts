@@ -2,6 +2,8 @@
 import { agentSchema, ConfigError, helpText, loadAgentConfig, parseArgs, type AgentConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
+import { Budgets } from '@edgemesh/common/budget';
+import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
@@ -39,6 +41,10 @@ export class Agent {
   readonly registry = createRegistry('edgemesh_agent_');
   readonly model: ClusterModel;
   readonly admin: AdminServer;
+  /** Every named limit of this agent (refusals counted in edgemesh_budget_refusals_total{budget}, logged rate-limited). */
+  readonly budgets: Budgets;
+  /** Descriptor pressure: optional work (DNS over TCP, served streams) is shed before the control plane's reserve. */
+  readonly fds: FdPressure;
   /** The IPs handed out for Services (DNS answers them, the proxy intercepts them); exists even when DNS is off. */
   readonly serviceIPs: ServiceIPs;
   /** The running DNS server when dns.enabled (after start()). */
@@ -65,7 +71,9 @@ export class Agent {
     if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
     validateProxyConfig(cfg); // and bad proxy.* keys here
     this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
-    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
+    this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_', log });
+    this.fds = new FdPressure({ budgets: this.budgets });
+    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
   }
 
   snapshot(): Snapshot {
@@ -114,6 +122,8 @@ export class Agent {
   }
 
   private async startAll(): Promise<void> {
+    this.fds.start();
+    await this.own(async () => { this.fds.stop(); this.budgets.close(); });
     await this.admin.start();
     await this.own(() => this.admin.close());
 
@@ -130,7 +140,7 @@ export class Agent {
 
     // --- DNS (dns/) ---
     if (this.cfg.dns.enabled) {
-      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs });
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs, budgets: this.budgets, fds: this.fds });
       const dns = this.dns;
       await this.own(() => dns.stop());
       this.admin.addCheck('dns', () => dns.server.listening);

@@ -26,11 +26,14 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
     nodeName: 'x',
     stateDir: '/var/lib/edgemesh',
     cluster: { source: 'kubernetes', kubeconfig: '', manifestsDir: '' },
-    dns: { enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30 },
+    dns: {
+      enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30, allowCIDRs: [],
+      rrl: { responsesPerSecond: 1000, slip: 2, windowSeconds: 5 }, tcp: { maxConnections: 256, maxPerSource: 16 },
+    },
     proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16' },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
     tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token' },
-    admin: { listen: '127.0.0.1:10560' },
+    admin: { listen: '127.0.0.1:10560', maxConnections: 64 },
     log: { level: 'info' },
   });
   assert.equal(c.nodeName, hostname(), 'nodeName falls back to the hostname');
@@ -38,7 +41,20 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
 });
 
 test('server defaults are exactly those of INTERFACE.md', () => {
-  assert.deepEqual(loadServerConfig({ text: '' }), { listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile: '/etc/edgemesh/token', relayRateLimit: 0, admin: { listen: '0.0.0.0:10561' }, log: { level: 'info' } });
+  assert.deepEqual(loadServerConfig({ text: '' }), { listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile: '/etc/edgemesh/token', relayRateLimit: 0, admin: { listen: '127.0.0.1:10561', maxConnections: 64 }, log: { level: 'info' } });
+});
+
+test('dns.allowCIDRs takes IPv4 and IPv6 CIDRs and names the bad entry; limits are bounded', () => {
+  assert.deepEqual(load('dns:\n  allowCIDRs: [10.0.0.0/8, "fd00::/56"]\n').dns.allowCIDRs, ['10.0.0.0/8', 'fd00::/56']);
+  assert.deepEqual(load('', [], { EDGEMESH_DNS_ALLOW_CIDRS: '10.1.0.0/16' }).dns.allowCIDRs, ['10.1.0.0/16']);
+  assert.deepEqual(load('', ['--dns.allowCIDRs', '192.0.2.0/24,2001:db8::/32']).dns.allowCIDRs, ['192.0.2.0/24', '2001:db8::/32']);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [10.0.0.0/33]\n')).message, /^config: dns\.allowCIDRs\.0: expected an IPv4 or IPv6 CIDR/);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [fd00::/129]\n')).message, /dns\.allowCIDRs\.0/);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [example.com/8]\n')).message, /dns\.allowCIDRs\.0/);
+  assert.equal(load('', ['--dns.rrl.responsesPerSecond', '0']).dns.rrl.responsesPerSecond, 0);
+  assert.match(err(() => load('dns:\n  tcp:\n    maxConnections: 0\n')).message, /^config: dns\.tcp\.maxConnections:/);
+  assert.match(err(() => load('admin:\n  maxConnections: 1\n')).message, /^config: admin\.maxConnections:/);
+  assert.match(err(() => load('dns:\n  rrl:\n    burst: 3\n')).message, /dns\.rrl\.burst: unknown key/);
 });
 
 test('precedence: flag over env over file; every kind of value coerces', () => {

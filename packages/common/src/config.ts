@@ -33,12 +33,26 @@ const logSchema = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 }).prefault({});
 
-const adminSchema = (listen: string) => z.strictObject({ listen: hostPort().default(listen) }).prefault({});
+const adminSchema = (listen: string) => z.strictObject({
+  listen: hostPort().default(listen),
+  /** Connections the admin listener holds at once (one source at most half); the oldest idle one makes room. */
+  maxConnections: z.number().int().min(2).max(100_000).default(64),
+}).prefault({});
 
 const cidr = z.string().refine((s) => {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(s);
   return !!m && isIPv4(m[1]) && Number(m[2]) <= 32;
 }, { message: 'expected an IPv4 CIDR such as 9.251.0.0/16' });
+/** Parses an IPv4 or IPv6 CIDR (`10.244.0.0/16`, `fd00::/64`); undefined when malformed. */
+export function parseCidr(s: string): { address: string; prefix: number; family: 4 | 6 } | undefined {
+  const m = /^([^/\s]+)\/(\d{1,3})$/.exec(s);
+  if (!m) return undefined;
+  const family = isIP(m[1]);
+  const prefix = Number(m[2]);
+  if (family === 0 || prefix > (family === 4 ? 32 : 128)) return undefined;
+  return { address: m[1], prefix, family: family as 4 | 6 };
+}
+const anyCidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'expected an IPv4 or IPv6 CIDR such as 10.244.0.0/16 or fd00::/64' });
 const ipAddress = z.string().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' });
 
 export const agentSchema = z.strictObject({
@@ -55,6 +69,18 @@ export const agentSchema = z.strictObject({
     domain: z.string().min(1).default('cluster.local'),
     upstream: z.array(z.string().min(1)).default([]),
     ttlSeconds: z.number().int().min(0).max(86400).default(30),
+    /** Clients answered besides this node's addresses and its Node's spec.podCIDRs; everyone else gets REFUSED. */
+    allowCIDRs: z.array(anyCidr).default([]),
+    /** Response-rate limiting (BIND/unbound RRL) of identical UDP answers per client /24 (IPv4) or /56 (IPv6). */
+    rrl: z.strictObject({
+      responsesPerSecond: z.number().int().min(0).max(1_000_000).default(1000),
+      slip: z.number().int().min(0).max(10).default(2),
+      windowSeconds: z.number().int().min(1).max(3600).default(5),
+    }).prefault({}),
+    tcp: z.strictObject({
+      maxConnections: z.number().int().min(1).max(100_000).default(256),
+      maxPerSource: z.number().int().min(1).max(100_000).default(16),
+    }).prefault({}),
   }).prefault({}),
   proxy: z.strictObject({
     ipMode: z.enum(['clusterIP', 'fake']).default('clusterIP'),
@@ -86,7 +112,7 @@ export const serverSchema = z.strictObject({
   tokenFile: z.string().default('/etc/edgemesh/token'),
   /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
   relayRateLimit: z.number().int().min(0).default(0),
-  admin: adminSchema('0.0.0.0:10561'),
+  admin: adminSchema('127.0.0.1:10561'),
   log: logSchema,
 });
 

@@ -2,6 +2,8 @@
 import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
+import { Budgets } from '@edgemesh/common/budget';
+import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { RelayServer } from './relay.ts';
 import { StunServer } from './stun.ts';
@@ -13,16 +15,22 @@ export class EdgemeshServer {
   readonly relay: RelayServer;
   readonly stun: StunServer;
   readonly admin: AdminServer;
+  /** Every named limit of the server (edgemesh_server_budget_refusals_total{budget}, logged rate-limited). */
+  readonly budgets: Budgets;
+  /** Descriptor pressure: relay work is shed before the reserve kept for agents' control connections and admin. */
+  readonly fds: FdPressure;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
 
   constructor(cfg: ServerConfig, token: string, log: Logger) {
     this.cfg = cfg;
     this.log = log;
+    this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
+    this.fds = new FdPressure({ budgets: this.budgets });
     const hp = parseHostPort(cfg.listen)!;
     this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
-    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
+    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
     this.admin.addCheck('listening', () => this.listening);
   }
 
@@ -32,6 +40,8 @@ export class EdgemeshServer {
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
   async start(): Promise<{ host: string; port: number }> {
+    this.fds.start();
+    this.stops.push(async () => { this.fds.stop(); this.budgets.close(); });
     await this.admin.start();
     this.stops.push(() => this.admin.close());
     const bound = await this.relay.start();

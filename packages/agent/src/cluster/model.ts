@@ -136,7 +136,11 @@ export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): N
   const labels = asStrMap(md.labels);
   const group = groupOf(labels, groupLabels);
   const addresses = asArr(asObj(obj.status).addresses).map((a) => asStr(asObj(a).address)).filter((s): s is string => !!s);
-  return Object.freeze({ name, labels, group, addresses: Object.freeze(addresses) });
+  const spec = asObj(obj.spec);
+  const single = asStr(spec.podCIDR);
+  const listed = asArr(spec.podCIDRs).map(asStr).filter((s): s is string => !!s);
+  const podCIDRs = listed.length ? listed : single ? [single] : [];
+  return Object.freeze({ name, labels, group, addresses: Object.freeze(addresses), podCIDRs: Object.freeze(podCIDRs) });
 }
 
 /** The node's group: the value of the first label in `groupLabels` that the node carries. */

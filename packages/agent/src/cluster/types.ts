@@ -64,6 +64,8 @@ export interface NodeInfo {
   /** The node's group: value of the first `routing.groupLabels` label present, else undefined. */
   readonly group?: string;
   readonly addresses: readonly string[];
+  /** spec.podCIDRs (else spec.podCIDR): the ranges this node's pods get their IPs from (DNS answers them). */
+  readonly podCIDRs?: readonly string[];
 }
 
 /** A consistent view of the cluster. Never mutated after publication. */
