@@ -1,6 +1,6 @@
 // Admin HTTP server: /healthz (event loop alive), /readyz (all readiness checks pass), /metrics (prom-client),
-// /status (JSON from a provider). Shared by agent and server.
-import { createServer, type Server } from 'node:http';
+// /status (JSON from a provider), and routes a component adds (the server's /fleet and /ui). Shared by agent and server.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from './log.ts';
 import { parseHostPort } from './config.ts';
@@ -10,6 +10,8 @@ export const HEALTH_LOOP_STALL_MS = 5000;
 const HEALTH_TICK_MS = 1000;
 
 export type ReadyCheck = () => boolean;
+/** Answers one GET/HEAD request on an added route (a throw answers 500). */
+export type RouteHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export interface AdminOptions {
   listen: string;
@@ -26,6 +28,7 @@ export function createRegistry(prefix: string): Registry {
 
 export class AdminServer {
   readonly checks = new Map<string, ReadyCheck>();
+  private readonly routes = new Map<string, RouteHandler>();
   private server: Server | undefined;
   private lastTick = Date.now();
   private tick: NodeJS.Timeout | undefined;
@@ -38,6 +41,11 @@ export class AdminServer {
   /** Registers a named readiness check; /readyz is 200 only when every check returns true. */
   addCheck(name: string, check: ReadyCheck): void {
     this.checks.set(name, check);
+  }
+
+  /** Serves `path` (exact match, GET and HEAD) with `handler`. */
+  addRoute(path: string, handler: RouteHandler): void {
+    this.routes.set(path, handler);
   }
 
   /** A check that throws counts as failing (a module's bug must not crash the process from an HTTP request). */
@@ -87,7 +95,16 @@ export class AdminServer {
           return send(500, `status failed: ${(e as Error).message}\n`);
         }
       }
-      send(404, 'not found: try /healthz /readyz /metrics /status\n');
+      const route = this.routes.get(url);
+      if (route) {
+        try {
+          return route(req, res);
+        } catch (e) {
+          if (!res.headersSent) return send(500, `${url} failed: ${(e as Error).message}\n`);
+          return void res.destroy();
+        }
+      }
+      send(404, `not found: try /healthz /readyz /metrics /status${[...this.routes.keys()].filter((r) => !r.includes('/', 1)).map((r) => ` ${r}`).join('')}\n`);
     });
     this.server.keepAliveTimeout = 5000;
     const srv = this.server;
