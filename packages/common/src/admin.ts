@@ -43,6 +43,12 @@ export class AdminServer {
     this.checks.set(name, check);
   }
 
+  /** The bound address once started (port 0 in the config picks one). */
+  address(): { host: string; port: number } | undefined {
+    const a = this.server?.address();
+    return typeof a === 'object' && a ? { host: a.address, port: a.port } : undefined;
+  }
+
   /** Serves `path` (exact match, GET and HEAD) with `handler`. */
   addRoute(path: string, handler: RouteHandler): void {
     this.routes.set(path, handler);

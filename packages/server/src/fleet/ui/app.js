@@ -107,11 +107,11 @@
     }
     const spread = Math.min(W / cols, H / rows);
     const sim = d3.forceSimulation(model.nodes)
-      .force('link', d3.forceLink(model.links).id((d) => d.id).distance((l) => (l.same ? 50 : spread * 0.8)).strength((l) => (l.same ? 0.6 : 0.02)))
+      .force('link', d3.forceLink(model.links).id((d) => d.id).distance((l) => (l.same ? 80 : spread * 0.8)).strength((l) => (l.same ? 0.6 : 0.02)))
       .force('charge', d3.forceManyBody().strength(model.mode === 'groups' ? -60 : -160))
       .force('x', d3.forceX((d) => anchor.get(d.group).x).strength(model.mode === 'groups' ? 0.5 : 0.2))
       .force('y', d3.forceY((d) => anchor.get(d.group).y).strength(model.mode === 'groups' ? 0.5 : 0.2))
-      .force('collide', d3.forceCollide(model.mode === 'groups' ? 40 : 22))
+      .force('collide', d3.forceCollide(model.mode === 'groups' ? 44 : 30))
       .stop();
     sim.tick(LAYOUT_TICKS);
     positions = new Map();
@@ -168,6 +168,22 @@
       nodeLayer.appendChild(g);
     }
     map.appendChild(nodeLayer);
+    fitView(model);
+  }
+
+  /** Zooms the view onto what is drawn (keeping the page's aspect ratio), so a small fleet is not a speck. */
+  function fitView(model) {
+    let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
+    const take = (x, y, r) => { x0 = Math.min(x0, x - r); y0 = Math.min(y0, y - r); x1 = Math.max(x1, x + r); y1 = Math.max(y1, y + r); };
+    for (const n of model.nodes) take(n.x, n.y, 40);
+    for (const c of map.querySelectorAll('circle.group')) take(Number(c.getAttribute('cx')), Number(c.getAttribute('cy')), Number(c.getAttribute('r')) + 20);
+    if (!Number.isFinite(x0)) { map.setAttribute('viewBox', `0 0 ${W} ${H}`); return; }
+    let w = Math.max(x1 - x0, W / 2.5);
+    let h = Math.max(y1 - y0, H / 2.5);
+    if (w / h > W / H) h = w * (H / W); else w = h * (W / H);
+    const cx = (x0 + x1) / 2;
+    const cy = (y0 + y1) / 2;
+    map.setAttribute('viewBox', `${(cx - w / 2).toFixed(1)} ${(cy - h / 2).toFixed(1)} ${w.toFixed(1)} ${h.toFixed(1)}`);
   }
 
   // --- tables ---
