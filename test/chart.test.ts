@@ -4,7 +4,7 @@
 // watches, the image entrypoint's iptables back-end choice, and the Dockerfile <-> workspaces.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, globSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -203,6 +203,7 @@ const VARIANTS: [string, Obj][] = [
   ['ClusterIP + externalIPs', withValues({ server: { service: { type: 'ClusterIP', externalIPs: ['203.0.113.5'] } } })],
   ['no server', withValues({ server: { enabled: false } })],
   ['no agent', withValues({ agent: { enabled: false } })],
+  ['monitoring', withValues({ monitoring: { enabled: true, rules: { labels: { release: 'prom' } } } })],
 ];
 
 function render(file: string, v: Obj, variant: Variant): Obj[] {
@@ -222,6 +223,7 @@ const KINDS: Record<string, string> = {
   ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
   ClusterRole: 'rbac.authorization.k8s.io/v1', ClusterRoleBinding: 'rbac.authorization.k8s.io/v1',
   NetworkPolicy: 'networking.k8s.io/v1',
+  PrometheusRule: 'monitoring.coreos.com/v1',
 };
 
 describe('templates', () => {
@@ -301,6 +303,136 @@ describe('templates', () => {
     assert.deepEqual(open[1].ports, ['TCP']);
     assert.notEqual(open[1].from, undefined, 'admin only from the listed peers (rendered from adminFrom by toYaml)');
     assert.deepEqual(render('server-networkpolicy.yaml', withValues({ server: { networkPolicy: { enabled: false } } }), 'then'), []);
+  });
+});
+
+describe('monitoring', () => {
+  const on = withValues({ monitoring: { enabled: true } });
+  /** The PrometheusRule as Helm renders it: the `{{ $r.x }}` thresholds filled from the values, then stripped. */
+  function ruleGroups(v: Obj): { name: string; rules: Obj[] }[] {
+    const rules = (v.monitoring as Obj).rules as Obj;
+    const src = templates.get('prometheusrule.yaml')!.replace(/\{\{ \$r\.(\w+) \}\}/g, (_, k: string) => {
+      assert.ok(k in rules, `monitoring.rules.${k}`);
+      return String(rules[k]);
+    });
+    const docs = parseAllDocuments(stripTemplate(src, { values: v, variant: 'then' })).map((d) => d.toJS() as Obj).filter(isObj);
+    assert.equal(docs.length, 1);
+    return (docs[0].spec as Obj).groups as { name: string; rules: Obj[] }[];
+  }
+  // Every metric the product exports (prom-client `name:` literals), histograms with their series suffixes.
+  const exported = (() => {
+    const names = new Set<string>();
+    for (const f of globSync('packages/*/src/**/*.ts', { cwd: root })) {
+      if (f.endsWith('.test.ts')) continue;
+      for (const m of read(join(root, f)).matchAll(/name: '(edgemesh_[a-z_]+)'/g)) names.add(m[1]);
+    }
+    return names;
+  })();
+  const usedMetrics = (expr: string) => [...expr.matchAll(/\b(edgemesh_[a-z_]+)\b/g)].map((m) => m[1].replace(/_(bucket|sum|count)$/, (suf, _s, off, whole: string) => (exported.has(whole.slice(0, off)) ? '' : suf)));
+
+  test('off by default: neither the PrometheusRule nor the dashboard ConfigMap is rendered', () => {
+    assert.equal((values.monitoring as Obj).enabled, false);
+    for (const variant of ['then', 'else'] as const) {
+      assert.deepEqual(render('prometheusrule.yaml', values, variant), []);
+      assert.deepEqual(render('dashboard-configmap.yaml', values, variant), []);
+    }
+  });
+
+  test('the PrometheusRule: the six alerts, each with a duration, a severity and a text, over metrics the product exports', () => {
+    const [group] = ruleGroups(on);
+    assert.deepEqual(group.rules.map((r) => r.alert), [
+      'EdgemeshAgentNotReady', 'EdgemeshRelayShareHigh', 'EdgemeshTimeToDirectHigh', 'EdgemeshStrictScopeEmpty', 'EdgemeshDnsServfailHigh', 'EdgemeshServerAgentsDropping',
+    ]);
+    for (const r of group.rules) {
+      assert.match(String(r.for), /^\d+m$/);
+      assert.ok(['info', 'warning', 'critical'].includes(String((r.labels as Obj).severity)));
+      assert.ok((r.annotations as Obj).summary && (r.annotations as Obj).description);
+      for (const m of usedMetrics(String(r.expr))) assert.ok(exported.has(m), `${String(r.alert)}: ${m} is not a metric of the product`);
+    }
+    // Extra labels (a Prometheus' ruleSelector) go on the object's metadata.
+    assert.match(templates.get('prometheusrule.yaml')!, /  labels:\n    \{\{- include "edgemesh\.labels" \. \| nindent 4 \}\}\n    \{\{- with \$r\.labels \}\}\n    \{\{- toYaml \. \| nindent 4 \}\}/);
+  });
+
+  const promtool = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
+  const noPromtool = promtool.status !== 0 && !process.env.CI ? 'no promtool (apt-get install prometheus)' : false;
+  test('promtool check rules passes, and promtool test rules fires each alert on synthetic series', { skip: noPromtool }, () => {
+    const groups = ruleGroups(on);
+    const dir = mkdtempSync(join(tmpdir(), 'em-rules-'));
+    try {
+      writeFileSync(join(dir, 'rules.yaml'), toYaml({ groups }));
+      const check = spawnSync('promtool', ['check', 'rules', join(dir, 'rules.yaml')], { encoding: 'utf8' });
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      assert.match(check.stdout, /SUCCESS: 6 rules found/);
+      const byName = new Map(groups[0].rules.map((r) => [String(r.alert), r]));
+      const expect = (alert: string, labels: Obj) => ({ exp_labels: { ...(byName.get(alert)!.labels as Obj), ...labels }, exp_annotations: byName.get(alert)!.annotations });
+      const unit = {
+        rule_files: ['rules.yaml'],
+        evaluation_interval: '1m',
+        tests: [{
+          interval: '1m',
+          input_series: [
+            { series: 'edgemesh_server_fleet_agents{job="server",state="not_ready"}', values: '0 0 1x40' },
+            { series: 'edgemesh_server_fleet_agents{job="server",state="ready"}', values: '5x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n1",path="relay"}', values: '3x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n1",path="direct"}', values: '1x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n2",path="direct"}', values: '4x40' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="5"}', values: '0+1x60' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="10"}', values: '0+10x60' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="+Inf"}', values: '0+10x60' },
+            { series: 'edgemesh_proxy_strict_empty_scope_services{job="agent",instance="n1"}', values: '1x40' },
+            { series: 'edgemesh_proxy_strict_empty_scope_services{job="agent",instance="n2"}', values: '0x40' },
+            { series: 'edgemesh_dns_queries_total{job="agent",instance="n1",type="A",rcode="SERVFAIL",source="forward"}', values: '0+30x40' },
+            { series: 'edgemesh_dns_queries_total{job="agent",instance="n1",type="A",rcode="NOERROR",source="cluster"}', values: '0+70x40' },
+            { series: 'edgemesh_server_agents_connected{job="server",instance="s1"}', values: '100x10 60x30' },
+          ],
+          alert_rule_test: [
+            { eval_time: '10m', alertname: 'EdgemeshAgentNotReady', exp_alerts: [expect('EdgemeshAgentNotReady', { job: 'server' })] },
+            { eval_time: '1m', alertname: 'EdgemeshAgentNotReady', exp_alerts: [] },
+            { eval_time: '20m', alertname: 'EdgemeshRelayShareHigh', exp_alerts: [expect('EdgemeshRelayShareHigh', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '45m', alertname: 'EdgemeshTimeToDirectHigh', exp_alerts: [expect('EdgemeshTimeToDirectHigh', { job: 'agent' })] },
+            { eval_time: '15m', alertname: 'EdgemeshStrictScopeEmpty', exp_alerts: [expect('EdgemeshStrictScopeEmpty', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '20m', alertname: 'EdgemeshDnsServfailHigh', exp_alerts: [expect('EdgemeshDnsServfailHigh', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '18m', alertname: 'EdgemeshServerAgentsDropping', exp_alerts: [expect('EdgemeshServerAgentsDropping', { job: 'server', instance: 's1' })] },
+            { eval_time: '35m', alertname: 'EdgemeshServerAgentsDropping', exp_alerts: [] },
+          ],
+        }],
+      };
+      writeFileSync(join(dir, 'test.yaml'), toYaml(unit));
+      const t = spawnSync('promtool', ['test', 'rules', join(dir, 'test.yaml')], { encoding: 'utf8' });
+      assert.equal(t.status, 0, t.stdout + t.stderr);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the Grafana dashboard: a ConfigMap with grafana_dashboard "1" embedding dashboards/edgemesh.json; panels over exported metrics', () => {
+    const [cm] = render('dashboard-configmap.yaml', on, 'then');
+    assert.equal(cm.kind, 'ConfigMap');
+    // The sidecar's label is a string "1" in the values (a number would not match its selector) and goes on the metadata.
+    assert.deepEqual(((values.monitoring as Obj).dashboard as Obj).labels, { grafana_dashboard: '1' });
+    assert.match(templates.get('dashboard-configmap.yaml')!, /  labels:\n    \{\{- include "edgemesh\.labels" \. \| nindent 4 \}\}\n    \{\{- with \.Values\.monitoring\.dashboard\.labels \}\}\n    \{\{- toYaml \. \| nindent 4 \}\}/);
+    assert.match(templates.get('dashboard-configmap.yaml')!, /\.Files\.Get "dashboards\/edgemesh\.json" \| nindent 4/);
+    const dash = JSON.parse(read(join(chartDir, 'dashboards', 'edgemesh.json'))) as Obj & { panels: Obj[] };
+    assert.equal(dash.uid, 'edgemesh-overview');
+    assert.deepEqual(((dash.templating as Obj).list as Obj[]).map((v) => [v.name, v.type, v.query]), [['datasource', 'datasource', 'prometheus']]);
+    const ids = dash.panels.map((p) => p.id);
+    assert.equal(new Set(ids).size, ids.length, 'unique panel ids');
+    const queries = dash.panels.filter((p) => p.type !== 'row');
+    assert.ok(queries.length >= 20);
+    const seen = new Set<string>();
+    for (const p of queries) {
+      assert.deepEqual(p.datasource, { type: 'prometheus', uid: '${datasource}' }, String(p.title));
+      const g = p.gridPos as { w: number; x: number };
+      assert.ok(g.x + g.w <= 24, `${String(p.title)} fits the grid`);
+      for (const t of p.targets as Obj[]) {
+        for (const m of usedMetrics(String(t.expr))) {
+          assert.ok(exported.has(m), `${String(p.title)}: ${m} is not a metric of the product`);
+          seen.add(m);
+        }
+      }
+    }
+    // The headline metrics of each area are on it.
+    for (const m of ['edgemesh_tunnel_peers', 'edgemesh_tunnel_time_to_direct_seconds', 'edgemesh_proxy_refused_total', 'edgemesh_dns_queries_total', 'edgemesh_server_agents_connected', 'edgemesh_server_fleet_agents']) assert.ok(seen.has(m), m);
   });
 });
 

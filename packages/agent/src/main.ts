@@ -19,6 +19,9 @@ import { readToken } from '@edgemesh/common/config';
 import { Tunnel } from './tunnel/tunnel.ts';
 import { TunnelDialer } from './tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from './tunnel/keys.ts';
+import { buildReport } from './fleet/report.ts';
+import { Reporter } from './fleet/reporter.ts';
+import { tunnelPeers } from './fleet/collect.ts';
 
 export interface AgentStatus {
   node: string;
@@ -166,6 +169,22 @@ export class Agent {
 
     // --- proxy (intercept/, proxy/, lb/, routing/) ---
     await this.startProxy();
+
+    // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
+    if (this.tunnel) await this.startReporter(this.tunnel);
+  }
+
+  private async startReporter(t: Tunnel): Promise<void> {
+    const version = await readVersion();
+    const reporter = new Reporter({
+      sinks: t.servers, log: this.log,
+      build: () => buildReport({
+        version, node: this.cfg.nodeName, snapshot: this.model.snapshot(), routingDefault: this.cfg.routing.default,
+        nat: t.status().nat, ready: this.admin.ready(), peers: tunnelPeers(t),
+      }),
+    });
+    await this.own(async () => reporter.stop());
+    reporter.start();
   }
 
   // --- proxy: interception rules + TCP/UDP listeners + load balancing + group routing (issue #4) ---

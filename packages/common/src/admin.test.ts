@@ -93,6 +93,29 @@ test('admin: slow headers (slowloris) are dropped at the header deadline with 40
   }
 });
 
+test('admin: added routes answer GET/HEAD on their exact path; a throwing route is a 500; 404 names the routes', async () => {
+  const admin = new AdminServer({ listen: '127.0.0.1:0', registry: createRegistry('t3_'), status: () => ({}), log: silentLogger });
+  admin.addRoute('/fleet', (_req, res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"ok":true}'); });
+  admin.addRoute('/ui', () => { throw new Error('page bug'); });
+  admin.addRoute('/ui/app.js', (_req, res) => res.end('x'));
+  const { host, port } = await admin.start();
+  try {
+    assert.deepEqual(admin.address(), { host, port });
+    const base = `http://${host}:${port}`;
+    assert.deepEqual(await (await fetch(`${base}/fleet?x=1`)).json(), { ok: true });
+    assert.equal((await fetch(`${base}/fleet`, { method: 'HEAD' })).status, 200);
+    assert.equal((await fetch(`${base}/fleet`, { method: 'POST' })).status, 405);
+    const broken = await fetch(`${base}/ui`);
+    assert.equal(broken.status, 500);
+    assert.match(await broken.text(), /\/ui failed: page bug/);
+    const missing = await fetch(`${base}/fleet/x`);
+    assert.equal(missing.status, 404);
+    assert.equal(await missing.text(), 'not found: try /healthz /readyz /metrics /status /fleet /ui\n');
+  } finally {
+    await admin.close();
+  }
+});
+
 test('admin: when the connection slots are full, the oldest idle connection is evicted for a real request', async () => {
   const budgets = new Budgets();
   const admin = new AdminServer({ listen: '127.0.0.1:0', registry: createRegistry('t4_'), status: () => ({}), log: silentLogger, budgets, maxConnections: 4 });

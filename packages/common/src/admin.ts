@@ -1,5 +1,5 @@
 // Admin HTTP server: /healthz (event loop alive), /readyz (all readiness checks pass), /metrics (prom-client),
-// /status (JSON from a provider). Shared by agent and server.
+// /status (JSON from a provider), and routes a component adds (the server's /fleet and /ui). Shared by agent and server.
 //
 // Hostile clients: every connection takes a slot (ConnLimiter: per source and in total, admin.maxConnections); when
 // full, the oldest idle or slow-header connection is evicted for the newcomer, so thousands of slowloris connections
@@ -7,7 +7,7 @@
 // every ADMIN_TIMEOUT_CHECK_MS), a silent connection is dropped after ADMIN_SOCKET_IDLE_MS, the whole request within
 // ADMIN_REQUEST_TIMEOUT_MS, an idle keep-alive connection after ADMIN_KEEPALIVE_MS. Refusals, evictions and deadline
 // drops are counted in the budget metrics.
-import { createServer, type Server } from 'node:http';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from './log.ts';
@@ -36,6 +36,8 @@ export const ADMIN_MIN_EVICT_AGE_MS = 250;
 export const ADMIN_ACCEPT_HEADROOM = 16;
 
 export type ReadyCheck = () => boolean;
+/** Answers one GET/HEAD request on an added route (a throw answers 500). */
+export type RouteHandler = (req: IncomingMessage, res: ServerResponse) => void;
 
 export interface AdminOptions {
   listen: string;
@@ -64,6 +66,7 @@ export function createRegistry(prefix: string): Registry {
 
 export class AdminServer {
   readonly checks = new Map<string, ReadyCheck>();
+  private readonly routes = new Map<string, RouteHandler>();
   private server: Server | undefined;
   private lastTick = Date.now();
   private tick: NodeJS.Timeout | undefined;
@@ -86,6 +89,17 @@ export class AdminServer {
   /** Registers a named readiness check; /readyz is 200 only when every check returns true. */
   addCheck(name: string, check: ReadyCheck): void {
     this.checks.set(name, check);
+  }
+
+  /** The bound address once started (port 0 in the config picks one). */
+  address(): { host: string; port: number } | undefined {
+    const a = this.server?.address();
+    return typeof a === 'object' && a ? { host: a.address, port: a.port } : undefined;
+  }
+
+  /** Serves `path` (exact match, GET and HEAD) with `handler`. */
+  addRoute(path: string, handler: RouteHandler): void {
+    this.routes.set(path, handler);
   }
 
   /** A check that throws counts as failing (a module's bug must not crash the process from an HTTP request). */
@@ -146,7 +160,16 @@ export class AdminServer {
           return send(500, `status failed: ${(e as Error).message}\n`);
         }
       }
-      send(404, 'not found: try /healthz /readyz /metrics /status\n');
+      const route = this.routes.get(url);
+      if (route) {
+        try {
+          return route(req, res);
+        } catch (e) {
+          if (!res.headersSent) return send(500, `${url} failed: ${(e as Error).message}\n`);
+          return void res.destroy();
+        }
+      }
+      send(404, `not found: try /healthz /readyz /metrics /status${[...this.routes.keys()].filter((r) => !r.includes('/', 1)).map((r) => ` ${r}`).join('')}\n`);
     });
     const srv = this.server;
     srv.timeout = this.opts.headersTimeoutMs ?? ADMIN_SOCKET_IDLE_MS;

@@ -7,6 +7,8 @@ import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { RelayServer } from './relay.ts';
 import { StunServer } from './stun.ts';
+import { FleetStore } from './fleet/store.ts';
+import { addFleetRoutes } from './fleet/http.ts';
 
 export class EdgemeshServer {
   readonly cfg: ServerConfig;
@@ -19,6 +21,8 @@ export class EdgemeshServer {
   readonly budgets: Budgets;
   /** Descriptor pressure: relay work is shed before the reserve kept for agents' control connections and admin. */
   readonly fds: FdPressure;
+  /** The latest fleet report of every agent (GET /fleet, /ui). */
+  readonly fleet: FleetStore;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
 
@@ -28,10 +32,15 @@ export class EdgemeshServer {
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
     const hp = parseHostPort(cfg.listen)!;
-    this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort });
+    this.fleet = new FleetStore({ registry: this.registry, log, connected: () => this.relay.agents });
+    this.relay = new RelayServer({
+      host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort,
+      onReport: (node, report, bytes) => void this.fleet.put(node, report, bytes),
+    });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
     this.admin.addCheck('listening', () => this.listening);
+    addFleetRoutes({ admin: this.admin, store: this.fleet, server: () => ({ listen: cfg.listen, agentsConnected: this.relay.agents.size }) });
   }
 
   status(): unknown {
@@ -44,6 +53,8 @@ export class EdgemeshServer {
     this.stops.push(async () => { this.fds.stop(); this.budgets.close(); });
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+    this.fleet.start();
+    this.stops.push(async () => this.fleet.stop());
     const bound = await this.relay.start();
     this.stops.push(() => this.relay.stop());
     // STUN on the same port number as TCP (UDP), plus the alternate port.

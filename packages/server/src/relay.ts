@@ -34,6 +34,8 @@ export interface RelayServerOptions {
   rateLimitBytesPerSec?: number;
   /** Port of the second STUN socket (as bound), told to agents in WELCOME. */
   stunAltPort?: () => number;
+  /** A fleet REPORT from an authenticated agent (its parsed JSON and size); must not throw. */
+  onReport?: (node: string, report: Record<string, unknown>, bytes: number) => void;
   /** Override of MAX_AGENT_BACKLOG_BYTES (tests). */
   maxBacklogBytes?: number;
 }
@@ -292,6 +294,8 @@ export class RelayServer {
         return this.onOpen(c, m);
       case T.RENDEZVOUS:
         return this.onRendezvous(c, m);
+      case T.REPORT:
+        return this.opts.onReport?.(c.node, m, body.length);
       default:
         this.m.malformed.inc();
     }

@@ -14,6 +14,7 @@ export const T = {
   OPEN_FAIL: 12, // server -> opener {req, code}
   INCOMING: 13, // server -> target {rid, from, key}
   RENDEZVOUS: 14, // agent -> server {to, sid, cand}; server -> peer {from, key, sid, cand, delayMs}
+  REPORT: 15, // agent -> server: the fleet report (common/src/fleet/report.ts), at most MAX_REPORT_BYTES of JSON
   DATA: 20, // [rid][bytes]
   CREDIT: 21, // [rid][bytes u32]
   END: 22, // [rid]
@@ -21,7 +22,7 @@ export const T = {
 } as const;
 
 /** Types whose payload is JSON + MAC (after the handshake). */
-export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS]);
+export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
 
 /** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. A relay stream
  *  carries a whole peer link (its streams have their own windows inside), so this bounds the link at window/RTT. */
