@@ -1,10 +1,13 @@
 // edgemesh-server: authenticates agents, answers STUN, brokers hole punching, relays.
-import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
+import { helpText, loadServerConfig, parseArgs, parseHostPort, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
+import { randomBytes } from 'node:crypto';
 import { RelayServer } from './relay.ts';
 import { StunServer } from './stun.ts';
+import { IDENTITY_COMMANDS, IDENTITY_USAGE, runIdentityCli } from './identity/cli.ts';
+import { startServerIdentity, type ServerIdentity } from './identity/index.ts';
 
 export class EdgemeshServer {
   readonly cfg: ServerConfig;
@@ -15,19 +18,26 @@ export class EdgemeshServer {
   readonly admin: AdminServer;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
+  /** CA, enrollment, registry (identity/): set by the binary; the control channel will use it. */
+  readonly identity: ServerIdentity | undefined;
 
-  constructor(cfg: ServerConfig, token: string, log: Logger) {
+  constructor(cfg: ServerConfig, token: string, log: Logger, identity?: ServerIdentity) {
     this.cfg = cfg;
     this.log = log;
+    this.identity = identity;
     const hp = parseHostPort(cfg.listen)!;
     this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
     this.admin.addCheck('listening', () => this.listening);
+    if (identity) {
+      this.admin.addCheck('cluster', () => identity.cluster.synced());
+      this.stops.push(() => identity.stop());
+    }
   }
 
   status(): unknown {
-    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object) };
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), ...(this.identity ? { identity: { caHash: this.identity.ca.hash, ...this.identity.enroller.status() } } : {}) };
   }
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
@@ -57,19 +67,29 @@ export class EdgemeshServer {
 }
 
 export async function main(argv: string[]): Promise<void> {
+  if (IDENTITY_COMMANDS.includes(argv[0])) {
+    process.exitCode = runIdentityCli(argv, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s), env: process.env, now: Date.now });
+    return;
+  }
   let cfg: ServerConfig;
+  let identity: ServerIdentity;
   let token: string;
+  const log0: { log?: Logger } = {};
   try {
     const args = parseArgs(argv, serverSchema);
-    if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n'); return; }
+    if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n' + IDENTITY_USAGE); return; }
     if (args.version) { process.stdout.write(`edgemesh-server ${await readVersion()}\n`); return; }
     cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
-    token = readToken(cfg.tokenFile, 'tokenFile');
+    log0.log = createLogger(cfg.log.level, 'edgemesh-server');
+    identity = await startServerIdentity(cfg, log0.log);
+    // Until the control channel is wired, the legacy handshake authenticates with the bootstrap token. With bootstrap
+    // enrollment off it gets a random one nobody knows: no agent can use the legacy handshake then.
+    token = identity.bootstrapToken ?? randomBytes(32).toString('hex');
   } catch (e) {
     exitOnConfigError(e);
   }
-  const log = createLogger(cfg.log.level, 'edgemesh-server');
-  const server = new EdgemeshServer(cfg, token, log);
+  const log = log0.log!;
+  const server = new EdgemeshServer(cfg, token, log, identity);
   handleSignals(log, () => server.stop());
   try {
     await server.start();
