@@ -94,7 +94,7 @@ test('a ServiceAccount token enrolls exactly the node its pod runs on', async ()
   // A Node deleted from the cluster can no longer enroll or renew.
   api.delete(NODES, 'edge-a');
   const until = Date.now() + DEADLINE_MS;
-  while (cluster.view().kind === 'nodes' && (cluster.view() as { names: Set<string> }).names.has('edge-a') && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
+  while (cluster.view().kind === 'nodes' && (cluster.view() as { names: ReadonlySet<string> }).names.has('edge-a') && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
   const b3 = newBinding();
   const renew = await e.enroll(a.request('renew', '', b3), '10.0.0.3', b3);
   assert.deepEqual(renew.ok ? 'issued' : renew.detail, 'not-a-node');
