@@ -1,5 +1,5 @@
 // edgemesh-server: authenticates agents, answers STUN, brokers hole punching, relays.
-import { helpText, loadServerConfig, parseArgs, parseHostPort, serverSchema, type ServerConfig } from '@edgemesh/common/config';
+import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
@@ -66,6 +66,14 @@ export class EdgemeshServer {
   }
 }
 
+function legacyToken(tokenFile: string): string | undefined {
+  try {
+    return readToken(tokenFile, 'tokenFile');
+  } catch {
+    return undefined;
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
   if (IDENTITY_COMMANDS.includes(argv[0])) {
     process.exitCode = runIdentityCli(argv, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s), env: process.env, now: Date.now });
@@ -82,9 +90,10 @@ export async function main(argv: string[]): Promise<void> {
     cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
     log0.log = createLogger(cfg.log.level, 'edgemesh-server');
     identity = await startServerIdentity(cfg, log0.log);
-    // Until the control channel is wired, the legacy handshake authenticates with the bootstrap token. With bootstrap
-    // enrollment off it gets a random one nobody knows: no agent can use the legacy handshake then.
-    token = identity.bootstrapToken ?? randomBytes(32).toString('hex');
+    // Until the control channel is wired, the legacy handshake authenticates with the shared token: the bootstrap
+    // token, or with bootstrap enrollment off the tokenFile if one is there (it then enrolls nobody); else a random
+    // one nobody knows, so no agent can use the legacy handshake.
+    token = identity.bootstrapToken ?? legacyToken(cfg.tokenFile) ?? randomBytes(32).toString('hex');
   } catch (e) {
     exitOnConfigError(e);
   }
