@@ -30,14 +30,12 @@ export class EdgemeshServer {
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
     this.admin.addCheck('listening', () => this.listening);
-    if (identity) {
-      this.admin.addCheck('cluster', () => identity.cluster.synced());
-      this.stops.push(() => identity.stop());
-    }
+    // Not a readiness check: relaying works without the Node list; enrollment answers "retry later" until it synced.
+    if (identity) this.stops.push(() => identity.stop());
   }
 
   status(): unknown {
-    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), ...(this.identity ? { identity: { caHash: this.identity.ca.hash, ...this.identity.enroller.status() } } : {}) };
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), ...(this.identity ? { identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } } : {}) };
   }
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */

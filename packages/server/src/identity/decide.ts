@@ -112,14 +112,23 @@ function sameHash(a: Buffer, b: Buffer): boolean {
   return a.length === b.length && timingSafeEqual(a, b);
 }
 
+/**
+ * Steps 1 and 2 alone (the Enroller runs them before any TokenReview, so a caller without the key costs the API
+ * server nothing): undefined when the request is well-formed and the signature verifies.
+ */
+export function checkProof(name: string, publicKey: Buffer, method: EnrollMethod | 'renew', binding: Uint8Array, signature: Uint8Array): 'bad-request' | 'bad-proof' | undefined {
+  if (!isNodeName(name) || publicKey.length !== 32) return 'bad-request';
+  const key = publicKeyFromRaw(publicKey);
+  if (!key) return 'bad-request';
+  if (!verifyWithContext(key, ENROLL_PROOF_CONTEXT, enrollProofMessage(binding, method, name), signature)) return 'bad-proof';
+  return undefined;
+}
+
 export function decideEnrollment(input: EnrollInput): EnrollDecision {
   const { name, publicKey, credential: cred, policy, now } = input;
-  // 1. shape
-  if (!isNodeName(name) || publicKey.length !== 32) return refuse('bad-request');
-  const key = publicKeyFromRaw(publicKey);
-  if (!key) return refuse('bad-request');
-  // 2. proof of possession, bound to this channel
-  if (!verifyWithContext(key, ENROLL_PROOF_CONTEXT, enrollProofMessage(input.proof.binding, cred.method, name), input.proof.signature)) return refuse('bad-proof');
+  // 1 + 2. shape, and proof of possession bound to this channel
+  const shape = checkProof(name, publicKey, cred.method, input.proof.binding, input.proof.signature);
+  if (shape) return refuse(shape);
   // 3 + 4. the credential, and that it names this node
   const keyB64 = publicKey.toString('base64');
   let consumeToken: string | undefined;

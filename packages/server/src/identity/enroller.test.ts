@@ -142,3 +142,19 @@ test('a guesser is rate-limited per source and its attempts are counted, not log
   assert.match(metrics, /method="bootstrap",outcome="rate-limited"} 25/);
   assert.match(metrics, /method="bootstrap",outcome="issued"} 1/);
 }));
+
+test('a caller that cannot prove its key costs no TokenReview', () => withState(async (stateDir, ca) => {
+  let reviews = 0;
+  const reviewer = { review: async () => { reviews++; return { authenticated: false }; } };
+  const e = enroller(stateDir, ca, { reviewer, policy: { bootstrapToken: false, serviceAccounts: ['kube-system/edgemesh-agent'] } });
+  const a = testNode('edge-a');
+  const b = newBinding();
+  const r = await e.enroll(a.request('kubernetes', 'some-token', b), '198.51.100.1', newBinding());
+  assert.deepEqual(r.ok ? 'issued' : [r.reason, r.detail], ['unauthorized', 'bad-proof']);
+  assert.equal(reviews, 0);
+  const r2 = await e.enroll(a.request('kubernetes', 'some-token', b), '198.51.100.1', b);
+  assert.deepEqual(r2.ok ? 'issued' : r2.detail, 'not-authenticated');
+  assert.equal(reviews, 1);
+  const odd = await e.enroll({ ...a.request('bootstrap', 'x', b), method: 'telepathy' as 'renew' }, '198.51.100.1', b);
+  assert.deepEqual(odd.ok ? 'issued' : odd.detail, 'bad-request');
+}));

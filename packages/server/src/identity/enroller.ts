@@ -9,7 +9,7 @@ import { newSerial, signNodeCert, type NodeCertificate } from '@edgemesh/common/
 import { liveEntries, signRevocationList, type SignedRevocationList } from '@edgemesh/common/identity/revocation';
 import { MAX_NODE_CERT_VALIDITY_MS } from '@edgemesh/common/identity/renewal';
 import { FailureLimiter, type FailureLimiterOptions } from '@edgemesh/common/ratelimit';
-import { decideEnrollment, isCredentialFailure, publicReason, type Credential, type EnrollPolicy, type PublicReason, type RefuseReason } from './decide.ts';
+import { checkProof, decideEnrollment, isCredentialFailure, publicReason, type Credential, type EnrollPolicy, type PublicReason, type RefuseReason } from './decide.ts';
 import { parseJoinToken, JoinTokenStore } from './jointokens.ts';
 import type { ClusterNodes } from './nodes.ts';
 import { NodeRegistry, REVOCATION_POLL_MS, type EnrollMethod, type Pin } from './registry.ts';
@@ -28,6 +28,7 @@ export const ENROLL_FAILURE_LIMITS: FailureLimiterOptions = {
 };
 /** Refused enrollments are logged as one summary line at most this often. */
 export const ENROLL_LOG_INTERVAL_MS = 60_000;
+const METHODS: readonly string[] = ['join', 'kubernetes', 'bootstrap', 'renew'];
 /** At most this many distinct corrupt pins are reported in the log (each once). */
 const MAX_CORRUPT_REPORTS = 100;
 /** Expired join tokens are swept this often. */
@@ -122,7 +123,10 @@ export class Enroller {
   async enroll(req: EnrollRequest, source: string, binding: Uint8Array): Promise<EnrollResult> {
     const now = this.now();
     if (!this.limiter.allow(source, now)) return this.refused(req.method, 'rate-limited', 'retry-later');
-    if (!isNodeName(req.name) || !Buffer.isBuffer(req.publicKey) || !Buffer.isBuffer(req.signature) || typeof req.token !== 'string') return this.fail(source, String(req.method), 'bad-request');
+    if (!isNodeName(req.name) || !Buffer.isBuffer(req.publicKey) || !Buffer.isBuffer(req.signature) || typeof req.token !== 'string' || !METHODS.includes(req.method)) return this.fail(source, String(req.method), 'bad-request');
+    // The proof first: a caller without the key gets no TokenReview, no file read.
+    const bad = checkProof(req.name, req.publicKey, req.method, binding, req.signature);
+    if (bad) return this.fail(source, req.method, bad);
     let pin: Pin | undefined;
     try {
       pin = this.registry.readPin(req.name);
@@ -150,8 +154,6 @@ export class Enroller {
       case 'renew':
         credential = { method: 'renew' };
         break;
-      default:
-        return this.fail(source, String(req.method), 'bad-request');
     }
     const d = decideEnrollment({
       name: req.name, publicKey: req.publicKey, proof: { binding, signature: req.signature }, credential, pin,
@@ -182,7 +184,7 @@ export class Enroller {
   }
 
   private refused(method: string, detail: RefuseReason | 'rate-limited', reason: PublicReason): EnrollResult {
-    this.outcomes?.inc({ method: ['join', 'kubernetes', 'bootstrap', 'renew'].includes(method) ? method : 'other', outcome: detail });
+    this.outcomes?.inc({ method: METHODS.includes(method) ? method : 'other', outcome: detail });
     if (detail !== 'rate-limited' && !isCredentialFailure(detail as RefuseReason)) {
       // Refusals of authenticated callers (not-a-node, name-pinned, revoked, ...) are operator-relevant; they are
       // still only logged at debug per attempt, and counted in the summary.
@@ -216,6 +218,6 @@ export class Enroller {
 
   /** For /status and `edgemesh fleet`: counts only (no keys, no tokens). */
   status(): { enrolled: number; revoked: number; pendingJoinTokens: number } {
-    return { enrolled: this.registry.pins().length, revoked: this.registry.revocations().size, pendingJoinTokens: this.tokens.list().length };
+    return { enrolled: this.registry.pinCount(), revoked: this.registry.revocations().size, pendingJoinTokens: this.tokens.count() };
   }
 }

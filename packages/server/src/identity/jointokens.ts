@@ -112,6 +112,15 @@ export class JoinTokenStore {
     }
   }
 
+  /** Tokens on disk, unused (expired ones included until swept): a directory listing only. */
+  count(): number {
+    try {
+      return readdirSync(this.dir).filter((n) => n.endsWith('.json')).length;
+    } catch {
+      return 0;
+    }
+  }
+
   list(): JoinTokenRecord[] {
     let names: string[];
     try {

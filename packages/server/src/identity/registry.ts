@@ -97,6 +97,15 @@ export class NodeRegistry {
     }
   }
 
+  /** How many names are pinned (a directory listing, no file reads: for /status). */
+  pinCount(): number {
+    try {
+      return readdirSync(this.nodesDir).filter((f) => f.endsWith('.json')).length;
+    } catch {
+      return 0;
+    }
+  }
+
   pins(): Pin[] {
     let names: string[];
     try {
