@@ -120,6 +120,10 @@ describe('values.schema.json', () => {
       ['service type', { server: { service: { type: 'ExternalName' } } }],
       ['token delivery', { token: { delivery: 'argv' } }],
       ['iptables mode', { agent: { iptablesMode: 'ebpf' } }],
+      ['token under 128 bits', { token: { value: '0123456789abcdefghijk' } }],
+      ['unknown ca key', { ca: { cert: 'x' } }],
+      ['bad persistence size', { server: { persistence: { size: 'big' } } }],
+      ['bad cluster source for the server', { server: { config: { cluster: { source: 'etcd' } } } }],
     ];
     for (const [why, over] of bad) assert.notDeepEqual(schemaErrors(withValues(over)), [], why);
   });
@@ -204,6 +208,7 @@ const VARIANTS: [string, Obj][] = [
   ['no server', withValues({ server: { enabled: false } })],
   ['no agent', withValues({ agent: { enabled: false } })],
   ['monitoring', withValues({ monitoring: { enabled: true, rules: { labels: { release: 'prom' } } } })],
+  ['existing CA, persistence, bootstrap token', withValues({ ca: { existingSecret: 'my-ca' }, server: { persistence: { enabled: true, storageClass: 'fast' }, config: { enrollment: { bootstrapToken: true } } } })],
 ];
 
 function render(file: string, v: Obj, variant: Variant): Obj[] {
@@ -220,7 +225,7 @@ function render(file: string, v: Obj, variant: Variant): Obj[] {
 }
 
 const KINDS: Record<string, string> = {
-  ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
+  ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', PersistentVolumeClaim: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
   ClusterRole: 'rbac.authorization.k8s.io/v1', ClusterRoleBinding: 'rbac.authorization.k8s.io/v1',
   NetworkPolicy: 'networking.k8s.io/v1',
   PrometheusRule: 'monitoring.coreos.com/v1',
@@ -433,6 +438,76 @@ describe('monitoring', () => {
     }
     // The headline metrics of each area are on it.
     for (const m of ['edgemesh_tunnel_peers', 'edgemesh_tunnel_time_to_direct_seconds', 'edgemesh_proxy_refused_total', 'edgemesh_dns_queries_total', 'edgemesh_server_agents_connected', 'edgemesh_server_fleet_agents']) assert.ok(seen.has(m), m);
+  });
+});
+
+describe('identity (docs/identity.md)', () => {
+  const vol = (spec: Obj, name: string) => (spec.volumes as Obj[]).find((v) => v.name === name);
+  const podSpec = (file: string, v: Obj = values) => ((render(file, v, 'then')[0].spec as Obj).template as Obj).spec as Obj;
+
+  test('the CA has no default: generated once (Ed25519, genCAWithKey), read back with lookup, kept on uninstall', () => {
+    assert.deepEqual(values.ca, { existingSecret: '' });
+    const t = templates.get('ca-secret.yaml')!;
+    assert.match(t, /lookup "v1" "Secret" \.Release\.Namespace \$name/);
+    assert.match(t, /genCAWithKey "edgemesh cluster CA" \d+ \(genPrivateKey "ed25519"\)/);
+    assert.ok(!/genCA /.test(t), 'genCA alone makes an RSA CA');
+    const [secret] = render('ca-secret.yaml', values, 'then');
+    assert.equal(((secret.metadata as Obj).annotations as Obj)['helm.sh/resource-policy'], 'keep');
+    assert.deepEqual(Object.keys(secret.data as Obj).sort(), ['ca.crt', 'ca.key']);
+    assert.deepEqual(render('ca-secret.yaml', withValues({ ca: { existingSecret: 'my-ca' } }), 'then'), [], 'an existing Secret: nothing rendered');
+  });
+
+  test('agents get the CA certificate only, at tunnel.caFile, and a projected token with audience edgemesh', () => {
+    const spec = podSpec('agent-daemonset.yaml');
+    const [c] = spec.containers as Obj[];
+    const tunnel = ((values.agent as Obj).config as Obj).tunnel as Obj;
+    const ca = vol(spec, 'ca')!.secret as Obj;
+    assert.deepEqual(ca.items, [{ key: 'ca.crt', path: 'ca.crt' }], 'never ca.key');
+    assert.deepEqual((c.volumeMounts as Obj[]).find((m) => m.name === 'ca'), { name: 'ca', mountPath: '__tpl__', subPath: 'ca.crt', readOnly: true });
+    assert.match(templates.get('agent-daemonset.yaml')!, /mountPath: \{\{ \$caFile \}\}/);
+    assert.equal(tunnel.caFile, '/etc/edgemesh/ca/ca.crt');
+    const projected = ((vol(spec, 'enroll-token')!.projected as Obj).sources as Obj[])[0].serviceAccountToken as Obj;
+    assert.equal(projected.audience, 'edgemesh');
+    const m = (c.volumeMounts as Obj[]).find((x) => x.name === 'enroll-token')!;
+    assert.equal(m.subPath, undefined, 'a subPath mount would never see the rotated token');
+    assert.match(templates.get('agent-daemonset.yaml')!, /mountPath: \{\{ dir \$saTokenFile \}\}/);
+    assert.equal(tunnel.serviceAccountTokenFile, '/var/run/secrets/edgemesh/token');
+  });
+
+  test('the server gets the CA key (0440), its stateDir volume (emptyDir, or a kept PVC), and its own ServiceAccount', () => {
+    const spec = podSpec('server-deployment.yaml');
+    const ca = vol(spec, 'ca')!.secret as Obj;
+    // 0440 is octal for Kubernetes (YAML 1.1); this parser reads it as a decimal literal, so check the text.
+    assert.match(templates.get('server-deployment.yaml')!, /secretName: \{\{ include "edgemesh\.caSecretName" \. \}\}\n\s+defaultMode: 0440/);
+    assert.deepEqual((ca.items as Obj[]).map((i) => i.key), ['ca.crt', 'ca.key']);
+    const cfg = (values.server as Obj).config as Obj;
+    assert.equal(cfg.caFile, '/etc/edgemesh/ca/ca.crt');
+    assert.equal(cfg.caKeyFile, '/etc/edgemesh/ca/ca.key');
+    assert.ok('emptyDir' in vol(spec, 'state')!);
+    const withPvc = withValues({ server: { persistence: { enabled: true } } });
+    assert.equal((vol(podSpec('server-deployment.yaml', withPvc), 'state')!.persistentVolumeClaim as Obj).claimName, '__tpl__-server');
+    const [pvc] = render('server-pvc.yaml', withPvc, 'then');
+    assert.equal(((pvc.metadata as Obj).annotations as Obj)['helm.sh/resource-policy'], 'keep');
+    assert.equal(spec.automountServiceAccountToken, true);
+    assert.equal(spec.serviceAccountName, '__tpl__-server');
+  });
+
+  test('enrollment defaults: Kubernetes and join tokens; the bootstrap token only with persistence', () => {
+    const cfg = (values.server as Obj).config as Obj;
+    assert.deepEqual(cfg.enrollment, { bootstrapToken: false, serviceAccounts: [] });
+    assert.deepEqual(cfg.cluster, { source: 'kubernetes', kubeconfig: '' });
+    const helpers = templates.get('_helpers.tpl')!;
+    assert.match(helpers, /set \$enr "serviceAccounts" \(list \(printf "%s\/%s" \.Release\.Namespace \(include "edgemesh\.serviceAccountName" \.\)\)\)/);
+    assert.match(helpers, /fail "edgemesh: server\.config\.enrollment\.bootstrapToken needs server\.persistence\.enabled=true/);
+    assert.match(templates.get('server-configmap.yaml')!, /include "edgemesh\.server\.config" \./);
+  });
+
+  test('the server may read Nodes and create TokenReviews, nothing else', () => {
+    const role = render('server-rbac.yaml', values, 'then').find((o) => o.kind === 'ClusterRole')!;
+    assert.deepEqual(role.rules, [
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+    ]);
   });
 });
 

@@ -104,7 +104,7 @@ export class TunnelLab {
     const tokenFile = join(this.dir, 'server-token');
     writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
     const cfgFile = join(this.dir, 'server.yaml');
-    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
+    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\nstateDir: ${join(this.dir, 'server-state')}\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
     const p = this.lab.spawn(host, process.execPath, [SERVER_BIN, '--config', cfgFile]);
     p.stdout!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     p.stderr!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });

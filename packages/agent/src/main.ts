@@ -16,6 +16,7 @@ import { Proxier, validateProxyConfig } from './proxy/proxier.ts';
 import { IptablesInterceptor } from './intercept/iptables.ts';
 import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
 import { readToken } from '@edgemesh/common/config';
+import { ensureStateDir } from '@edgemesh/common/fsutil';
 import { Tunnel } from './tunnel/tunnel.ts';
 import { TunnelDialer } from './tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from './tunnel/keys.ts';
@@ -125,6 +126,8 @@ export class Agent {
   }
 
   private async startAll(): Promise<void> {
+    // stateDir: 0700 once at start; every file in it is written 0600 (common/fsutil).
+    ensureStateDir(this.cfg.stateDir);
     this.fds.start();
     await this.own(async () => { this.fds.stop(); this.budgets.close(); });
     await this.admin.start();

@@ -53,6 +53,7 @@ export function parseCidr(s: string): { address: string; prefix: number; family:
   return { address: m[1], prefix, family: family as 4 | 6 };
 }
 const anyCidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'expected an IPv4 or IPv6 CIDR such as 10.244.0.0/16 or fd00::/64' });
+const caHash = z.string().refine((s) => s === '' || /^sha256:[0-9a-fA-F]{64}$/.test(s.trim()), { message: 'expected sha256:<64 hex digits> (SHA-256 of the CA\'s SubjectPublicKeyInfo)' });
 const ipAddress = z.string().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' });
 
 export const agentSchema = z.strictObject({
@@ -97,6 +98,14 @@ export const agentSchema = z.strictObject({
     servers: z.array(hostPort(false)).default(['relay.example.com:20004']),
     listenPort: z.number().int().min(0).max(65535).default(20006),
     tokenFile: z.string().default('/etc/edgemesh/token'),
+    /** One-time join token bound to this node name (`edgemesh-server token create`); used at first enrollment. */
+    joinTokenFile: z.string().default(''),
+    /** Projected ServiceAccount token (audience edgemesh) for Kubernetes enrollment; empty = not used. */
+    serviceAccountTokenFile: z.string().default(''),
+    /** PEM of the cluster CA. */
+    caFile: z.string().default(''),
+    /** Alternative to caFile: sha256:<hex> of the CA's SubjectPublicKeyInfo (kubeadm style). */
+    caHash: caHash.default(''),
   }).prefault({}),
   admin: adminSchema('127.0.0.1:10560'),
   log: logSchema,
@@ -104,16 +113,46 @@ export const agentSchema = z.strictObject({
   if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
     ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
   }
+  if (c.tunnel.caFile && c.tunnel.caHash) ctx.addIssue({ code: 'custom', path: ['tunnel', 'caHash'], message: 'set tunnel.caFile or tunnel.caHash, not both' });
 });
 
 export const serverSchema = z.strictObject({
   listen: hostPort().default('0.0.0.0:20004'),
   stunAltPort: z.number().int().min(0).max(65535).default(20005),
+  /** CA (ca.crt, ca.key unless caFile/caKeyFile are given), enrolled-node registry, join tokens. 0700, files 0600. */
+  stateDir: z.string().min(1).default('/var/lib/edgemesh-server'),
+  /** Bootstrap token; only read when enrollment.bootstrapToken is true. */
   tokenFile: z.string().default('/etc/edgemesh/token'),
+  /** A CA given to the server (e.g. a Kubernetes Secret): both files, or neither (then `<stateDir>/ca.crt|ca.key`). */
+  caFile: z.string().default(''),
+  caKeyFile: z.string().default(''),
+  /** Which Nodes exist: names that are not Nodes cannot enroll. Same keys as the agent's, plus `none`. */
+  cluster: z.strictObject({
+    source: z.enum(['none', 'kubernetes', 'file']).default('none'),
+    kubeconfig: z.string().default(''),
+    manifestsDir: z.string().default(''),
+  }).prefault({}),
+  enrollment: z.strictObject({
+    /** false: only join tokens and Kubernetes service-account tokens enroll nodes. */
+    bootstrapToken: z.boolean().default(true),
+    /**
+     * ServiceAccounts (`namespace/name`) whose projected tokens (audience edgemesh) may enroll the node they run on,
+     * checked with a TokenReview; empty = Kubernetes enrollment off. Needs cluster.source kubernetes.
+     */
+    serviceAccounts: z.array(z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/, 'expected namespace/name')).default([]),
+  }).prefault({}),
   /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
   relayRateLimit: z.number().int().min(0).default(0),
   admin: adminSchema('127.0.0.1:10561'),
   log: logSchema,
+}).superRefine((c, ctx) => {
+  if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
+    ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
+  }
+  if (!!c.caFile !== !!c.caKeyFile) ctx.addIssue({ code: 'custom', path: [c.caFile ? 'caKeyFile' : 'caFile'], message: 'caFile and caKeyFile go together (or neither: the CA in stateDir)' });
+  if (c.enrollment.serviceAccounts.length && c.cluster.source !== 'kubernetes') {
+    ctx.addIssue({ code: 'custom', path: ['enrollment', 'serviceAccounts'], message: 'Kubernetes enrollment needs cluster.source kubernetes (the TokenReview goes to that API server)' });
+  }
 });
 
 export type AgentConfig = z.infer<typeof agentSchema>;
@@ -316,9 +355,36 @@ export function readToken(tokenFile: string, key = 'tunnel.tokenFile', env: Node
   return checkToken(text.trim(), tokenFile, key);
 }
 
-export const MIN_TOKEN_CHARS = 16;
+/** Tokens must carry at least this much entropy (a guess is then hopeless, online or offline). */
+export const MIN_TOKEN_BITS = 128;
+
+/** Alphabets a generated token is drawn from, smallest first (hex, alphanumerics, base64/base64url, printable ASCII). */
+const TOKEN_ALPHABETS: readonly { re: RegExp; size: number }[] = [
+  { re: /^[0-9a-f]+$/, size: 16 },
+  { re: /^[0-9A-F]+$/, size: 16 },
+  { re: /^[0-9A-Za-z]+$/, size: 62 },
+  { re: /^[0-9A-Za-z+/=_-]+$/, size: 64 },
+  { re: /^[\x21-\x7e]+$/, size: 94 },
+];
+/** A token using fewer distinct characters than this is patterned, not random: counted as that small an alphabet. */
+const MIN_DISTINCT_CHARS = 8;
+
+/**
+ * Entropy a token would have if each character were drawn at random from the smallest usual alphabet containing it
+ * (hex 4 bits a character, alphanumerics 5.95, base64 6, printable ASCII 6.55), capped by its distinct characters
+ * when it uses very few ("aaaa…"). An upper bound: it cannot see that "correct-horse-…" is words, so tokens should
+ * come from a generator (`openssl rand -hex 32`, the chart, `edgemesh-server token create`).
+ */
+export function estimateTokenBits(t: string): number {
+  if (t.length === 0) return 0;
+  const alphabet = TOKEN_ALPHABETS.find((a) => a.re.test(t))?.size ?? 256;
+  const distinct = new Set(t).size;
+  const size = distinct < MIN_DISTINCT_CHARS ? Math.min(alphabet, Math.max(distinct, 2)) : alphabet;
+  return Math.floor(t.length * Math.log2(size));
+}
 
 function checkToken(t: string, where: string, key: string): string {
-  if (t.length < MIN_TOKEN_CHARS) throw new ConfigError(key, `token from ${where} is shorter than ${MIN_TOKEN_CHARS} characters`);
+  const bits = estimateTokenBits(t);
+  if (bits < MIN_TOKEN_BITS) throw new ConfigError(key, `token from ${where} has about ${bits} bits of entropy; at least ${MIN_TOKEN_BITS} are required (e.g. 32 hex digits from \`openssl rand -hex 32\`)`);
   return t;
 }

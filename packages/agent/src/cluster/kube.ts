@@ -157,6 +157,8 @@ export interface KubeSourceOptions {
   registry?: Registry;
   /** Watch DestinationRules (default true). */
   destinationRules?: boolean;
+  /** Watch only these kinds (default all); edgemesh-server watches Nodes only. */
+  kinds?: readonly ResourceKind[];
 }
 
 type WatcherState = 'idle' | 'running' | 'backoff' | 'absent' | 'stopped';
@@ -352,7 +354,7 @@ export class KubeSource implements ClusterSource {
         })),
       });
     }
-    this.watchers = specs.map((s) => new KindWatcher(this, s));
+    this.watchers = specs.filter((s) => !opts.kinds || opts.kinds.includes(s.kind)).map((s) => new KindWatcher(this, s));
   }
 
   async start(sink: ModelSink): Promise<void> {
