@@ -4,13 +4,11 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { buildLab, cleanupStale, FAULT_CHAIN, pidsInNamespaces, Probe, STATE_DIR, type Lab } from '../lib/netlab.ts';
-import { dropCount, waitForDrop } from '../lib/drops.ts';
+import { dropCount, UDP_DROP_RULE, waitForDrop } from '../lib/drops.ts';
 
 /** Bounded wait for a datagram that must arrive (generous: a busy 2-core machine). Negative checks never wait for
  *  silence: they wait for a marker sent after the traffic under test, or for a DROP rule to count it. */
 const ARRIVE_MS = 10_000;
-/** A rule line of `iptables -nvL` for UDP (the protocol column is `udp` or, with iptables-nft, `17`). */
-const UDP_RULE = /^\s*\d+\s+\d+\s+DROP\s+(udp|17)\s/;
 
 function netnsList(): string[] {
   return execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n').map((l) => l.split(' ')[0]).filter(Boolean);
@@ -154,9 +152,9 @@ describe('netlab', () => {
   test('udp-blocked: UDP does not leave the site, TCP does (masqueraded)', async () => {
     const port = await p('uh').udpBind(40020);
     // The router's udp-blocked rule counts the datagram as dropped: from then on it cannot arrive anywhere.
-    const before = await dropCount(lab, 'ub', 'FORWARD', UDP_RULE);
+    const before = await dropCount(lab, 'ub', 'FORWARD', UDP_DROP_RULE);
     await p('uh').udpSend(port, ip('pub1'), 7000, 'must not leave');
-    await waitForDrop(lab, 'ub', 'FORWARD', before, ARRIVE_MS, UDP_RULE);
+    await waitForDrop(lab, 'ub', 'FORWARD', before, ARRIVE_MS, UDP_DROP_RULE);
     assert.deepEqual(p('pub1').udpReceived(7000).filter((e) => e.from === lab.router('ub').publicIp || e.data === 'must not leave'), []);
     assert.deepEqual(p('uh').udpReceived(port), [], 'no reflection came back');
     const seen = await p('uh').tcpConnect(ip('pub1'), 8000, ARRIVE_MS);

@@ -2,6 +2,9 @@
 // drop counter has counted the datagram under test, it can no longer arrive — no need to wait for silence.
 import type { Lab, Target } from '../../packages/lab/src/netlab.ts';
 
+/** A DROP rule line of `iptables -nvxL` for UDP (the protocol column reads `udp`, or `17` with iptables-nft). */
+export const UDP_DROP_RULE = /^\s*\d+\s+\d+\s+DROP\s+(udp|17)\s/;
+
 /** Sum of the packet counters of the DROP rules in `chain` of `target`'s filter table whose line matches `match`. */
 export async function dropCount(lab: Lab, target: Target, chain: string, match: RegExp = /./): Promise<number> {
   const r = await lab.exec(target, 'iptables', ['-w', '5', '-t', 'filter', '-n', '-v', '-x', '-L', chain], { reject: true });
