@@ -333,12 +333,12 @@ test('TCP: a client that half-closed and is then closed by the proxy (stop) leav
   c.on('data', () => {});
   try {
     c.end('request');
-    assert.ok(await within(gotEnd.promise, 3000), 'the endpoint never saw the request and FIN');
+    assert.ok(await within(gotEnd.promise, 10_000), 'the endpoint never saw the request and FIN');
   } finally {
     await proxier.stop();
   }
   // The proxy closed its side of the client connection: the endpoint's connection must go too.
-  const gone = await within(closed.promise, 3000);
+  const gone = await within(closed.promise, 10_000);
   c.destroy();
   endpointSide?.destroy();
   assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
