@@ -13,6 +13,7 @@ import { Ajv } from 'ajv';
 import { agentSchema, loadAgentConfig, loadServerConfig, serverSchema } from '../packages/common/src/config.ts';
 import { configDefinitions, renderValuesSchema, VALUES_SCHEMA } from '../scripts/chart-schema.ts';
 import { checkBalance, decide, stripTemplate, TemplateShapeError, valuesPath, valuesRefs, type Variant } from './lib/helm-strip.ts';
+import { allowedInCi } from './lib/skip.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const chartDir = join(root, 'charts/edgemesh');
@@ -611,9 +612,10 @@ describe('image', () => {
 });
 
 // Only where a helm binary exists (not on the development machines or CI here): the real rendering, fed back into
-// the product's config loaders.
+// the product's config loaders. Everything above checks the templates' structure, not what Go templates render, so
+// without helm the rendering stays unverified; the suite is then reported as skipped (allowed in CI), never passed.
 const helm = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' });
-describe('helm template (when helm is installed)', { skip: helm.status !== 0 ? 'no helm binary on PATH' : false }, () => {
+describe('helm template (when helm is installed)', { skip: helm.status !== 0 && allowedInCi('no helm binary') }, () => {
   test('renders every ci values file; the ConfigMaps load through the agent and server config loaders', () => {
     for (const f of ciFiles) {
       const r = spawnSync('helm', ['template', 'edgemesh', chartDir, '--kube-version', '1.30.0', '-f', join(chartDir, 'ci', f)], { encoding: 'utf8' });

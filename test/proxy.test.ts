@@ -13,6 +13,7 @@ import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
 import { DialError, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
+import { trackHandles } from './lib/handles.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
 const servers: { close(): void }[] = [];
@@ -332,12 +333,12 @@ test('TCP: a client that half-closed and is then closed by the proxy (stop) leav
   c.on('data', () => {});
   try {
     c.end('request');
-    assert.ok(await within(gotEnd.promise, 3000), 'the endpoint never saw the request and FIN');
+    assert.ok(await within(gotEnd.promise, 10_000), 'the endpoint never saw the request and FIN');
   } finally {
     await proxier.stop();
   }
   // The proxy closed its side of the client connection: the endpoint's connection must go too.
-  const gone = await within(closed.promise, 3000);
+  const gone = await within(closed.promise, 10_000);
   c.destroy();
   endpointSide?.destroy();
   assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
@@ -418,19 +419,21 @@ test('TCP: a retry never goes back to the endpoint that just failed, even when t
 });
 
 test('a service-port listener that cannot open (address not on this host) leaves no socket behind', async () => {
-  const count = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap' || r === 'TCPServerWrap').length;
-  // Let sockets of earlier tests finish closing, so that the count only moves because of this test.
-  for (let last = -1, n = count(); n !== last; last = n, n = count()) await new Promise((r) => setTimeout(r, 100));
-  const before = count();
-  for (let i = 0; i < 3; i++) {
-    const { proxier } = await setup([
-      node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
-      slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
-    ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
-    assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
-    await proxier.stop();
+  // Exactly the sockets this test opens (not a process-wide count that earlier tests' closing sockets also move).
+  const handles = trackHandles(['UDPWRAP', 'TCPSERVERWRAP']);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const { proxier } = await setup([
+        node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
+        slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
+      ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
+      assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
+      await proxier.stop();
+    }
+    const end = Date.now() + 10_000;
+    while (handles.open().length && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(handles.open(), [], 'sockets left behind');
+  } finally {
+    handles.stop();
   }
-  const end = Date.now() + 2000;
-  while (count() > before && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(count(), before, `sockets left: ${process.getActiveResourcesInfo().join(', ')}`);
 });

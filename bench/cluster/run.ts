@@ -2,6 +2,7 @@
 // loaded from manifests, and the time from a manifest file change to the model update (in-process, default debounce).
 // The same for the kubernetes source against the in-process fake API server (test/lib/fakeapi.ts).
 // usage: npx node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
+// Writes bench/results/cluster.json (README tables: node bench/readme.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -14,6 +15,8 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
+import { writeResult } from '../results.ts';
+import type { ClusterData, Spread } from '../shapes.ts';
 
 const SERVICES = Number(process.argv[2] ?? 5000);
 const ENDPOINTS = Number(process.argv[3] ?? 3);
@@ -24,6 +27,7 @@ const BIN = resolve(import.meta.dirname, '../../packages/agent/bin/edgemesh-agen
 
 const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const spread = (sorted: number[]): Spread => ({ median: sorted[Math.floor(sorted.length / 2)], min: sorted[0], max: sorted[sorted.length - 1], rounds: sorted.length });
 
 async function metric(base: string, name: string): Promise<number | undefined> {
   const text = await (await fetch(`${base}/metrics`)).text();
@@ -45,7 +49,7 @@ async function startAgent(root: string, cfgText: string): Promise<{ child: Child
   return { child, base };
 }
 
-async function agentRss(): Promise<void> {
+async function agentRss(): Promise<Omit<ClusterData['file'], 'loadMs' | 'change' | 'changeSmall'>> {
   const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
   const manifests = join(root, 'm');
   mkdirSync(manifests);
@@ -70,6 +74,7 @@ async function agentRss(): Promise<void> {
     child.kill('SIGTERM');
     const [code] = await once(child, 'exit');
     if (code !== 0) console.log(`  agent exit code ${code}`);
+    return { rssIdleMiB: idle, rssLoadedMiB: loaded, rssRightAfterMiB: loadedNow, endpointsInModel: eps ?? null, writeMs: tGen, visibleMs: tLoad, stateFileMiB: state.length / 1024 / 1024 };
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');
     rmSync(root, { recursive: true, force: true });
@@ -77,7 +82,7 @@ async function agentRss(): Promise<void> {
 }
 
 /** File change -> model snapshot, in-process with the default debounce (FILE_DEBOUNCE_MS). */
-async function changeLatency(services: number): Promise<void> {
+async function changeLatency(services: number): Promise<{ loadMs: number; change: Spread }> {
   const dir = mkdtempSync(join(tmpdir(), 'em-bench-chg-'));
   generate(dir, services, ENDPOINTS, FILES);
   const model = new ClusterModel([]);
@@ -109,6 +114,7 @@ async function changeLatency(services: number): Promise<void> {
   const med = samples[Math.floor(samples.length / 2)];
   console.log(`initial read of ${services} Services x ${ENDPOINTS} endpoints (${FILES} files) in-process: ${loadMs.toFixed(0)} ms`);
   console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${med.toFixed(0)} ms, min ${samples[0].toFixed(0)}, max ${samples[samples.length - 1].toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
+  return { loadMs, change: spread(samples) };
 }
 
 /** Populates a fake API server with the same objects the manifest generator writes. */
@@ -123,7 +129,7 @@ function populate(api: FakeApiServer, services: number, objs = objects(services)
   for (let n = 0; n < 50; n++) api.upsert('/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: `edge-${n}`, labels: { 'apps.kubeedge.io/belonging-to': `site-${n % 5}` } } });
 }
 
-async function kubeAgentRss(): Promise<void> {
+async function kubeAgentRss(): Promise<Pick<ClusterData['kube'], 'rssIdleMiB' | 'rssLoadedMiB' | 'visibleMs' | 'events'>> {
   const api = new FakeApiServer();
   const url = await api.start();
   const root = mkdtempSync(join(tmpdir(), 'em-bench-kube-'));
@@ -141,6 +147,7 @@ async function kubeAgentRss(): Promise<void> {
     console.log(`kubernetes source: agent RSS idle (empty API) ${idle.toFixed(1)} MiB; with ${SERVICES} Services x ${ENDPOINTS} endpoints streamed as watch events: ${loaded.toFixed(1)} MiB (all visible ${tLoad.toFixed(0)} ms after the server queued the ${2 * SERVICES + 50} events)`);
     child.kill('SIGTERM');
     await once(child, 'exit');
+    return { rssIdleMiB: idle, rssLoadedMiB: loaded, visibleMs: tLoad, events: 2 * SERVICES + 50 };
   } finally {
     if (child.exitCode === null) child.kill('SIGKILL');
     await api.close();
@@ -149,7 +156,7 @@ async function kubeAgentRss(): Promise<void> {
 }
 
 /** API change -> model snapshot through the real client-node watch, in-process, with N Services already listed. */
-async function kubeLatency(services: number): Promise<void> {
+async function kubeLatency(services: number): Promise<{ listMs: number; watch: Spread }> {
   const api = new FakeApiServer();
   const url = await api.start();
   populate(api, services);
@@ -177,14 +184,20 @@ async function kubeLatency(services: number): Promise<void> {
   await api.close();
   samples.sort((a, b) => a - b);
   console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints + 50 Nodes ${listMs.toFixed(0)} ms; watch event -> model update median ${samples[Math.floor(samples.length / 2)].toFixed(1)} ms (min ${samples[0].toFixed(1)}, max ${samples[samples.length - 1].toFixed(1)})`);
+  return { listMs, watch: spread(samples) };
 }
 
 // FileSource's watcher and rescan timer do not hold the process open (the agent's admin server does); the bench must.
 const keepAlive = setInterval(() => {}, 1000);
 console.log(`node ${process.version}, ${SERVICES} Services x ${ENDPOINTS} endpoints in ${FILES} files`);
-await agentRss();
-await changeLatency(100);
-await changeLatency(SERVICES);
-await kubeAgentRss();
-await kubeLatency(SERVICES);
+const rss = await agentRss();
+const small = await changeLatency(100);
+const big = await changeLatency(SERVICES);
+const kubeRss = await kubeAgentRss();
+const kubeLat = await kubeLatency(SERVICES);
 clearInterval(keepAlive);
+writeResult<ClusterData>('cluster', {
+  services: SERVICES, endpoints: ENDPOINTS, files: FILES, debounceMs: FILE_DEBOUNCE_MS,
+  file: { ...rss, loadMs: big.loadMs, change: big.change, changeSmall: { ...small.change, services: 100 } },
+  kube: { ...kubeRss, ...kubeLat },
+});

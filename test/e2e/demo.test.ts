@@ -27,7 +27,12 @@ test('edgemesh demo fetches hello.demo by DNS name across two NATs, reports the 
   const { code, out } = await runDemo();
   assert.equal(code, 0, out);
   assert.match(out, /reply: {3}"hello from edge-b" \(HTTP 200, 9\.251\.\d+\.\d+ is hello's fake IP\)/);
+  // The first request may still ride the relay; the port-restricted <-> port-restricted pair must then end direct
+  // (hole punching works for it), and the second request goes over that path.
   assert.match(out, /path: {4}edge-a -> edge-b (direct|relay)/);
+  assert.match(out, /path: {4}edge-a -> edge-b direct to 203\.0\.113\.\d+:\d+/, 'the demo never reached the direct path');
+  assert.doesNotMatch(out, /path: {4}still /);
+  assert.match(out, /again: {3}"hello from edge-b", dns /);
   assert.match(out, /timings: dns [\d.]+ ms, connect [\d.]+ ms, first byte [\d.]+ ms, total [\d.]+ ms/);
   for (let i = 1; i <= 8; i++) assert.match(out, new RegExp(`\\[${i}/8\\] `), `progress line ${i}`);
   assert.deepEqual(netns().filter((n) => n.startsWith('emdemo')), [], 'no demo namespace is left');

@@ -159,13 +159,15 @@ export class TunnelLab {
     return this.node(from).request('transfer', { to, service: ep.service, ip: ep.ip, port: ep.port, bytes });
   }
 
-  /** Both sides forget each other, then `from` measures time to direct from its first dial. */
-  async timeToDirect(from: string, to: string): Promise<{ relayMs: number; directMs: number | null }> {
+  /** Both sides forget each other, then `from` measures time to direct from its first dial (null after `timeoutMs`).
+   *  `between` runs after the forgetting, before the dial (bench/tunnel deletes the pair's NAT state there). */
+  async timeToDirect(from: string, to: string, opts: { timeoutMs?: number; between?: () => Promise<void> } = {}): Promise<{ relayMs: number; directMs: number | null }> {
     await this.node(from).request('forget', { node: to });
     await this.node(to).request('forget', { node: from });
     await new Promise((r) => setTimeout(r, 100));
+    await opts.between?.();
     const ep = this.endpoints.find((e) => e.node === to)!;
-    return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port })) as never;
+    return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port, timeoutMs: opts.timeoutMs })) as never;
   }
 
   async destroy(): Promise<void> {
