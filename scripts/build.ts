@@ -10,7 +10,8 @@
 // - Lazy features stay lazy: what main.ts/setup.ts import with `await import()` (kubernetes source, DNS, tunnel)
 //   becomes a require() run only when that code runs (`dynamic-import` marked unsupported), so an off feature never
 //   loads its npm packages.
-// - npm packages external: bundling them too measured no smaller RSS, and native addons must stay files.
+// - npm packages external: bundling them too measured no smaller RSS, and native addons must stay files; but
+//   prom-client is taken from its parts (below).
 // Runs as `npm ci`'s `prepare` (and `npm run build`) and in the image build.
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, relative, resolve } from 'node:path';
@@ -23,6 +24,26 @@ const externalPackages: Plugin = {
   name: 'external-packages',
   setup(b) {
     b.onResolve({ filter: /^[^./]/ }, (args) => (args.path.startsWith('@edgemesh/') && !args.path.startsWith('@edgemesh/lab') ? undefined : { path: args.path, external: true }));
+  },
+};
+
+/**
+ * prom-client's index also loads its Pushgateway and cluster aggregator, which pull in https, tls, zlib and cluster
+ * (~6 MiB RSS) that the agent and server never use. The bundles get the metric classes from their own files instead.
+ * A name not listed here fails the build (esbuild: no matching export), so nothing is silently missing.
+ */
+const PROM_CLIENT_PARTS: Record<string, string> = {
+  Registry: 'registry', Counter: 'counter', Gauge: 'gauge', Histogram: 'histogram', Summary: 'summary', collectDefaultMetrics: 'defaultMetrics',
+};
+const promClientParts: Plugin = {
+  name: 'prom-client-parts',
+  setup(b) {
+    b.onResolve({ filter: /^prom-client$/ }, () => ({ path: 'prom-client', namespace: 'prom-client-parts' }));
+    b.onLoad({ filter: /.*/, namespace: 'prom-client-parts' }, () => ({
+      contents: Object.entries(PROM_CLIENT_PARTS).map(([name, file]) => `export { default as ${name} } from 'prom-client/lib/${file}';`).join('\n'),
+      loader: 'js',
+      resolveDir: ROOT,
+    }));
   },
 };
 
@@ -61,7 +82,7 @@ export async function build(): Promise<void> {
       define: { 'import.meta.url': '__edgemeshBundleUrl' },
       banner: { js: "const __edgemeshBundleUrl = require('node:url').pathToFileURL(__filename).href;" },
       charset: 'ascii',
-      plugins: [externalPackages],
+      plugins: [promClientParts, externalPackages],
       legalComments: 'none',
       write: false,
       logLevel: 'warning',

@@ -6,14 +6,12 @@
 //   - start -> ready (/readyz 200) of a fresh agent (empty stateDir) with N Services already there, and its RSS;
 //   - the same with 1,000 Services: (RSS(N) - RSS(1,000)) / (N/1,000 - 1) = RSS per extra 1,000 Services, cold.
 // Then, in-process: file change -> model latency, watch event -> model latency.
-// The agent and server bins run the built JavaScript (dist/) when it exists, as in production; --source runs the
-// TypeScript sources instead (EDGEMESH_SOURCE=1).
+// The bins run as in production (bench/cluster/procs.ts): NODE_ENV=production, so the built JavaScript (dist/, `npm run
+// build`) when it exists, and V8 sized for the chart's memory limits; --source runs the TypeScript sources instead.
 // usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]
-import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { once } from 'node:events';
+import { join } from 'node:path';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../../packages/agent/src/cluster/model.ts';
 import { FileSource, FILE_DEBOUNCE_MS } from '../../packages/agent/src/cluster/file.ts';
@@ -21,9 +19,10 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
+import { built, chartLimits, fmt, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
 
 const args = process.argv.slice(2);
-const SOURCE = args.includes('--source');
+const MODE: BinMode = { source: args.includes('--source') };
 const [svcArg, epArg] = args.filter((a) => !a.startsWith('--'));
 const SERVICES = Number(svcArg ?? 5000);
 const ENDPOINTS = Number(epArg ?? 3);
@@ -32,106 +31,6 @@ const FILES = 50;
 /** After a load, RSS is read once the process had this long to collect garbage and return memory. */
 const SETTLE_MS = 3000;
 const CHANGE_ROUNDS = 10;
-const POLL_MS = 20;
-const DEADLINE_MS = 120_000;
-const ROOT = resolve(import.meta.dirname, '../..');
-const AGENT_BIN = join(ROOT, 'packages/agent/bin/edgemesh-agent.js');
-const SERVER_BIN = join(ROOT, 'packages/server/bin/edgemesh-server.js');
-const TOKEN = 'bench-token-0123456789abcdef';
-const BIN_ENV = { ...process.env, ...(SOURCE ? { EDGEMESH_SOURCE: '1' } : {}) };
-delete (BIN_ENV as Record<string, string | undefined>).NODE_OPTIONS;
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** RSS and its split (smaps_rollup): anonymous memory (heap, malloc, stacks) and file-backed pages (code). */
-function rss(pid: number): { rss: number; anon: number; file: number } {
-  const kb = (name: string, text: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN) / 1024;
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  return { rss: kb('VmRSS', status), anon: kb('RssAnon', status), file: kb('RssFile', status) + kb('RssShmem', status) };
-}
-const fmt = (r: { rss: number; anon: number; file: number }) => `${r.rss.toFixed(1)} MiB (anon ${r.anon.toFixed(1)}, file ${r.file.toFixed(1)})`;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {
-  const end = Date.now() + DEADLINE_MS;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`bench: timed out waiting for ${what}`);
-    await sleep(POLL_MS);
-  }
-}
-
-async function metric(base: string, name: string): Promise<number | undefined> {
-  const text = await (await fetch(`${base}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
-  return m ? Number(m[1]) : undefined;
-}
-
-interface Proc { child: ChildProcess; out: () => string; stop(): Promise<void> }
-
-function spawnBin(bin: string, argv: string[]): Proc {
-  const child = spawn(process.execPath, [bin, ...argv], { stdio: ['ignore', 'pipe', 'pipe'], env: BIN_ENV });
-  let out = '';
-  child.stdout!.on('data', (d) => { out += d; if (out.length > 1 << 20) out = out.slice(-(1 << 19)); });
-  child.stderr!.on('data', (d) => { process.stderr.write(d); });
-  return {
-    child,
-    out: () => out,
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      const exited = once(child, 'exit');
-      child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
-}
-
-/** A local edgemesh-server (relay + STUN on loopback, ephemeral ports) for the agents' tunnel. */
-async function startServer(root: string): Promise<Proc & { address: string }> {
-  const tokenFile = join(root, 'token');
-  writeFileSync(tokenFile, TOKEN + '\n', { mode: 0o600 });
-  const cfg = join(root, 'server.yaml');
-  writeFileSync(cfg, `listen: "127.0.0.1:0"\nstunAltPort: 0\ntokenFile: ${tokenFile}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: warn}\n`);
-  // log.level warn hides 'server listening'; ask for info on the command line and read the address from it.
-  const p = spawnBin(SERVER_BIN, ['--config', cfg, '--log.level', 'info']);
-  const address = await until('server address', async () => /"listen":"([^"]+)","stun"/.exec(p.out())?.[1]);
-  return { ...p, address };
-}
-
-interface Agent extends Proc { base: string; readyMs: number }
-
-/** Starts the agent (DNS + proxy + tunnel on); resolves at /readyz 200 with the time from spawn. */
-async function startAgent(root: string, name: string, cluster: string, server: string): Promise<Agent> {
-  const dir = join(root, name);
-  mkdirSync(dir, { recursive: true });
-  const cfg = join(dir, 'agent.yaml');
-  writeFileSync(cfg, `nodeName: edge-0
-stateDir: ${join(dir, 'state')}
-cluster: ${cluster}
-dns: {listen: "127.0.0.1:0", upstream: ["127.0.0.1:9"]}
-proxy: {intercept: none, bindAddress: 127.0.0.1}
-tunnel: {servers: ["${server}"], listenPort: 0, tokenFile: ${join(root, 'token')}}
-admin: {listen: "127.0.0.1:0"}
-log: {level: info}
-`);
-  const t0 = performance.now();
-  const p = spawnBin(AGENT_BIN, ['--config', cfg]);
-  const admin = await until('agent admin address', async () => {
-    if (p.child.exitCode !== null) throw new Error(`agent exited ${p.child.exitCode}: ${p.out()}`);
-    return /"admin":"([^"]+)"/.exec(p.out())?.[1];
-  });
-  const base = `http://${admin}`;
-  await until('agent /readyz 200', async () => ((await fetch(`${base}/readyz`)).status === 200 ? true : undefined));
-  const readyMs = performance.now() - t0;
-  await until('tunnel connected to the server', async () => ((await metric(base, 'edgemesh_tunnel_servers_connected')) === 1 ? true : undefined));
-  return { ...p, base, readyMs };
-}
-
-async function waitServices(a: Agent, n: number): Promise<void> {
-  await until(`${n} Services in the model`, async () => ((await metric(a.base, 'edgemesh_cluster_services')) === n ? true : undefined));
-}
 
 /** How a source is fed: what the agent config says, and how to make the cluster hold `n` Services. */
 interface Feed { name: string; cluster: string; set(n: number): void; close(): Promise<void> }
@@ -174,7 +73,7 @@ interface Result { idle: number; inPlace: number; inPlaceMs: number; perStepInPl
 async function profile(root: string, server: string, feedFor: (name: string) => Promise<Feed>): Promise<Result> {
   // 1. Idle, then N Services added to the running agent, then STEP more.
   let feed = await feedFor('idle');
-  let a = await startAgent(root, `${feed.name}-idle`, feed.cluster, server);
+  let a = await startAgent(root, `${feed.name}-idle`, feed.cluster, server, MODE);
   let idle, inPlace, inPlaceMs, step;
   try {
     await sleep(SETTLE_MS);
@@ -200,7 +99,7 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
   for (const n of [SERVICES, STEP]) {
     feed = await feedFor(`cold-${n}`);
     feed.set(n);
-    a = await startAgent(root, `${feed.name}-cold-${n}`, feed.cluster, server);
+    a = await startAgent(root, `${feed.name}-cold-${n}`, feed.cluster, server, MODE);
     try {
       await waitServices(a, n);
       await sleep(SETTLE_MS);
@@ -288,10 +187,10 @@ async function kubeLatency(services: number): Promise<void> {
   console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints ${listMs.toFixed(0)} ms; watch event -> model update median ${samples[Math.floor(samples.length / 2)].toFixed(1)} ms (min ${samples[0].toFixed(1)}, max ${samples[samples.length - 1].toFixed(1)})`);
 }
 
-const built = existsSync(join(ROOT, 'packages/agent/dist')) && !SOURCE;
-console.log(`node ${process.version}; agent and server run ${built ? 'the built JavaScript (dist/)' : 'the TypeScript sources'}; DNS + proxy (listeners, no iptables) + tunnel on; ${SERVICES} Services x ${ENDPOINTS} endpoints (${FILES} manifest files)`);
+const limits = chartLimits();
+console.log(`node ${process.version}; agent and server run ${built() && !MODE.source ? 'the built JavaScript (dist/)' : 'the TypeScript sources'}, V8 sized for the chart's limits (agent ${limits.agent}, server ${limits.server}); DNS + proxy (listeners, no iptables) + tunnel on; ${SERVICES} Services x ${ENDPOINTS} endpoints (${FILES} manifest files)`);
 const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
-const server = await startServer(root);
+const server = await startServer(root, MODE);
 const results: Record<string, Result> = {};
 try {
   const serverIdle = rss(server.child.pid!);

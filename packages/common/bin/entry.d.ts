@@ -10,3 +10,4 @@ export function memoryLimit(env: NodeJS.ProcessEnv, constrained: number, total: 
 export function v8Flags(limitBytes: number, given?: string, defaultHeapMiB?: number): string[];
 export function chooseCode(env: NodeJS.ProcessEnv, distExists: boolean): 'dist' | 'src';
 export function start(opts: { dist: URL; src: URL; exportName?: string; size?: boolean }): Promise<void>;
+export const MALLOC_ENV: Record<string, string>;

@@ -8,7 +8,8 @@
 //    Ki/Mi/Gi suffix) if set, else the cgroup v2 memory.max / v1 memory.limit_in_bytes that libuv reads
 //    (process.constrainedMemory()) -- the bin picks --max-semi-space-size and --max-old-space-size (v8Flags below)
 //    and replaces itself once with those flags (process.execve: same PID, so it stays PID 1 and gets the signals).
-//    No limit: V8's defaults. A flag already in NODE_OPTIONS or on node's command line is left as given.
+//    No limit: V8's defaults. A flag already in NODE_OPTIONS or on node's command line is left as given. The
+//    re-executed process also gets glibc malloc settings for a small box (MALLOC_ENV below).
 //    EDGEMESH_V8_SIZING=off skips this step.
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -30,6 +31,15 @@ export const NON_HEAP_RESERVE_MIB = 64;
 export const NON_HEAP_RESERVE_FRACTION = 0.25;
 /** Smallest old generation we ask for (below this V8 cannot even hold a large cluster model). */
 export const OLD_SPACE_MIN_MIB = 32;
+/**
+ * glibc malloc tuning passed to the re-executed process (unless already set), measured with 5,000 Services (README,
+ * "Memory"): ~25 MiB less RSS. MALLOC_ARENA_MAX: node runs ~11 threads and glibc gives each up to one arena of its
+ * own, each keeping its freed memory; 2 is enough for one busy JavaScript thread plus helpers. MALLOC_MMAP_THRESHOLD_:
+ * a fixed 128 KiB (glibc raises it up to 32 MiB on its own after the first large free) so that large temporary
+ * blocks (file reads, state file writes, parser buffers) are mapped and unmapped instead of staying in the heap.
+ * musl ignores both.
+ */
+export const MALLOC_ENV = { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072' };
 /** Set in the re-executed process (and removed from its environment at once) so it does not size itself again. */
 const SIZED_ENV = 'EDGEMESH_V8_SIZED';
 
@@ -95,7 +105,7 @@ function sizeV8() {
   const flags = v8Flags(limit, given, getHeapStatistics().heap_size_limit / MIB);
   if (!flags.length) return;
   try {
-    process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, ...process.argv.slice(1)], { ...process.env, [SIZED_ENV]: flags.join(' ') });
+    process.execve(process.execPath, [process.execPath, ...flags, ...process.execArgv, ...process.argv.slice(1)], { ...MALLOC_ENV, ...process.env, [SIZED_ENV]: flags.join(' ') });
   } catch (e) {
     process.stderr.write(`could not restart node with ${flags.join(' ')} (${e.message}); running with V8's defaults\n`);
   }
