@@ -97,7 +97,15 @@ export async function startServer(root: string, mode: BinMode): Promise<Proc & {
   return { ...p, address };
 }
 
-export interface AgentProc extends Proc { base: string; readyMs: number }
+export interface AgentProc extends Proc { base: string; readyMs: number; readyCpuMs: number }
+
+/** CPU time (user + system) a process used so far, in ms: start -> ready without the shared machine's noise. */
+export function cpuMs(pid: number): number {
+  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').replace(/^.*\) /, '').split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS;
+}
+/** USER_HZ: 100 on every Linux this runs on. */
+const CLOCK_TICKS = 100;
 
 export interface AgentOptions {
   dns?: boolean;
@@ -129,8 +137,9 @@ log: {level: info}
     const base = `http://${admin}`;
     await until('agent /readyz 200', async () => ((await fetch(`${base}/readyz`)).status === 200 ? true : undefined));
     const readyMs = performance.now() - t0;
+    const readyCpuMs = cpuMs(p.child.pid!);
     if (tunnel) await until('tunnel connected to the server', async () => ((await metric(base, 'edgemesh_tunnel_servers_connected')) === 1 ? true : undefined));
-    return { ...p, base, readyMs };
+    return { ...p, base, readyMs, readyCpuMs };
   } catch (e) {
     await p.stop();
     throw e;

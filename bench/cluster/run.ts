@@ -68,7 +68,7 @@ async function kubeFeed(): Promise<Feed> {
   };
 }
 
-interface Result { idle: number; inPlace: number; inPlaceMs: number; perStepInPlace: number; readyMs: number; cold: number; coldStep: number; perStepCold: number }
+interface Result { idle: number; inPlace: number; inPlaceMs: number; perStepInPlace: number; readyMs: number; readyCpuMs: number; cold: number; coldStep: number; perStepCold: number }
 
 async function profile(root: string, server: string, feedFor: (name: string) => Promise<Feed>): Promise<Result> {
   // 1. Idle, then N Services added to the running agent, then STEP more.
@@ -95,7 +95,7 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
   console.log(`${feed.name}: idle ${fmt(idle)}; +${SERVICES} Services x ${ENDPOINTS} endpoints in place: ${fmt(inPlace)} (all in the model ${inPlaceMs.toFixed(0)} ms after the change); +${STEP} more: ${fmt(step)}`);
 
   // 2. Cold starts with N and with STEP Services already in the cluster.
-  const cold: Record<number, { r: ReturnType<typeof rss>; readyMs: number }> = {};
+  const cold: Record<number, { r: ReturnType<typeof rss>; readyMs: number; readyCpuMs: number }> = {};
   for (const n of [SERVICES, STEP]) {
     feed = await feedFor(`cold-${n}`);
     feed.set(n);
@@ -103,16 +103,16 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
     try {
       await waitServices(a, n);
       await sleep(SETTLE_MS);
-      cold[n] = { r: rss(a.child.pid!), readyMs: a.readyMs };
+      cold[n] = { r: rss(a.child.pid!), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
     } finally {
       await a.stop();
       await feed.close();
     }
-    console.log(`${feed.name}: fresh agent with ${n} Services: start -> /readyz ${cold[n].readyMs.toFixed(0)} ms; RSS ${fmt(cold[n].r)}`);
+    console.log(`${feed.name}: fresh agent with ${n} Services: start -> /readyz ${cold[n].readyMs.toFixed(0)} ms (CPU ${cold[n].readyCpuMs.toFixed(0)} ms); RSS ${fmt(cold[n].r)}`);
   }
   return {
     idle: idle.rss, inPlace: inPlace.rss, inPlaceMs, perStepInPlace: step.rss - inPlace.rss,
-    readyMs: cold[SERVICES].readyMs, cold: cold[SERVICES].r.rss, coldStep: cold[STEP].r.rss,
+    readyMs: cold[SERVICES].readyMs, readyCpuMs: cold[SERVICES].readyCpuMs, cold: cold[SERVICES].r.rss, coldStep: cold[STEP].r.rss,
     perStepCold: (cold[SERVICES].r.rss - cold[STEP].r.rss) / (SERVICES / STEP - 1),
   };
 }
@@ -207,7 +207,7 @@ console.log(`\n| | file | kubernetes | goal |\n|---|---:|---:|---|`);
 const row = (label: string, f: (r: Result) => string, goal: string) => console.log(`| ${label} | ${f(results.file)} | ${f(results.kubernetes)} | ${goal} |`);
 row('RSS idle', (r) => mib(r.idle), '≤ 70 MiB (file), ≤ 90 MiB (kubernetes)');
 row(`RSS with ${SERVICES} Services × ${ENDPOINTS} endpoints (fresh start / added in place)`, (r) => `${mib(r.cold)} / ${mib(r.inPlace)}`, '≤ 130 MiB');
-row(`start → ready with ${SERVICES} Services`, (r) => `${(r.readyMs / 1000).toFixed(2)} s`, '≤ 1.5 s');
+row(`start → ready with ${SERVICES} Services (wall; CPU)`, (r) => `${(r.readyMs / 1000).toFixed(2)} s; ${(r.readyCpuMs / 1000).toFixed(2)} s`, '≤ 1.5 s');
 row(`RSS per extra ${STEP} Services (fresh starts ${STEP}→${SERVICES} / +${STEP} in place)`, (r) => `${r.perStepCold.toFixed(1)} / ${r.perStepInPlace.toFixed(1)} MiB`, '≤ 8 MiB');
 
 // FileSource's watcher and rescan timer do not hold the process open; the in-process latency runs need this.
