@@ -12,6 +12,9 @@ import { parse as parseYaml, parseAllDocuments, stringify as toYaml } from 'yaml
 import { Ajv } from 'ajv';
 import { agentSchema, loadAgentConfig, loadServerConfig, serverSchema } from '../packages/common/src/config.ts';
 import { configDefinitions, renderValuesSchema, VALUES_SCHEMA } from '../scripts/chart-schema.ts';
+import { parseMemory, v8Flags } from '../packages/common/bin/entry.js';
+
+const MiB = 1024 * 1024;
 import { checkBalance, decide, stripTemplate, TemplateShapeError, valuesPath, valuesRefs, type Variant } from './lib/helm-strip.ts';
 import { allowedInCi } from './lib/skip.ts';
 
@@ -97,6 +100,23 @@ describe('values.yaml and the templates', () => {
     const secret = templates.get('secret.yaml')!;
     assert.match(secret, /lookup "v1" "Secret" \.Release\.Namespace/);
     assert.match(secret, /randAlphaNum \d+/);
+  });
+});
+
+describe('resources', () => {
+  // The measured figures (README "Memory", bench/cluster/run.ts): agent idle <= 80 MiB and 5,000 Services x 3 endpoints
+  // <= 160 MiB; server idle ~70 MiB. The bins size V8 from the limit (packages/common/bin/entry.js).
+  const res = (w: string) => (values[w] as { resources: { requests: { memory: string }; limits: { memory: string } } }).resources;
+  test('requests cover the idle agent and server; the agent limit holds 5,000 Services with V8 sized inside it', () => {
+    for (const w of ['agent', 'server']) {
+      const { requests, limits } = res(w);
+      assert.ok(parseMemory(requests.memory) >= 80 * MiB, `${w} requests.memory ${requests.memory} below the measured idle RSS`);
+      assert.ok(parseMemory(limits.memory) >= parseMemory(requests.memory), `${w}: limit below request`);
+    }
+    const agentLimit = parseMemory(res('agent').limits.memory);
+    assert.ok(agentLimit >= 1.5 * 160 * MiB, 'agent limit leaves headroom over 5,000 Services');
+    const old = Number(/--max-old-space-size=(\d+)/.exec(v8Flags(agentLimit).join(' '))?.[1]);
+    assert.ok(old >= 128, `old space ${old} MiB: the 5,000-Service heap (~50 MiB) needs room to collect in`);
   });
 });
 

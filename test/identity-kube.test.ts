@@ -1,5 +1,5 @@
 // Kubernetes enrollment end to end in-process: the server's Node names come from the agent's KubeSource (Nodes only)
-// and the agent's projected ServiceAccount token is checked with a real @kubernetes/client-node TokenReview against
+// and the agent's projected ServiceAccount token is checked with a real TokenReview (the thin kube client) against
 // the fake API server. A pod's token enrolls only its own node; other service accounts, audiences, nodes and names
 // that are not Nodes are refused.
 import { test, before, after } from 'node:test';

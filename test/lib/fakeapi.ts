@@ -1,5 +1,5 @@
 // An in-process fake Kubernetes API server (node:http) that speaks list + watch the way the real one does, with
-// fault injection, for driving the real @kubernetes/client-node in tests.
+// fault injection, for driving the kubernetes source's client in tests.
 // - One global resourceVersion counter; every object carries metadata.resourceVersion; lists carry the list RV.
 // - GET <collection>                          -> {kind: XList, metadata: {resourceVersion}, items}
 // - GET <collection>?watch=true&resourceVersion=N -> newline-delimited JSON events after N, then live events.

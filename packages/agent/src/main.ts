@@ -13,13 +13,13 @@ import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
 import { Proxier, validateProxyConfig } from './proxy/proxier.ts';
-import { IptablesInterceptor } from './intercept/iptables.ts';
+import type { IptablesInterceptor } from './intercept/iptables.ts';
 import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
 import { readToken } from '@edgemesh/common/config';
 import { ensureStateDir } from '@edgemesh/common/fsutil';
-import { Tunnel } from './tunnel/tunnel.ts';
-import { TunnelDialer } from './tunnel/dialer.ts';
-import { loadOrCreateKeyPair } from './tunnel/keys.ts';
+// Loaded only when their feature is on (tunnel.enabled, proxy.intercept iptables): README, "Memory".
+import type { Tunnel } from './tunnel/tunnel.ts';
+import type { TunnelDialer } from './tunnel/dialer.ts';
 import { buildReport } from './fleet/report.ts';
 import { Reporter } from './fleet/reporter.ts';
 import { tunnelPeers } from './fleet/collect.ts';
@@ -154,6 +154,7 @@ export class Agent {
 
     // --- tunnel (packages/agent/src/tunnel) ---
     if (this.cfg.tunnel.enabled) {
+      const [{ Tunnel }, { TunnelDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/keys.ts')]);
       const token = readToken(this.cfg.tunnel.tokenFile);
       const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
       if (created) this.log.info({ path }, 'generated the node key');
@@ -207,6 +208,7 @@ export class Agent {
     }
     let interceptor: IptablesInterceptor | undefined;
     if (pc.intercept === 'iptables') {
+      const { IptablesInterceptor } = await import('./intercept/iptables.ts');
       interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry, reassertMs: this.proxyTuning.reassertMs });
       await interceptor.start();
     }

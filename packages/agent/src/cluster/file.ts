@@ -14,7 +14,7 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Composer, Parser } from 'yaml';
+import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
 import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
@@ -64,22 +64,81 @@ export interface ParsedManifest {
   ignored: number;
 }
 
+/** Aliases (`*name`) one document may use: manifests need few, and a chain of them expands exponentially wherever
+ * the object is later serialised (the state file, content comparisons). */
+export const MANIFEST_MAX_ALIASES = 100;
+/** Nesting depth of one document (a Kubernetes object is far shallower). */
+export const MANIFEST_MAX_DEPTH = 100;
+
+/** A document start (`---` at the start of a line, then a space or the end of the line). */
+const DOC_START = /^---(?=[ \t\r\n]|$)/gm;
+/**
+ * Documents are parsed in runs of about this many bytes: the parser's transient memory (its event list) stays that of
+ * one run, whatever the size of the file, while a run is long enough that the per-call cost of the parser (option
+ * objects, state) does not dominate, as it does for one call per small document.
+ */
+export const YAML_CHUNK_BYTES = 64 * 1024;
+
+/**
+ * Splits a multi-document YAML text at `---` lines into runs of whole documents of about `chunkBytes` (a larger
+ * document is a run of its own), so the parser never holds the events of more than one run: a 10,000-document file
+ * parses in the memory of a few dozen documents. Exact: YAML forbids a `---` line inside any scalar or collection.
+ * A text with directives (`%YAML`, `%TAG`: they belong to the document after them) is returned whole. Pure.
+ */
+export function yamlChunks(text: string, chunkBytes = YAML_CHUNK_BYTES): { start: number; text: string }[] {
+  if (/^%/m.test(text)) return [{ start: 0, text }];
+  const out: { start: number; text: string }[] = [];
+  let prev = 0;
+  for (const m of text.matchAll(DOC_START)) {
+    if (m.index - prev >= chunkBytes) {
+      out.push({ start: prev, text: text.slice(prev, m.index) });
+      prev = m.index;
+    }
+  }
+  out.push({ start: prev, text: text.slice(prev) });
+  return out;
+}
+
+/** The documents of a manifest file: a JSON text (an object or a List) with JSON.parse, else YAML one document at a
+ * time (js-yaml, YAML 1.2 core schema: what kubectl accepts). Throws ManifestError on a syntax error. */
+function* manifestValues(text: string): Generator<unknown> {
+  const first = /\S/.exec(text)?.[0];
+  if (first === '{' || first === '[') {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = undefined; // not JSON after all: flow-style YAML, parsed below
+    }
+    if (value !== undefined) {
+      yield value;
+      return;
+    }
+  }
+  for (const chunk of yamlChunks(text)) {
+    let docs: unknown[];
+    try {
+      docs = loadAll(chunk.text, { schema: CORE_SCHEMA, maxAliases: MANIFEST_MAX_ALIASES, maxDepth: MANIFEST_MAX_DEPTH });
+    } catch (e) {
+      if (!(e instanceof YAMLException)) throw e;
+      const line = (e.mark?.line ?? 0) + 1 + (text.slice(0, chunk.start).match(/\n/g)?.length ?? 0);
+      throw new ManifestError(`YAML error: ${e.reason} (line ${line})`);
+    }
+    yield* docs;
+  }
+}
+
 /**
  * Parses one manifest file's text. Throws (with the YAML error) when any document has a syntax error: the caller
- * keeps the file's last good content. Pure.
+ * keeps the file's last good content. Each document is checked as soon as it is parsed and only the objects of the
+ * kinds we use are kept. Pure.
  */
 export function parseManifest(text: string): ParsedManifest {
   const out: ParsedManifest = { objects: new Map(RESOURCE_KINDS.map((k) => [k, []])), skipped: [], ignored: 0 };
-  // Documents are composed and converted one at a time (what parseAllDocuments does, without holding every
-  // document's syntax tree at once: a 5,000-Service directory otherwise peaks at several times its final heap).
-  const values: unknown[] = [];
-  const composer = new Composer({ prettyErrors: false });
-  for (const d of composer.compose(new Parser().parse(text), true, text.length)) {
-    if (d.errors.length) throw new ManifestError(`YAML error: ${d.errors[0].message.split('\n')[0]}`);
-    values.push(d.toJS({ maxAliasCount: 100 }));
-  }
-  values.forEach((value, i) => {
-    if (value === null || value === undefined) return; // empty document (e.g. a trailing ---)
+  let i = -1;
+  for (const value of manifestValues(text)) {
+    i++;
+    if (value === null || value === undefined) continue; // empty document (e.g. a trailing ---)
     const items = isObj(value) && value.kind === 'List' && Array.isArray(value.items) ? value.items : [value];
     for (const item of items) {
       try {
@@ -91,14 +150,21 @@ export function parseManifest(text: string): ParsedManifest {
         const api = typeof item.apiVersion === 'string' ? item.apiVersion : '';
         if (!k.api(api)) throw new ManifestError(`${kindName}: unsupported apiVersion ${JSON.stringify(api)}`);
         validateObject(k.kind, item as RawObject);
-        out.objects.get(k.kind)!.push(item as RawObject);
+        out.objects.get(k.kind)!.push(compact(item as RawObject));
       } catch (e) {
         out.skipped.push({ doc: i, reason: (e as Error).message });
       }
     }
-  });
+  }
   return out;
 }
+
+/**
+ * A compact copy of a parsed object for keeping: the parser's strings are slices of the file's text (each keeps the
+ * whole file alive: 3.7 MiB of manifest text for 5,000 Services) and its arrays have spare capacity. A JSON round
+ * trip (the object is plain JSON data) makes fresh flat strings and exact arrays.
+ */
+const compact = (o: RawObject): RawObject => JSON.parse(JSON.stringify(o)) as RawObject;
 
 const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 

@@ -13,6 +13,11 @@ const asStrMap = (v: unknown): Record<string, string> => {
   return Object.freeze(out);
 };
 const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP');
+/**
+ * An exact-size copy of an array built by push() or filter(), which leave spare capacity (a 1-element array grown by
+ * push holds 17 slots): the model keeps tens of thousands of small arrays, so this is megabytes with 5,000 Services.
+ */
+const exact = <T>(a: readonly T[]): T[] => a.slice();
 
 export class ManifestError extends Error {}
 
@@ -49,7 +54,7 @@ export function normalizeServiceObject(obj: RawObject): Service {
   const labels = asStrMap(md.labels);
   const spec = asObj(obj.spec);
   const type = (['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const).find((t) => t === spec.type) ?? 'ClusterIP';
-  const rawIPs = asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s);
+  const rawIPs = exact(asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s));
   const ip0 = asStr(spec.clusterIP);
   const ips = rawIPs.length ? rawIPs : ip0 ? [ip0] : [];
   const headless = type !== 'ExternalName' && ips.length > 0 && ips[0] === 'None';
@@ -71,7 +76,7 @@ export function normalizeServiceObject(obj: RawObject): Service {
     namespace,
     name,
     type,
-    clusterIPs: Object.freeze(type === 'ExternalName' || headless ? [] : ips.filter((ip) => ip !== 'None')),
+    clusterIPs: Object.freeze(type === 'ExternalName' || headless ? [] : exact(ips.filter((ip) => ip !== 'None'))),
     headless,
     externalName: type === 'ExternalName' ? asStr(spec.externalName) : undefined,
     ports: Object.freeze(ports),
@@ -103,11 +108,11 @@ export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
     const po = asObj(p);
     return Object.freeze({ name: asStr(po.name) ?? '', port: typeof po.port === 'number' ? po.port : 0, protocol: proto(po.protocol) });
   }).filter((p) => p.port > 0);
-  Object.freeze(ports);
+  const slicePorts = Object.freeze(exact(ports));
   const endpoints: Endpoint[] = [];
   for (const e of asArr(obj.endpoints)) {
     const eo = asObj(e);
-    const addresses = asArr(eo.addresses).map(asStr).filter((s): s is string => !!s);
+    const addresses = exact(asArr(eo.addresses).map(asStr).filter((s): s is string => !!s));
     if (!addresses.length) continue;
     const cond = asObj(eo.conditions);
     const terminating = cond.terminating === true;
@@ -124,11 +129,11 @@ export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
       ready,
       serving,
       terminating,
-      ports,
+      ports: slicePorts,
       slice: key,
     } satisfies Endpoint));
   }
-  return Object.freeze({ key, serviceKey: `${namespace}/${svc}`, endpoints: Object.freeze(endpoints) });
+  return Object.freeze({ key, serviceKey: `${namespace}/${svc}`, endpoints: Object.freeze(exact(endpoints)) });
 }
 
 export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): NodeInfo {
@@ -315,7 +320,11 @@ export class ClusterModel implements ModelSink {
       if (!list) endpoints.set(s.serviceKey, (list = []));
       list.push(...s.endpoints);
     }
-    for (const l of endpoints.values()) Object.freeze(l);
+    for (const [k, l] of endpoints) {
+      const e = exact(l);
+      Object.freeze(e);
+      endpoints.set(k, e);
+    }
     const prev = this.current;
     this.current = Object.freeze({
       version: prev.version + 1,

@@ -1,6 +1,6 @@
 // Applies the interception rules: detects the iptables backend, renders the desired state (rules.ts) and applies it
 // as one `iptables-restore --noflush` batch; debounced on change, re-asserted on a timer, removed on stop.
-import { execa } from 'execa';
+import { execa } from './exec.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
 import { CHAIN, HOOKS, chooseBackend, parseHook, renderCleanup, renderSync, type Backend, type Hook, type InterceptRule, type JumpState } from './rules.ts';

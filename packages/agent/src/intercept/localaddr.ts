@@ -1,7 +1,7 @@
 // Makes sure an address the agent listens on (dns.listen, proxy.bindAddress) exists on this host. When it does not,
 // a dummy interface holding it as /32 is created; release() removes only what this process added.
 import { networkInterfaces } from 'node:os';
-import { execa } from 'execa';
+import { execa } from './exec.ts';
 import type { Logger } from '@edgemesh/common/log';
 
 export const DUMMY_IFACE = 'edgemesh0';

@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createRequire } from 'node:module';
 import type { AdminServer } from '@edgemesh/common/admin';
 import type { FleetStore } from './store.ts';
 
@@ -22,14 +23,16 @@ const SECURITY_HEADERS = {
   'cache-control': 'no-store',
 };
 
-const UI_DIR = join(import.meta.dirname, 'ui');
+// Next to this module in the sources (src/fleet/ui), next to the bundle in a build (dist/ui: scripts/build.ts copies it).
+const UI_DIR = fileURLToPath(new URL('./ui/', import.meta.url));
+const requireHere = createRequire(import.meta.url);
 
 /** d3-force and the three modules it needs, loaded in this order as browser globals (their UMD builds). */
 const VENDOR = ['d3-dispatch', 'd3-quadtree', 'd3-timer', 'd3-force'] as const;
 
 function vendorFile(pkg: string): string {
   // The package's default export is dist/<pkg>.mjs; its UMD build sits next to it.
-  return join(dirname(fileURLToPath(import.meta.resolve(pkg))), `${pkg}.min.js`);
+  return join(dirname(requireHere.resolve(pkg)), `${pkg}.min.js`);
 }
 
 interface Asset { type: string; body: Buffer }

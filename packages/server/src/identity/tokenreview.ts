@@ -3,7 +3,7 @@
 // (`authentication.kubernetes.io/node-name`, in bound tokens since Kubernetes 1.30), so a node can only ever enroll as
 // itself. Only the ServiceAccounts in enrollment.serviceAccounts may enroll: any pod can mint a token with any
 // audience for its own ServiceAccount, so the audience alone would let every workload on node X enroll as X.
-import { AuthenticationV1Api, type KubeConfig, type V1TokenReview } from '@kubernetes/client-node';
+import { postJson, type KubeConfig } from '@edgemesh/agent/cluster/kubeclient';
 
 export const AUDIENCE = 'edgemesh';
 export const NODE_NAME_CLAIM = 'authentication.kubernetes.io/node-name';
@@ -46,11 +46,11 @@ export interface TokenReviewer {
 
 /** TokenReviews against the API server of a kubeconfig (the server's cluster.kubeconfig). */
 export class KubeTokenReviewer implements TokenReviewer {
-  private readonly api: AuthenticationV1Api;
+  private readonly kc: KubeConfig;
   private inFlight = 0;
   private readonly timeoutMs: number;
   constructor(kc: KubeConfig, timeoutMs = TOKEN_REVIEW_TIMEOUT_MS) {
-    this.api = kc.makeApiClient(AuthenticationV1Api);
+    this.kc = kc;
     this.timeoutMs = timeoutMs;
   }
 
@@ -60,9 +60,11 @@ export class KubeTokenReviewer implements TokenReviewer {
     this.inFlight++;
     let timer: NodeJS.Timeout | undefined;
     try {
-      const body: V1TokenReview = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [AUDIENCE] } };
-      const timeout = new Promise<'failed'>((r) => { timer = setTimeout(() => r('failed'), this.timeoutMs); });
-      const res = await Promise.race([this.api.createTokenReview({ body }).then((v) => v.status as TokenReviewStatus | undefined, () => 'failed' as const), timeout]);
+      const body = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec: { token, audiences: [AUDIENCE] } };
+      const ac = new AbortController();
+      timer = setTimeout(() => ac.abort(), this.timeoutMs);
+      const res = await postJson(this.kc.connection, '/apis/authentication.k8s.io/v1/tokenreviews', body, ac.signal)
+        .then((v) => v.status as TokenReviewStatus | undefined, () => 'failed' as const);
       return res ?? { authenticated: false };
     } finally {
       clearTimeout(timer);
