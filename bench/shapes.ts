@@ -54,24 +54,58 @@ export interface TunnelData {
 
 export interface Spread { median: number; min: number; max: number; rounds: number }
 
+/** RSS of a process from /proc/PID/status, MiB: total, anonymous (heap, malloc, stacks), file-backed (code). */
+export interface RssSplit { rss: number; anon: number; file: number }
+
+/** One cluster source (file / kubernetes) driving the real agent binary. */
+export interface ClusterProfile {
+  /** Nothing in the cluster, after SETTLE_MS. */
+  idle: RssSplit;
+  /** `services` added to that running agent, after settling. */
+  inPlace: RssSplit;
+  /** From the change (manifests written / objects in the fake API) until all `services` are in the model. */
+  inPlaceMs: number;
+  /** `step` more added in place, after settling. */
+  inPlaceStep: RssSplit;
+  /** A fresh agent (empty stateDir) with `services` already in the cluster: spawn -> /readyz 200, wall and CPU. */
+  readyMs: number;
+  readyCpuMs: number;
+  /** Its RSS with everything in the model, after settling. */
+  cold: RssSplit;
+  /** The same with `step` Services. */
+  coldStepReadyMs: number;
+  coldStepReadyCpuMs: number;
+  coldStep: RssSplit;
+  /** MiB per `step` Services: (cold - coldStep) / (services / step - 1), and inPlaceStep - inPlace. */
+  perStepColdMiB: number;
+  perStepInPlaceMiB: number;
+}
+
+/** The V8 sizing a bin ran with: the memory limit it was given and the flags seen on its command line. */
+export interface V8Sizing { memoryLimit: string; flags: string[] }
+
 export interface ClusterData {
   services: number;
   endpoints: number;
   files: number;
-  debounceMs: number;
-  file: {
-    rssIdleMiB: number;
-    rssLoadedMiB: number;
-    rssRightAfterMiB: number;
-    endpointsInModel: number | null;
-    writeMs: number;
-    /** All Services visible in /metrics after the first manifest write. */
-    visibleMs: number;
-    stateFileMiB: number;
-    /** In-process initial read of all Services. */
-    loadMs: number;
-    change: Spread;
-    changeSmall: Spread & { services: number };
+  /** The "extra Services" step (1,000). */
+  step: number;
+  settleMs: number;
+  /** Which code the agent and server ran: the built JavaScript (dist/) or the TypeScript sources (--source). */
+  code: 'dist' | 'src';
+  agentV8: V8Sizing;
+  serverV8: V8Sizing;
+  file: ClusterProfile;
+  kubernetes: ClusterProfile;
+  server: { idle: RssSplit; after: RssSplit };
+  /** In-process, the sources alone (no agent binary): file change -> model, watch event -> model. */
+  latency: {
+    debounceMs: number;
+    /** File source with `services` Services: initial read, then one file rewritten per round. */
+    file: Spread & { loadMs: number };
+    /** The same with `smallServices` loaded. */
+    fileSmall: Spread & { loadMs: number; services: number };
+    /** Kubernetes source against the fake API with `services` Services: initial list, then one Service per round. */
+    kube: Spread & { listMs: number };
   };
-  kube: { rssIdleMiB: number; rssLoadedMiB: number; visibleMs: number; events: number; listMs: number; watch: Spread };
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { BLOCKS, blockText, loadResults, renderBlock, renderReadme, type Results } from '../bench/readme.ts';
-import type { TunnelData } from '../bench/shapes.ts';
+import type { ClusterData, TunnelData } from '../bench/shapes.ts';
 
 const ROOT = resolve(import.meta.dirname, '..');
 const README = readFileSync(join(ROOT, 'README.md'), 'utf8');
@@ -48,9 +48,34 @@ test('the summary shows the same figures as the sections it summarises', () => {
   const tun = renderBlock('tunnel', r)!;
   const directRaw = /direct\/raw ([\d.]+)/.exec(tun)![1];
   assert.ok(row('tunnel').includes(`**${directRaw}×** raw`), row('tunnel'));
-  // Cluster: the file change median.
-  const med = /change → model update, [\d,]+ loaded \| median ([\d.]+ m?s)/.exec(renderBlock('cluster', r)!)![1];
-  assert.ok(row('cluster').includes(`file change → model ${med} median`), row('cluster'));
+  // Cluster: idle RSS of both sources and the file source's start -> ready.
+  const cluster = renderBlock('cluster', r)!;
+  const [, idleFile, idleKube] = /^\| RSS idle \| (\d+ MiB) \| (\d+ MiB) \|/m.exec(cluster)!;
+  assert.ok(row('cluster').includes(`RSS idle **${idleFile}** file / **${idleKube}** kubernetes`), row('cluster'));
+  const readyFile = /^\| start → ready with [\d,]+ Services, wall \(CPU\) \| ([\d.]+ m?s) \(/m.exec(cluster)![1];
+  assert.ok(row('cluster').includes(`start → ready **${readyFile}** file`), row('cluster'));
+});
+
+test('cluster goals: judged from the data for a run of the goals\' size, not judged for another size', () => {
+  const r = fixtures();
+  const small = renderBlock('cluster', r)!;
+  const size = `a ${r.cluster!.data.services.toLocaleString('en-US')} × ${r.cluster!.data.endpoints} run`;
+  assert.match(small, new RegExp(`≤ 130 MiB — not judged: ${size}`));
+  assert.match(small, /\| RSS idle \|[^\n]*≤ 70 MiB file — (met|missed); ≤ 90 MiB kubernetes — (met|missed) \|/);
+  const c = structuredClone(r.cluster!) as NonNullable<Results['cluster']>;
+  const d: ClusterData = c.data;
+  d.services = 5000;
+  d.endpoints = 3;
+  const at = (rss: number) => ({ rss, anon: rss / 2, file: rss / 2 });
+  Object.assign(d.file, { idle: at(69), cold: at(120), inPlace: at(131), readyMs: 1400, perStepColdMiB: 7, perStepInPlaceMiB: 7.5 });
+  Object.assign(d.kubernetes, { idle: at(91), cold: at(125), inPlace: at(126), readyMs: 1600, perStepColdMiB: 6, perStepInPlaceMiB: 2 });
+  const text = renderBlock('cluster', { ...r, cluster: c })!;
+  assert.match(text, /\| RSS idle \| 69 MiB \| 91 MiB \| ≤ 70 MiB file — met; ≤ 90 MiB kubernetes — missed \|/);
+  assert.match(text, /\| RSS with 5,000 Services × 3 endpoints, fresh start \/ added in place \| 120 \/ 131 MiB \| 125 \/ 126 MiB \| ≤ 130 MiB — missed \|/);
+  assert.match(text, /\| start → ready with 5,000 Services, wall \(CPU\) \| 1\.4 s \([^)]*\) \| 1\.6 s \([^)]*\) \| ≤ 1\.5 s — missed \|/);
+  assert.match(text, /\| RSS per extra 1,000 Services, fresh starts 1,000 → 5,000 \/ \+1,000 in place \| 7\.0 \/ 7\.5 MiB \| 6\.0 \/ 2\.0 MiB \| ≤ 8 MiB — met \|/);
+  const summary = renderBlock('summary', { ...r, cluster: c })!;
+  assert.match(summary, /idle ≤ 70 \(file: met\) \/ ≤ 90 MiB \(kubernetes: missed\); ≤ 130 MiB \(missed\), ≤ 1\.5 s \(missed\), ≤ 8 MiB \(met\)/);
 });
 
 test('time to direct: a miss counts as the timeout in p50/p95 and as a miss', () => {

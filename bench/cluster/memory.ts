@@ -7,7 +7,9 @@
 //      thread stacks, libuv), file-backed pages (the node binary's code and data).
 //   3. Listeners: N Services with ClusterIP (one proxy listener each) against N headless Services (none), and N bare
 //      net.Server listeners in a plain node.
-// usage: npx node bench/cluster/memory.ts [--source] [services=5000]
+// A breakdown tool: it prints its tables (README "Where the RSS goes" is copied from them) and writes no
+// bench/results file; the measured figures the README generates come from bench/cluster/run.ts.
+// usage: npx node bench/cluster/memory.ts [--source] [--agents-only] [services=5000]
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';

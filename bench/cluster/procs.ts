@@ -42,6 +42,16 @@ export function rss(pid: number): { rss: number; anon: number; file: number } {
   const kb = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) / 1024;
   return { rss: kb('VmRSS'), anon: kb('RssAnon'), file: kb('RssFile') + kb('RssShmem') };
 }
+/** The node flags a process runs with (/proc/PID/cmdline before its script): after the bins' V8 sizing re-exec. */
+export function nodeFlags(pid: number): string[] {
+  const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(1);
+  const out: string[] = [];
+  for (const a of argv) {
+    if (!a.startsWith('-')) break;
+    out.push(a);
+  }
+  return out;
+}
 export const fmt = (r: { rss: number; anon: number; file: number }) => `${r.rss.toFixed(1)} MiB (anon ${r.anon.toFixed(1)}, file ${r.file.toFixed(1)})`;
 
 export async function until<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {

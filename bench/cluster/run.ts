@@ -8,7 +8,9 @@
 // Then, in-process: file change -> model latency, watch event -> model latency.
 // The bins run as in production (bench/cluster/procs.ts): NODE_ENV=production, so the built JavaScript (dist/, `npm run
 // build`) when it exists, and V8 sized for the chart's memory limits; --source runs the TypeScript sources instead.
-// usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]
+// Writes bench/results/cluster.json (README tables: node bench/readme.ts); bench/cluster/memory.ts is the separate
+// breakdown of where the RSS goes and writes no results.
+// usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]   (services > 1,000)
 import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,14 +21,25 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
-import { built, chartLimits, fmt, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { built, chartLimits, fmt, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { writeResult } from '../results.ts';
+import type { ClusterData, ClusterProfile, Spread, V8Sizing } from '../shapes.ts';
 
+const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [services=5000 (> 1000)] [endpointsPerService=3]';
 const args = process.argv.slice(2);
 const MODE: BinMode = { source: args.includes('--source') };
-const [svcArg, epArg] = args.filter((a) => !a.startsWith('--'));
+const unknown = args.filter((a) => a.startsWith('--') && a !== '--source');
+const [svcArg, epArg, ...extra] = args.filter((a) => !a.startsWith('--'));
 const SERVICES = Number(svcArg ?? 5000);
 const ENDPOINTS = Number(epArg ?? 3);
+/** The "extra Services" step of the RSS-per-1,000-Services figures; fresh starts with STEP and SERVICES Services. */
 const STEP = 1000;
+if (unknown.length || extra.length || !Number.isInteger(SERVICES) || SERVICES <= STEP || !Number.isInteger(ENDPOINTS) || ENDPOINTS < 1) {
+  console.error(USAGE);
+  process.exit(2);
+}
+/** The small cluster of the second file change -> model latency run. */
+const SMALL_SERVICES = 100;
 const FILES = 50;
 /** After a load, RSS is read once the process had this long to collect garbage and return memory. */
 const SETTLE_MS = 3000;
@@ -68,14 +81,16 @@ async function kubeFeed(): Promise<Feed> {
   };
 }
 
-interface Result { idle: number; inPlace: number; inPlaceMs: number; perStepInPlace: number; readyMs: number; readyCpuMs: number; cold: number; coldStep: number; perStepCold: number }
+/** The agent's V8 sizing, read from its command line once (every agent of a run is sized alike). */
+let agentFlags: string[] | undefined;
 
-async function profile(root: string, server: string, feedFor: (name: string) => Promise<Feed>): Promise<Result> {
+async function profile(root: string, server: string, feedFor: (name: string) => Promise<Feed>): Promise<ClusterProfile> {
   // 1. Idle, then N Services added to the running agent, then STEP more.
   let feed = await feedFor('idle');
   let a = await startAgent(root, `${feed.name}-idle`, feed.cluster, server, MODE);
   let idle, inPlace, inPlaceMs, step;
   try {
+    agentFlags ??= nodeFlags(a.child.pid!);
     await sleep(SETTLE_MS);
     idle = rss(a.child.pid!);
     const t0 = performance.now();
@@ -111,14 +126,22 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
     console.log(`${feed.name}: fresh agent with ${n} Services: start -> /readyz ${cold[n].readyMs.toFixed(0)} ms (CPU ${cold[n].readyCpuMs.toFixed(0)} ms); RSS ${fmt(cold[n].r)}`);
   }
   return {
-    idle: idle.rss, inPlace: inPlace.rss, inPlaceMs, perStepInPlace: step.rss - inPlace.rss,
-    readyMs: cold[SERVICES].readyMs, readyCpuMs: cold[SERVICES].readyCpuMs, cold: cold[SERVICES].r.rss, coldStep: cold[STEP].r.rss,
-    perStepCold: (cold[SERVICES].r.rss - cold[STEP].r.rss) / (SERVICES / STEP - 1),
+    idle, inPlace, inPlaceMs, inPlaceStep: step,
+    readyMs: cold[SERVICES].readyMs, readyCpuMs: cold[SERVICES].readyCpuMs, cold: cold[SERVICES].r,
+    coldStepReadyMs: cold[STEP].readyMs, coldStepReadyCpuMs: cold[STEP].readyCpuMs, coldStep: cold[STEP].r,
+    perStepColdMiB: (cold[SERVICES].r.rss - cold[STEP].r.rss) / (SERVICES / STEP - 1),
+    perStepInPlaceMiB: step.rss - inPlace.rss,
   };
 }
 
+/** Median, min and max of latency samples. */
+function spread(samples: number[]): Spread {
+  const s = [...samples].sort((a, b) => a - b);
+  return { median: s[Math.floor(s.length / 2)], min: s[0], max: s[s.length - 1], rounds: s.length };
+}
+
 /** File change -> model snapshot, in-process with the default debounce (FILE_DEBOUNCE_MS). */
-async function changeLatency(services: number): Promise<void> {
+async function changeLatency(services: number): Promise<Spread & { loadMs: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'em-bench-chg-'));
   generate(dir, services, ENDPOINTS, FILES);
   const model = new ClusterModel([]);
@@ -146,14 +169,14 @@ async function changeLatency(services: number): Promise<void> {
   }
   await src.stop();
   rmSync(dir, { recursive: true, force: true });
-  samples.sort((a, b) => a - b);
-  const med = samples[Math.floor(samples.length / 2)];
+  const s = spread(samples);
   console.log(`initial read of ${services} Services x ${ENDPOINTS} endpoints (${FILES} files) in-process: ${loadMs.toFixed(0)} ms`);
-  console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${med.toFixed(0)} ms, min ${samples[0].toFixed(0)}, max ${samples[samples.length - 1].toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
+  console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${s.median.toFixed(0)} ms, min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
+  return { ...s, loadMs };
 }
 
 /** API change -> model snapshot through the watch, in-process, with N Services already listed. */
-async function kubeLatency(services: number): Promise<void> {
+async function kubeLatency(services: number): Promise<Spread & { listMs: number }> {
   const api = new FakeApiServer();
   const url = await api.start();
   for (let i = 0; i < services; i++) {
@@ -183,20 +206,24 @@ async function kubeLatency(services: number): Promise<void> {
   }
   await src.stop();
   await api.close();
-  samples.sort((a, b) => a - b);
-  console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints ${listMs.toFixed(0)} ms; watch event -> model update median ${samples[Math.floor(samples.length / 2)].toFixed(1)} ms (min ${samples[0].toFixed(1)}, max ${samples[samples.length - 1].toFixed(1)})`);
+  const s = spread(samples);
+  console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints ${listMs.toFixed(0)} ms; watch event -> model update median ${s.median.toFixed(1)} ms (min ${s.min.toFixed(1)}, max ${s.max.toFixed(1)})`);
+  return { ...s, listMs };
 }
 
 const limits = chartLimits();
-console.log(`node ${process.version}; agent and server run ${built() && !MODE.source ? 'the built JavaScript (dist/)' : 'the TypeScript sources'}, V8 sized for the chart's limits (agent ${limits.agent}, server ${limits.server}); DNS + proxy (listeners, no iptables) + tunnel on; ${SERVICES} Services x ${ENDPOINTS} endpoints (${FILES} manifest files)`);
+const CODE: ClusterData['code'] = built() && !MODE.source ? 'dist' : 'src';
+console.log(`node ${process.version}; agent and server run ${CODE === 'dist' ? 'the built JavaScript (dist/)' : 'the TypeScript sources'}, V8 sized for the chart's limits (agent ${limits.agent}, server ${limits.server}); DNS + proxy (listeners, no iptables) + tunnel on; ${SERVICES} Services x ${ENDPOINTS} endpoints (${FILES} manifest files)`);
 const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
 const server = await startServer(root, MODE);
-const results: Record<string, Result> = {};
+let file: ClusterProfile, kubernetes: ClusterProfile, serverIdle: ReturnType<typeof rss>, serverAfter: ReturnType<typeof rss>, serverFlags: string[];
 try {
-  const serverIdle = rss(server.child.pid!);
-  results.file = await profile(root, server.address, async (name) => fileFeed(root, name));
-  results.kubernetes = await profile(root, server.address, () => kubeFeed());
-  console.log(`server RSS: idle ${fmt(serverIdle)}; after the agents came and went ${fmt(rss(server.child.pid!))}`);
+  serverFlags = nodeFlags(server.child.pid!);
+  serverIdle = rss(server.child.pid!);
+  file = await profile(root, server.address, async (name) => fileFeed(root, name));
+  kubernetes = await profile(root, server.address, () => kubeFeed());
+  serverAfter = rss(server.child.pid!);
+  console.log(`server RSS: idle ${fmt(serverIdle)}; after the agents came and went ${fmt(serverAfter)}`);
 } finally {
   await server.stop();
   rmSync(root, { recursive: true, force: true });
@@ -204,15 +231,23 @@ try {
 
 const mib = (x: number) => `${x.toFixed(0)} MiB`;
 console.log(`\n| | file | kubernetes | goal |\n|---|---:|---:|---|`);
-const row = (label: string, f: (r: Result) => string, goal: string) => console.log(`| ${label} | ${f(results.file)} | ${f(results.kubernetes)} | ${goal} |`);
-row('RSS idle', (r) => mib(r.idle), '≤ 70 MiB (file), ≤ 90 MiB (kubernetes)');
-row(`RSS with ${SERVICES} Services × ${ENDPOINTS} endpoints (fresh start / added in place)`, (r) => `${mib(r.cold)} / ${mib(r.inPlace)}`, '≤ 130 MiB');
+const row = (label: string, f: (r: ClusterProfile) => string, goal: string) => console.log(`| ${label} | ${f(file)} | ${f(kubernetes)} | ${goal} |`);
+row('RSS idle', (r) => mib(r.idle.rss), '≤ 70 MiB (file), ≤ 90 MiB (kubernetes)');
+row(`RSS with ${SERVICES} Services × ${ENDPOINTS} endpoints (fresh start / added in place)`, (r) => `${mib(r.cold.rss)} / ${mib(r.inPlace.rss)}`, '≤ 130 MiB');
 row(`start → ready with ${SERVICES} Services (wall; CPU)`, (r) => `${(r.readyMs / 1000).toFixed(2)} s; ${(r.readyCpuMs / 1000).toFixed(2)} s`, '≤ 1.5 s');
-row(`RSS per extra ${STEP} Services (fresh starts ${STEP}→${SERVICES} / +${STEP} in place)`, (r) => `${r.perStepCold.toFixed(1)} / ${r.perStepInPlace.toFixed(1)} MiB`, '≤ 8 MiB');
+row(`RSS per extra ${STEP} Services (fresh starts ${STEP}→${SERVICES} / +${STEP} in place)`, (r) => `${r.perStepColdMiB.toFixed(1)} / ${r.perStepInPlaceMiB.toFixed(1)} MiB`, '≤ 8 MiB');
 
 // FileSource's watcher and rescan timer do not hold the process open; the in-process latency runs need this.
 const keepAlive = setInterval(() => {}, 1000);
-await changeLatency(100);
-await changeLatency(SERVICES);
-await kubeLatency(SERVICES);
+const fileSmall = await changeLatency(SMALL_SERVICES);
+const fileLoaded = await changeLatency(SERVICES);
+const kube = await kubeLatency(SERVICES);
 clearInterval(keepAlive);
+
+const sizing = (memoryLimit: string, flags: string[] | undefined): V8Sizing => ({ memoryLimit, flags: flags ?? [] });
+writeResult<ClusterData>('cluster', {
+  services: SERVICES, endpoints: ENDPOINTS, files: FILES, step: STEP, settleMs: SETTLE_MS, code: CODE,
+  agentV8: sizing(limits.agent, agentFlags), serverV8: sizing(limits.server, serverFlags!),
+  file: file!, kubernetes: kubernetes!, server: { idle: serverIdle!, after: serverAfter! },
+  latency: { debounceMs: FILE_DEBOUNCE_MS, file: fileLoaded, fileSmall: { ...fileSmall, services: SMALL_SERVICES }, kube },
+});
