@@ -1,5 +1,6 @@
 // Kubernetes source: @kubernetes/client-node 2.x list+watch informers (ListWatch, what makeInformer builds, so the
-// watch timeout can be set) for Services, EndpointSlices (discovery.k8s.io/v1), Nodes and Istio DestinationRules,
+// watch timeout can be set) for Services, EndpointSlices (discovery.k8s.io/v1), Nodes and Istio DestinationRules (with
+// the gateway on: also Istio Gateways and VirtualServices, v1 then v1beta1, and kubernetes.io/tls Secrets),
 // each under a supervisor:
 // - The informer relists by itself on 410 Gone (HTTP 410 or an ERROR event with code 410) and reconnects by itself
 //   after its client-side watch inactivity timeout (a silent watch). On any other failure it emits `error` and stops:
@@ -141,11 +142,14 @@ class GuardedWatch extends Watch {
 
 type Lister = () => Promise<KubernetesListObject<KubernetesObject>>;
 
+/** Istio CRDs: an absent one (404 on every version) means "none", rechecked every KUBE_CRD_RECHECK_MS. */
+const ISTIO_KINDS: ReadonlySet<ResourceKind> = new Set(['DestinationRule', 'Gateway', 'VirtualService']);
+
 interface KindSpec {
   kind: ResourceKind;
   core: boolean;
   /** Candidate (path, list) pairs; the next is tried on 404 (DestinationRule API versions). */
-  variants: { path: string; list: Lister; version: string }[];
+  variants: { path: string; list: Lister; version: string; fieldSelector?: string }[];
 }
 
 export interface KubeSourceOptions {
@@ -157,6 +161,8 @@ export interface KubeSourceOptions {
   registry?: Registry;
   /** Watch DestinationRules (default true). */
   destinationRules?: boolean;
+  /** Watch Istio Gateways + VirtualServices and kubernetes.io/tls Secrets (gateway.enabled; default false). */
+  gateway?: boolean;
   /** Watch only these kinds (default all); edgemesh-server watches Nodes only. */
   kinds?: readonly ResourceKind[];
 }
@@ -240,7 +246,7 @@ class KindWatcher {
       return res;
     };
     const reconnectMax = this.src.timing.reconnectMaxMs;
-    const inf = new ListWatch<KubernetesObject>(v.path, watch, list, false, undefined, undefined, {
+    const inf = new ListWatch<KubernetesObject>(v.path, watch, list, false, undefined, v.fieldSelector, {
       delayFn: (ms: number) => new Promise<void>((r) => {
         const done = () => { clearTimeout(t); abort.signal.removeEventListener('abort', done); r(); };
         const t = setTimeout(done, Math.min(ms, reconnectMax));
@@ -269,7 +275,7 @@ class KindWatcher {
     if (inf !== this.informer || this.state !== 'running') return;
     const status = statusOf(err);
     const { kind } = this.spec;
-    if (status === 404 && kind === 'DestinationRule') {
+    if (status === 404 && ISTIO_KINDS.has(kind)) {
       if (this.variant + 1 < this.spec.variants.length) {
         this.variant++;
         this.start(true);
@@ -281,7 +287,7 @@ class KindWatcher {
       this.variant = 0;
       this.retire();
       this.state = 'absent';
-      this.log.info({ kind }, 'DestinationRule CRD not installed; checking again later');
+      this.log.info({ kind }, `${kind} CRD not installed; checking again later`);
       this.timer = setTimeout(() => this.start(true), this.src.timing.crdRecheckMs);
       return;
     }
@@ -353,6 +359,20 @@ export class KubeSource implements ClusterSource {
           list: () => custom.listClusterCustomObject({ group: 'networking.istio.io', version, plural: 'destinationrules' }) as Promise<KubernetesListObject<KubernetesObject>>,
         })),
       });
+    }
+    if (opts.gateway) {
+      for (const [kind, plural] of [['Gateway', 'gateways'], ['VirtualService', 'virtualservices']] as const) {
+        specs.push({
+          kind, core: false,
+          variants: ['v1', 'v1beta1'].map((version) => ({
+            path: `/apis/networking.istio.io/${version}/${plural}`, version,
+            list: () => custom.listClusterCustomObject({ group: 'networking.istio.io', version, plural }) as Promise<KubernetesListObject<KubernetesObject>>,
+          })),
+        });
+      }
+      // TLS Secrets only (the model keeps and shows only those a Gateway references).
+      const fieldSelector = 'type=kubernetes.io/tls';
+      specs.push({ kind: 'Secret', core: false, variants: [{ path: '/api/v1/secrets', version: 'v1', fieldSelector, list: () => core.listSecretForAllNamespaces({ fieldSelector }) as Promise<KubernetesListObject<KubernetesObject>> }] });
     }
     this.watchers = specs.filter((s) => !opts.kinds || opts.kinds.includes(s.kind)).map((s) => new KindWatcher(this, s));
   }
