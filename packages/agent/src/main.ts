@@ -27,6 +27,7 @@ import { LocalFirstNodeDialer, type NodeDialer } from './nodeaccess/access.ts';
 import { resolveDestination } from './socks5/destination.ts';
 import { Socks5Server, type Socks5Status } from './socks5/server.ts';
 import { loadUsers, type Users } from './socks5/users.ts';
+import { Gateway, type GatewayStatus } from './gateway/server.ts';
 
 export interface AgentStatus {
   node: string;
@@ -43,6 +44,8 @@ export interface AgentStatus {
   }[];
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
+  /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
+  gateway?: GatewayStatus;
 }
 
 export class Agent {
@@ -75,6 +78,7 @@ export class Agent {
    */
   nodeDialer: NodeDialer | undefined;
   socks5: Socks5Server | undefined;
+  gateway: Gateway | undefined;
   /** socks5.usersFile, read when the agent is made (a bad file fails the start, naming the key). */
   private readonly socks5Users: Users | undefined;
   /** Proxy timings a test may shorten before start() (production uses the defaults). */
@@ -116,6 +120,7 @@ export class Agent {
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
       })),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
+      ...(this.gateway ? { gateway: this.gateway.status() } : {}),
     };
   }
 
@@ -189,8 +194,9 @@ export class Agent {
     // --- proxy (intercept/, proxy/, lb/, routing/) ---
     await this.startProxy();
 
-    // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) ---
+    // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
     if (this.cfg.socks5.enabled) await this.startSocks5();
+    if (this.cfg.gateway.enabled) await this.startGateway();
 
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
@@ -266,6 +272,21 @@ export class Agent {
     this.socks5 = socks5;
     await this.own(() => socks5.stop());
     this.admin.addCheck('socks5', () => socks5.listening);
+  }
+
+  // --- Ingress gateway: Istio Gateway + VirtualService on this node's addresses, into mesh Services ---
+  private async startGateway(): Promise<void> {
+    const proxy = this.proxy!;
+    const gc = this.cfg.gateway;
+    const gateway = new Gateway({
+      log: this.log.child({ mod: 'gateway' }), registry: this.registry, budgets: this.budgets, fds: this.fds, model: this.model,
+      thisNode: this.cfg.nodeName, domain: this.cfg.dns.domain, addresses: gc.addresses, maxConnections: gc.maxConnections, maxPerSource: gc.maxPerSource,
+      connect: (key, port, from) => proxy.connectTcp(key, port, from),
+    });
+    this.gateway = gateway;
+    await this.own(() => gateway.stop());
+    await gateway.start();
+    this.admin.addCheck('gateway', () => gateway.ready());
   }
 
   /** Stops what start() brought up, last first; safe to call while start() is still under way, and twice. */
