@@ -1,7 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { HttpMatch } from '../cluster/types.ts';
-import { hostMatches, intersectHosts, pickWeighted, requestHost, rewritePath, selectByHost, selectHttpRoute } from './match.ts';
+import { hostMatches, intersectHosts, pickWeighted, requestHost, rewritePath, selectByHost, selectHttpRoute, selectVirtualHost } from './match.ts';
 
 const m = (x: Partial<HttpMatch>): HttpMatch => ({ ignoreUriCase: false, headers: {}, gateways: [], unsupported: [], ...x });
 
@@ -21,6 +21,13 @@ test('host patterns: *, *.suffix (one or more labels), exact; most specific wins
   assert.deepEqual(intersectHosts(['*.example.com'], ['www.example.com', 'other.org']), ['www.example.com']);
   assert.deepEqual(intersectHosts(['www.example.com'], ['*']), ['www.example.com']);
   assert.deepEqual(intersectHosts(['*'], ['*']), ['*']);
+});
+
+test('virtual hosts: a tie on the VirtualService host goes to the more specific Gateway server', () => {
+  const vh = [{ hosts: ['secure.example.com'], serverHosts: ['*'], id: 'plain' }, { hosts: ['secure.example.com'], serverHosts: ['secure.example.com'], id: 'redirect' }, { hosts: ['*'], serverHosts: ['*'], id: 'any' }];
+  assert.equal(selectVirtualHost(vh, 'secure.example.com')?.id, 'redirect');
+  assert.equal(selectVirtualHost(vh, 'other.example.com')?.id, 'any');
+  assert.equal(selectVirtualHost(vh.slice(0, 2), 'other.example.com'), undefined);
 });
 
 test('request host: port and trailing dot dropped, IPv6 literal kept, lower case', () => {

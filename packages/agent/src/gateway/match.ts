@@ -42,6 +42,27 @@ export function selectByHost<T extends { readonly hosts: readonly string[] }>(en
 }
 
 /**
+ * The virtual host for a request host: the most specific VirtualService host wins; on a tie, the one whose Gateway
+ * server's own hosts match more specifically (`secure.example.com` with httpsRedirect over a `*` server).
+ */
+export function selectVirtualHost<T extends { readonly hosts: readonly string[]; readonly serverHosts: readonly string[] }>(entries: readonly T[], host: string): T | undefined {
+  let pick: T | undefined;
+  let score = -1;
+  let tie = -1;
+  for (const e of entries) {
+    const s = bestMatch(e.hosts, host);
+    if (s < 0) continue;
+    const t = bestMatch(e.serverHosts, host);
+    if (s > score || (s === score && t > tie)) {
+      score = s;
+      tie = t;
+      pick = e;
+    }
+  }
+  return pick;
+}
+
+/**
  * The intersection of a Gateway server's hosts and a VirtualService's hosts: the more specific of each matching pair
  * (`*.example.com` and `www.example.com` give `www.example.com`; `*` and `a.b` give `a.b`). Empty = not bound.
  */

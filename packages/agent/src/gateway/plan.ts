@@ -44,6 +44,8 @@ export interface VirtualHost {
   readonly routes: readonly HttpRoutePlan[];
   /** HTTP server with tls.httpsRedirect: answer 301 to https. */
   readonly httpsRedirect: boolean;
+  /** The Gateway server's own host patterns (ties between virtual hosts go to the more specific server). */
+  readonly serverHosts: readonly string[];
 }
 
 export interface L4RoutePlan {
@@ -236,7 +238,7 @@ function vhostsFor(sc: ServerCtx, vss: readonly VirtualService[], domain: string
   const out: VirtualHost[] = [];
   for (const { vs, hosts } of bound(sc, vss)) {
     const routes = httpRoutes(vs, sc, domain, w);
-    if (routes.length) out.push({ hosts, routes, httpsRedirect: sc.s.tls?.httpsRedirect === true });
+    if (routes.length) out.push({ hosts, routes, httpsRedirect: sc.s.tls?.httpsRedirect === true, serverHosts: sc.s.hosts.map((h) => splitServerHost(h, sc.g.namespace).host) });
   }
   return out;
 }

@@ -30,7 +30,7 @@ import { ServiceConnectError, type ConnectFrom } from '../proxy/connect.ts';
 import { splice } from '../proxy/splice.ts';
 import { TCP_IDLE_TIMEOUT_MS } from '../proxy/tcp.ts';
 import { clientAddress, clientResponseHeaders, upstreamRequestHeaders } from './headers.ts';
-import { pickWeighted, requestHost, rewritePath, selectByHost, selectHttpRoute } from './match.ts';
+import { pickWeighted, requestHost, rewritePath, selectByHost, selectHttpRoute, selectVirtualHost } from './match.ts';
 import { planGateway, type Destination, type GatewayPlan, type L4RoutePlan, type ListenerKind, type ListenerPlan, type TlsServerPlan, type VirtualHost } from './plan.ts';
 import { HELLO_MAX_READ_BYTES, parseClientHello } from './sni.ts';
 import { MeshAgent } from './upstream.ts';
@@ -561,16 +561,22 @@ class PortListener {
   private attachHttp(sock: Socket, slot: ConnSlot, proto: 'http' | 'https', vhosts: () => readonly VirtualHost[]): void {
     const c: HttpConn = { slot, proto, vhosts, inflight: 0, headerTimer: undefined };
     this.httpConns.set(sock, c);
-    this.armHeaderDeadline(sock, c);
+    this.armHeaderDeadline(sock, c, true);
     this.httpServer().emit('connection', sock);
   }
 
-  private armHeaderDeadline(sock: Socket, c: HttpConn): void {
+  /**
+   * The next request's headers must be complete within the deadline. A connection that sent nothing since (an idle
+   * keep-alive connection) is just closed; one that sent part of a request head is a refusal (slowloris).
+   */
+  private armHeaderDeadline(sock: Socket, c: HttpConn, first: boolean): void {
     clearTimeout(c.headerTimer);
-    c.slot.partial(Date.now());
+    // A new connection counts as dribbling (evictable once old enough); after a response it is simply idle.
+    if (first) c.slot.partial(Date.now());
+    const readAt = sock.bytesRead;
     c.headerTimer = setTimeout(() => {
       if (c.inflight) return;
-      this.gw.o.budgets.refuse(GATEWAY_DEADLINE_BUDGET, { port: this.plan.port, phase: 'headers' });
+      if (sock.bytesRead !== readAt || first) this.gw.o.budgets.refuse(GATEWAY_DEADLINE_BUDGET, { port: this.plan.port, phase: 'headers' });
       sock.destroy();
     }, this.gw.o.headersTimeoutMs ?? GATEWAY_HEADERS_TIMEOUT_MS);
     c.headerTimer.unref();
@@ -620,7 +626,7 @@ class PortListener {
     res.once('close', () => {
       c.inflight--;
       c.slot.end();
-      if (!c.inflight && !sock.destroyed) this.armHeaderDeadline(sock, c);
+      if (!c.inflight && !sock.destroyed) this.armHeaderDeadline(sock, c, false);
     });
     try {
       this.route(req, res, c);
@@ -646,7 +652,7 @@ class PortListener {
     }
     // RFC 9112 3.2: an HTTP/1.1 request without Host is a 400 (checked here rather than by node:http, to count it).
     if (!host && req.httpVersion !== '1.0') return this.send(res, 400, 'missing Host header\n', 'bad_request', { connection: 'close' });
-    const vh = selectByHost(c.vhosts(), host ?? '');
+    const vh = selectVirtualHost(c.vhosts(), host ?? '');
     if (!vh) return this.send(res, 404, 'no route for this host\n', 'no_route');
     if (vh.httpsRedirect && c.proto === 'http') {
       return this.send(res, 301, '', undefined, { location: `https://${req.headers.host}${target}` });
