@@ -20,6 +20,8 @@ const servers: (Server | HttpServer)[] = [];
 let backendPort = 0;
 /** Upstream streams opened by the fake connect path. */
 let opened = 0;
+/** The client address each upstream connect was balanced for. */
+const clients: string[] = [];
 let gateway: Gateway;
 let budgets: Budgets;
 let registry: Registry;
@@ -85,7 +87,8 @@ before(async () => {
   gateway = new Gateway({
     log: silentLogger, registry, budgets, model, thisNode: 'gw', domain: 'cluster.local', addresses: [],
     maxConnections: 8, maxPerSource: 8, headersTimeoutMs: 1000, helloTimeoutMs: 1000,
-    connect: async (key) => {
+    connect: async (key, _port, from) => {
+      clients.push(from.clientIP);
       if (key === 'demo/empty') throw new ServiceConnectError('no_endpoint', 'no endpoint');
       return { upstream: await tunnelLike(backendPort) };
     },
@@ -119,6 +122,7 @@ test('tunnel-like upstreams (no net.Socket) are pooled with keep-alive; 503 with
   assert.match(first.body, /^ok \/a via \d+$/);
   assert.equal(first.body.split(' via ')[1], second.body.split(' via ')[1], 'the same upstream connection');
   assert.equal(opened, 1);
+  assert.deepEqual(clients, ['127.0.0.1'], 'balanced for the client whose request opened the connection');
   assert.equal((await get('/empty', 'web.example.test')).status, 503);
   const slow = await get('/slow', 'web.example.test');
   assert.equal(slow.status, 504);

@@ -15,7 +15,7 @@
 // with a request in flight or relaying is not); header, body, hello and TLS handshake deadlines; hello bytes;
 // descriptor pressure. Refusals: edgemesh_budget_refusals_total{budget=gateway_*}, edgemesh_gateway_rejected_total.
 import { isIP, createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
-import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type Server as HttpServer, type ServerResponse } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type RequestOptions, type Server as HttpServer, type ServerResponse } from 'node:http';
 import { createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge, type Registry } from 'prom-client';
@@ -33,7 +33,7 @@ import { clientAddress, clientResponseHeaders, upstreamRequestHeaders } from './
 import { pickWeighted, requestHost, rewritePath, selectByHost, selectHttpRoute, selectVirtualHost } from './match.ts';
 import { planGateway, type Destination, type GatewayPlan, type L4RoutePlan, type ListenerKind, type ListenerPlan, type TlsServerPlan, type VirtualHost } from './plan.ts';
 import { HELLO_MAX_READ_BYTES, parseClientHello } from './sni.ts';
-import { MeshAgent } from './upstream.ts';
+import { CLIENT_IP_OPTION, MeshAgent } from './upstream.ts';
 
 /** Request headers must be complete this long after the connection opened or the previous response ended. */
 export const GATEWAY_HEADERS_TIMEOUT_MS = 10_000;
@@ -151,6 +151,7 @@ export class Gateway {
   private stopped = false;
   private retry: NodeJS.Timeout | undefined;
   private loggedWarnings = new Set<string>();
+  private reconciled = false;
   readonly random: () => number;
 
   constructor(o: GatewayOptions) {
@@ -170,9 +171,9 @@ export class Gateway {
     while (this.running) await this.running;
   }
 
-  /** Every planned listener is bound. */
+  /** The first plan has been applied and every planned listener is bound. */
   ready(): boolean {
-    return !this.running && [...this.listeners.values()].every((l) => l.bound);
+    return this.reconciled && [...this.listeners.values()].every((l) => l.bound);
   }
 
   status(): GatewayStatus {
@@ -265,6 +266,7 @@ export class Gateway {
         this.agents.delete(key);
       }
     }
+    this.reconciled = true;
     clearTimeout(this.retry);
     if ([...this.listeners.values()].some((l) => !l.bound) && !this.stopped) {
       this.retry = setTimeout(() => this.kick(), GATEWAY_BIND_RETRY_MS);
@@ -289,12 +291,12 @@ export class Gateway {
     return tcp.length === 1 ? tcp[0].port : undefined;
   }
 
-  upstreamAgent(serviceKey: string, port: number, clientIP: () => string): MeshAgent {
+  upstreamAgent(serviceKey: string, port: number): MeshAgent {
     const key = `${serviceKey}:${port}`;
     let a = this.agents.get(key);
     if (!a) {
-      // A pooled connection was balanced for the client that opened it; later requests reuse it (per-connection LB).
-      a = new MeshAgent((signal) => this.o.connect(serviceKey, port, { clientIP: clientIP(), signal }).then((c) => c.upstream));
+      // A pooled connection was balanced for the client whose request opened it; later requests reuse it.
+      a = new MeshAgent((signal, clientIP) => this.o.connect(serviceKey, port, { clientIP, signal }).then((c) => c.upstream));
       this.agents.set(key, a);
     }
     return a;
@@ -665,10 +667,11 @@ class PortListener {
     if (!dest || port === undefined) return this.send(res, 503, 'no upstream for this route\n', 'no_upstream');
     const clientIP = clientAddress(req.socket.remoteAddress);
     const up = httpRequest({
-      agent: this.gw.upstreamAgent(dest.serviceKey, port, () => clientIP),
+      agent: this.gw.upstreamAgent(dest.serviceKey, port),
       host: 'upstream', port, method: req.method, path: rewritePath(target, sel.route.rewriteUri, sel.match),
       headers: upstreamRequestHeaders(req.rawHeaders, clientIP, c.proto), setHost: false,
-    });
+      [CLIENT_IP_OPTION]: clientIP,
+    } as RequestOptions);
     const timeoutMs = sel.route.timeoutMs ?? GATEWAY_RESPONSE_TIMEOUT_MS;
     let timedOut = false;
     const timer = setTimeout(() => {

@@ -18,7 +18,11 @@ export const UPSTREAM_MAX_FREE_SOCKETS = 32;
  */
 export const UPSTREAM_FREE_IDLE_MS = 4000;
 
-type Connect = (signal: AbortSignal) => Promise<Duplex>;
+/** Opens an upstream stream; `clientIP` is the client of the request that needs the new connection. */
+type Connect = (signal: AbortSignal, clientIP: string) => Promise<Duplex>;
+
+/** Request option carrying the client's address to createConnection (the pool key ignores it). */
+export const CLIENT_IP_OPTION = 'edgemeshClientIP';
 
 const NOOP_SOCKET_METHODS = ['setKeepAlive', 'setNoDelay', 'ref', 'unref', 'setTimeout'] as const;
 
@@ -44,9 +48,10 @@ export class MeshAgent extends Agent {
   }
 
   // Asynchronous createConnection: the Agent waits for the callback (returning undefined).
-  override createConnection(_options: unknown, cb?: (err: Error | null, stream: Duplex) => void): Duplex {
+  override createConnection(options: unknown, cb?: (err: Error | null, stream: Duplex) => void): Duplex {
     const ac = new AbortController();
-    this.connectFn(ac.signal).then(
+    const clientIP = String((options as Record<string, unknown> | undefined)?.[CLIENT_IP_OPTION] ?? '');
+    this.connectFn(ac.signal, clientIP).then(
       (d) => cb?.(null, socketShim(d)),
       (e: Error) => cb?.(e, undefined as unknown as Duplex),
     );
