@@ -544,6 +544,10 @@ class PortListener {
       this.gw.metrics.connections.inc({ port: this.portLabel, kind, outcome: 'upstream_failed' });
       if (typeof client.resetAndDestroy === 'function' && !(client instanceof TLSSocket)) client.resetAndDestroy();
       else client.destroy();
+    }).catch((e: unknown) => {
+      // A bug on this connection's path costs the connection, never the process.
+      this.gw.o.log.error({ err: e }, 'gateway: relaying a connection failed');
+      client.destroy();
     });
   }
 
@@ -701,6 +705,7 @@ class PortListener {
       this.gw.o.log.debug({ service: dest.serviceKey, reason: e.message }, 'gateway: upstream request failed');
       this.send(res, noEndpoint ? 503 : 502, noEndpoint ? 'no healthy upstream\n' : 'upstream connection failed\n');
     });
+    res.on('error', () => {});
     res.once('close', () => {
       clearTimeout(timer);
       if (!res.writableFinished) up.destroy();

@@ -54,7 +54,7 @@ export class MeshAgent extends Agent {
     this.connectFn(ac.signal, clientIP).then(
       (d) => cb?.(null, socketShim(d)),
       (e: Error) => cb?.(e, undefined as unknown as Duplex),
-    );
+    ).catch(() => {}); // cb is the Agent's own; nothing it throws may become an unhandled rejection
     return undefined as unknown as Duplex;
   }
 
