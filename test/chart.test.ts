@@ -225,6 +225,7 @@ const VARIANTS: [string, Obj][] = [
   ['defaults', values],
   ['token from env, existing Secret', withValues({ token: { delivery: 'env', existingSecret: 'mine' } })],
   ['NodePort + destinationRules', withValues({ server: { service: { type: 'NodePort' } }, rbac: { destinationRules: true } })],
+  ['gateway RBAC', withValues({ rbac: { gateway: true } })],
   ['ClusterIP + externalIPs', withValues({ server: { service: { type: 'ClusterIP', externalIPs: ['203.0.113.5'] } } })],
   ['no server', withValues({ server: { enabled: false } })],
   ['no agent', withValues({ agent: { enabled: false } })],
@@ -534,11 +535,15 @@ describe('identity (docs/identity.md)', () => {
 
 describe('RBAC', () => {
   // What each kind the cluster source delivers (ResourceKind in packages/agent/src/cluster/types.ts) needs.
-  const RESOURCES: Record<string, { group: string; resource: string; optional?: boolean }> = {
+  // `flag`: the rbac.* value that grants it (only then).
+  const RESOURCES: Record<string, { group: string; resource: string; flag?: 'destinationRules' | 'gateway' }> = {
     Service: { group: '', resource: 'services' },
     EndpointSlice: { group: 'discovery.k8s.io', resource: 'endpointslices' },
     Node: { group: '', resource: 'nodes' },
-    DestinationRule: { group: 'networking.istio.io', resource: 'destinationrules', optional: true },
+    DestinationRule: { group: 'networking.istio.io', resource: 'destinationrules', flag: 'destinationRules' },
+    Gateway: { group: 'networking.istio.io', resource: 'gateways', flag: 'gateway' },
+    VirtualService: { group: 'networking.istio.io', resource: 'virtualservices', flag: 'gateway' },
+    Secret: { group: '', resource: 'secrets', flag: 'gateway' },
   };
   const kinds = (() => {
     const m = /export type ResourceKind\s*=\s*([^;]+);/.exec(read(join(root, 'packages/agent/src/cluster/types.ts')));
@@ -559,10 +564,12 @@ describe('RBAC', () => {
     assert.deepEqual(kinds.filter((k) => !RESOURCES[k]), [], 'add the new kind to the chart RBAC and to this table');
   });
 
-  test('covers exactly the watched resources; destinationrules only when enabled', () => {
-    const want = (withDR: boolean) => kinds.filter((k) => withDR || !RESOURCES[k].optional).map((k) => `${RESOURCES[k].group}/${RESOURCES[k].resource}`).sort();
-    assert.deepEqual(granted(values), want(false));
-    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true } })), want(true));
+  test('covers exactly the watched resources; destinationrules, gateways/virtualservices/secrets only when enabled', () => {
+    const want = (...flags: string[]) => kinds.filter((k) => !RESOURCES[k].flag || flags.includes(RESOURCES[k].flag!)).map((k) => `${RESOURCES[k].group}/${RESOURCES[k].resource}`).sort();
+    assert.deepEqual(granted(values), want());
+    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true } })), want('destinationRules'));
+    assert.deepEqual(granted(withValues({ rbac: { gateway: true } })), want('gateway'));
+    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true, gateway: true } })), want('destinationRules', 'gateway'));
   });
 });
 

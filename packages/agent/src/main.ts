@@ -23,6 +23,11 @@ import type { TunnelDialer } from './tunnel/dialer.ts';
 import { buildReport } from './fleet/report.ts';
 import { Reporter } from './fleet/reporter.ts';
 import { tunnelPeers } from './fleet/collect.ts';
+import { LocalFirstNodeDialer, type NodeDialer } from './nodeaccess/access.ts';
+import { resolveDestination } from './socks5/destination.ts';
+import { Socks5Server, type Socks5Status } from './socks5/server.ts';
+import { loadUsers, type Users } from './socks5/users.ts';
+import { Gateway, type GatewayStatus } from './gateway/server.ts';
 
 export interface AgentStatus {
   node: string;
@@ -37,6 +42,10 @@ export interface AgentStatus {
     /** Load-balancing policy (proxy). */
     policy?: string;
   }[];
+  /** The SOCKS5 entry point (socks5.enabled). */
+  socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
+  /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
+  gateway?: GatewayStatus;
 }
 
 export class Agent {
@@ -63,6 +72,15 @@ export class Agent {
   /** How the proxy reaches endpoints: `direct` always; the tunnel module sets `tunnel` for other nodes' endpoints. */
   readonly dialers: { direct: Dialer; tunnel?: Dialer } = { direct: new DirectDialer() };
   proxy?: Proxier;
+  /**
+   * Reaches other nodes' own ports (node access, SOCKS5 `<node>:<port>`) — set by the tunnel wiring; until then only
+   * this node's own allowed ports are reachable.
+   */
+  nodeDialer: NodeDialer | undefined;
+  socks5: Socks5Server | undefined;
+  gateway: Gateway | undefined;
+  /** socks5.usersFile, read when the agent is made (a bad file fails the start, naming the key). */
+  private readonly socks5Users: Users | undefined;
   /** Proxy timings a test may shorten before start() (production uses the defaults). */
   readonly proxyTuning: { reassertMs?: number } = {};
 
@@ -74,6 +92,7 @@ export class Agent {
     this.model.onListenerError = (err) => log.error({ err }, 'a cluster snapshot subscriber failed');
     if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
     validateProxyConfig(cfg); // and bad proxy.* keys here
+    this.socks5Users = cfg.socks5.enabled && cfg.socks5.usersFile ? loadUsers(cfg.socks5.usersFile, log) : undefined;
     this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
@@ -100,6 +119,8 @@ export class Agent {
         routing: routes?.get(s.key)?.routing ?? 'none',
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
       })),
+      ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
+      ...(this.gateway ? { gateway: this.gateway.status() } : {}),
     };
   }
 
@@ -174,6 +195,10 @@ export class Agent {
     // --- proxy (intercept/, proxy/, lb/, routing/) ---
     await this.startProxy();
 
+    // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
+    if (this.cfg.socks5.enabled) await this.startSocks5();
+    if (this.cfg.gateway.enabled) await this.startGateway();
+
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
   }
@@ -230,6 +255,40 @@ export class Agent {
     const p = proxy;
     await proxy.start();
     this.admin.addCheck('proxy', () => p.ready());
+  }
+
+  // --- SOCKS5 into the mesh: node access (nodeaccess/) and Services through the proxy's connect path ---
+  private async startSocks5(): Promise<void> {
+    const proxy = this.proxy!;
+    const cfg = this.cfg;
+    const users = this.socks5Users;
+    const nodeDialer = new LocalFirstNodeDialer({ self: cfg.nodeName, config: cfg.nodeAccess, nodes: () => this.model.snapshot().nodes, remote: () => this.nodeDialer });
+    const socks5 = new Socks5Server({
+      listen: cfg.socks5.listen, log: this.log.child({ mod: 'socks5' }), registry: this.registry, budgets: this.budgets, fds: this.fds, users,
+      maxConnections: cfg.socks5.maxConnections, maxPerSource: cfg.socks5.maxPerSource,
+      resolve: (req) => resolveDestination(req, { snapshot: this.model.snapshot(), serviceForIP: (ip) => this.serviceIPs.serviceFor(ip), domain: cfg.dns.domain }),
+      connectService: (key, port, from) => proxy.connectTcp(key, port, from),
+      nodeDialer,
+    });
+    await socks5.start();
+    this.socks5 = socks5;
+    await this.own(() => socks5.stop());
+    this.admin.addCheck('socks5', () => socks5.listening);
+  }
+
+  // --- Ingress gateway: Istio Gateway + VirtualService on this node's addresses, into mesh Services ---
+  private async startGateway(): Promise<void> {
+    const proxy = this.proxy!;
+    const gc = this.cfg.gateway;
+    const gateway = new Gateway({
+      log: this.log.child({ mod: 'gateway' }), registry: this.registry, budgets: this.budgets, fds: this.fds, model: this.model,
+      thisNode: this.cfg.nodeName, domain: this.cfg.dns.domain, addresses: gc.addresses, maxConnections: gc.maxConnections, maxPerSource: gc.maxPerSource,
+      connect: (key, port, from) => proxy.connectTcp(key, port, from),
+    });
+    this.gateway = gateway;
+    await this.own(() => gateway.stop());
+    await gateway.start();
+    this.admin.addCheck('gateway', () => gateway.ready());
   }
 
   /** Stops what start() brought up, last first; safe to call while start() is still under way, and twice. */

@@ -107,6 +107,31 @@ export const agentSchema = z.strictObject({
     /** Alternative to caFile: sha256:<hex> of the CA's SubjectPublicKeyInfo (kubeadm style). */
     caHash: caHash.default(''),
   }).prefault({}),
+  /** SOCKS5 (RFC 1928 CONNECT) into the mesh: `<nodeName>:<port>` (node access) or a Service name/IP. */
+  socks5: z.strictObject({
+    enabled: z.boolean().default(false),
+    listen: hostPort(false).default('127.0.0.1:10800'),
+    /** RFC 1929 username/password: a file of `user:password` lines (e.g. a mounted Secret); empty = no authentication. */
+    usersFile: z.string().default(''),
+    maxConnections: z.number().int().min(1).max(100_000).default(1024),
+    maxPerSource: z.number().int().min(1).max(100_000).default(256),
+  }).prefault({}),
+  /** Which of this node's own host ports peers may reach through the tunnel (SOCKS5 `<thisNode>:<port>`), and who. */
+  nodeAccess: z.strictObject({
+    allowedPorts: z.array(z.number().int().min(1).max(65535)).default([]),
+    /** Callers admitted by group (their Node's group here); with allowedNodes empty too: any enrolled cluster node. */
+    allowedGroups: z.array(z.string().min(1)).default([]),
+    allowedNodes: z.array(z.string().min(1)).default([]),
+  }).prefault({}),
+  /** Ingress gateway: serves Istio Gateway + VirtualService from this node's addresses. */
+  gateway: z.strictObject({
+    enabled: z.boolean().default(false),
+    /** Addresses the Gateway ports listen on; empty = this node's Node status.addresses that are local to the host. */
+    addresses: z.array(ipAddress).default([]),
+    /** Connections per listener (port) in total and per source address. */
+    maxConnections: z.number().int().min(1).max(100_000).default(4096),
+    maxPerSource: z.number().int().min(1).max(100_000).default(256),
+  }).prefault({}),
   admin: adminSchema('127.0.0.1:10560'),
   log: logSchema,
 }).superRefine((c, ctx) => {

@@ -1,5 +1,5 @@
-// File source: a directory of multi-document YAML manifests (Service, EndpointSlice, Node, DestinationRule; also
-// `kind: List`), watched with fs.watch (debounced) plus a slow periodic rescan, because fs.watch misses events on
+// File source: a directory of multi-document YAML manifests (Service, EndpointSlice, Node, and Istio DestinationRule,
+// Gateway, VirtualService, and kubernetes.io/tls Secrets for the gateway; also `kind: List`), watched with fs.watch (debounced) plus a slow periodic rescan, because fs.watch misses events on
 // some filesystems and across ConfigMap symlink swaps.
 //
 // Rules:
@@ -18,6 +18,7 @@ import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
 import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
+import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService } from './istio.ts';
 
 /** Quiet period after a change event before the directory is rescanned. */
 export const FILE_DEBOUNCE_MS = 150;
@@ -46,6 +47,9 @@ const KIND_API: Record<string, { kind: ResourceKind; api: (v: string) => boolean
   EndpointSlice: { kind: 'EndpointSlice', api: (v) => v === 'discovery.k8s.io/v1' || v === 'discovery.k8s.io/v1beta1' },
   Node: { kind: 'Node', api: (v) => v === 'v1' },
   DestinationRule: { kind: 'DestinationRule', api: (v) => v.startsWith('networking.istio.io/') },
+  Gateway: { kind: 'Gateway', api: (v) => v.startsWith('networking.istio.io/') },
+  VirtualService: { kind: 'VirtualService', api: (v) => v.startsWith('networking.istio.io/') },
+  Secret: { kind: 'Secret', api: (v) => v === 'v1' },
 };
 
 /** Checks a raw object the way the model will, so the file source can name the file in the log. Throws ManifestError. */
@@ -54,6 +58,9 @@ export function validateObject(kind: ResourceKind, obj: RawObject): void {
   if (kind === 'Service') normalizeService(obj);
   else if (kind === 'EndpointSlice') normalizeSlice(obj);
   else if (kind === 'Node') normalizeNode(obj, []);
+  else if (kind === 'Gateway') normalizeGateway(obj);
+  else if (kind === 'VirtualService') normalizeVirtualService(obj);
+  else if (kind === 'Secret') normalizeTlsSecret(obj);
   else normalizeDestinationRule(obj);
 }
 

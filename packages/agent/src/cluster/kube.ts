@@ -1,5 +1,6 @@
 // Kubernetes source: list + watch (cluster/kubeclient.ts, a thin client over node:http/https) for Services,
-// EndpointSlices (discovery.k8s.io/v1), Nodes and Istio DestinationRules, each kind under a supervisor:
+// EndpointSlices (discovery.k8s.io/v1), Nodes and Istio DestinationRules (with the gateway on: also Istio Gateways
+// and VirtualServices, v1 then v1beta1, and kubernetes.io/tls Secrets), each kind under a supervisor:
 // - A list (paginated) replace()s its kind in the model, so objects deleted while disconnected (or present only in
 //   the loaded offline state) disappear; then a watch from the list's resourceVersion (with bookmarks) turns events
 //   into upsert()/remove(). 410 Gone (HTTP 410 or an ERROR event with code 410) relists. A watch the server ends
@@ -112,11 +113,14 @@ function slim(obj: Record<string, unknown>): RawObject {
   return { ...(obj as object), metadata: rest } as RawObject;
 }
 
+/** Istio CRDs: an absent one (404 on every version) means "none", rechecked every KUBE_CRD_RECHECK_MS. */
+const ISTIO_KINDS: ReadonlySet<ResourceKind> = new Set(['DestinationRule', 'Gateway', 'VirtualService']);
+
 interface KindSpec {
   kind: ResourceKind;
   core: boolean;
-  /** Candidate collection paths; the next is tried on 404 (DestinationRule API versions). */
-  variants: { path: string; version: string }[];
+  /** Candidate collection paths; the next is tried on 404 (Istio API versions). */
+  variants: { path: string; version: string; fieldSelector?: string }[];
 }
 
 export interface KubeSourceOptions {
@@ -128,6 +132,8 @@ export interface KubeSourceOptions {
   registry?: Registry;
   /** Watch DestinationRules (default true). */
   destinationRules?: boolean;
+  /** Watch Istio Gateways + VirtualServices and kubernetes.io/tls Secrets (gateway.enabled; default false). */
+  gateway?: boolean;
   /** Watch only these kinds (default all); edgemesh-server watches Nodes only. */
   kinds?: readonly ResourceKind[];
 }
@@ -184,12 +190,13 @@ class KindWatcher {
   }
 
   private async loop(signal: AbortSignal): Promise<void> {
-    const { path } = this.spec.variants[this.variant];
+    const { path, fieldSelector } = this.spec.variants[this.variant];
+    const query: Record<string, string> = fieldSelector ? { fieldSelector } : {};
     const { kind } = this.spec;
     const sink = this.src.sink!;
     for (;;) {
       if (this.resourceVersion === undefined) {
-        const res = await list(this.src.connection, path, signal);
+        const res = await list(this.src.connection, path, signal, query);
         if (signal.aborted) return;
         // The relist is the truth: replace the kind (drops objects deleted meanwhile or known only from the state file).
         sink.replace(kind, res.items.map(slim));
@@ -198,7 +205,7 @@ class KindWatcher {
         this.alive();
         this.log.debug({ kind, items: res.items.length, resourceVersion: res.resourceVersion }, 'listed');
       }
-      const end = await this.watch(path, signal);
+      const end = await this.watch(path, query, signal);
       if (signal.aborted) return;
       if (end === 'gone') {
         this.resourceVersion = undefined;
@@ -210,7 +217,7 @@ class KindWatcher {
   }
 
   /** One watch from this.resourceVersion, until the server ends it, it goes silent, or 410. Throws on other failures. */
-  private async watch(path: string, parent: AbortSignal): Promise<WatchEnd> {
+  private async watch(path: string, query: Record<string, string>, parent: AbortSignal): Promise<WatchEnd> {
     const { kind } = this.spec;
     const sink = this.src.sink!;
     const ac = new AbortController();
@@ -225,7 +232,7 @@ class KindWatcher {
     };
     try {
       arm();
-      const res = await get(this.src.connection, path, { watch: 'true', resourceVersion: this.resourceVersion ?? '', allowWatchBookmarks: 'true' }, ac.signal).catch((e: unknown) => {
+      const res = await get(this.src.connection, path, { ...query, watch: 'true', resourceVersion: this.resourceVersion ?? '', allowWatchBookmarks: 'true' }, ac.signal).catch((e: unknown) => {
         if (statusOf(e) === 410) { gone = true; return undefined; }
         throw e;
       });
@@ -269,7 +276,7 @@ class KindWatcher {
     if (run !== this.run || run.signal.aborted || this.state !== 'running') return;
     const status = statusOf(err);
     const { kind } = this.spec;
-    if (status === 404 && kind === 'DestinationRule') {
+    if (status === 404 && ISTIO_KINDS.has(kind)) {
       if (this.variant + 1 < this.spec.variants.length) {
         this.variant++;
         this.start(true);
@@ -281,7 +288,7 @@ class KindWatcher {
       this.variant = 0;
       this.retire();
       this.state = 'absent';
-      this.log.info({ kind }, 'DestinationRule CRD not installed; checking again later');
+      this.log.info({ kind }, `${kind} CRD not installed; checking again later`);
       this.timer = setTimeout(() => this.start(true), this.src.timing.crdRecheckMs);
       return;
     }
@@ -357,6 +364,13 @@ export class KubeSource implements ClusterSource {
         core: false,
         variants: ['v1', 'v1beta1'].map((version) => ({ path: `/apis/networking.istio.io/${version}/destinationrules`, version })),
       });
+    }
+    if (opts.gateway) {
+      for (const [kind, plural] of [['Gateway', 'gateways'], ['VirtualService', 'virtualservices']] as const) {
+        specs.push({ kind, core: false, variants: ['v1', 'v1beta1'].map((version) => ({ path: `/apis/networking.istio.io/${version}/${plural}`, version })) });
+      }
+      // TLS Secrets only (the model keeps and shows only those a Gateway references).
+      specs.push({ kind: 'Secret', core: false, variants: [{ path: '/api/v1/secrets', version: 'v1', fieldSelector: 'type=kubernetes.io/tls' }] });
     }
     this.watchers = specs.filter((s) => !opts.kinds || opts.kinds.includes(s.kind)).map((s) => new KindWatcher(this, s));
   }

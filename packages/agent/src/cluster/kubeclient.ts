@@ -221,12 +221,12 @@ export interface ListResult { items: Obj[]; resourceVersion: string }
  * Lists a collection in pages of KUBE_LIST_PAGE_SIZE (the API server keeps one consistent snapshot across the pages
  * of one list). A 410 on a page (the continue token expired) propagates: the caller lists again.
  */
-export async function list(conn: KubeConnection, path: string, signal: AbortSignal): Promise<ListResult> {
+export async function list(conn: KubeConnection, path: string, signal: AbortSignal, query: Record<string, string> = {}): Promise<ListResult> {
   const items: Obj[] = [];
   let cont: string | undefined;
   let resourceVersion = '';
   do {
-    const res = await get(conn, path, { limit: String(KUBE_LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) }, signal);
+    const res = await get(conn, path, { ...query, limit: String(KUBE_LIST_PAGE_SIZE), ...(cont ? { continue: cont } : {}) }, signal);
     const page = obj(JSON.parse(await readBody(res, KUBE_MAX_LIST_BYTES)));
     const md = obj(page.metadata);
     for (const it of Array.isArray(page.items) ? page.items : []) items.push(obj(it));

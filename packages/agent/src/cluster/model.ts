@@ -1,6 +1,7 @@
 // Normalises raw Kubernetes objects into the immutable model and publishes consistent snapshots.
 // Normalisation is pure; ClusterModel holds the raw objects and coalesces changes into one snapshot per tick.
-import type { DestinationRule, Endpoint, EndpointPort, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot } from './types.ts';
+import type { DestinationRule, Endpoint, EndpointPort, IstioGateway, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot, TlsSecret, VirtualService } from './types.ts';
+import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService, referencedSecrets, slimSecret } from './istio.ts';
 import { DEFAULT_AFFINITY_TIMEOUT_S, OPT_OUT_LABEL, SERVICE_NAME_LABEL } from './types.ts';
 
 type Obj = Record<string, unknown>;
@@ -35,7 +36,7 @@ export function objectKey(obj: RawObject, kind: ResourceKind = 'Service'): strin
   return kind === 'Node' ? name : `${namespace}/${name}`;
 }
 
-export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule'];
+export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule', 'Gateway', 'VirtualService', 'Secret'];
 
 /** Returns the normalised Service, or undefined when it opts out of the mesh. Throws ManifestError when malformed. */
 export function normalizeService(obj: RawObject): Service | undefined {
@@ -198,6 +199,10 @@ export class ClusterModel implements ModelSink {
   private slices = new Map<string, NormalizedSlice>();
   private nodes = new Map<string, NodeInfo>();
   private rules = new Map<string, DestinationRule>();
+  private gateways = new Map<string, IstioGateway>();
+  private virtualServices = new Map<string, VirtualService>();
+  /** Every TLS Secret delivered; only those a Gateway references reach a snapshot or the state file. */
+  private secrets = new Map<string, TlsSecret>();
   /** The accepted raw objects per kind and key, for the offline last-good-state file. */
   private readonly raw = new Map<ResourceKind, Map<string, RawObject>>(RESOURCE_KINDS.map((k) => [k, new Map()]));
   private current: Snapshot = EMPTY;
@@ -230,6 +235,9 @@ export class ClusterModel implements ModelSink {
       this.optedOut = new Map();
     } else if (kind === 'EndpointSlice') this.slices = new Map();
     else if (kind === 'DestinationRule') this.rules = new Map();
+    else if (kind === 'Gateway') this.gateways = new Map();
+    else if (kind === 'VirtualService') this.virtualServices = new Map();
+    else if (kind === 'Secret') this.secrets = new Map();
     else this.nodes = new Map();
     this.raw.get(kind)!.clear();
     for (const o of objects) this.put(kind, o);
@@ -247,7 +255,8 @@ export class ClusterModel implements ModelSink {
     } catch {
       return;
     }
-    const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules : this.nodes;
+    const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules
+      : kind === 'Gateway' ? this.gateways : kind === 'VirtualService' ? this.virtualServices : kind === 'Secret' ? this.secrets : this.nodes;
     const hadRaw = this.raw.get(kind)!.delete(key);
     const hadOptedOut = kind === 'Service' && this.optedOut.delete(key);
     if (map.delete(key) || hadRaw || hadOptedOut) this.markDirty();
@@ -259,10 +268,18 @@ export class ClusterModel implements ModelSink {
     return this.current;
   }
 
-  /** The accepted raw objects (including opted-out Services), for the last-good-state file. */
+  /**
+   * The accepted raw objects (including opted-out Services), for the last-good-state file. Secrets: only those a
+   * Gateway references, slimmed to the certificate and key.
+   */
   rawState(): RawState {
     const list = (k: ResourceKind) => [...this.raw.get(k)!.values()];
-    return { services: list('Service'), endpointSlices: list('EndpointSlice'), nodes: list('Node'), destinationRules: list('DestinationRule') };
+    const wanted = referencedSecrets(this.gateways.values());
+    const secrets = [...this.raw.get('Secret')!].filter(([key]) => wanted.has(key)).map(([, o]) => o);
+    return {
+      services: list('Service'), endpointSlices: list('EndpointSlice'), nodes: list('Node'), destinationRules: list('DestinationRule'),
+      gateways: list('Gateway'), virtualServices: list('VirtualService'), secrets,
+    };
   }
 
   /** Returns false when the object was rejected (the previous version, if any, stays). */
@@ -287,6 +304,24 @@ export class ClusterModel implements ModelSink {
       } else if (kind === 'DestinationRule') {
         const r = normalizeDestinationRule(obj);
         this.rules.set(r.key, r);
+      } else if (kind === 'Gateway') {
+        const g = normalizeGateway(obj);
+        this.gateways.set(g.key, g);
+      } else if (kind === 'VirtualService') {
+        const v = normalizeVirtualService(obj);
+        this.virtualServices.set(v.key, v);
+      } else if (kind === 'Secret') {
+        const t = normalizeTlsSecret(obj);
+        // Not a TLS Secret: nothing of it is kept (a source that does not filter by type may deliver any Secret).
+        if (!t) {
+          const had = this.secrets.delete(key);
+          this.raw.get(kind)!.delete(key);
+          return had;
+        }
+        this.secrets.set(t.key, t);
+        // Kept raw only in its slim form: never the annotations (kubectl's last-applied copy holds the whole Secret).
+        this.raw.get(kind)!.set(key, slimSecret(t));
+        return true;
       } else {
         const n = normalizeNode(obj, this.groupLabels);
         this.nodes.set(n.name, n);
@@ -326,6 +361,12 @@ export class ClusterModel implements ModelSink {
       endpoints.set(k, e);
     }
     const prev = this.current;
+    const wanted = referencedSecrets(this.gateways.values());
+    const tlsSecrets = new Map<string, TlsSecret>();
+    for (const k of wanted) {
+      const t = this.secrets.get(k);
+      if (t) tlsSecrets.set(k, t);
+    }
     this.current = Object.freeze({
       version: prev.version + 1,
       services: new Map(this.services),
@@ -333,6 +374,9 @@ export class ClusterModel implements ModelSink {
       endpoints,
       nodes: new Map(this.nodes),
       destinationRules: new Map(this.rules),
+      gateways: new Map(this.gateways),
+      virtualServices: new Map(this.virtualServices),
+      tlsSecrets,
     });
     for (const fn of this.listeners) {
       try {
@@ -351,4 +395,8 @@ export interface RawState {
   endpointSlices: RawObject[];
   nodes: RawObject[];
   destinationRules: RawObject[];
+  gateways: RawObject[];
+  virtualServices: RawObject[];
+  /** Only Secrets a Gateway references, slimmed (slimSecret). */
+  secrets: RawObject[];
 }

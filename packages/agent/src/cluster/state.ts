@@ -48,7 +48,11 @@ export async function loadState(stateDir: string, log: Logger): Promise<{ state:
     if (parsed.format !== STATE_FORMAT || !st || !isObjArray(st.services) || !isObjArray(st.endpointSlices) || !isObjArray(st.nodes)) {
       throw new Error(`unexpected shape (format ${String(parsed.format)})`);
     }
-    const state: RawState = { services: st.services, endpointSlices: st.endpointSlices, nodes: st.nodes, destinationRules: isObjArray(st.destinationRules) ? st.destinationRules : [] };
+    const opt = (v: unknown): RawObject[] => (isObjArray(v) ? v : []);
+    const state: RawState = {
+      services: st.services, endpointSlices: st.endpointSlices, nodes: st.nodes, destinationRules: opt(st.destinationRules),
+      gateways: opt(st.gateways), virtualServices: opt(st.virtualServices), secrets: opt(st.secrets),
+    };
     return { state, savedAt: String(parsed.savedAt ?? ''), source: String(parsed.source ?? '') };
   } catch (e) {
     log.warn({ file, reason: (e as Error).message }, 'ignoring a corrupt last good cluster state file');
@@ -58,7 +62,10 @@ export async function loadState(stateDir: string, log: Logger): Promise<{ state:
 
 /** Feeds a loaded state into the sink, one consistent replace() per kind. */
 export function applyState(sink: ModelSink, state: RawState): void {
-  const kinds: [ResourceKind, RawObject[]][] = [['Service', state.services], ['EndpointSlice', state.endpointSlices], ['Node', state.nodes], ['DestinationRule', state.destinationRules]];
+  const kinds: [ResourceKind, RawObject[]][] = [
+    ['Service', state.services], ['EndpointSlice', state.endpointSlices], ['Node', state.nodes], ['DestinationRule', state.destinationRules],
+    ['Gateway', state.gateways], ['VirtualService', state.virtualServices], ['Secret', state.secrets],
+  ];
   for (const [kind, objs] of kinds) sink.replace(kind, objs);
 }
 

@@ -10,7 +10,9 @@ import type { Rng } from '../lb/hash.ts';
 import { policyFor } from '../lb/policy.ts';
 import { TIERS, type RoutingDefault, type Tier } from '../routing/routing.ts';
 import type { Dialer } from './dialer.ts';
+import type { ListenerContext } from './listener.ts';
 import { createProxyMetrics, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
+import { dialServicePort, ServiceConnectError, type ConnectFrom, type ServiceConnection } from './connect.ts';
 import { PortState } from './portstate.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
@@ -102,11 +104,14 @@ export class Proxier {
   private prevNodes: ReadonlyMap<string, NodeInfo> | undefined;
   private prevRules: ReadonlyMap<string, DestinationRule> | undefined;
   private appliedRulesKey: string | undefined;
+  /** What connectTcp's dials run in (the listeners' context). */
+  private readonly ctx: ListenerContext;
 
   constructor(o: ProxierOptions) {
     this.o = o;
     this.metrics = createProxyMetrics(o.registry);
     this.limit = { active: 0, max: o.maxConnections ?? TCP_MAX_CONNECTIONS };
+    this.ctx = { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup: () => this.myGroup(o.model.snapshot()) };
   }
 
   async start(): Promise<void> {
@@ -237,6 +242,43 @@ export class Proxier {
   /** The local listener port for a service port (tests, intercept: none users). */
   listenerPort(serviceKey: string, port: number, protocol: 'TCP' | 'UDP' = 'TCP'): number | undefined {
     return this.listeners.get(`${serviceKey}:${port}/${protocol}`)?.port;
+  }
+
+  /**
+   * Connects to a Service's TCP port as if a pod's connection to its IP had been intercepted (routing, balancing,
+   * dialer choice, metrics, the shared connection limit): the SOCKS5 and gateway entry points call this. Throws
+   * ServiceConnectError.
+   */
+  async connectTcp(serviceKey: string, port: number, from: ConnectFrom): Promise<ServiceConnection> {
+    const l = this.listeners.get(`${serviceKey}:${port}/TCP`);
+    if (!(l instanceof TcpListener)) {
+      const svc = this.o.model.snapshot().services.get(serviceKey);
+      if (!svc) throw new ServiceConnectError('no_service', `no Service ${serviceKey}`);
+      if (!svc.ports.some((p) => p.port === port && p.protocol === 'TCP')) throw new ServiceConnectError('no_port', `Service ${serviceKey} has no TCP port ${port}`);
+      throw new ServiceConnectError('not_proxied', `Service ${serviceKey} is not proxied by the mesh (headless, ExternalName or no listener yet)`);
+    }
+    const { limit, metrics } = this;
+    if (limit.active >= limit.max) {
+      metrics.refused.inc({ service: serviceKey, protocol: 'tcp', reason: 'limit' });
+      throw new ServiceConnectError('limit', `${limit.max} proxied connections open`);
+    }
+    limit.active++;
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      limit.active--;
+      metrics.active.dec({ service: serviceKey, protocol: 'tcp' });
+    };
+    metrics.active.inc({ service: serviceKey, protocol: 'tcp' });
+    try {
+      const c = await dialServicePort(l.state, this.ctx, this.o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, from);
+      c.upstream.once('close', release);
+      return c;
+    } catch (e) {
+      release();
+      throw e;
+    }
   }
 
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
