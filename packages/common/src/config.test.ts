@@ -34,6 +34,7 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
     proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16' },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
     tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '' },
+    shutdownDrainSeconds: 30,
     admin: { listen: '127.0.0.1:10560', maxConnections: 64 },
     log: { level: 'info' },
   });

@@ -107,6 +107,8 @@ export const agentSchema = z.strictObject({
     /** Alternative to caFile: sha256:<hex> of the CA's SubjectPublicKeyInfo (kubeadm style). */
     caHash: caHash.default(''),
   }).prefault({}),
+  /** A stopping agent (takeover or SIGTERM) lets in-flight connections finish for up to this long. */
+  shutdownDrainSeconds: z.number().int().min(0).max(3600).default(30),
   admin: adminSchema('127.0.0.1:10560'),
   log: logSchema,
 }).superRefine((c, ctx) => {
