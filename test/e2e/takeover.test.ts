@@ -6,11 +6,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import { join } from 'node:path';
 import { node, service, slice } from '../lib/proxyfixtures.ts';
-import { AGENT_BIN, AGENT_IP, BACKEND_IP, HELPERS, agentConfig, buildNodeLab, collect, type NodeLab } from '../lib/nodelab.ts';
+import { stringify } from 'yaml';
+import { AGENT_BIN, AGENT_IP, BACKEND_IP, CLIENT_IP, HELPERS, ROOT, agentConfig, buildNodeLab, collect, type NodeLab } from '../lib/nodelab.ts';
 
 const isRoot = process.getuid?.() === 0;
 const SVC_IP = '100.64.0.10';
@@ -34,7 +35,18 @@ before(async () => {
     slice('web', [{ name: 'tcp', port: 8080 }, { name: 'udp', port: 9000, protocol: 'UDP' }], [{ ip: BACKEND_IP, node: 'n-a' }]),
   ]);
   stateDir = join(lab.dir, 'state');
-  cfg = agentConfig(lab, manifests, stateDir, { shutdownDrainSeconds: 20 });
+  // An edgemesh-server in the client namespace: a successor is ready only once connected to it, and the old agent
+  // must leave the server session to it (one session per node) instead of taking it back.
+  const tokenFile = join(lab.dir, 'token');
+  writeFileSync(tokenFile, 'takeover-test-token-0123456789\n', { mode: 0o600 });
+  const serverCfg = join(lab.dir, 'server.yaml');
+  writeFileSync(serverCfg, stringify({ listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile, admin: { listen: '127.0.0.1:10561' }, log: { level: 'warn' } }));
+  const server = lab.spawnIn(lab.client, join(ROOT, 'packages/server/bin/edgemesh-server.js'), ['--config', serverCfg]);
+  void collect(server);
+  cfg = agentConfig(lab, manifests, stateDir, {
+    shutdownDrainSeconds: 20,
+    tunnel: { enabled: true, servers: [`${CLIENT_IP}:20004`], listenPort: 20006, tokenFile },
+  });
   const backend = lab.spawnIn(lab.node, join(HELPERS, 'line-backend.ts'), [BACKEND_IP, '8080', '9000']);
   await collect(backend).waitFor(/^up$/m, START_DEADLINE_MS);
 });
@@ -100,4 +112,7 @@ test('three takeovers in a row under load: no failed request or DNS query, old a
   assert.doesNotMatch(addrs, new RegExp(AGENT_IP.replaceAll('.', '\\.')), 'the agent address is gone');
   assert.equal(existsSync(join(stateDir, 'agent.sock')), false, 'no handoff socket left');
   assert.equal(existsSync(join(stateDir, 'listener-ports.json')), true, 'the listener port table stays for the next start');
+  // Each agent signed in to the server once: no agent took the node's session back from its successor.
+  const m = (await l.inClient(['curl', '-sf', 'http://127.0.0.1:10561/metrics'])).stdout;
+  assert.match(m, /edgemesh_server_auth_total\{outcome="ok"\} 4\n/, m.split('\n').filter((x) => x.includes('auth')).join('\n'));
 });

@@ -39,6 +39,12 @@ export const MAX_WARM_LINKS = 64;
 /** A draining agent ends once no TCP connection is open, no DNS answer is owed and no UDP datagram passed for this long. */
 export const UDP_DRAIN_QUIET_MS = 1000;
 export const DRAIN_POLL_MS = 100;
+/**
+ * While a successor takes over, a server session of ours that drops (the server replaced it with the successor's:
+ * one session per node) is not re-dialled, or the two agents would take the session from each other in turns. Looked
+ * at this often — well within the reconnect backoff's 0.5 s minimum.
+ */
+export const SERVER_YIELD_POLL_MS = 100;
 export const TCP_MIGRATE_REQ = '/proc/sys/net/ipv4/tcp_migrate_req';
 
 /** The parts of the agent a takeover works on (undefined when not running: dns off, intercept none, ...). */
@@ -51,7 +57,11 @@ export interface TakeoverParts {
   ports?: ListenerPorts;
   proxy?: Proxier;
   dns?: DnsHandle;
-  tunnel?: { status(): { peers: { node: string; path: string }[] }; link(node: string): Promise<unknown> };
+  tunnel?: {
+    status(): { peers: { node: string; path: string }[] };
+    link(node: string): Promise<unknown>;
+    servers: readonly { readonly connected: boolean; start(): void; stop(): void }[];
+  };
   /** Stops the cluster source (a handed-over agent follows no more changes). */
   stopCluster(): Promise<void>;
 }
@@ -125,6 +135,16 @@ export class Takeover {
     log.info({ pid: hello.pid, version: hello.version }, 'an agent is taking over from this one');
     const peers = (this.p.tunnel?.status().peers ?? []).filter((x) => x.path !== 'connecting').map((x) => x.node);
     peer.send({ t: 'welcome', v: HANDOFF_VERSION, addresses: addedAddresses(), peers });
+    const servers = this.p.tunnel?.servers ?? [];
+    const yielded = new Set<(typeof servers)[number]>();
+    const yieldTimer = setInterval(() => {
+      for (const s of servers) {
+        if (s.connected || yielded.has(s)) continue;
+        s.stop();
+        yielded.add(s);
+      }
+    }, SERVER_YIELD_POLL_MS);
+    yieldTimer.unref();
     let released = false;
     let served = new Set<string>();
     peer.onMessage((m) => {
@@ -138,6 +158,7 @@ export class Takeover {
         })();
       } else if (m.t === 'go' && released && !this.handed) {
         this.handed = true;
+        clearInterval(yieldTimer);
         this.drain = this.handOver(peer, served);
         void this.drain.then(() => this.onDrained());
         this.settled?.();
@@ -147,6 +168,8 @@ export class Takeover {
       if (this.handed) return;
       log.warn('the agent taking over went away before it took over; carrying on');
       this.successor = undefined;
+      clearInterval(yieldTimer);
+      for (const s of yielded) s.start();
       if (released) {
         this.p.ports?.setWritable(true);
         this.p.interceptor?.resume();
