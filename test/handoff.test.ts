@@ -155,3 +155,30 @@ test('SO_REUSEPORT binds: alongside when shared, refused like a plain bind when 
   assert.ok(!fresh.some((f) => f.p === up));
   for (const s of [u1, u2, u3, ...fresh.map((f) => f.s)]) s.close();
 });
+
+test('a stop (SIGTERM) while a successor takes over waits for it, then only drains; with no successor it is a plain stop', async () => {
+  const dir = tmp();
+  const events: string[] = [];
+  try {
+    const first = await HandoffSocket.open(dir, silentLogger, 't', never);
+    const o = stubTakeover(first.socket, events, 'old');
+    o.acceptSuccessors();
+    const s = await HandoffSocket.open(dir, silentLogger, 't', never);
+    let stopped: boolean | undefined;
+    const stopping = o.beforeStop().then((handedOver) => { stopped = handedOver; });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(stopped, undefined, 'the stop waits while the successor is still starting');
+    await stubTakeover(s.socket, events, 'new').takeOver(s.predecessor!, never);
+    await stopping;
+    assert.equal(stopped, true, 'handed over: nothing is cleaned up, the drain ran');
+    assert.ok(events.includes('old drained'));
+    await first.socket.close();
+    await s.socket.close();
+
+    const alone = await HandoffSocket.open(dir, silentLogger, 't', never);
+    assert.equal(await stubTakeover(alone.socket, events, 'alone').beforeStop(), false);
+    await alone.socket.close();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
