@@ -17,7 +17,7 @@ import { IptablesInterceptor } from './intercept/iptables.ts';
 import { acquireLocalAddress, adoptLocalAddresses, isLocalAddress, keepLocalAddresses } from './intercept/localaddr.ts';
 import { ListenerPorts } from './proxy/ports.ts';
 import { HandoffAborted, HandoffSocket, type Predecessor } from './handoff/socket.ts';
-import { Takeover } from './handoff/takeover.ts';
+import { Takeover, TUNNEL_READY_GRACE_MS } from './handoff/takeover.ts';
 import { readToken } from '@edgemesh/common/config';
 import { ensureStateDir } from '@edgemesh/common/fsutil';
 import { Tunnel } from './tunnel/tunnel.ts';
@@ -199,9 +199,10 @@ export class Agent {
       // Peers of nodes that leave the cluster are forgotten (links closed, path state dropped).
       const unsubscribeTunnel = this.model.subscribe((snap) => t.onSnapshot(snap));
       await this.own(async () => { unsubscribeTunnel(); await t.stop(); });
-      // A successor is ready only once connected to a server (then it stays so).
+      // A successor is ready only once connected to a server (then it stays so), or when none answers for a while.
       let connected = !shared;
-      if (shared) this.admin.addCheck('tunnel', () => (connected ||= t.status().servers.some((x) => x.connected)));
+      const since = performance.now();
+      if (shared) this.admin.addCheck('tunnel', () => (connected ||= t.status().servers.some((x) => x.connected) || performance.now() - since > TUNNEL_READY_GRACE_MS));
     }
 
     // --- proxy (intercept/, proxy/, lb/, routing/) ---

@@ -32,6 +32,11 @@ export const TAKEOVER_POLL_MS = 200;
 export const TAKEOVER_CONVERGE_MS = 10_000;
 /** How long a successor waits for the running agent's answer to `ready` before going on without it. */
 export const RELEASE_TIMEOUT_MS = 10_000;
+/**
+ * A successor counts as ready without a server connection after this long (the servers are down: the node's own
+ * Services and DNS must not wait for them, nor the rollout).
+ */
+export const TUNNEL_READY_GRACE_MS = 15_000;
 /** A successor re-establishes the running agent's tunnel links for up to this long before it says ready. */
 export const LINK_WARM_MS = 3000;
 /** At most this many peer links are re-established before ready (the rest open on first use). */
