@@ -114,7 +114,8 @@ export function agentConfig(lab: NodeLab, manifests: string, stateDir: string, e
   const cfg = {
     nodeName: 'n-a', stateDir,
     cluster: { source: 'file', manifestsDir: manifests },
-    dns: { enabled: true, listen: `${AGENT_IP}:53`, upstream: ['127.0.0.1:5399'] },
+    // The client namespace plays the node's pods: the DNS answers it (dns.allowCIDRs; it refuses everyone else).
+    dns: { enabled: true, listen: `${AGENT_IP}:53`, upstream: ['127.0.0.1:5399'], allowCIDRs: ['198.18.40.0/24'] },
     tunnel: { enabled: false },
     proxy: { intercept: 'iptables', bindAddress: AGENT_IP },
     routing: { default: 'cluster' },
