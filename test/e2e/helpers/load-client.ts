@@ -6,7 +6,8 @@
 //   udp-new   UDP request/response, a new socket (source port) per request
 //   dns-udp   DNS A query over UDP, a new socket per query;  dns-tcp  the same over a new TCP connection
 // Every request has REQUEST_TIMEOUT_MS; a timeout, a reset, a refused connection or a wrong answer is a failure.
-// Prints one JSON line: counts per worker kind, failures (kind, error, time), the longest requests.
+// Prints one JSON line: counts per worker kind, failures (kind, error, time), the longest requests, and the longest
+// request per 100 ms of wall-clock time when it ended (`maxMsByWall100`, so a caller can tell what happened when).
 // Usage: node load-client.ts '{"ip":..,"tcpPort":..,"udpPort":..,"dns":"ip:port","name":..,"answer":..}'
 import { connect } from 'node:net';
 import { createSocket } from 'node:dgram';
@@ -26,9 +27,12 @@ type Kind = 'tcp-new' | 'tcp-keep' | 'udp-flow' | 'udp-new' | 'dns-udp' | 'dns-t
 const counts: Record<string, number> = {};
 const failures: { kind: Kind; error: string; atMs: number; wallMs: number }[] = [];
 const longest: { kind: Kind; ms: number; atMs: number }[] = [];
+const maxMsByWall100: Record<number, number> = {};
 
 function record(kind: Kind, ms: number, error?: string): void {
   counts[kind] = (counts[kind] ?? 0) + 1;
+  const bucket = Math.floor(Date.now() / 100);
+  maxMsByWall100[bucket] = Math.max(maxMsByWall100[bucket] ?? 0, Math.round(ms));
   if (error) failures.push({ kind, error, atMs: Math.round(performance.now() - t0), wallMs: Date.now() });
   longest.push({ kind, ms, atMs: Math.round(performance.now() - t0) });
   longest.sort((a, b) => b.ms - a.ms);
@@ -192,5 +196,5 @@ createInterface({ input: process.stdin }).on('line', (l) => { if (l.trim() === '
 setTimeout(() => { stopping = true; }, MAX_SECONDS * 1000).unref();
 process.stdout.write('started\n');
 await Promise.all([tcpNew(0), tcpNew(1), tcpNew(2), tcpKeep(0), tcpKeep(1), udpFlow(0), udpNew(0), dnsUdp(), dnsUdp(), dnsTcp()]);
-process.stdout.write(JSON.stringify({ seconds: Math.round((performance.now() - t0) / 100) / 10, counts, failures: failures.slice(0, 50), failureCount: failures.length, longest }) + '\n');
+process.stdout.write(JSON.stringify({ seconds: Math.round((performance.now() - t0) / 100) / 10, counts, failures: failures.slice(0, 50), failureCount: failures.length, longest, maxMsByWall100 }) + '\n');
 process.exit(0);
