@@ -287,13 +287,33 @@ describe('templates', () => {
     assert.deepEqual(env.find((e) => e.name === 'NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
     assert.equal(((c.livenessProbe as Obj).httpGet as Obj).path, '/healthz');
     assert.equal(((c.readinessProbe as Obj).httpGet as Obj).path, '/readyz');
-    assert.equal(((c.readinessProbe as Obj).httpGet as Obj).port, 'admin');
-    assert.ok((c.ports as Obj[]).some((p) => p.name === 'admin'));
+    // No container ports: on a hostNetwork pod they are host ports, which keep a surge pod off the node.
+    assert.equal(c.ports, undefined);
+    assert.match(templates.get('agent-daemonset.yaml')!, /path: \/readyz\n\s+port: \{\{ include "edgemesh\.agent\.adminPort" \. \}\}/);
     const vols = spec.volumes as Obj[];
     assert.equal((vols.find((v) => v.name === 'state')?.hostPath as Obj).type, 'DirectoryOrCreate');
     assert.ok((c.volumeMounts as Obj[]).some((m) => m.name === 'state'));
     assert.match(templates.get('agent-daemonset.yaml')!, /path: \{\{ \.Values\.agent\.stateHostPath \}\}/);
     assert.deepEqual(c.args, ['node', 'packages/agent/bin/edgemesh-agent.js', '--config', '/etc/edgemesh/config/agent.yaml']);
+  });
+
+  test('the agent DaemonSet upgrades by surge: a new pod next to the old one, which drains before the kubelet kills it', () => {
+    const agent = values.agent as Obj;
+    assert.deepEqual(agent.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    const drain = Number(((agent.config as Obj).shutdownDrainSeconds as number | undefined) ?? agentSchema.parse({}).shutdownDrainSeconds);
+    assert.ok(Number(agent.terminationGracePeriodSeconds) > drain + 10, 'grace period > drain + cleanup');
+    const src = templates.get('agent-daemonset.yaml')!;
+    assert.match(src, /updateStrategy:\n\s+\{\{- toYaml \.Values\.agent\.updateStrategy/);
+    assert.match(src, /\{\{- if le \(int \.Values\.agent\.terminationGracePeriodSeconds\) \$drain \}\}\n\{\{- fail /, 'a grace period not longer than the drain is refused');
+    // The state directory (listener ports, fake IPs, the handoff socket) is one hostPath both pods mount.
+    assert.match(src, /- name: state\n\s+hostPath:\n\s+path: \{\{ \.Values\.agent\.stateHostPath \}\}/);
+    const spec = (((render('agent-daemonset.yaml', values, 'then')[0].spec as Obj).template as Obj).spec as Obj);
+    const [init] = spec.initContainers as Obj[];
+    assert.equal(init.name, 'sysctl');
+    assert.equal((init.securityContext as Obj).privileged, true);
+    assert.match(JSON.stringify(init.command), /tcp_migrate_req/);
+    const off = (((render('agent-daemonset.yaml', withValues({ agent: { tcpMigrateReq: false } }), 'then')[0].spec as Obj).template as Obj).spec as Obj);
+    assert.equal(off.initContainers, undefined);
   });
 
   test('the server Service carries TCP and UDP on the server port and UDP on the STUN alt port', () => {

@@ -57,6 +57,7 @@ async function startAgent(stateDir: string, extra: Record<string, unknown>, objs
   agent.model.replace('Service', objs.services);
   agent.model.replace('EndpointSlice', objs.slices);
   agent.model.flush();
+  await agent.proxy?.settle(); // the proxy has reconciled the new snapshot: the agent is ready
   assert.ok(agent.dns, 'DNS started');
   return { agent, port: agent.dns.address.port };
 }

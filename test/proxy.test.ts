@@ -437,3 +437,50 @@ test('a service-port listener that cannot open (address not on this host) leaves
     handles.stop();
   }
 });
+
+test('readiness follows generations: listeners and the rules of the current snapshot, after the cluster synced; later reconciles never take it away, a wrong kernel does', async () => {
+  // A fake interceptor: the test decides when rules reach the "kernel" and whether it holds them.
+  let gen = 0;
+  let inKernel = 0;
+  let kernelOk = true;
+  const desired: number[] = [];
+  const interceptor = {
+    setDesired: (rules: readonly unknown[]) => { desired.push(rules.length); return ++gen; },
+    appliedFor: (g: number) => inKernel >= g,
+    healthy: () => kernelOk,
+  };
+  let phase: 'synced' | 'offline' | 'empty' = 'empty';
+  const b = await tcpServer('127.0.0.2', 'echo');
+  const { proxier, model } = await setup([
+    node('me'), service({ name: 'a', ip: '10.96.0.21', ports: [{ port: 80, targetPort: b.port }] }),
+    slice('a', [{ port: b.port }], [{ ip: '127.0.0.2', node: 'me' }]),
+  ], { interceptor, cluster: () => phase });
+  try {
+    assert.ok(proxier.listenerPort('default/a', 80), 'listeners open before the source synced');
+    assert.deepEqual(desired, [], 'no rules from a snapshot that is not the cluster yet (a predecessor\'s or leftover rules stay)');
+    assert.equal(proxier.ready(), false);
+    phase = 'synced';
+    proxier.kick();
+    await proxier.settle();
+    assert.deepEqual(desired, [1]);
+    assert.equal(proxier.ready(), false, 'rules handed over, not in the kernel yet');
+    inKernel = gen;
+    assert.equal(proxier.ready(), true);
+    // A new Service: its rules are pending, readiness stays (it never regresses on a reconcile)...
+    model.replace('Service', [
+      service({ name: 'a', ip: '10.96.0.21', ports: [{ port: 80, targetPort: b.port }] }),
+      service({ name: 'b', ip: '10.96.0.22', ports: [{ port: 80, targetPort: b.port }] }),
+    ]);
+    model.flush();
+    await proxier.settle();
+    assert.equal(inKernel < gen, true);
+    assert.equal(proxier.ready(), true);
+    // ...but a kernel found holding other rules (flushed, not re-asserted yet) does take it away.
+    kernelOk = false;
+    assert.equal(proxier.ready(), false);
+    kernelOk = true;
+    assert.equal(proxier.ready(), true);
+  } finally {
+    await proxier.stop();
+  }
+});

@@ -14,7 +14,10 @@ import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
 import { Proxier, validateProxyConfig } from './proxy/proxier.ts';
 import type { IptablesInterceptor } from './intercept/iptables.ts';
-import { acquireLocalAddress, isLocalAddress } from './intercept/localaddr.ts';
+import { acquireLocalAddress, adoptLocalAddresses, isLocalAddress, keepLocalAddresses } from './intercept/localaddr.ts';
+import { ListenerPorts } from './proxy/ports.ts';
+import { HandoffAborted, HandoffSocket, type Predecessor } from './handoff/socket.ts';
+import { Takeover, TUNNEL_READY_GRACE_MS } from './handoff/takeover.ts';
 import { readToken } from '@edgemesh/common/config';
 import { ensureStateDir } from '@edgemesh/common/fsutil';
 // Loaded only when their feature is on (tunnel.enabled, proxy.intercept iptables): README, "Memory".
@@ -83,6 +86,13 @@ export class Agent {
   private readonly socks5Users: Users | undefined;
   /** Proxy timings a test may shorten before start() (production uses the defaults). */
   readonly proxyTuning: { reassertMs?: number } = {};
+  /** Handoff between agents on one stateDir (handoff/): set once start() claimed the stateDir. */
+  takeover: Takeover | undefined;
+  private predecessor: Predecessor | undefined;
+  private interceptor: IptablesInterceptor | undefined;
+  private ports: ListenerPorts | undefined;
+  /** Called when this agent handed over to a successor and its drain is over (main() exits 0 then). */
+  onHandedOver: () => void = () => {};
 
   constructor(cfg: AgentConfig, log: Logger) {
     this.cfg = cfg;
@@ -141,7 +151,7 @@ export class Agent {
     try {
       await this.startAll();
     } catch (e) {
-      if (!(e instanceof StartAborted)) throw e;
+      if (!(e instanceof StartAborted) && !(e instanceof HandoffAborted)) throw e;
       this.log.info('stopped while starting');
     }
   }
@@ -149,9 +159,26 @@ export class Agent {
   private async startAll(): Promise<void> {
     // stateDir: 0700 once at start; every file in it is written 0600 (common/fsutil).
     ensureStateDir(this.cfg.stateDir);
+    // --- handoff (handoff/): this agent runs for stateDir, or takes over from the agent running there now (then
+    // everything binds alongside it, and nothing it owns — rules, addresses, the port table — is touched until then).
+    const claim = await HandoffSocket.open(this.cfg.stateDir, this.log.child({ mod: 'handoff' }), await readVersion(), () => this.stopping);
+    const socket = claim.socket;
+    await this.own(() => socket.close());
+    this.predecessor = claim.predecessor;
+    const shared = claim.predecessor !== undefined;
+    if (claim.predecessor) {
+      this.log.info('an agent runs on this stateDir: taking over from it');
+      keepLocalAddresses(true);
+      adoptLocalAddresses(claim.predecessor.welcome.addresses, this.log);
+    }
+
     this.fds.start();
     await this.own(async () => { this.fds.stop(); this.budgets.close(); });
-    await this.admin.start();
+
+    // Ready never before every component is up: the checks below are added one by one as their components start.
+    let started = false;
+    this.admin.addCheck('started', () => started);
+    await this.admin.start({ shared });
     await this.own(() => this.admin.close());
 
     // --- Service IP table (dns/serviceips.ts): follows every snapshot, shared by DNS and the proxy.
@@ -163,11 +190,13 @@ export class Agent {
     this.admin.addCheck('cluster', () => this.cluster?.synced() ?? false);
     this.cluster = await startCluster({ cfg: this.cfg, model: this.model, log: this.log, registry: this.registry });
     const cluster = this.cluster;
-    await this.own(() => cluster.stop());
+    let clusterStopped: Promise<void> | undefined;
+    const stopCluster = () => (clusterStopped ??= cluster.stop());
+    await this.own(stopCluster);
 
     // --- DNS (dns/) ---
     if (this.cfg.dns.enabled) {
-      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs, budgets: this.budgets, fds: this.fds });
+      this.dns = await startDns({ cfg: this.cfg, log: this.log.child({ mod: 'dns' }), registry: this.registry, snapshot: () => this.model.snapshot(), ips: this.serviceIPs, budgets: this.budgets, fds: this.fds, shared });
       const dns = this.dns;
       await this.own(() => dns.stop());
       this.admin.addCheck('dns', () => dns.server.listening);
@@ -179,8 +208,10 @@ export class Agent {
       const token = readToken(this.cfg.tunnel.tokenFile);
       const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
       if (created) this.log.info({ path }, 'generated the node key');
+      // The agent being taken over holds tunnel.listenPort (its direct links live on it until it exits): a successor
+      // punches from a port of its own.
       this.tunnel = new Tunnel({
-        node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: this.cfg.tunnel.listenPort,
+        node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
@@ -190,10 +221,14 @@ export class Agent {
       // Peers of nodes that leave the cluster are forgotten (links closed, path state dropped).
       const unsubscribeTunnel = this.model.subscribe((snap) => t.onSnapshot(snap));
       await this.own(async () => { unsubscribeTunnel(); await t.stop(); });
+      // A successor is ready only once connected to a server (then it stays so), or when none answers for a while.
+      let connected = !shared;
+      const since = performance.now();
+      if (shared) this.admin.addCheck('tunnel', () => (connected ||= t.status().servers.some((x) => x.connected) || performance.now() - since > TUNNEL_READY_GRACE_MS));
     }
 
     // --- proxy (intercept/, proxy/, lb/, routing/) ---
-    await this.startProxy();
+    await this.startProxy(shared);
 
     // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
     if (this.cfg.socks5.enabled) await this.startSocks5();
@@ -201,6 +236,22 @@ export class Agent {
 
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
+
+    // --- handoff, once everything runs: take over from the running agent, or be ready to be taken over.
+    const takeover = new Takeover({
+      log: this.log.child({ mod: 'handoff' }), admin: this.admin, socket, drainMs: this.cfg.shutdownDrainSeconds * 1000,
+      interceptor: this.interceptor, ports: this.ports, proxy: this.proxy, dns: this.dns, tunnel: this.tunnel, stopCluster,
+    });
+    takeover.onDrained = () => this.onHandedOver();
+    this.takeover = takeover;
+    this.admin.addCheck('handover', () => takeover.serving());
+    started = true;
+    if (this.predecessor) {
+      const pred = this.predecessor;
+      void takeover.takeOver(pred, () => this.stopping).catch((e: unknown) => this.log.error({ err: e }, 'the takeover failed'));
+    } else {
+      takeover.acceptSuccessors();
+    }
   }
 
   private async startReporter(t: Tunnel): Promise<void> {
@@ -217,7 +268,7 @@ export class Agent {
   }
 
   // --- proxy: interception rules + TCP/UDP listeners + load balancing + group routing (issue #4) ---
-  private async startProxy(): Promise<void> {
+  private async startProxy(shared: boolean): Promise<void> {
     const pc = this.cfg.proxy;
     let bindAddress = pc.bindAddress;
     if (pc.intercept === 'iptables') {
@@ -235,21 +286,30 @@ export class Agent {
     if (pc.intercept === 'iptables') {
       const { IptablesInterceptor } = await import('./intercept/iptables.ts');
       interceptor = new IptablesInterceptor({ log: this.log, registry: this.registry, reassertMs: this.proxyTuning.reassertMs });
-      await interceptor.start();
+      // Taking over: the running agent's rules stay in force (no cleanup), ours are only compared with them.
+      await interceptor.start(shared ? 'follow' : 'own');
+      this.interceptor = interceptor;
     }
     let proxy: Proxier | undefined;
-    // On the way out the rules go first, then the listeners (then the address, registered above).
+    // On the way out the rules go first, then the listeners stop accepting and drain (then the address, registered
+    // above). Handed over: the rules and the address are the successor's now; only our sockets close.
+    const drainMs = this.cfg.shutdownDrainSeconds * 1000;
     await this.own(async () => {
+      if (this.takeover?.handedOver) return void (await proxy?.stop());
       try {
         await interceptor?.stop();
       } finally {
-        await proxy?.stop();
+        await proxy?.drainAndStop(drainMs);
       }
     });
+    const ports = new ListenerPorts({ stateDir: this.cfg.stateDir, log: this.log, writable: !shared });
+    this.ports = ports;
+    const cluster = this.cluster;
     proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
       dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
-      domain: this.cfg.dns.domain, interceptor,
+      domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending,
+      cluster: () => (cluster?.synced() ? 'synced' : cluster?.offlineLoaded ? 'offline' : 'empty'),
     });
     this.proxy = proxy;
     const p = proxy;
@@ -291,9 +351,13 @@ export class Agent {
     this.admin.addCheck('gateway', () => gateway.ready());
   }
 
-  /** Stops what start() brought up, last first; safe to call while start() is still under way, and twice. */
+  /**
+   * Stops what start() brought up, last first; safe to call while start() is still under way, and twice. While a
+   * successor takes over, first waits for it (then only drains: its rules and addresses stay).
+   */
   async stop(): Promise<void> {
     this.stopping = true;
+    await this.takeover?.beforeStop();
     for (let s = this.stops.pop(); s; s = this.stops.pop()) {
       try {
         await s();
@@ -330,7 +394,8 @@ export async function main(argv: string[]): Promise<void> {
   } catch (e) {
     exitOnConfigError(e);
   }
-  handleSignals(log, () => agent.stop());
+  const shutdown = handleSignals(log, () => agent.stop(), cfg.shutdownDrainSeconds * 1000);
+  agent.onHandedOver = () => shutdown(0, 'handed over to the agent that took over');
   try {
     await agent.start();
   } catch (e) {

@@ -14,6 +14,7 @@ import type { Logger } from './log.ts';
 import { parseHostPort } from './config.ts';
 import { Budgets } from './budget.ts';
 import { ConnLimiter, type ConnSlot } from './connlimit.ts';
+import { listenReusePort } from './reuseport.ts';
 
 /** The event loop is called stuck when a timer tick is this late. */
 export const HEALTH_LOOP_STALL_MS = 5000;
@@ -115,7 +116,8 @@ export class AdminServer {
     return { ok: failing.length === 0, failing };
   }
 
-  async start(): Promise<{ host: string; port: number }> {
+  /** `shared`: listen alongside a running agent on the same address (SO_REUSEPORT; a takeover) instead of refusing. */
+  async start(o: { shared?: boolean } = {}): Promise<{ host: string; port: number }> {
     const hp = parseHostPort(this.opts.listen);
     if (!hp) throw new Error(`admin.listen: bad address ${this.opts.listen}`);
     this.tick = setInterval(() => { this.lastTick = Date.now(); }, HEALTH_TICK_MS);
@@ -188,16 +190,12 @@ export class AdminServer {
       }
       sock.destroy();
     });
-    await new Promise<void>((resolve, reject) => {
-      srv.once('error', reject);
-      srv.listen(hp.port, hp.host || undefined, () => {
-        srv.off('error', reject);
-        // After listening, errors (EMFILE on accept) must not become uncaught exceptions that kill the process.
-        // Accept errors can come per connection attempt: logged rate-limited.
-        srv.on('error', (e) => this.budgets.refusals.note('admin_accept_error', { err: e.message }));
-        resolve();
-      });
-    });
+    // SO_REUSEPORT, so that an agent taking over can bind the same admin address; a fresh start still refuses a
+    // port another program holds.
+    await listenReusePort(srv, hp.host || undefined, hp.port, { shared: o.shared ?? false });
+    // After listening, errors (EMFILE on accept) must not become uncaught exceptions that kill the process.
+    // Accept errors can come per connection attempt: logged rate-limited.
+    srv.on('error', (e) => this.budgets.refusals.note('admin_accept_error', { err: e.message }));
     const addr = this.server.address();
     const bound = typeof addr === 'object' && addr ? { host: addr.address, port: addr.port } : { host: hp.host, port: hp.port };
     this.opts.log.info({ admin: `${bound.host}:${bound.port}` }, 'admin server listening');

@@ -37,6 +37,7 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
     socks5: { enabled: false, listen: '127.0.0.1:10800', usersFile: '', maxConnections: 1024, maxPerSource: 256 },
     nodeAccess: { allowedPorts: [], allowedGroups: [], allowedNodes: [] },
     gateway: { enabled: false, addresses: [], maxConnections: 4096, maxPerSource: 256 },
+    shutdownDrainSeconds: 30,
     admin: { listen: '127.0.0.1:10560', maxConnections: 64 },
     log: { level: 'info' },
   });

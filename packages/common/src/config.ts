@@ -132,6 +132,8 @@ export const agentSchema = z.strictObject({
     maxConnections: z.number().int().min(1).max(100_000).default(4096),
     maxPerSource: z.number().int().min(1).max(100_000).default(256),
   }).prefault({}),
+  /** A stopping agent (takeover or SIGTERM) lets in-flight connections finish for up to this long. */
+  shutdownDrainSeconds: z.number().int().min(0).max(3600).default(30),
   admin: adminSchema('127.0.0.1:10560'),
   log: logSchema,
 }).superRefine((c, ctx) => {

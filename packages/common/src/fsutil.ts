@@ -1,7 +1,8 @@
 // Files in a stateDir: the directory is 0700 (created once at start, tightened if it exists), every file in it 0600.
 // Durable replacement for small state files: write a temp file in the same directory, fsync it, rename it over the
-// target, so a crash or power cut leaves either the old or the new content, never a torn file.
-import { chmodSync, closeSync, fdatasyncSync, linkSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+// target, fsync the directory, so a crash or power cut leaves either the old or the new content, never a torn file.
+import { chmodSync, closeSync, fdatasyncSync, fsyncSync, linkSync, mkdirSync, openSync, renameSync, rmSync, statSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { dirname } from 'node:path';
 
 /** Mode of a stateDir (and of the directories inside it): only the owner may list or enter it. */
@@ -21,9 +22,11 @@ export function ensureStateDir(dir: string): void {
 }
 
 export function writeFileAtomicSync(file: string, text: string | Uint8Array, mode = STATE_FILE_MODE): void {
-  mkdirSync(dirname(file), { recursive: true, mode: STATE_DIR_MODE });
-  const tmp = `${file}.${process.pid}.tmp`;
-  const fd = openSync(tmp, 'w', mode);
+  const dir = dirname(file);
+  mkdirSync(dir, { recursive: true, mode: STATE_DIR_MODE });
+  // pid + random: two agents sharing the stateDir during a takeover never write the same temp file.
+  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+  const fd = openSync(tmp, 'wx', mode);
   try {
     writeSync(fd, typeof text === 'string' ? Buffer.from(text) : text);
     fdatasyncSync(fd);
@@ -35,6 +38,13 @@ export function writeFileAtomicSync(file: string, text: string | Uint8Array, mod
   } catch (e) {
     rmSync(tmp, { force: true });
     throw e;
+  }
+  // The rename itself is durable only once the directory is synced; best effort (some filesystems refuse).
+  try {
+    const dfd = openSync(dir, 'r');
+    try { fsyncSync(dfd); } finally { closeSync(dfd); }
+  } catch {
+    // the content is in place either way
   }
 }
 

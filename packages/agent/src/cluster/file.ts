@@ -1,6 +1,8 @@
 // File source: a directory of multi-document YAML manifests (Service, EndpointSlice, Node, and Istio DestinationRule,
-// Gateway, VirtualService, and kubernetes.io/tls Secrets for the gateway; also `kind: List`), watched with fs.watch (debounced) plus a slow periodic rescan, because fs.watch misses events on
-// some filesystems and across ConfigMap symlink swaps.
+// Gateway, VirtualService, and kubernetes.io/tls Secrets for the gateway; also `kind: List`), watched with fs.watch (a
+// change is read FILE_DEBOUNCE_MS after its first event, so a burst of writes is one scan) plus a slow periodic rescan,
+// because fs.watch misses events on some filesystems and across ConfigMap symlink swaps. Scans go through one
+// BoundedRunner: one at a time, a change during a scan means one more scan.
 //
 // Rules:
 // - Files: *.yaml, *.yml, *.json directly in the directory; hidden files and editor backups (`~`) are ignored.
@@ -16,11 +18,12 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
+import { BoundedRunner } from '@edgemesh/common/runner';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
 import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
 import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService } from './istio.ts';
 
-/** Quiet period after a change event before the directory is rescanned. */
+/** A change event is read this long after it (editors write in several steps; the burst becomes one scan). */
 export const FILE_DEBOUNCE_MS = 150;
 /** Safety-net rescan period (fs.watch is not reliable everywhere); unchanged files cost one stat each. */
 export const FILE_RESCAN_MS = 30_000;
@@ -184,10 +187,7 @@ export class FileSource implements ClusterSource {
   private readonly files = new Map<string, FileEntry>();
   private sink: ModelSink | undefined;
   private watcher: FSWatcher | undefined;
-  private debounce: NodeJS.Timeout | undefined;
-  private rescan: NodeJS.Timeout | undefined;
-  private scanning: Promise<void> | undefined;
-  private again = false;
+  private runner: BoundedRunner | undefined;
   private readonly forced = new Set<string>();
   private dirOk = false;
   private dirIno: number | undefined;
@@ -210,23 +210,23 @@ export class FileSource implements ClusterSource {
   async start(sink: ModelSink): Promise<void> {
     this.sink = sink;
     this.stopped = false;
+    // scanOnce handles its own errors (an unreadable directory keeps the state), so the runner never retries.
+    this.runner = new BoundedRunner({
+      maxIntervalMs: this.opts.rescanMs ?? FILE_RESCAN_MS,
+      run: async (reason) => {
+        if (reason === 'periodic') this.ensureWatch();
+        await this.scanOnce();
+      },
+    });
     this.ensureWatch();
     await this.scan();
-    const every = this.opts.rescanMs ?? FILE_RESCAN_MS;
-    this.rescan = setInterval(() => {
-      this.ensureWatch();
-      this.schedule(0);
-    }, every);
-    this.rescan.unref();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.rescan) clearInterval(this.rescan);
-    if (this.debounce) clearTimeout(this.debounce);
     this.watcher?.close();
     this.watcher = undefined;
-    await this.scanning;
+    await this.runner?.stop();
   }
 
   private ensureWatch(): void {
@@ -249,31 +249,12 @@ export class FileSource implements ClusterSource {
   }
 
   private schedule(ms: number): void {
-    if (this.stopped) return;
-    if (this.debounce) clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => {
-      this.debounce = undefined;
-      void this.scan();
-    }, ms);
+    if (!this.stopped) this.runner?.run(ms);
   }
 
-  /** Scans the directory; serialised (a request during a scan runs one more scan afterwards). */
-  scan(): Promise<void> {
-    if (this.scanning) {
-      this.again = true;
-      return this.scanning;
-    }
-    this.scanning = (async () => {
-      try {
-        do {
-          this.again = false;
-          await this.scanOnce();
-        } while (this.again && !this.stopped);
-      } finally {
-        this.scanning = undefined;
-      }
-    })();
-    return this.scanning;
+  /** Scans the directory now and resolves when a scan that started after this call has finished. */
+  async scan(): Promise<void> {
+    if (this.runner) await this.runner.runNow();
   }
 
   private async scanOnce(): Promise<void> {

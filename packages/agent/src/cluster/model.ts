@@ -223,6 +223,11 @@ export class ClusterModel implements ModelSink {
     return this.current;
   }
 
+  /** Changes arrived that are not published as a snapshot yet (they will be at the end of this event-loop turn). */
+  get pending(): boolean {
+    return this.dirty;
+  }
+
   /** Subscribes to published snapshots. Returns an unsubscribe function. */
   subscribe(fn: Listener): () => void {
     this.listeners.add(fn);

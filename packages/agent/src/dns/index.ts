@@ -11,6 +11,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { ServiceIPTable, Snapshot } from '../cluster/types.ts';
 import { acquireLocalAddress } from '../intercept/localaddr.ts';
 import { ClientAcl, clientRanges, type AclInputs } from './acl.ts';
+import type { UdpRelay } from '../handoff/udp.ts';
 import { normDomain } from './answer.ts';
 import { chooseUpstreams, Forwarder, parseUpstream } from './forward.ts';
 import { DnsHandler } from './handler.ts';
@@ -28,6 +29,8 @@ export interface DnsDeps {
   registry: Registry;
   snapshot: () => Snapshot;
   ips: ServiceIPTable & { readonly version: number; inFakePool?(ip: string): boolean };
+  /** dns.listen is held by the agent we take over from: bind alongside it. */
+  shared?: boolean;
   /** Tests: per-upstream timeout and an alternative resolv.conf. */
   upstreamTimeoutMs?: number;
   resolvConfPath?: string;
@@ -118,6 +121,10 @@ export interface DnsHandle {
   forwarder: Forwarder;
   address: { host: string; port: number };
   clients: ClientList;
+  /** A handoff: stop taking new queries, answer the ones under way (UDP replies through `relay`). */
+  stopAccepting(relay: UdpRelay | undefined): Promise<void>;
+  /** Questions still being answered or TCP connections still open. */
+  busy(): boolean;
   stop(): Promise<void>;
 }
 
@@ -159,6 +166,7 @@ export async function startDns(d: DnsDeps): Promise<DnsHandle> {
     acl: () => clients.current(),
     rrl: new RateLimiter({ rate: rrl.responsesPerSecond, slip: rrl.slip, windowSeconds: rrl.windowSeconds }),
     tcp: { maxConnections: tcp.maxConnections, maxPerSource: tcp.maxPerSource },
+    shared: d.shared,
   });
   let address: { host: string; port: number };
   try {
@@ -171,6 +179,8 @@ export async function startDns(d: DnsDeps): Promise<DnsHandle> {
   d.log.info({ upstreams: upstreams.map((u) => u.key), domain }, 'DNS ready');
   return {
     server, handler, forwarder, address, clients,
+    stopAccepting: (relay) => server.stopAccepting(relay),
+    busy: () => server.pending > 0 || server.tcpConnections > 0,
     async stop() {
       clients.stop();
       forwarder.close();

@@ -10,6 +10,8 @@ import { Budgets } from '@edgemesh/common/budget';
 import { ConnLimiter } from '@edgemesh/common/connlimit';
 import type { FdPressure } from '@edgemesh/common/fds';
 import type { Logger } from '@edgemesh/common/log';
+import { bindReusePort, listenReusePort } from '@edgemesh/common/reuseport';
+import { detachUdp, localKey, registerUdp, type UdpRelay } from '../handoff/udp.ts';
 import type { ClientAcl } from './acl.ts';
 import type { DnsHandler } from './handler.ts';
 import { noMetrics, type DnsMetrics } from './metrics.ts';
@@ -18,6 +20,8 @@ import { answerKey, refusedReply, slipReply } from './wire.ts';
 
 /** A TCP connection with no traffic for this long is closed (RFC 7766 §6.2.3: servers may close idle connections). */
 export const TCP_IDLE_MS = 10_000;
+/** Draining (a handoff): an idle TCP connection is closed after this long without a question. */
+export const DRAIN_TCP_IDLE_MS = 1000;
 /** Default dns.tcp.maxConnections / dns.tcp.maxPerSource: TCP is the fallback for truncated answers only. */
 export const MAX_TCP_CONNS = 256;
 export const MAX_TCP_CONNS_PER_SOURCE = 16;
@@ -60,6 +64,8 @@ export interface DnsServerOptions {
   tcp?: { maxConnections: number; maxPerSource: number };
   /** Tests: a shorter whole-message deadline. */
   tcpMessageDeadlineMs?: number;
+  /** The address is held by the agent we take over from: bind alongside it (SO_REUSEPORT) instead of refusing. */
+  shared?: boolean;
 }
 
 const everyone = { isClient: () => true } as unknown as ClientAcl;
@@ -77,6 +83,14 @@ export class DnsServer {
   private readonly rrl: RateLimiter | undefined;
   private now = Date.now();
   private clock: NodeJS.Timeout | undefined;
+  /** How UDP replies leave: our socket, or (detached in a handoff) the staying agent's socket. */
+  private out: (sock: UdpSocket, b: Buffer, port: number, address: string) => void = (sock, b, port, address) => sock.send(b, port, address);
+  private unregister: () => void = () => {};
+  /** Answers not sent yet (upstream forwards in flight); a draining agent waits for them. */
+  pending = 0;
+  /** TCP connections with questions outstanding. */
+  private readonly busy = new Set<Socket>();
+  private draining = false;
 
   constructor(opts: DnsServerOptions) {
     this.opts = opts;
@@ -113,6 +127,7 @@ export class DnsServer {
         this.tcp = await this.bindTcp(port);
         this.udp = udp;
         this.boundPort = port;
+        this.unregister = registerUdp(this.opts.host, port, (b, p, a) => udp.send(b, p, a));
         this.opts.log.info({ dns: `${this.opts.host}:${port}` }, 'DNS listening (udp+tcp)');
         return { host: this.opts.host, port };
       } catch (e) {
@@ -123,17 +138,32 @@ export class DnsServer {
     throw lastErr;
   }
 
-  private bindUdp(port: number): Promise<UdpSocket> {
-    return new Promise((resolve, reject) => {
-      const sock = createSocket({ type: isIP(this.opts.host) === 6 ? 'udp6' : 'udp4', recvBufferSize: UDP_RCVBUF_BYTES });
-      sock.once('error', reject);
-      sock.bind(port, this.opts.host, () => {
-        sock.off('error', reject);
-        sock.on('error', (e) => this.opts.log.warn({ err: e.message }, 'DNS UDP socket error'));
-        sock.on('message', (msg, rinfo) => this.onDatagram(sock, msg, rinfo.port, rinfo.address));
-        resolve(sock);
-      });
-    });
+  private async bindUdp(port: number): Promise<UdpSocket> {
+    const sock = createSocket({ type: isIP(this.opts.host) === 6 ? 'udp6' : 'udp4', recvBufferSize: UDP_RCVBUF_BYTES, reusePort: true });
+    await bindReusePort(sock, this.opts.host, port, { shared: this.opts.shared ?? false });
+    sock.on('error', (e) => this.opts.log.warn({ err: e.message }, 'DNS UDP socket error'));
+    sock.on('message', (msg, rinfo) => this.onDatagram(sock, msg, rinfo.port, rinfo.address));
+    return sock;
+  }
+
+  /**
+   * A handoff: stop taking new queries (TCP listener closed, UDP socket detached from its reuse group so new
+   * datagrams reach the successor); queued and in-flight questions are still answered, through `relay`.
+   */
+  async stopAccepting(relay: UdpRelay | undefined): Promise<void> {
+    const tcp = this.tcp;
+    this.tcp = undefined;
+    if (tcp) tcp.close();
+    // Each open TCP connection is closed after its next answer, or when it stays idle for DRAIN_TCP_IDLE_MS (a client
+    // that just connected still gets to ask; one keeping an idle connection reconnects, to the successor).
+    this.draining = true;
+    for (const c of this.conns) if (!this.busy.has(c)) c.setTimeout(DRAIN_TCP_IDLE_MS);
+    const udp = this.udp;
+    const local = localKey(this.opts.host, this.boundPort);
+    if (!udp || !relay?.has(local)) return; // nobody else answers here: keep answering until the end
+    this.unregister();
+    this.out = (_sock, b, port, address) => relay.send(local, b, port, address);
+    await detachUdp(udp, this.opts.host, this.boundPort);
   }
 
   private onDatagram(sock: UdpSocket, msg: Buffer, port: number, address: string): void {
@@ -151,7 +181,9 @@ export class DnsServer {
     }
     if (r === null) return;
     if (r instanceof Promise) {
-      r.then((b) => { if (b && this.udp) this.sendUdp(sock, b, port, address); }, (e: Error) => this.opts.log.debug({ err: e.message }, 'DNS async answer failed'));
+      this.pending++;
+      r.then((b) => { if (b && this.udp) this.sendUdp(sock, b, port, address); }, (e: Error) => this.opts.log.debug({ err: e.message }, 'DNS async answer failed'))
+        .finally(() => { this.pending--; });
     } else {
       this.sendUdp(sock, r, port, address);
     }
@@ -179,7 +211,7 @@ export class DnsServer {
         b = slipReply(b);
       }
     }
-    sock.send(b, port, address);
+    this.out(sock, b, port, address);
   }
 
   /** Not a client: REFUSED (no larger than the query; rate-limited per prefix like any answer), counted, logged rate-limited. */
@@ -189,20 +221,15 @@ export class DnsServer {
     const r = refusedReply(msg);
     if (!r) return;
     if (this.rrl && this.rrl.decide(address, REFUSED_KEY, this.rrlNow()) === 'drop') return;
-    sock.send(r, port, address);
+    this.out(sock, r, port, address);
   }
 
-  private bindTcp(port: number): Promise<Server> {
-    return new Promise((resolve, reject) => {
-      const srv = createServer({ noDelay: true }, (c) => this.onConn(c));
-      this.limitTcp(srv);
-      srv.once('error', reject);
-      srv.listen(port, this.opts.host, () => {
-        srv.off('error', reject);
-        srv.on('error', (e) => this.onTcpError(e));
-        resolve(srv);
-      });
-    });
+  private async bindTcp(port: number): Promise<Server> {
+    const srv = createServer({ noDelay: true }, (c) => this.onConn(c));
+    this.limitTcp(srv);
+    await listenReusePort(srv, this.opts.host, port, { shared: this.opts.shared ?? false });
+    srv.on('error', (e) => this.onTcpError(e));
+    return srv;
   }
 
   /** Accept errors (EMFILE under descriptor exhaustion) can come per connection attempt: counted, logged rate-limited. */
@@ -232,9 +259,10 @@ export class DnsServer {
     this.conns.add(c);
     let deadline: NodeJS.Timeout | undefined;
     const deadlineMs = this.opts.tcpMessageDeadlineMs ?? TCP_MESSAGE_DEADLINE_MS;
-    c.setTimeout(TCP_IDLE_MS, () => c.destroy());
+    c.setTimeout(TCP_IDLE_MS, () => (this.draining ? c.end() : c.destroy()));
     c.on('close', () => {
       this.conns.delete(c);
+      this.busy.delete(c);
       slot.close();
       if (deadline) clearTimeout(deadline);
     });
@@ -244,6 +272,7 @@ export class DnsServer {
     const reply = (b: Buffer | null) => {
       pending--;
       slot.end();
+      if (pending === 0) this.busy.delete(c);
       if (!b || c.destroyed) return;
       if (c.writableLength > MAX_TCP_QUEUED_BYTES) {
         c.destroy();
@@ -252,6 +281,8 @@ export class DnsServer {
       const len = Buffer.allocUnsafe(2);
       len.writeUInt16BE(b.length);
       c.write(Buffer.concat([len, b]));
+      // Draining: a connection with nothing outstanding is closed once its last answer is written.
+      if (this.draining && pending === 0) c.end();
     };
     c.on('data', (d: Buffer) => {
       buf = buf.length ? Buffer.concat([buf, d]) : d;
@@ -262,6 +293,7 @@ export class DnsServer {
         const msg = buf.subarray(2, 2 + n);
         buf = buf.subarray(2 + n);
         completed = true;
+        this.busy.add(c);
         if (++pending > MAX_TCP_PENDING) {
           c.destroy();
           return;
@@ -297,6 +329,7 @@ export class DnsServer {
   }
 
   async close(): Promise<void> {
+    this.unregister();
     const udp = this.udp;
     const tcp = this.tcp;
     this.udp = undefined;
