@@ -2,8 +2,21 @@
 # One image for both binaries:
 #   agent:  node packages/agent/bin/edgemesh-agent.js --config /etc/edgemesh/config/agent.yaml   (root, NET_ADMIN/NET_RAW)
 #   server: node packages/server/bin/edgemesh-server.js --config /etc/edgemesh/config/server.yaml (any user)
-# The TypeScript sources run as they are through Node 24's type stripping: there is no build step.
+# Both run the plain-JavaScript bundles in packages/*/dist (scripts/build.ts, esbuild), never TypeScript: NODE_ENV=production
+# makes the bins pick them, and size V8 for the container's memory limit (packages/common/bin/entry.js).
 ARG NODE_IMAGE=node:24-slim
+
+# ---- build: every dependency (esbuild), then the bundles --------------------------------------------------------
+FROM ${NODE_IMAGE} AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY package.json package-lock.json tsconfig.json ./
+COPY scripts/ scripts/
+COPY packages/ packages/
+# `prepare` (scripts/build.ts) builds packages/agent/dist and packages/server/dist.
+RUN npm ci --no-audit --no-fund && test -f packages/agent/dist/edgemesh-agent.cjs && test -f packages/server/dist/edgemesh-server.cjs
 
 # ---- dependencies: production only -------------------------------------------------------------------------------
 FROM ${NODE_IMAGE} AS deps
@@ -19,15 +32,16 @@ COPY packages/common/package.json packages/common/
 COPY packages/agent/package.json packages/agent/
 COPY packages/server/package.json packages/server/
 COPY packages/lab/package.json packages/lab/
-# --omit=dev drops typescript, @types/*, ajv and the `node` devDependency (the image has its own Node 24).
+# --omit=dev drops typescript, esbuild, @types/*, ajv and the `node` devDependency (the image has its own Node 24);
+# `prepare` then finds no esbuild and builds nothing (the bundles come from the build stage).
+COPY scripts/build.ts scripts/
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY packages/ packages/
-# npm workspaces link packages/* as node_modules/@edgemesh/* (symlinks to ../../packages/*). Node resolves symlinks to
-# real paths by default (no --preserve-symlinks), so `@edgemesh/common/config` loads /app/packages/common/src/config.ts:
-# a path outside node_modules, where type stripping is allowed (Node refuses to strip types under node_modules).
-# Fail the build here if that ever stops being true:
-RUN node packages/agent/bin/edgemesh-agent.js --version \
- && node packages/server/bin/edgemesh-server.js --version
+COPY --from=build /app/packages/agent/dist packages/agent/dist
+COPY --from=build /app/packages/server/dist packages/server/dist
+# The bundles run with type stripping turned off, so the build fails here if anything would still load TypeScript.
+RUN NODE_ENV=production NODE_OPTIONS=--no-experimental-strip-types node packages/agent/bin/edgemesh-agent.js --version \
+ && NODE_ENV=production NODE_OPTIONS=--no-experimental-strip-types node packages/server/bin/edgemesh-server.js --version
 
 # ---- runtime -------------------------------------------------------------------------------------------------------
 FROM ${NODE_IMAGE}

@@ -4,7 +4,7 @@
 // watches, the image entrypoint's iptables back-end choice, and the Dockerfile <-> workspaces.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, globSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -12,7 +12,11 @@ import { parse as parseYaml, parseAllDocuments, stringify as toYaml } from 'yaml
 import { Ajv } from 'ajv';
 import { agentSchema, loadAgentConfig, loadServerConfig, serverSchema } from '../packages/common/src/config.ts';
 import { configDefinitions, renderValuesSchema, VALUES_SCHEMA } from '../scripts/chart-schema.ts';
+import { parseMemory, v8Flags } from '../packages/common/bin/entry.js';
+
+const MiB = 1024 * 1024;
 import { checkBalance, decide, stripTemplate, TemplateShapeError, valuesPath, valuesRefs, type Variant } from './lib/helm-strip.ts';
+import { allowedInCi } from './lib/skip.ts';
 
 const root = resolve(import.meta.dirname, '..');
 const chartDir = join(root, 'charts/edgemesh');
@@ -99,6 +103,23 @@ describe('values.yaml and the templates', () => {
   });
 });
 
+describe('resources', () => {
+  // The measured figures (README "Memory", bench/cluster/run.ts): agent idle <= 80 MiB and 5,000 Services x 3 endpoints
+  // <= 160 MiB; server idle ~70 MiB. The bins size V8 from the limit (packages/common/bin/entry.js).
+  const res = (w: string) => (values[w] as { resources: { requests: { memory: string }; limits: { memory: string } } }).resources;
+  test('requests cover the idle agent and server; the agent limit holds 5,000 Services with V8 sized inside it', () => {
+    for (const w of ['agent', 'server']) {
+      const { requests, limits } = res(w);
+      assert.ok(parseMemory(requests.memory) >= 80 * MiB, `${w} requests.memory ${requests.memory} below the measured idle RSS`);
+      assert.ok(parseMemory(limits.memory) >= parseMemory(requests.memory), `${w}: limit below request`);
+    }
+    const agentLimit = parseMemory(res('agent').limits.memory);
+    assert.ok(agentLimit >= 1.5 * 160 * MiB, 'agent limit leaves headroom over 5,000 Services');
+    const old = Number(/--max-old-space-size=(\d+)/.exec(v8Flags(agentLimit).join(' '))?.[1]);
+    assert.ok(old >= 128, `old space ${old} MiB: the 5,000-Service heap (~50 MiB) needs room to collect in`);
+  });
+});
+
 describe('values.schema.json', () => {
   test('values.yaml and every ci/*-values.yaml validate', () => {
     assert.deepEqual(schemaErrors(values), []);
@@ -120,6 +141,10 @@ describe('values.schema.json', () => {
       ['service type', { server: { service: { type: 'ExternalName' } } }],
       ['token delivery', { token: { delivery: 'argv' } }],
       ['iptables mode', { agent: { iptablesMode: 'ebpf' } }],
+      ['token under 128 bits', { token: { value: '0123456789abcdefghijk' } }],
+      ['unknown ca key', { ca: { cert: 'x' } }],
+      ['bad persistence size', { server: { persistence: { size: 'big' } } }],
+      ['bad cluster source for the server', { server: { config: { cluster: { source: 'etcd' } } } }],
     ];
     for (const [why, over] of bad) assert.notDeepEqual(schemaErrors(withValues(over)), [], why);
   });
@@ -200,9 +225,12 @@ const VARIANTS: [string, Obj][] = [
   ['defaults', values],
   ['token from env, existing Secret', withValues({ token: { delivery: 'env', existingSecret: 'mine' } })],
   ['NodePort + destinationRules', withValues({ server: { service: { type: 'NodePort' } }, rbac: { destinationRules: true } })],
+  ['gateway RBAC', withValues({ rbac: { gateway: true } })],
   ['ClusterIP + externalIPs', withValues({ server: { service: { type: 'ClusterIP', externalIPs: ['203.0.113.5'] } } })],
   ['no server', withValues({ server: { enabled: false } })],
   ['no agent', withValues({ agent: { enabled: false } })],
+  ['monitoring', withValues({ monitoring: { enabled: true, rules: { labels: { release: 'prom' } } } })],
+  ['existing CA, persistence, bootstrap token', withValues({ ca: { existingSecret: 'my-ca' }, server: { persistence: { enabled: true, storageClass: 'fast' }, config: { enrollment: { bootstrapToken: true } } } })],
 ];
 
 function render(file: string, v: Obj, variant: Variant): Obj[] {
@@ -219,8 +247,10 @@ function render(file: string, v: Obj, variant: Variant): Obj[] {
 }
 
 const KINDS: Record<string, string> = {
-  ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
+  ServiceAccount: 'v1', Secret: 'v1', ConfigMap: 'v1', Service: 'v1', PersistentVolumeClaim: 'v1', DaemonSet: 'apps/v1', Deployment: 'apps/v1',
   ClusterRole: 'rbac.authorization.k8s.io/v1', ClusterRoleBinding: 'rbac.authorization.k8s.io/v1',
+  NetworkPolicy: 'networking.k8s.io/v1',
+  PrometheusRule: 'monitoring.coreos.com/v1',
 };
 
 describe('templates', () => {
@@ -257,13 +287,33 @@ describe('templates', () => {
     assert.deepEqual(env.find((e) => e.name === 'NODE_NAME')?.valueFrom, { fieldRef: { fieldPath: 'spec.nodeName' } });
     assert.equal(((c.livenessProbe as Obj).httpGet as Obj).path, '/healthz');
     assert.equal(((c.readinessProbe as Obj).httpGet as Obj).path, '/readyz');
-    assert.equal(((c.readinessProbe as Obj).httpGet as Obj).port, 'admin');
-    assert.ok((c.ports as Obj[]).some((p) => p.name === 'admin'));
+    // No container ports: on a hostNetwork pod they are host ports, which keep a surge pod off the node.
+    assert.equal(c.ports, undefined);
+    assert.match(templates.get('agent-daemonset.yaml')!, /path: \/readyz\n\s+port: \{\{ include "edgemesh\.agent\.adminPort" \. \}\}/);
     const vols = spec.volumes as Obj[];
     assert.equal((vols.find((v) => v.name === 'state')?.hostPath as Obj).type, 'DirectoryOrCreate');
     assert.ok((c.volumeMounts as Obj[]).some((m) => m.name === 'state'));
     assert.match(templates.get('agent-daemonset.yaml')!, /path: \{\{ \.Values\.agent\.stateHostPath \}\}/);
     assert.deepEqual(c.args, ['node', 'packages/agent/bin/edgemesh-agent.js', '--config', '/etc/edgemesh/config/agent.yaml']);
+  });
+
+  test('the agent DaemonSet upgrades by surge: a new pod next to the old one, which drains before the kubelet kills it', () => {
+    const agent = values.agent as Obj;
+    assert.deepEqual(agent.updateStrategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    const drain = Number(((agent.config as Obj).shutdownDrainSeconds as number | undefined) ?? agentSchema.parse({}).shutdownDrainSeconds);
+    assert.ok(Number(agent.terminationGracePeriodSeconds) > drain + 10, 'grace period > drain + cleanup');
+    const src = templates.get('agent-daemonset.yaml')!;
+    assert.match(src, /updateStrategy:\n\s+\{\{- toYaml \.Values\.agent\.updateStrategy/);
+    assert.match(src, /\{\{- if le \(int \.Values\.agent\.terminationGracePeriodSeconds\) \$drain \}\}\n\{\{- fail /, 'a grace period not longer than the drain is refused');
+    // The state directory (listener ports, fake IPs, the handoff socket) is one hostPath both pods mount.
+    assert.match(src, /- name: state\n\s+hostPath:\n\s+path: \{\{ \.Values\.agent\.stateHostPath \}\}/);
+    const spec = (((render('agent-daemonset.yaml', values, 'then')[0].spec as Obj).template as Obj).spec as Obj);
+    const [init] = spec.initContainers as Obj[];
+    assert.equal(init.name, 'sysctl');
+    assert.equal((init.securityContext as Obj).privileged, true);
+    assert.match(JSON.stringify(init.command), /tcp_migrate_req/);
+    const off = (((render('agent-daemonset.yaml', withValues({ agent: { tcpMigrateReq: false } }), 'then')[0].spec as Obj).template as Obj).spec as Obj);
+    assert.equal(off.initContainers, undefined);
   });
 
   test('the server Service carries TCP and UDP on the server port and UDP on the STUN alt port', () => {
@@ -276,15 +326,244 @@ describe('templates', () => {
     const [c] = (((dep.spec as Obj).template as Obj).spec as Obj).containers as Obj[];
     assert.deepEqual((c.ports as Obj[]).map((p) => `${String(p.name)}/${String(p.protocol)}`), ['tunnel/TCP', 'stun/UDP', 'stun-alt/UDP', 'admin/TCP']);
   });
+
+  test('server admin: the binary defaults to loopback; the chart listens on the pod address for probes and the scrape, never in the Service, and the NetworkPolicy opens it only to adminFrom', () => {
+    assert.equal(serverSchema.parse({}).admin.listen, '127.0.0.1:10561');
+    assert.equal((((values.server as Obj).config as Obj).admin as Obj).listen, '0.0.0.0:10561');
+    const [dep] = render('server-deployment.yaml', values, 'then');
+    const ann = (((dep.spec as Obj).template as Obj).metadata as Obj).annotations as Obj;
+    assert.equal(ann['prometheus.io/scrape'], 'true');
+    assert.equal(ann['prometheus.io/path'], '/metrics');
+    const [svc] = render('server-service.yaml', values, 'then');
+    assert.ok(!((svc.spec as Obj).ports as Obj[]).some((p) => p.name === 'admin'), 'admin is not in the Service');
+    const portsOf = (v: Obj) => {
+      const [np] = render('server-networkpolicy.yaml', v, 'then');
+      assert.equal(np.kind, 'NetworkPolicy');
+      assert.deepEqual((np.spec as Obj).policyTypes, ['Ingress']);
+      return ((np.spec as Obj).ingress as Obj[]).map((r) => ({ ports: (r.ports as Obj[]).map((p) => String(p.protocol)), from: r.from }));
+    };
+    // Default: only the agent-facing ports, from anywhere (the admin port is in no rule = closed to other pods).
+    assert.deepEqual(portsOf(values), [{ ports: ['TCP', 'UDP', 'UDP'], from: undefined }]);
+    const peer = { namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } };
+    const open = portsOf(withValues({ server: { networkPolicy: { adminFrom: [peer] } } }));
+    assert.equal(open.length, 2);
+    assert.deepEqual(open[1].ports, ['TCP']);
+    assert.notEqual(open[1].from, undefined, 'admin only from the listed peers (rendered from adminFrom by toYaml)');
+    assert.deepEqual(render('server-networkpolicy.yaml', withValues({ server: { networkPolicy: { enabled: false } } }), 'then'), []);
+  });
+});
+
+describe('monitoring', () => {
+  const on = withValues({ monitoring: { enabled: true } });
+  /** The PrometheusRule as Helm renders it: the `{{ $r.x }}` thresholds filled from the values, then stripped. */
+  function ruleGroups(v: Obj): { name: string; rules: Obj[] }[] {
+    const rules = (v.monitoring as Obj).rules as Obj;
+    const src = templates.get('prometheusrule.yaml')!.replace(/\{\{ \$r\.(\w+) \}\}/g, (_, k: string) => {
+      assert.ok(k in rules, `monitoring.rules.${k}`);
+      return String(rules[k]);
+    });
+    const docs = parseAllDocuments(stripTemplate(src, { values: v, variant: 'then' })).map((d) => d.toJS() as Obj).filter(isObj);
+    assert.equal(docs.length, 1);
+    return (docs[0].spec as Obj).groups as { name: string; rules: Obj[] }[];
+  }
+  // Every metric the product exports (prom-client `name:` literals), histograms with their series suffixes.
+  const exported = (() => {
+    const names = new Set<string>();
+    for (const f of globSync('packages/*/src/**/*.ts', { cwd: root })) {
+      if (f.endsWith('.test.ts')) continue;
+      for (const m of read(join(root, f)).matchAll(/name: '(edgemesh_[a-z_]+)'/g)) names.add(m[1]);
+    }
+    return names;
+  })();
+  const usedMetrics = (expr: string) => [...expr.matchAll(/\b(edgemesh_[a-z_]+)\b/g)].map((m) => m[1].replace(/_(bucket|sum|count)$/, (suf, _s, off, whole: string) => (exported.has(whole.slice(0, off)) ? '' : suf)));
+
+  test('off by default: neither the PrometheusRule nor the dashboard ConfigMap is rendered', () => {
+    assert.equal((values.monitoring as Obj).enabled, false);
+    for (const variant of ['then', 'else'] as const) {
+      assert.deepEqual(render('prometheusrule.yaml', values, variant), []);
+      assert.deepEqual(render('dashboard-configmap.yaml', values, variant), []);
+    }
+  });
+
+  test('the PrometheusRule: the six alerts, each with a duration, a severity and a text, over metrics the product exports', () => {
+    const [group] = ruleGroups(on);
+    assert.deepEqual(group.rules.map((r) => r.alert), [
+      'EdgemeshAgentNotReady', 'EdgemeshRelayShareHigh', 'EdgemeshTimeToDirectHigh', 'EdgemeshStrictScopeEmpty', 'EdgemeshDnsServfailHigh', 'EdgemeshServerAgentsDropping',
+    ]);
+    for (const r of group.rules) {
+      assert.match(String(r.for), /^\d+m$/);
+      assert.ok(['info', 'warning', 'critical'].includes(String((r.labels as Obj).severity)));
+      assert.ok((r.annotations as Obj).summary && (r.annotations as Obj).description);
+      for (const m of usedMetrics(String(r.expr))) assert.ok(exported.has(m), `${String(r.alert)}: ${m} is not a metric of the product`);
+    }
+    // Extra labels (a Prometheus' ruleSelector) go on the object's metadata.
+    assert.match(templates.get('prometheusrule.yaml')!, /  labels:\n    \{\{- include "edgemesh\.labels" \. \| nindent 4 \}\}\n    \{\{- with \$r\.labels \}\}\n    \{\{- toYaml \. \| nindent 4 \}\}/);
+  });
+
+  const promtool = spawnSync('promtool', ['--version'], { encoding: 'utf8' });
+  const noPromtool = promtool.status !== 0 && !process.env.CI ? 'no promtool (apt-get install prometheus)' : false;
+  test('promtool check rules passes, and promtool test rules fires each alert on synthetic series', { skip: noPromtool }, () => {
+    const groups = ruleGroups(on);
+    const dir = mkdtempSync(join(tmpdir(), 'em-rules-'));
+    try {
+      writeFileSync(join(dir, 'rules.yaml'), toYaml({ groups }));
+      const check = spawnSync('promtool', ['check', 'rules', join(dir, 'rules.yaml')], { encoding: 'utf8' });
+      assert.equal(check.status, 0, check.stdout + check.stderr);
+      assert.match(check.stdout, /SUCCESS: 6 rules found/);
+      const byName = new Map(groups[0].rules.map((r) => [String(r.alert), r]));
+      const expect = (alert: string, labels: Obj) => ({ exp_labels: { ...(byName.get(alert)!.labels as Obj), ...labels }, exp_annotations: byName.get(alert)!.annotations });
+      const unit = {
+        rule_files: ['rules.yaml'],
+        evaluation_interval: '1m',
+        tests: [{
+          interval: '1m',
+          input_series: [
+            { series: 'edgemesh_server_fleet_agents{job="server",state="not_ready"}', values: '0 0 1x40' },
+            { series: 'edgemesh_server_fleet_agents{job="server",state="ready"}', values: '5x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n1",path="relay"}', values: '3x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n1",path="direct"}', values: '1x40' },
+            { series: 'edgemesh_tunnel_peers{job="agent",instance="n2",path="direct"}', values: '4x40' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="5"}', values: '0+1x60' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="10"}', values: '0+10x60' },
+            { series: 'edgemesh_tunnel_time_to_direct_seconds_bucket{job="agent",instance="n1",le="+Inf"}', values: '0+10x60' },
+            { series: 'edgemesh_proxy_strict_empty_scope_services{job="agent",instance="n1"}', values: '1x40' },
+            { series: 'edgemesh_proxy_strict_empty_scope_services{job="agent",instance="n2"}', values: '0x40' },
+            { series: 'edgemesh_dns_queries_total{job="agent",instance="n1",type="A",rcode="SERVFAIL",source="forward"}', values: '0+30x40' },
+            { series: 'edgemesh_dns_queries_total{job="agent",instance="n1",type="A",rcode="NOERROR",source="cluster"}', values: '0+70x40' },
+            { series: 'edgemesh_server_agents_connected{job="server",instance="s1"}', values: '100x10 60x30' },
+          ],
+          alert_rule_test: [
+            { eval_time: '10m', alertname: 'EdgemeshAgentNotReady', exp_alerts: [expect('EdgemeshAgentNotReady', { job: 'server' })] },
+            { eval_time: '1m', alertname: 'EdgemeshAgentNotReady', exp_alerts: [] },
+            { eval_time: '20m', alertname: 'EdgemeshRelayShareHigh', exp_alerts: [expect('EdgemeshRelayShareHigh', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '45m', alertname: 'EdgemeshTimeToDirectHigh', exp_alerts: [expect('EdgemeshTimeToDirectHigh', { job: 'agent' })] },
+            { eval_time: '15m', alertname: 'EdgemeshStrictScopeEmpty', exp_alerts: [expect('EdgemeshStrictScopeEmpty', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '20m', alertname: 'EdgemeshDnsServfailHigh', exp_alerts: [expect('EdgemeshDnsServfailHigh', { job: 'agent', instance: 'n1' })] },
+            { eval_time: '18m', alertname: 'EdgemeshServerAgentsDropping', exp_alerts: [expect('EdgemeshServerAgentsDropping', { job: 'server', instance: 's1' })] },
+            { eval_time: '35m', alertname: 'EdgemeshServerAgentsDropping', exp_alerts: [] },
+          ],
+        }],
+      };
+      writeFileSync(join(dir, 'test.yaml'), toYaml(unit));
+      const t = spawnSync('promtool', ['test', 'rules', join(dir, 'test.yaml')], { encoding: 'utf8' });
+      assert.equal(t.status, 0, t.stdout + t.stderr);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the Grafana dashboard: a ConfigMap with grafana_dashboard "1" embedding dashboards/edgemesh.json; panels over exported metrics', () => {
+    const [cm] = render('dashboard-configmap.yaml', on, 'then');
+    assert.equal(cm.kind, 'ConfigMap');
+    // The sidecar's label is a string "1" in the values (a number would not match its selector) and goes on the metadata.
+    assert.deepEqual(((values.monitoring as Obj).dashboard as Obj).labels, { grafana_dashboard: '1' });
+    assert.match(templates.get('dashboard-configmap.yaml')!, /  labels:\n    \{\{- include "edgemesh\.labels" \. \| nindent 4 \}\}\n    \{\{- with \.Values\.monitoring\.dashboard\.labels \}\}\n    \{\{- toYaml \. \| nindent 4 \}\}/);
+    assert.match(templates.get('dashboard-configmap.yaml')!, /\.Files\.Get "dashboards\/edgemesh\.json" \| nindent 4/);
+    const dash = JSON.parse(read(join(chartDir, 'dashboards', 'edgemesh.json'))) as Obj & { panels: Obj[] };
+    assert.equal(dash.uid, 'edgemesh-overview');
+    assert.deepEqual(((dash.templating as Obj).list as Obj[]).map((v) => [v.name, v.type, v.query]), [['datasource', 'datasource', 'prometheus']]);
+    const ids = dash.panels.map((p) => p.id);
+    assert.equal(new Set(ids).size, ids.length, 'unique panel ids');
+    const queries = dash.panels.filter((p) => p.type !== 'row');
+    assert.ok(queries.length >= 20);
+    const seen = new Set<string>();
+    for (const p of queries) {
+      assert.deepEqual(p.datasource, { type: 'prometheus', uid: '${datasource}' }, String(p.title));
+      const g = p.gridPos as { w: number; x: number };
+      assert.ok(g.x + g.w <= 24, `${String(p.title)} fits the grid`);
+      for (const t of p.targets as Obj[]) {
+        for (const m of usedMetrics(String(t.expr))) {
+          assert.ok(exported.has(m), `${String(p.title)}: ${m} is not a metric of the product`);
+          seen.add(m);
+        }
+      }
+    }
+    // The headline metrics of each area are on it.
+    for (const m of ['edgemesh_tunnel_peers', 'edgemesh_tunnel_time_to_direct_seconds', 'edgemesh_proxy_refused_total', 'edgemesh_dns_queries_total', 'edgemesh_server_agents_connected', 'edgemesh_server_fleet_agents']) assert.ok(seen.has(m), m);
+  });
+});
+
+describe('identity (docs/identity.md)', () => {
+  const vol = (spec: Obj, name: string) => (spec.volumes as Obj[]).find((v) => v.name === name);
+  const podSpec = (file: string, v: Obj = values) => ((render(file, v, 'then')[0].spec as Obj).template as Obj).spec as Obj;
+
+  test('the CA has no default: generated once (Ed25519, genCAWithKey), read back with lookup, kept on uninstall', () => {
+    assert.deepEqual(values.ca, { existingSecret: '' });
+    const t = templates.get('ca-secret.yaml')!;
+    assert.match(t, /lookup "v1" "Secret" \.Release\.Namespace \$name/);
+    assert.match(t, /genCAWithKey "edgemesh cluster CA" \d+ \(genPrivateKey "ed25519"\)/);
+    assert.ok(!/genCA /.test(t), 'genCA alone makes an RSA CA');
+    const [secret] = render('ca-secret.yaml', values, 'then');
+    assert.equal(((secret.metadata as Obj).annotations as Obj)['helm.sh/resource-policy'], 'keep');
+    assert.deepEqual(Object.keys(secret.data as Obj).sort(), ['ca.crt', 'ca.key']);
+    assert.deepEqual(render('ca-secret.yaml', withValues({ ca: { existingSecret: 'my-ca' } }), 'then'), [], 'an existing Secret: nothing rendered');
+  });
+
+  test('agents get the CA certificate only, at tunnel.caFile, and a projected token with audience edgemesh', () => {
+    const spec = podSpec('agent-daemonset.yaml');
+    const [c] = spec.containers as Obj[];
+    const tunnel = ((values.agent as Obj).config as Obj).tunnel as Obj;
+    const ca = vol(spec, 'ca')!.secret as Obj;
+    assert.deepEqual(ca.items, [{ key: 'ca.crt', path: 'ca.crt' }], 'never ca.key');
+    assert.deepEqual((c.volumeMounts as Obj[]).find((m) => m.name === 'ca'), { name: 'ca', mountPath: '__tpl__', subPath: 'ca.crt', readOnly: true });
+    assert.match(templates.get('agent-daemonset.yaml')!, /mountPath: \{\{ \$caFile \}\}/);
+    assert.equal(tunnel.caFile, '/etc/edgemesh/ca/ca.crt');
+    const projected = ((vol(spec, 'enroll-token')!.projected as Obj).sources as Obj[])[0].serviceAccountToken as Obj;
+    assert.equal(projected.audience, 'edgemesh');
+    const m = (c.volumeMounts as Obj[]).find((x) => x.name === 'enroll-token')!;
+    assert.equal(m.subPath, undefined, 'a subPath mount would never see the rotated token');
+    assert.match(templates.get('agent-daemonset.yaml')!, /mountPath: \{\{ dir \$saTokenFile \}\}/);
+    assert.equal(tunnel.serviceAccountTokenFile, '/var/run/secrets/edgemesh/token');
+  });
+
+  test('the server gets the CA key (0440), its stateDir volume (emptyDir, or a kept PVC), and its own ServiceAccount', () => {
+    const spec = podSpec('server-deployment.yaml');
+    const ca = vol(spec, 'ca')!.secret as Obj;
+    // 0440 is octal for Kubernetes (YAML 1.1); this parser reads it as a decimal literal, so check the text.
+    assert.match(templates.get('server-deployment.yaml')!, /secretName: \{\{ include "edgemesh\.caSecretName" \. \}\}\n\s+defaultMode: 0440/);
+    assert.deepEqual((ca.items as Obj[]).map((i) => i.key), ['ca.crt', 'ca.key']);
+    const cfg = (values.server as Obj).config as Obj;
+    assert.equal(cfg.caFile, '/etc/edgemesh/ca/ca.crt');
+    assert.equal(cfg.caKeyFile, '/etc/edgemesh/ca/ca.key');
+    assert.ok('emptyDir' in vol(spec, 'state')!);
+    const withPvc = withValues({ server: { persistence: { enabled: true } } });
+    assert.equal((vol(podSpec('server-deployment.yaml', withPvc), 'state')!.persistentVolumeClaim as Obj).claimName, '__tpl__-server');
+    const [pvc] = render('server-pvc.yaml', withPvc, 'then');
+    assert.equal(((pvc.metadata as Obj).annotations as Obj)['helm.sh/resource-policy'], 'keep');
+    assert.equal(spec.automountServiceAccountToken, true);
+    assert.equal(spec.serviceAccountName, '__tpl__-server');
+  });
+
+  test('enrollment defaults: Kubernetes and join tokens; the bootstrap token only with persistence', () => {
+    const cfg = (values.server as Obj).config as Obj;
+    assert.deepEqual(cfg.enrollment, { bootstrapToken: false, serviceAccounts: [] });
+    assert.deepEqual(cfg.cluster, { source: 'kubernetes', kubeconfig: '' });
+    const helpers = templates.get('_helpers.tpl')!;
+    assert.match(helpers, /set \$enr "serviceAccounts" \(list \(printf "%s\/%s" \.Release\.Namespace \(include "edgemesh\.serviceAccountName" \.\)\)\)/);
+    assert.match(helpers, /fail "edgemesh: server\.config\.enrollment\.bootstrapToken needs server\.persistence\.enabled=true/);
+    assert.match(templates.get('server-configmap.yaml')!, /include "edgemesh\.server\.config" \./);
+  });
+
+  test('the server may read Nodes and create TokenReviews, nothing else', () => {
+    const role = render('server-rbac.yaml', values, 'then').find((o) => o.kind === 'ClusterRole')!;
+    assert.deepEqual(role.rules, [
+      { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
+      { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+    ]);
+  });
 });
 
 describe('RBAC', () => {
   // What each kind the cluster source delivers (ResourceKind in packages/agent/src/cluster/types.ts) needs.
-  const RESOURCES: Record<string, { group: string; resource: string; optional?: boolean }> = {
+  // `flag`: the rbac.* value that grants it (only then).
+  const RESOURCES: Record<string, { group: string; resource: string; flag?: 'destinationRules' | 'gateway' }> = {
     Service: { group: '', resource: 'services' },
     EndpointSlice: { group: 'discovery.k8s.io', resource: 'endpointslices' },
     Node: { group: '', resource: 'nodes' },
-    DestinationRule: { group: 'networking.istio.io', resource: 'destinationrules', optional: true },
+    DestinationRule: { group: 'networking.istio.io', resource: 'destinationrules', flag: 'destinationRules' },
+    Gateway: { group: 'networking.istio.io', resource: 'gateways', flag: 'gateway' },
+    VirtualService: { group: 'networking.istio.io', resource: 'virtualservices', flag: 'gateway' },
+    Secret: { group: '', resource: 'secrets', flag: 'gateway' },
   };
   const kinds = (() => {
     const m = /export type ResourceKind\s*=\s*([^;]+);/.exec(read(join(root, 'packages/agent/src/cluster/types.ts')));
@@ -305,10 +584,12 @@ describe('RBAC', () => {
     assert.deepEqual(kinds.filter((k) => !RESOURCES[k]), [], 'add the new kind to the chart RBAC and to this table');
   });
 
-  test('covers exactly the watched resources; destinationrules only when enabled', () => {
-    const want = (withDR: boolean) => kinds.filter((k) => withDR || !RESOURCES[k].optional).map((k) => `${RESOURCES[k].group}/${RESOURCES[k].resource}`).sort();
-    assert.deepEqual(granted(values), want(false));
-    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true } })), want(true));
+  test('covers exactly the watched resources; destinationrules, gateways/virtualservices/secrets only when enabled', () => {
+    const want = (...flags: string[]) => kinds.filter((k) => !RESOURCES[k].flag || flags.includes(RESOURCES[k].flag!)).map((k) => `${RESOURCES[k].group}/${RESOURCES[k].resource}`).sort();
+    assert.deepEqual(granted(values), want());
+    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true } })), want('destinationRules'));
+    assert.deepEqual(granted(withValues({ rbac: { gateway: true } })), want('gateway'));
+    assert.deepEqual(granted(withValues({ rbac: { destinationRules: true, gateway: true } })), want('destinationRules', 'gateway'));
   });
 });
 
@@ -378,9 +659,10 @@ describe('image', () => {
 });
 
 // Only where a helm binary exists (not on the development machines or CI here): the real rendering, fed back into
-// the product's config loaders.
+// the product's config loaders. Everything above checks the templates' structure, not what Go templates render, so
+// without helm the rendering stays unverified; the suite is then reported as skipped (allowed in CI), never passed.
 const helm = spawnSync('helm', ['version', '--short'], { encoding: 'utf8' });
-describe('helm template (when helm is installed)', { skip: helm.status !== 0 ? 'no helm binary on PATH' : false }, () => {
+describe('helm template (when helm is installed)', { skip: helm.status !== 0 && allowedInCi('no helm binary') }, () => {
   test('renders every ci values file; the ConfigMaps load through the agent and server config loaders', () => {
     for (const f of ciFiles) {
       const r = spawnSync('helm', ['template', 'edgemesh', chartDir, '--kube-version', '1.30.0', '-f', join(chartDir, 'ci', f)], { encoding: 'utf8' });

@@ -1,4 +1,4 @@
-// The kubernetes source driven by the real @kubernetes/client-node against an in-process fake API server:
+// The kubernetes source (cluster/kube.ts over cluster/kubeclient.ts) against an in-process fake API server:
 // initial sync, watch events, HTTP 500 on list, 410 Gone (event and HTTP), dropped connections, a silent watch,
 // a hanging list (watchdog), an absent then installed DestinationRule CRD, and the offline readiness rule.
 // Every fault ends with the model equal to the server's state.
@@ -163,12 +163,35 @@ test('dropped connections: every informer resumes and catches up from its resour
   const { model, src } = await startSource();
   try {
     await waitFor('sync', () => src.synced() && converged(model));
-    await waitFor('watches open', () => api.watcherCount(SVC) > 0 && api.watcherCount(NODES) > 0);
+    // All three core watches open before they are dropped (waiting for two and counting three flaked under load).
+    await waitFor('watches open', () => api.watcherCount(SVC) > 0 && api.watcherCount(EPS) > 0 && api.watcherCount(NODES) > 0);
     assert.ok(api.dropWatches() >= 3);
     api.upsert(NODES, node('edge-c', 'site-1'));
     api.upsert(SVC, svc('web', 8001));
     await waitFor('catch up after drop', () => converged(model) && model.snapshot().nodes.has('edge-c'));
     assert.equal(model.snapshot().services.get('default/web')?.ports[0].port, 8001);
+  } finally {
+    await src.stop();
+  }
+});
+
+test('a BOOKMARK moves the resume point: after compaction and a dropped watch the kind resumes without a relist', async () => {
+  const { model, src } = await startSource();
+  try {
+    await waitFor('sync', () => src.synced() && converged(model));
+    await waitFor('watch open', () => api.watcherCount(SVC) > 0);
+    api.upsert(NODES, node('edge-e', 'site-1')); // moves the global resourceVersion past what the Service watch saw
+    api.bookmark(SVC);
+    const rv = [...api.state(NODES).values()].map(Number).sort((a, b) => b - a)[0];
+    await waitFor('bookmark applied', () => src.describe().Service.resourceVersion === String(rv));
+    const lists = api.requests.filter((r) => r.url.startsWith(SVC) && !r.url.includes('watch=true')).length;
+    api.compact();
+    api.dropWatches(SVC);
+    api.upsert(SVC, svc('after-bookmark', 82));
+    await waitFor('event after resume', () => converged(model) && model.snapshot().services.has('default/after-bookmark'));
+    assert.equal(api.requests.filter((r) => r.url.startsWith(SVC) && !r.url.includes('watch=true')).length, lists, 'no relist');
+    api.delete(SVC, 'default/after-bookmark');
+    api.delete(NODES, 'edge-e');
   } finally {
     await src.stop();
   }
@@ -250,7 +273,7 @@ test('kubeconfig: a metaServer URL works directly; errors name cluster.kubeconfi
   assert.throws(() => loadKubeConfig('', {}), /cluster\.kubeconfig: empty means in-cluster/);
   // A malformed URL is named in the error without the credentials it may carry.
   assert.throws(() => loadKubeConfig('http://admin:s3cret@[bad'), (e: Error) => /cluster\.kubeconfig: not a valid URL/.test(e.message) && !e.message.includes('s3cret'));
-  // In-cluster: the service-account environment (client-node reads process.env and the token/CA files lazily).
+  // In-cluster: the service-account environment (the token and CA files are read when a request is made).
   const saved = { host: process.env.KUBERNETES_SERVICE_HOST, port: process.env.KUBERNETES_SERVICE_PORT };
   try {
     process.env.KUBERNETES_SERVICE_HOST = '10.96.0.1';

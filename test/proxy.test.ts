@@ -13,6 +13,7 @@ import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
 import { DialError, type Deadline, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
+import { trackHandles } from './lib/handles.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
 const servers: { close(): void }[] = [];
@@ -332,12 +333,12 @@ test('TCP: a client that half-closed and is then closed by the proxy (stop) leav
   c.on('data', () => {});
   try {
     c.end('request');
-    assert.ok(await within(gotEnd.promise, 3000), 'the endpoint never saw the request and FIN');
+    assert.ok(await within(gotEnd.promise, 10_000), 'the endpoint never saw the request and FIN');
   } finally {
     await proxier.stop();
   }
   // The proxy closed its side of the client connection: the endpoint's connection must go too.
-  const gone = await within(closed.promise, 3000);
+  const gone = await within(closed.promise, 10_000);
   c.destroy();
   endpointSide?.destroy();
   assert.ok(gone, 'the connection to the endpoint was left open after the client side closed');
@@ -418,19 +419,68 @@ test('TCP: a retry never goes back to the endpoint that just failed, even when t
 });
 
 test('a service-port listener that cannot open (address not on this host) leaves no socket behind', async () => {
-  const count = () => process.getActiveResourcesInfo().filter((r) => r === 'UDPWrap' || r === 'TCPServerWrap').length;
-  // Let sockets of earlier tests finish closing, so that the count only moves because of this test.
-  for (let last = -1, n = count(); n !== last; last = n, n = count()) await new Promise((r) => setTimeout(r, 100));
-  const before = count();
-  for (let i = 0; i < 3; i++) {
-    const { proxier } = await setup([
-      node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
-      slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
-    ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
-    assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
+  // Exactly the sockets this test opens (not a process-wide count that earlier tests' closing sockets also move).
+  const handles = trackHandles(['UDPWRAP', 'TCPSERVERWRAP']);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const { proxier } = await setup([
+        node('me'), service({ name: 'nobind', ip: '10.96.0.12', ports: [{ port: 53, protocol: 'UDP' }, { port: 80 }] }),
+        slice('nobind', [{ port: 53, protocol: 'UDP' }, { port: 80 }], [{ ip: '127.0.0.17', node: 'me' }]),
+      ], { bindAddress: '192.0.2.1' }); // TEST-NET-1, not on this host: binding fails with EADDRNOTAVAIL
+      assert.equal(proxier.listenerPort('default/nobind', 53, 'UDP'), undefined);
+      await proxier.stop();
+    }
+    const end = Date.now() + 10_000;
+    while (handles.open().length && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(handles.open(), [], 'sockets left behind');
+  } finally {
+    handles.stop();
+  }
+});
+
+test('readiness follows generations: listeners and the rules of the current snapshot, after the cluster synced; later reconciles never take it away, a wrong kernel does', async () => {
+  // A fake interceptor: the test decides when rules reach the "kernel" and whether it holds them.
+  let gen = 0;
+  let inKernel = 0;
+  let kernelOk = true;
+  const desired: number[] = [];
+  const interceptor = {
+    setDesired: (rules: readonly unknown[]) => { desired.push(rules.length); return ++gen; },
+    appliedFor: (g: number) => inKernel >= g,
+    healthy: () => kernelOk,
+  };
+  let phase: 'synced' | 'offline' | 'empty' = 'empty';
+  const b = await tcpServer('127.0.0.2', 'echo');
+  const { proxier, model } = await setup([
+    node('me'), service({ name: 'a', ip: '10.96.0.21', ports: [{ port: 80, targetPort: b.port }] }),
+    slice('a', [{ port: b.port }], [{ ip: '127.0.0.2', node: 'me' }]),
+  ], { interceptor, cluster: () => phase });
+  try {
+    assert.ok(proxier.listenerPort('default/a', 80), 'listeners open before the source synced');
+    assert.deepEqual(desired, [], 'no rules from a snapshot that is not the cluster yet (a predecessor\'s or leftover rules stay)');
+    assert.equal(proxier.ready(), false);
+    phase = 'synced';
+    proxier.kick();
+    await proxier.settle();
+    assert.deepEqual(desired, [1]);
+    assert.equal(proxier.ready(), false, 'rules handed over, not in the kernel yet');
+    inKernel = gen;
+    assert.equal(proxier.ready(), true);
+    // A new Service: its rules are pending, readiness stays (it never regresses on a reconcile)...
+    model.replace('Service', [
+      service({ name: 'a', ip: '10.96.0.21', ports: [{ port: 80, targetPort: b.port }] }),
+      service({ name: 'b', ip: '10.96.0.22', ports: [{ port: 80, targetPort: b.port }] }),
+    ]);
+    model.flush();
+    await proxier.settle();
+    assert.equal(inKernel < gen, true);
+    assert.equal(proxier.ready(), true);
+    // ...but a kernel found holding other rules (flushed, not re-asserted yet) does take it away.
+    kernelOk = false;
+    assert.equal(proxier.ready(), false);
+    kernelOk = true;
+    assert.equal(proxier.ready(), true);
+  } finally {
     await proxier.stop();
   }
-  const end = Date.now() + 2000;
-  while (count() > before && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
-  assert.equal(count(), before, `sockets left: ${process.getActiveResourcesInfo().join(', ')}`);
 });

@@ -4,11 +4,41 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Server } from 'node:net';
-import { createSocket } from 'node:dgram';
+import { createSocket, type Socket } from 'node:dgram';
 import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import { encodePing, keyId, P, pingKey } from '../packages/agent/src/tunnel/ping.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
+
+/** Generous: a busy 2-core machine can stall the event loop for seconds. */
+const DEADLINE_MS = 15_000;
+
+/**
+ * Resolves once `u` receives a marker datagram sent to it from 127.0.0.1 after everything the agent may have answered:
+ * the agent had handled (and counted) our pings before the marker was sent, and loopback delivers to `u`'s queue in
+ * order, so an answer, had there been one, is in `answers` by then. A positive marker instead of a silent wait.
+ */
+/** Polls an async condition until it holds; throws after DEADLINE_MS. */
+async function until(cond: () => Promise<boolean>, what: () => string): Promise<void> {
+  const end = Date.now() + DEADLINE_MS;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what()}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function afterMarker(u: Socket): Promise<void> {
+  const tag = Buffer.from(`marker-${Math.random().toString(36).slice(2)}`);
+  const seen = new Promise<void>((r) => u.on('message', (m) => { if (m.equals(tag)) r(); }));
+  const m = createSocket('udp4');
+  await new Promise<void>((r) => m.bind(0, '127.0.0.1', r));
+  m.send(tag, u.address().port, '127.0.0.1');
+  try {
+    await Promise.race([seen, new Promise((_, rej) => setTimeout(() => rej(new Error('the marker datagram never arrived')), DEADLINE_MS).unref())]);
+  } finally {
+    m.close();
+  }
+}
 
 let server: EdgemeshServer;
 let a: TestAgent;
@@ -58,21 +88,23 @@ test('pings from a third party (unknown key, or a known key id with a forged MAC
   const forged = encodePing(randomBytes(32), { type: P.PING, keyId: keyId(bKey), txid: randomBytes(12), counter: 1n << 60n, streamId: 1 });
   const stranger = encodePing(randomBytes(32), { type: P.PING, keyId: randomBytes(8), txid: randomBytes(12), counter: 1n, streamId: 1 });
   const answers: Buffer[] = [];
-  u.on('message', (m) => answers.push(m));
+  u.on('message', (m) => { if (!m.toString().startsWith('marker-')) answers.push(m); });
+  let m = '';
+  const count = async (reason: string) => {
+    m = await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total');
+    return Number(new RegExp(`reason="${reason}"} (\\d+)`).exec(m)?.[1] ?? 0);
+  };
+  const before = { badMac: await count('bad-mac'), unknown: await count('unknown-peer') };
   for (let i = 0; i < 5; i++) {
     u.send(forged, port, '127.0.0.1');
     u.send(stranger, port, '127.0.0.1');
     u.send(Buffer.concat([Buffer.from([0x00]), randomBytes(49)]), port, '127.0.0.1');
   }
-  await waitFor(() => true);
-  await new Promise((r) => setTimeout(r, 300));
+  // Every one of ours handled and rejected (at least: other agents on this machine may add strays of their own).
+  await until(async () => (await count('bad-mac')) - before.badMac >= 5 && (await count('unknown-peer')) - before.unknown >= 5, () => `the forged pings to be rejected\n${m}`);
+  await afterMarker(u);
   u.close();
   assert.equal(answers.length, 0, 'a forged ping was answered');
-  const m = await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total');
-  // At least ours (other tests' agents on this machine may add strays of their own).
-  const count = (reason: string) => Number(new RegExp(`reason="${reason}"} (\\d+)`).exec(m)?.[1] ?? 0);
-  assert.ok(count('bad-mac') >= 5, m);
-  assert.ok(count('unknown-peer') >= 5, m);
   assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct'), 'the direct path survived');
 });
 
@@ -87,13 +119,14 @@ test('a correctly MAC\'d ping with an old counter (a replay) is dropped and not 
   await new Promise<void>((r) => u.bind(0, '127.0.0.1', r));
   const answers: Buffer[] = [];
   const attacker = `127.0.0.1:${u.address().port}`;
-  u.on('message', (m) => answers.push(m));
-  const before = Number(/reason="replay"} (\d+)/.exec(await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total'))?.[1] ?? 0);
+  u.on('message', (m) => { if (!m.toString().startsWith('marker-')) answers.push(m); });
+  const replays = async () => Number(/reason="replay"} (\d+)/.exec(await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total'))?.[1] ?? 0);
+  const before = await replays();
   for (let i = 0; i < 3; i++) u.send(old, direct.port, '127.0.0.1');
-  await new Promise((r) => setTimeout(r, 300));
+  await until(async () => (await replays()) - before >= 3, () => 'the replays to be rejected');
+  await afterMarker(u);
   u.close();
   assert.equal(answers.length, 0, 'a replayed ping was answered');
-  const after = Number(/reason="replay"} (\d+)/.exec(await a.registry.getSingleMetricAsString('edgemesh_tunnel_pings_rejected_total'))?.[1] ?? 0);
-  assert.equal(after - before, 3);
+  assert.equal((await replays()) - before, 3, 'each replay rejected once');
   assert.ok(a.tunnel.status().peers.some((p) => p.node === 'b' && p.path === 'direct' && p.remote !== attacker), 'the path did not move');
 });

@@ -129,6 +129,7 @@ test('UDP datagrams keep their boundaries through the tunnel', async () => {
 
 test('a reader that stops reading does not stall another stream on the same link', async () => {
   const dialer = new TunnelDialer(a.tunnel);
+  const heldBefore = held.length;
   const slow = await dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
   slow.on('error', () => {});
   slow.write(Buffer.from('HOLD'));
@@ -136,11 +137,13 @@ test('a reader that stops reading does not stall another stream on the same link
   const big = randomBytes(32 * 1024 * 1024);
   let slowDone = false;
   slow.write(big, () => { slowDone = true; });
-  await new Promise((r) => setTimeout(r, 300));
+  // The backend has the slow connection and stopped reading it (instead of sleeping and hoping it got there).
+  await waitFor(() => held.length > heldBefore, 15_000, 'the backend to hold the slow connection');
   const data = randomBytes(2 * 1024 * 1024);
   const fast = await dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
   assert.equal(await sendAndHash(fast, data), createHash('sha256').update(data).digest('hex'));
   assert.equal(slowDone, false, 'the slow stream should still be blocked by its credit');
+  assert.ok(slow.writableLength > 0, 'the slow stream still holds unsent data');
   slow.destroy();
 });
 

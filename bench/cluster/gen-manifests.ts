@@ -3,7 +3,8 @@
 import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
-export function serviceDoc(i: number, endpoints: number, port = 80): string {
+/** `headless`: clusterIP None (no proxy listener: the memory bench separates the listeners' share that way). */
+export function serviceDoc(i: number, endpoints: number, port = 80, headless = false): string {
   const ns = `ns${i % 20}`;
   const name = `svc-${i}`;
   const ip = `10.${96 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
@@ -15,7 +16,7 @@ metadata:
   namespace: ${ns}
   labels: {app: ${name}}
 spec:
-  clusterIP: ${ip}
+  clusterIP: ${headless ? 'None' : ip}
   ports:
   - {name: http, port: ${port}, targetPort: 8080, protocol: TCP}
   selector: {app: ${name}}
@@ -35,11 +36,11 @@ ${eps}
 }
 
 /** File k gets Services k, k+files, k+2*files, ... Written via temp + rename so watchers never see half a file. */
-export function generate(dir: string, services: number, endpoints: number, files: number): void {
+export function generate(dir: string, services: number, endpoints: number, files: number, headless = false): void {
   mkdirSync(dir, { recursive: true });
   for (let f = 0; f < files; f++) {
     const docs: string[] = [];
-    for (let i = f; i < services; i += files) docs.push(serviceDoc(i, endpoints));
+    for (let i = f; i < services; i += files) docs.push(serviceDoc(i, endpoints, 80, headless));
     const tmp = join(dir, `.svc-${f}.yaml.tmp`);
     writeFileSync(tmp, docs.join('---\n'));
     renameSync(tmp, join(dir, `svc-${f}.yaml`));

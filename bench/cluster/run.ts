@@ -1,12 +1,19 @@
-// Cluster bench: RSS of the real agent (file source, dns/proxy/tunnel off) idle and with N Services x E endpoints
-// loaded from manifests, and the time from a manifest file change to the model update (in-process, default debounce).
-// The same for the kubernetes source against the in-process fake API server (test/lib/fakeapi.ts).
-// usage: npx node bench/cluster/run.ts [services=5000] [endpointsPerService=3]
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+// Cluster bench: the real agent binary with DNS + proxy + tunnel on (a local edgemesh-server, listeners without
+// iptables rules), for both cluster sources (a manifests directory; the in-process fake API server of
+// test/lib/fakeapi.ts). Per source:
+//   - RSS idle (nothing in the cluster), then N Services x E endpoints added to that running agent (RSS after it
+//     settled), then 1,000 more (RSS per extra 1,000 Services, in place);
+//   - start -> ready (/readyz 200) of a fresh agent (empty stateDir) with N Services already there, and its RSS;
+//   - the same with 1,000 Services: (RSS(N) - RSS(1,000)) / (N/1,000 - 1) = RSS per extra 1,000 Services, cold.
+// Then, in-process: file change -> model latency, watch event -> model latency.
+// The bins run as in production (bench/cluster/procs.ts): NODE_ENV=production, so the built JavaScript (dist/, `npm run
+// build`) when it exists, and V8 sized for the chart's memory limits; --source runs the TypeScript sources instead.
+// Writes bench/results/cluster.json (README tables: node bench/readme.ts); bench/cluster/memory.ts is the separate
+// breakdown of where the RSS goes and writes no results.
+// usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]   (services > 1,000)
+import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { once } from 'node:events';
+import { join } from 'node:path';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../../packages/agent/src/cluster/model.ts';
 import { FileSource, FILE_DEBOUNCE_MS } from '../../packages/agent/src/cluster/file.ts';
@@ -14,70 +21,127 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
+import { built, chartLimits, fmt, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { writeResult } from '../results.ts';
+import type { ClusterData, ClusterProfile, Spread, V8Sizing } from '../shapes.ts';
 
-const SERVICES = Number(process.argv[2] ?? 5000);
-const ENDPOINTS = Number(process.argv[3] ?? 3);
+const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [services=5000 (> 1000)] [endpointsPerService=3]';
+const args = process.argv.slice(2);
+const MODE: BinMode = { source: args.includes('--source') };
+const unknown = args.filter((a) => a.startsWith('--') && a !== '--source');
+const [svcArg, epArg, ...extra] = args.filter((a) => !a.startsWith('--'));
+const SERVICES = Number(svcArg ?? 5000);
+const ENDPOINTS = Number(epArg ?? 3);
+/** The "extra Services" step of the RSS-per-1,000-Services figures; fresh starts with STEP and SERVICES Services. */
+const STEP = 1000;
+if (unknown.length || extra.length || !Number.isInteger(SERVICES) || SERVICES <= STEP || !Number.isInteger(ENDPOINTS) || ENDPOINTS < 1) {
+  console.error(USAGE);
+  process.exit(2);
+}
+/** The small cluster of the second file change -> model latency run. */
+const SMALL_SERVICES = 100;
 const FILES = 50;
+/** After a load, RSS is read once the process had this long to collect garbage and return memory. */
 const SETTLE_MS = 3000;
 const CHANGE_ROUNDS = 10;
-const BIN = resolve(import.meta.dirname, '../../packages/agent/bin/edgemesh-agent.js');
 
-const rssMiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))![1]) / 1024;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** How a source is fed: what the agent config says, and how to make the cluster hold `n` Services. */
+interface Feed { name: string; cluster: string; set(n: number): void; close(): Promise<void> }
 
-async function metric(base: string, name: string): Promise<number | undefined> {
-  const text = await (await fetch(`${base}/metrics`)).text();
-  const m = new RegExp(`^${name} (\\S+)$`, 'm').exec(text);
-  return m ? Number(m[1]) : undefined;
+function fileFeed(root: string, name: string): Feed {
+  const dir = join(root, `${name}-manifests`);
+  mkdirSync(dir, { recursive: true });
+  return {
+    name: 'file',
+    cluster: `{source: file, manifestsDir: ${dir}}`,
+    set: (n) => generate(dir, n, ENDPOINTS, FILES),
+    async close() {},
+  };
 }
 
-/** Starts the agent binary with `cfgText` as its config; resolves once the cluster source reports synced. */
-async function startAgent(root: string, cfgText: string): Promise<{ child: ChildProcess; base: string }> {
-  const cfg = join(root, 'agent.yaml');
-  writeFileSync(cfg, cfgText);
-  const child = spawn(process.execPath, [BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  child.stdout!.on('data', (d) => { out += d; });
-  let admin: string | undefined;
-  while (!(admin = /"admin":"([^"]+)"/.exec(out)?.[1])) await sleep(20);
-  const base = `http://${admin}`;
-  while ((await metric(base, 'edgemesh_cluster_synced')) !== 1) await sleep(20);
-  return { child, base };
+/** Objects the manifest generator writes, as the fake API server holds them. */
+const objectsOf = (i: number): Obj[] => serviceDoc(i, ENDPOINTS).split('---\n').map((d) => parse(d) as Obj);
+
+async function kubeFeed(): Promise<Feed> {
+  const api = new FakeApiServer();
+  const url = await api.start();
+  for (let n = 0; n < 50; n++) api.upsert('/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: `edge-${n}`, labels: { 'apps.kubeedge.io/belonging-to': `site-${n % 5}` } } });
+  let have = 0;
+  return {
+    name: 'kubernetes',
+    cluster: `{source: kubernetes, kubeconfig: "${url}"}`,
+    set(n) {
+      for (; have < n; have++) {
+        const [svc, slice] = objectsOf(have);
+        api.upsert('/api/v1/services', svc);
+        api.upsert('/apis/discovery.k8s.io/v1/endpointslices', slice);
+      }
+    },
+    close: () => api.close(),
+  };
 }
 
-async function agentRss(): Promise<void> {
-  const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
-  const manifests = join(root, 'm');
-  mkdirSync(manifests);
-  const { child, base } = await startAgent(root, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: file, manifestsDir: ${manifests}}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
+/** The agent's V8 sizing, read from its command line once (every agent of a run is sized alike). */
+let agentFlags: string[] | undefined;
+
+async function profile(root: string, server: string, feedFor: (name: string) => Promise<Feed>): Promise<ClusterProfile> {
+  // 1. Idle, then N Services added to the running agent, then STEP more.
+  let feed = await feedFor('idle');
+  let a = await startAgent(root, `${feed.name}-idle`, feed.cluster, server, MODE);
+  let idle, inPlace, inPlaceMs, step;
   try {
+    agentFlags ??= nodeFlags(a.child.pid!);
     await sleep(SETTLE_MS);
-    const idle = rssMiB(child.pid!);
+    idle = rss(a.child.pid!);
     const t0 = performance.now();
-    generate(manifests, SERVICES, ENDPOINTS, FILES);
-    const tGen = performance.now() - t0;
-    while ((await metric(base, 'edgemesh_cluster_services')) !== SERVICES) await sleep(20);
-    const tLoad = performance.now() - t0;
-    const loadedNow = rssMiB(child.pid!);
+    feed.set(SERVICES);
+    await waitServices(a, SERVICES);
+    inPlaceMs = performance.now() - t0;
     await sleep(SETTLE_MS);
-    const loaded = rssMiB(child.pid!);
-    const eps = await metric(base, 'edgemesh_cluster_endpoints');
-    console.log(`agent RSS idle (empty manifests dir): ${idle.toFixed(1)} MiB`);
-    console.log(`agent RSS with ${SERVICES} Services x ${ENDPOINTS} endpoints (${eps} endpoints in the model): ${loaded.toFixed(1)} MiB (${loadedNow.toFixed(1)} MiB right after loading)`);
-    console.log(`  writing ${FILES} files took ${tGen.toFixed(0)} ms; all ${SERVICES} Services visible in /metrics ${tLoad.toFixed(0)} ms after the first write`);
-    const state = readFileSync(join(root, 'state', 'cluster-state.json'));
-    console.log(`  offline state file: ${(state.length / 1024 / 1024).toFixed(1)} MiB`);
-    child.kill('SIGTERM');
-    const [code] = await once(child, 'exit');
-    if (code !== 0) console.log(`  agent exit code ${code}`);
+    inPlace = rss(a.child.pid!);
+    feed.set(SERVICES + STEP);
+    await waitServices(a, SERVICES + STEP);
+    await sleep(SETTLE_MS);
+    step = rss(a.child.pid!);
   } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
-    rmSync(root, { recursive: true, force: true });
+    await a.stop();
+    await feed.close();
   }
+  console.log(`${feed.name}: idle ${fmt(idle)}; +${SERVICES} Services x ${ENDPOINTS} endpoints in place: ${fmt(inPlace)} (all in the model ${inPlaceMs.toFixed(0)} ms after the change); +${STEP} more: ${fmt(step)}`);
+
+  // 2. Cold starts with N and with STEP Services already in the cluster.
+  const cold: Record<number, { r: ReturnType<typeof rss>; readyMs: number; readyCpuMs: number }> = {};
+  for (const n of [SERVICES, STEP]) {
+    feed = await feedFor(`cold-${n}`);
+    feed.set(n);
+    a = await startAgent(root, `${feed.name}-cold-${n}`, feed.cluster, server, MODE);
+    try {
+      await waitServices(a, n);
+      await sleep(SETTLE_MS);
+      cold[n] = { r: rss(a.child.pid!), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
+    } finally {
+      await a.stop();
+      await feed.close();
+    }
+    console.log(`${feed.name}: fresh agent with ${n} Services: start -> /readyz ${cold[n].readyMs.toFixed(0)} ms (CPU ${cold[n].readyCpuMs.toFixed(0)} ms); RSS ${fmt(cold[n].r)}`);
+  }
+  return {
+    idle, inPlace, inPlaceMs, inPlaceStep: step,
+    readyMs: cold[SERVICES].readyMs, readyCpuMs: cold[SERVICES].readyCpuMs, cold: cold[SERVICES].r,
+    coldStepReadyMs: cold[STEP].readyMs, coldStepReadyCpuMs: cold[STEP].readyCpuMs, coldStep: cold[STEP].r,
+    perStepColdMiB: (cold[SERVICES].r.rss - cold[STEP].r.rss) / (SERVICES / STEP - 1),
+    perStepInPlaceMiB: step.rss - inPlace.rss,
+  };
+}
+
+/** Median, min and max of latency samples. */
+function spread(samples: number[]): Spread {
+  const s = [...samples].sort((a, b) => a - b);
+  return { median: s[Math.floor(s.length / 2)], min: s[0], max: s[s.length - 1], rounds: s.length };
 }
 
 /** File change -> model snapshot, in-process with the default debounce (FILE_DEBOUNCE_MS). */
-async function changeLatency(services: number): Promise<void> {
+async function changeLatency(services: number): Promise<Spread & { loadMs: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'em-bench-chg-'));
   generate(dir, services, ENDPOINTS, FILES);
   const model = new ClusterModel([]);
@@ -105,54 +169,21 @@ async function changeLatency(services: number): Promise<void> {
   }
   await src.stop();
   rmSync(dir, { recursive: true, force: true });
-  samples.sort((a, b) => a - b);
-  const med = samples[Math.floor(samples.length / 2)];
+  const s = spread(samples);
   console.log(`initial read of ${services} Services x ${ENDPOINTS} endpoints (${FILES} files) in-process: ${loadMs.toFixed(0)} ms`);
-  console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${med.toFixed(0)} ms, min ${samples[0].toFixed(0)}, max ${samples[samples.length - 1].toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
+  console.log(`file change -> model update with ${services} Services loaded (one file of ${Math.ceil(services / FILES)} rewritten): median ${s.median.toFixed(0)} ms, min ${s.min.toFixed(0)}, max ${s.max.toFixed(0)} (includes the ${FILE_DEBOUNCE_MS} ms debounce; ${CHANGE_ROUNDS} rounds)`);
+  return { ...s, loadMs };
 }
 
-/** Populates a fake API server with the same objects the manifest generator writes. */
-function objects(services: number): Obj[][] {
-  return Array.from({ length: services }, (_, i) => serviceDoc(i, ENDPOINTS).split('---\n').map((d) => parse(d) as Obj));
-}
-function populate(api: FakeApiServer, services: number, objs = objects(services)): void {
-  for (const [svc, slice] of objs) {
+/** API change -> model snapshot through the watch, in-process, with N Services already listed. */
+async function kubeLatency(services: number): Promise<Spread & { listMs: number }> {
+  const api = new FakeApiServer();
+  const url = await api.start();
+  for (let i = 0; i < services; i++) {
+    const [svc, slice] = objectsOf(i);
     api.upsert('/api/v1/services', svc);
     api.upsert('/apis/discovery.k8s.io/v1/endpointslices', slice);
   }
-  for (let n = 0; n < 50; n++) api.upsert('/api/v1/nodes', { apiVersion: 'v1', kind: 'Node', metadata: { name: `edge-${n}`, labels: { 'apps.kubeedge.io/belonging-to': `site-${n % 5}` } } });
-}
-
-async function kubeAgentRss(): Promise<void> {
-  const api = new FakeApiServer();
-  const url = await api.start();
-  const root = mkdtempSync(join(tmpdir(), 'em-bench-kube-'));
-  const { child, base } = await startAgent(root, `nodeName: bench\nstateDir: ${join(root, 'state')}\ncluster: {source: kubernetes, kubeconfig: "${url}"}\ndns: {enabled: false}\nproxy: {intercept: none}\ntunnel: {enabled: false}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
-  try {
-    await sleep(SETTLE_MS);
-    const idle = rssMiB(child.pid!);
-    const objs = objects(SERVICES);
-    populate(api, SERVICES, objs);
-    const t0 = performance.now(); // events are written synchronously above; they leave the bench process from here
-    while ((await metric(base, 'edgemesh_cluster_services')) !== SERVICES) await sleep(20);
-    const tLoad = performance.now() - t0;
-    await sleep(SETTLE_MS);
-    const loaded = rssMiB(child.pid!);
-    console.log(`kubernetes source: agent RSS idle (empty API) ${idle.toFixed(1)} MiB; with ${SERVICES} Services x ${ENDPOINTS} endpoints streamed as watch events: ${loaded.toFixed(1)} MiB (all visible ${tLoad.toFixed(0)} ms after the server queued the ${2 * SERVICES + 50} events)`);
-    child.kill('SIGTERM');
-    await once(child, 'exit');
-  } finally {
-    if (child.exitCode === null) child.kill('SIGKILL');
-    await api.close();
-    rmSync(root, { recursive: true, force: true });
-  }
-}
-
-/** API change -> model snapshot through the real client-node watch, in-process, with N Services already listed. */
-async function kubeLatency(services: number): Promise<void> {
-  const api = new FakeApiServer();
-  const url = await api.start();
-  populate(api, services);
   const model = new ClusterModel([]);
   const src = new KubeSource({ kubeConfig: loadKubeConfig(url), log: silentLogger, offlineLoaded: false });
   const t0 = performance.now();
@@ -175,16 +206,48 @@ async function kubeLatency(services: number): Promise<void> {
   }
   await src.stop();
   await api.close();
-  samples.sort((a, b) => a - b);
-  console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints + 50 Nodes ${listMs.toFixed(0)} ms; watch event -> model update median ${samples[Math.floor(samples.length / 2)].toFixed(1)} ms (min ${samples[0].toFixed(1)}, max ${samples[samples.length - 1].toFixed(1)})`);
+  const s = spread(samples);
+  console.log(`kubernetes source: initial list of ${services} Services x ${ENDPOINTS} endpoints ${listMs.toFixed(0)} ms; watch event -> model update median ${s.median.toFixed(1)} ms (min ${s.min.toFixed(1)}, max ${s.max.toFixed(1)})`);
+  return { ...s, listMs };
 }
 
-// FileSource's watcher and rescan timer do not hold the process open (the agent's admin server does); the bench must.
+const limits = chartLimits();
+const CODE: ClusterData['code'] = built() && !MODE.source ? 'dist' : 'src';
+console.log(`node ${process.version}; agent and server run ${CODE === 'dist' ? 'the built JavaScript (dist/)' : 'the TypeScript sources'}, V8 sized for the chart's limits (agent ${limits.agent}, server ${limits.server}); DNS + proxy (listeners, no iptables) + tunnel on; ${SERVICES} Services x ${ENDPOINTS} endpoints (${FILES} manifest files)`);
+const root = mkdtempSync(join(tmpdir(), 'em-bench-'));
+const server = await startServer(root, MODE);
+let file: ClusterProfile, kubernetes: ClusterProfile, serverIdle: ReturnType<typeof rss>, serverAfter: ReturnType<typeof rss>, serverFlags: string[];
+try {
+  serverFlags = nodeFlags(server.child.pid!);
+  serverIdle = rss(server.child.pid!);
+  file = await profile(root, server.address, async (name) => fileFeed(root, name));
+  kubernetes = await profile(root, server.address, () => kubeFeed());
+  serverAfter = rss(server.child.pid!);
+  console.log(`server RSS: idle ${fmt(serverIdle)}; after the agents came and went ${fmt(serverAfter)}`);
+} finally {
+  await server.stop();
+  rmSync(root, { recursive: true, force: true });
+}
+
+const mib = (x: number) => `${x.toFixed(0)} MiB`;
+console.log(`\n| | file | kubernetes | goal |\n|---|---:|---:|---|`);
+const row = (label: string, f: (r: ClusterProfile) => string, goal: string) => console.log(`| ${label} | ${f(file)} | ${f(kubernetes)} | ${goal} |`);
+row('RSS idle', (r) => mib(r.idle.rss), '≤ 70 MiB (file), ≤ 90 MiB (kubernetes)');
+row(`RSS with ${SERVICES} Services × ${ENDPOINTS} endpoints (fresh start / added in place)`, (r) => `${mib(r.cold.rss)} / ${mib(r.inPlace.rss)}`, '≤ 130 MiB');
+row(`start → ready with ${SERVICES} Services (wall; CPU)`, (r) => `${(r.readyMs / 1000).toFixed(2)} s; ${(r.readyCpuMs / 1000).toFixed(2)} s`, '≤ 1.5 s');
+row(`RSS per extra ${STEP} Services (fresh starts ${STEP}→${SERVICES} / +${STEP} in place)`, (r) => `${r.perStepColdMiB.toFixed(1)} / ${r.perStepInPlaceMiB.toFixed(1)} MiB`, '≤ 8 MiB');
+
+// FileSource's watcher and rescan timer do not hold the process open; the in-process latency runs need this.
 const keepAlive = setInterval(() => {}, 1000);
-console.log(`node ${process.version}, ${SERVICES} Services x ${ENDPOINTS} endpoints in ${FILES} files`);
-await agentRss();
-await changeLatency(100);
-await changeLatency(SERVICES);
-await kubeAgentRss();
-await kubeLatency(SERVICES);
+const fileSmall = await changeLatency(SMALL_SERVICES);
+const fileLoaded = await changeLatency(SERVICES);
+const kube = await kubeLatency(SERVICES);
 clearInterval(keepAlive);
+
+const sizing = (memoryLimit: string, flags: string[] | undefined): V8Sizing => ({ memoryLimit, flags: flags ?? [] });
+writeResult<ClusterData>('cluster', {
+  services: SERVICES, endpoints: ENDPOINTS, files: FILES, step: STEP, settleMs: SETTLE_MS, code: CODE,
+  agentV8: sizing(limits.agent, agentFlags), serverV8: sizing(limits.server, serverFlags!),
+  file: file!, kubernetes: kubernetes!, server: { idle: serverIdle!, after: serverAfter! },
+  latency: { debounceMs: FILE_DEBOUNCE_MS, file: fileLoaded, fileSmall: { ...fileSmall, services: SMALL_SERVICES }, kube },
+});

@@ -3,6 +3,7 @@
 // local upstream; caches warmed first). Prints queries/s of each and the ratio agent/unbound.
 // Run: npx node bench/dns/run.ts [--seconds 10]   (needs dnsperf and unbound: apt-get install dnsperf unbound;
 // installed automatically when missing and running as root). Not a test: numbers depend on the machine.
+// Writes bench/results/dns.json (README tables: node bench/readme.ts).
 import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createSocket } from 'node:dgram';
@@ -12,6 +13,8 @@ import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { startUpstream } from '../../test/lib/dnsupstream.ts';
 import { CLUSTER_SERVICES, FORWARD_ZONE, FORWARDED_NAMES, benchService, forwardedName } from './names.ts';
+import { writeResult } from '../results.ts';
+import type { DnsData } from '../shapes.ts';
 
 const root = resolve(import.meta.dirname, '../..');
 const argSeconds = process.argv.indexOf('--seconds');
@@ -149,20 +152,25 @@ async function main(): Promise<void> {
     await waitForDns(agentPort, benchService(0).fqdn);
 
     console.log(`dnsperf ${SECONDS}s per run, ${DNSPERF_CLIENTS} clients, ${DNSPERF_OUTSTANDING} outstanding; servers pinned to CPU 0, dnsperf to CPU 1: ${pin}`);
-    const results: { what: string; agent: number; unbound: number; lost: string }[] = [];
+    const results: DnsData['rows'] = [];
     for (const [what, file] of [['cluster names', clusterFile], ['cached forwarded names', fwdFile]] as const) {
       // Warm-up (fills the forwarding caches; JIT for the agent).
       await dnsperf(agentPort, file, WARMUP_S);
       await dnsperf(unboundPort, file, WARMUP_S);
       const a = await dnsperf(agentPort, file, SECONDS);
       const u = await dnsperf(unboundPort, file, SECONDS);
-      results.push({ what, agent: a.qps, unbound: u.qps, lost: `agent ${a.lost}, unbound ${u.lost}` });
+      results.push({ what, agentQps: a.qps, unboundQps: u.qps, agentOutcome: a.lost, unboundOutcome: u.lost });
     }
     console.log('\n| names | agent qps | unbound qps | agent/unbound |');
     console.log('|---|---:|---:|---:|');
-    for (const r of results) console.log(`| ${r.what} | ${Math.round(r.agent)} | ${Math.round(r.unbound)} | ${(r.agent / r.unbound).toFixed(2)}x |`);
-    for (const r of results) console.log(`${r.what}: ${r.lost}`);
+    for (const r of results) console.log(`| ${r.what} | ${Math.round(r.agentQps)} | ${Math.round(r.unboundQps)} | ${(r.agentQps / r.unboundQps).toFixed(2)}x |`);
+    for (const r of results) console.log(`${r.what}: agent ${r.agentOutcome}, unbound ${r.unboundOutcome}`);
     console.log(`\nupstream queries during the bench: udp ${upstream.counts.udp}, tcp ${upstream.counts.tcp} (for ${FORWARDED_NAMES} names, both servers)`);
+    writeResult<DnsData>('dns', {
+      seconds: SECONDS, warmupS: WARMUP_S, clients: DNSPERF_CLIENTS, outstanding: DNSPERF_OUTSTANDING, pinned: pin,
+      clusterNames: CLUSTER_SERVICES, forwardedNames: FORWARDED_NAMES, rows: results,
+      upstreamQueries: { udp: upstream.counts.udp, tcp: upstream.counts.tcp },
+    });
   } finally {
     for (const c of children) c.kill('SIGTERM');
     await upstream.close();

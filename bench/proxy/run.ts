@@ -6,6 +6,7 @@
 // bottleneck. Plus: interception rule sync time and agent RSS with 5,000 service ports (iptables-restore inside a
 // scratch network namespace — never in the root namespace).
 // Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000]
+// Writes bench/results/proxy.json (README tables: node bench/readme.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
@@ -14,6 +15,8 @@ import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
 import { node, service, slice } from '../../test/lib/proxyfixtures.ts';
+import { writeResult } from '../results.ts';
+import type { ProxyData, ProxyRow } from '../shapes.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const RUNNER = join(ROOT, 'test/e2e/helpers/agent-runner.ts');
@@ -155,8 +158,8 @@ async function main(): Promise<void> {
   await Promise.all([httpPort, haBulk, haHttp].map(waitPort));
   await new Promise((r) => setTimeout(r, 500));
 
-  const rows: [string, string, number, number][] = [];
-  const measure = async (name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
+  const rows: ProxyRow[] = [];
+  const measure = async (key: ProxyRow['key'], name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
     // Alternate agent / haproxy / agent / haproxy and keep each one's best, to soften the noise of a shared machine.
     const ag = await fn(a);
     const ha = await fn(h);
@@ -164,14 +167,15 @@ async function main(): Promise<void> {
     const ha2 = await fn(h);
     const agBest = Math.max(ag, ag2);
     const haBest = Math.max(ha, ha2);
-    rows.push([name, unit, agBest, haBest]);
+    rows.push({ key, name, unit, agentRuns: [ag, ag2], haproxyRuns: [ha, ha2] });
     console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}`);
   };
-  console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${(await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ')} nbthread 1, mode tcp`);
-  await measure('bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
-  await measure('bulk download (iperf3 -R)', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
-  await measure('keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
-  await measure('new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
+  const haproxyVersion = (await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ');
+  console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${haproxyVersion} nbthread 1, mode tcp`);
+  await measure('bulk-up', 'bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
+  await measure('bulk-down', 'bulk download (iperf3 -R)', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
+  await measure('keep-alive', 'keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
+  await measure('new-conns', 'new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
   agent.p.kill('SIGTERM');
 
   // Rule sync and RSS with many service ports: the real agent with iptables interception in a scratch namespace.
@@ -205,7 +209,18 @@ async function main(): Promise<void> {
   console.log(`rule sync, ${SYNC_PORTS} service ports: agent sync ${info.syncMsAvg.toFixed(0)} ms (avg of ${info.syncs}), plain iptables-restore of the batch ${resyncMs.toFixed(0)} ms; ${rules} rules applied; ${Object.keys(info.ports).length} listeners; agent start to ready ${startMs.toFixed(0)} ms; rules left after SIGTERM: ${left ? 'YES' : 'none'}`);
   console.log(`agent RSS with ${SYNC_PORTS} service ports: ${(info.rssBytes / 2 ** 20).toFixed(1)} MiB`);
   console.log('\n| measure | agent | haproxy | agent/haproxy |\n|---|---|---|---|');
-  for (const [n, u, a, h] of rows) console.log(`| ${n} | ${a.toFixed(2)} ${u} | ${h.toFixed(2)} ${u} | ${(a / h).toFixed(2)} |`);
+  for (const r of rows) {
+    const a = Math.max(...r.agentRuns);
+    const h = Math.max(...r.haproxyRuns);
+    console.log(`| ${r.name} | ${a.toFixed(2)} ${r.unit} | ${h.toFixed(2)} ${r.unit} | ${(a / h).toFixed(2)} |`);
+  }
+  writeResult<ProxyData>('proxy', {
+    seconds: SECONDS, wrkConns: WRK_CONNS, haproxy: haproxyVersion, rows,
+    sync: {
+      ports: SYNC_PORTS, agentSyncMsAvg: info.syncMsAvg, syncs: info.syncs, restoreMs: resyncMs, rules, listeners: Object.keys(info.ports).length,
+      startMs, rulesLeftAfterStop: left, rssMiB: info.rssBytes / 2 ** 20,
+    },
+  });
 }
 
 try {

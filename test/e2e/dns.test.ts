@@ -71,12 +71,12 @@ test('DNS on 169.254.96.16:53 via edgemesh0, resolv.conf upstreams without itsel
   assert.equal(link.exitCode, 0);
   assert.match(link.stdout, /169\.254\.96\.16\/32/);
 
-  const a = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+time=2', '+tries=1', '+short', 'web.default.svc.cluster.local', 'A'], { reject: true });
+  const a = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+time=5', '+tries=1', '+short', 'web.default.svc.cluster.local', 'A'], { reject: true });
   assert.match(a.stdout.trim(), /^9\.251\.\d+\.\d+$/);
-  const tcp = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+tcp', '+time=2', '+tries=1', '+short', 'web.default.svc.cluster.local', 'A'], { reject: true });
+  const tcp = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+tcp', '+time=5', '+tries=1', '+short', 'web.default.svc.cluster.local', 'A'], { reject: true });
   assert.equal(tcp.stdout.trim(), a.stdout.trim());
   // Forwarded across the lab to the upstream named in resolv.conf (the agent skipped its own address there).
-  const fwd = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+time=3', '+tries=1', '+short', 'www.example.test', 'A'], { reject: true });
+  const fwd = await lab.exec('node', 'dig', ['@' + AGENT_DNS_IP, '+time=5', '+tries=1', '+short', 'www.example.test', 'A'], { reject: true });
   assert.equal(fwd.stdout.trim(), '192.0.2.10');
   // A pod-style lookup through the search path with the system resolver (getent uses resolv.conf).
   const getent = await lab.exec('node', 'getent', ['ahostsv4', 'web'], { reject: true });

@@ -66,9 +66,29 @@ async function callMany(svc: string, times: number): Promise<string[]> {
   return bodies;
 }
 
+/** Generous wait for a path change (the first stream rides the relay at once; punching upgrades the peer). */
+const PATH_WAIT_MS = 30_000;
+
+/** Waits for `host`'s /status to show `peer` on `path`; returns that peer entry. */
+async function peerOn(host: string, peer: string, path: string): Promise<{ node: string; path: string; remote: string | null }> {
+  const end = Date.now() + PATH_WAIT_MS;
+  let last: unknown;
+  for (;;) {
+    const p = (await mesh.agentStatus(host)).peers.find((x) => x.node === peer);
+    if (p?.path === path) return p;
+    last = p;
+    if (Date.now() > end) assert.fail(`${host} -> ${peer}: not ${path} after ${PATH_WAIT_MS} ms (last: ${JSON.stringify(last)})\n${mesh.tail(host)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 test('strict group: a caller in g1 is only ever served by g1 (n2), across the tunnel on the same LAN', async () => {
   const bodies = await callMany('strict', 6);
   assert.deepEqual(new Set(bodies), new Set(['hello from n2']));
+  // Across the tunnel: n1 has a tunnel peer n2, and on the same LAN it ends on the direct path to n2's LAN address.
+  const p = await peerOn('n1', 'n2', 'direct');
+  assert.equal(p.remote?.split(':')[0], lab.host('n2').ip, `n1 -> n2 should use n2's LAN address, got ${p.remote}`);
+  assert.deepEqual(new Set(await callMany('strict', 2)), new Set(['hello from n2']));
 });
 
 test('strict group with no backend in the caller group refuses at once (reset, not a hang)', async () => {
@@ -80,6 +100,9 @@ test('strict group with no backend in the caller group refuses at once (reset, n
 test('prefer spills over to the other group through the NATs when the caller group has no backend', async () => {
   const bodies = await callMany('prefer-far', 3);
   assert.deepEqual(new Set(bodies), new Set(['hello from n3']));
+  // Two port-restricted NATs allow hole punching: the tunnel to n3 ends direct, to site-2's public address.
+  const p = await peerOn('n1', 'n3', 'direct');
+  assert.equal(p.remote?.split(':')[0], lab.router('site-2').publicIp, `n1 -> n3 should go to site-2's NAT, got ${p.remote}`);
 });
 
 test('a Service that says nothing follows routing.default (prefer): the caller group is used first', async () => {
@@ -92,13 +115,13 @@ test('edgemesh status shows the peers and their paths', async () => {
   const table = await lab.exec('n1', process.execPath, [cli, 'status']);
   assert.equal(table.exitCode, 0, table.stderr);
   assert.match(table.stdout, /PEERS/);
-  assert.match(table.stdout, /n3\s+(direct|relay|connecting)\b/);
+  assert.match(table.stdout, /n3\s+direct\b/);
   assert.match(table.stdout, /mesh\/prefer-far\s+9\.251\./);
   const json = JSON.parse((await lab.exec('n1', process.execPath, [cli, 'status', '--json'])).stdout);
   assert.equal(json.node, 'n1');
   assert.equal(json.group, 'g1');
   assert.ok(json.servers.some((s: { connected: boolean }) => s.connected));
-  assert.ok(json.peers.some((p: { node: string; path: string }) => p.node === 'n3' && ['direct', 'relay'].includes(p.path)));
+  assert.ok(json.peers.some((p: { node: string; path: string }) => p.node === 'n3' && p.path === 'direct'), JSON.stringify(json.peers));
 });
 
 test("a backend node's agent restart is survived: fake IPs unchanged, new connections work again", async () => {

@@ -5,13 +5,17 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { buildLab } from '../lib/netlab.ts';
-import { SERVER_PORT, TunnelLab, waitUntil } from '../lib/tunnel-lab.ts';
+import { E2E_TOKEN, SERVER_PORT, TunnelLab, waitUntil } from '../lib/tunnel-lab.ts';
 import { KEY_FILE } from '../../packages/agent/src/tunnel/keys.ts';
 
 const MB = 1024 * 1024;
 /** Short upgrade retry so the "upgrade again after the fault" step is seen within the test. */
 const UPGRADE_RETRY_MS = 3_000;
+/** Failover to the relay must happen within this of the direct path dying: the design says 6.5 s (bench/tunnel
+ *  reports the real figure); the bound is generous so a busy machine never trips it, yet a broken heartbeat does. */
+const FAILOVER_BOUND_MS = 15_000;
 
 describe('tunnel faults', { timeout: 300_000 }, () => {
   let tl: TunnelLab;
@@ -68,14 +72,15 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     assert.equal(early.ok, true, JSON.stringify(early));
     assert.equal(early.path, 'relay');
     try {
-      await waitUntil(async () => (await tl.node('a').path('b')) === 'relay', 20_000, 'failover to relay');
+      await waitUntil(async () => (await tl.node('a').path('b')) === 'relay', FAILOVER_BOUND_MS, 'failover to relay');
     } catch (e) {
       console.log(tl.node('a').stderr.split('\n').slice(-60).join('\n'));
       console.log(JSON.stringify(await tl.node('a').status()));
       throw e;
     }
     const failoverMs = Date.now() - t0;
-    console.log(`failover detected after ${failoverMs} ms (goal <= 6500 ms + polling)`);
+    console.log(`failover detected after ${failoverMs} ms (design 6500 ms + polling; bound ${FAILOVER_BOUND_MS} ms)`);
+    assert.ok(failoverMs <= FAILOVER_BOUND_MS, `failover took ${failoverMs} ms, more than ${FAILOVER_BOUND_MS} ms`);
     const r = await tl.transfer('a', 'b', 5 * MB);
     assert.equal(r.ok, true, JSON.stringify(r));
     assert.equal(r.path, 'relay');
@@ -107,12 +112,19 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     await waitUntil(async () => (await tl.node('c').path('a')) !== undefined, 10_000, 'c knows a');
     await waitUntil(async () => (await tl.node('c').metric(/^edgemesh_tunnel_punch_attempts_total/)) >= 1, 10_000, 'c has a punch session with a');
     const aKey = Buffer.from(readFileSync(join(tl.dir, 'state-a', KEY_FILE), 'utf8').trim(), 'hex').subarray(32, 40);
-    const before = await tl.node('c').metric(/^edgemesh_tunnel_pings_rejected_total\{reason="bad-mac"\}/);
-    const out = await tl.lab.exec('spoof', process.execPath, [resolve(import.meta.dirname, '../lib/spoof-ping.ts'), tl.lab.host('pub').ip, '20006', aKey.toString('hex')], { reject: true });
-    const res = JSON.parse(out.stdout.trim().split('\n').pop()!) as { sent: number; answers: number };
+    const badMac = () => tl.node('c').metric(/^edgemesh_tunnel_pings_rejected_total\{reason="bad-mac"\}/);
+    const before = await badMac();
+    const spoofer = tl.lab.spawn('spoof', process.execPath, [resolve(import.meta.dirname, '../lib/spoof-ping.ts'), tl.lab.host('pub').ip, '20006', aKey.toString('hex')]);
+    const lines = createInterface({ input: spoofer.stdout! })[Symbol.asyncIterator]();
+    const next = async () => JSON.parse(String((await lines.next()).value)) as { listening?: number; sent: number; answers?: number };
+    const sent = await next();
+    // c has handled and rejected every forged ping; then a marker from c's host to the spoofer, on the path an answer
+    // would take: an answer, had there been one, reached the spoofer before the marker (no waiting for silence).
+    await waitUntil(async () => (await badMac()) - before >= sent.sent, 15_000, 'c to reject every forged ping');
+    await tl.lab.exec('pub', process.execPath, ['-e', `const s = require('node:dgram').createSocket('udp4'); s.send('marker', ${sent.listening}, '${tl.lab.host('spoof').ip}', () => s.close());`], { reject: true });
+    const res = await Promise.race([next(), new Promise<never>((_, rej) => setTimeout(() => rej(new Error('the spoofer never got the marker')), 15_000).unref())]);
     assert.equal(res.answers, 0, 'a forged ping was answered');
-    const afterCount = await tl.node('c').metric(/^edgemesh_tunnel_pings_rejected_total\{reason="bad-mac"\}/);
-    assert.equal(afterCount - before, res.sent);
+    assert.equal((await badMac()) - before, res.sent, 'each forged ping rejected once');
     const r = await tl.transfer('c', 'a', 2 * MB);
     assert.equal(r.ok, true);
   });
@@ -129,7 +141,8 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     const st = (await tl.node('c').status()).peers.find((p) => p.node === 'a')!;
     assert.equal(st.path, 'direct');
     assert.notEqual(st.remote, remoteBefore);
-    assert.match(st.remote ?? '', /:400\d\d$/);
+    const port = Number((st.remote ?? '').split(':').pop());
+    assert.ok(port >= 40000 && port <= 40100, `remote ${st.remote} is not in the new mapping range 40000-40100`);
     const r = await tl.transfer('c', 'a', 2 * MB);
     assert.equal(r.ok, true, JSON.stringify(r));
     assert.equal(r.path, 'direct');
@@ -139,8 +152,9 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
 
   test('malformed frames and STUN packets fuzzed at the server: no crash, agents unaffected', async () => {
     const srvIp = tl.lab.host('srv').ip;
-    const out = await tl.lab.exec('spoof', process.execPath, [resolve(import.meta.dirname, '../lib/fuzz-server.ts'), srvIp, String(SERVER_PORT), '20005'], { reject: true, timeoutMs: 60_000 });
-    const res = JSON.parse(out.stdout.trim().split('\n').pop()!) as { stunAnswers: number };
+    const out = await tl.lab.exec('spoof', process.execPath, [resolve(import.meta.dirname, '../lib/fuzz-server.ts'), srvIp, String(SERVER_PORT), '20005', E2E_TOKEN], { reject: true, timeoutMs: 90_000 });
+    const res = JSON.parse(out.stdout.trim().split('\n').pop()!) as { stunAnswers: number; markers: number };
+    assert.equal(res.markers, 2, 'the genuine binding requests sent after the garbage were not both answered');
     assert.equal(res.stunAnswers, 0, 'the server answered unauthenticated or malformed STUN');
     assert.equal(tl.server!.exitCode, null, 'the server exited');
     assert.match(await tl.serverAdmin('/healthz'), /^200/);

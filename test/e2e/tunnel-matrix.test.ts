@@ -5,6 +5,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildLab } from '../lib/netlab.ts';
 import { NAT_MATRIX_SITES, TunnelLab, waitUntil } from '../lib/tunnel-lab.ts';
+import { UDP_DROP_RULE, waitForDrop } from '../lib/drops.ts';
 
 const MB = 1024 * 1024;
 const TRANSFER_BYTES = 20 * MB;
@@ -46,8 +47,9 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
     assert.equal(await nat('p1'), 'cone');
     assert.equal(await nat('f1'), 'cone');
     assert.equal(await nat('s1'), 'symmetric');
-    // UDP blocked: no STUN answer at all.
-    await new Promise((r) => setTimeout(r, 2000));
+    // UDP blocked: u1's STUN requests are counted as dropped by its router's udp-blocked rule, so no answer can come
+    // (a positive marker instead of waiting for silence); its NAT type stays unknown.
+    await waitForDrop(tl.lab, 'ub', 'FORWARD', 0, 15_000, UDP_DROP_RULE);
     assert.equal((await tl.node('u1').status()).nat.type, 'unknown');
   });
 

@@ -20,16 +20,19 @@ export async function poll<T>(what: string, fn: () => Promise<T | undefined>): P
   }
 }
 
-/** Starts the agent with `--config cfg`, runs `check(adminBaseUrl)`, then stops it: SIGTERM must exit 0. */
-export async function runAgent(cfg: string, check: (base: string) => Promise<void>): Promise<void> {
-  const child = spawn(process.execPath, [AGENT_BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * Starts the agent with `--config cfg`, runs `check(adminBaseUrl, pid)`, then stops it: SIGTERM must exit 0. `env`
+ * replaces the environment (the production-mode test).
+ */
+export async function runAgent(cfg: string, check: (base: string, pid: number) => Promise<void>, env?: NodeJS.ProcessEnv): Promise<void> {
+  const child = spawn(process.execPath, [AGENT_BIN, '--config', cfg], { stdio: ['ignore', 'pipe', 'pipe'], env: env ?? process.env });
   let out = '';
   child.stdout.on('data', (d) => { out += d; });
   child.stderr.on('data', (d) => { out += d; });
   const exited = once(child, 'exit');
   try {
     const admin = await poll('admin address in the log', async () => /"admin":"([^"]+)"/.exec(out)?.[1]);
-    await check(`http://${admin}`);
+    await check(`http://${admin}`, child.pid!);
     child.kill('SIGTERM');
     const [code] = await exited;
     assert.equal(code, 0, out);

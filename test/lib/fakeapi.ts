@@ -1,11 +1,14 @@
 // An in-process fake Kubernetes API server (node:http) that speaks list + watch the way the real one does, with
-// fault injection, for driving the real @kubernetes/client-node in tests.
+// fault injection, for driving the kubernetes source's client in tests.
 // - One global resourceVersion counter; every object carries metadata.resourceVersion; lists carry the list RV.
 // - GET <collection>                          -> {kind: XList, metadata: {resourceVersion}, items}
 // - GET <collection>?watch=true&resourceVersion=N -> newline-delimited JSON events after N, then live events.
 //   N older than the retained event window -> 410 (as an ERROR event on a 200 stream, or as HTTP 410).
 // - Faults: HTTP status on the next lists, ERROR 410 on open watches, dropped connections, silent watches,
 //   BOOKMARK events, unknown collections -> 404 (an absent CRD).
+// - POST /apis/authentication.k8s.io/v1/tokenreviews answers from `tokens` (token -> who it belongs to and its
+//   audiences) the way the apiserver does: authenticated only when the token is known and one of its audiences was
+//   asked for; status.audiences is the intersection. Unknown tokens -> authenticated false.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -42,6 +45,12 @@ export class FakeApiServer {
   /** How a too-old watch is refused: ERROR event on a 200 stream (like the apiserver) or HTTP 410. */
   goneMode: 'event' | 'http' = 'event';
   readonly requests: { method: string; url: string }[] = [];
+  /** Tokens the TokenReview endpoint knows. */
+  readonly tokens = new Map<string, { username: string; audiences: string[]; extra?: Record<string, string[]> }>();
+  /** TokenReview requests received (their spec). */
+  readonly reviews: { token: string; audiences?: string[] }[] = [];
+  /** The next TokenReviews answer this HTTP status (consumed one per review). */
+  readonly reviewFaults: number[] = [];
   url = '';
 
   constructor(collections: Record<string, string> = COLLECTIONS) {
@@ -181,12 +190,37 @@ export class FakeApiServer {
       res.end(JSON.stringify(body));
     };
     const status = (code: number, reason: string, message: string) => json(code, { kind: 'Status', apiVersion: 'v1', metadata: {}, status: 'Failure', message, reason, code });
+    if (req.method === 'POST' && u.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') return this.tokenReview(req, json, status);
     if (!c) return status(404, 'NotFound', 'the server could not find the requested resource');
     if (u.searchParams.get('watch') === 'true') return this.watch(u, c, res, status);
     const fault = this.listFaults.get(u.pathname)?.shift();
     if (fault) return status(fault, 'InternalError', `injected ${fault}`);
     if (this.hangList.has(u.pathname)) return; // never answered
     json(200, { kind: c.listKind, apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items: [...c.objects.values()] });
+  }
+
+  private tokenReview(req: IncomingMessage, json: (code: number, body: unknown) => void, status: (code: number, reason: string, message: string) => void): void {
+    let body = '';
+    req.setEncoding('utf8');
+    req.on('data', (d: string) => { body += d; });
+    req.on('end', () => {
+      const fault = this.reviewFaults.shift();
+      if (fault) return status(fault, 'InternalError', `injected ${fault}`);
+      let spec: { token?: string; audiences?: string[] };
+      try {
+        spec = (JSON.parse(body) as { spec?: typeof spec }).spec ?? {};
+      } catch {
+        return status(400, 'BadRequest', 'not JSON');
+      }
+      this.reviews.push({ token: spec.token ?? '', audiences: spec.audiences });
+      const who = this.tokens.get(spec.token ?? '');
+      const asked = spec.audiences?.length ? spec.audiences : ['https://kubernetes.default.svc'];
+      const audiences = who ? who.audiences.filter((a) => asked.includes(a)) : [];
+      const out = { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', spec, status: {} as Record<string, unknown> };
+      if (who && audiences.length) out.status = { authenticated: true, audiences, user: { username: who.username, uid: 'uid-' + who.username, groups: ['system:serviceaccounts', 'system:authenticated'], extra: who.extra ?? {} } };
+      else out.status = { authenticated: false, error: who ? 'token audiences do not match' : 'invalid bearer token' };
+      json(201, out);
+    });
   }
 
   private watch(u: URL, c: Collection, res: ServerResponse, status: (code: number, reason: string, message: string) => void): void {

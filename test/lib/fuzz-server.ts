@@ -1,16 +1,21 @@
 // Throws garbage at an edgemesh-server: random bytes, oversized and truncated frames, a HELLO followed by junk, and
-// random / mutated STUN packets on both UDP ports. Run inside a lab namespace: node fuzz-server.ts HOST PORT ALTPORT
+// random / mutated STUN packets on both UDP ports. Run inside a lab namespace: node fuzz-server.ts HOST PORT ALTPORT TOKEN
+// After the garbage, one genuine binding request (keyed by the cluster TOKEN) per port is the marker: the server
+// handles a socket's datagrams in order, so once both genuine answers are back, an answer to any garbage would have
+// come before them. stunAnswers counts every other answer (must be 0); markers says whether the server still answers.
 import { connect } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { randomBytes, randomInt } from 'node:crypto';
 import { encodeFrame } from '../../packages/common/src/tunnel/frame.ts';
-import { bindingRequest, newTxid } from '../../packages/common/src/tunnel/stun.ts';
+import { bindingRequest, decodeStun, newTxid, stunKey } from '../../packages/common/src/tunnel/stun.ts';
 
-const [host, portS, altS] = process.argv.slice(2);
+const [host, portS, altS, token] = process.argv.slice(2);
 const port = Number(portS);
 const alt = Number(altS);
 const TCP_CASES = 150;
 const UDP_PACKETS = 1500;
+/** How long to wait for the genuine answers (generous: a busy 2-core machine). */
+const MARKER_TIMEOUT_MS = 15_000;
 
 const pendingCases = new Set<number>();
 process.on("exit", () => { if (pendingCases.size) console.error("pending", [...pendingCases]); });
@@ -42,7 +47,19 @@ for (let i = 0; i < TCP_CASES; i += 10) await Promise.all(Array.from({ length: 1
 const u = createSocket('udp4');
 await new Promise<void>((r) => u.bind(0, r));
 let answers = 0;
-u.on('message', () => answers++);
+const key = stunKey(token);
+const markerTxids = new Set<string>();
+let markers = 0;
+let allMarkers: () => void = () => {};
+const markersBack = new Promise<void>((r) => { allMarkers = r; });
+u.on('message', (m) => {
+  const txid = decodeStun(m, key)?.txid.toString('hex');
+  if (txid && markerTxids.delete(txid)) {
+    if (++markers === 2) allMarkers();
+  } else {
+    answers++;
+  }
+});
 for (let i = 0; i < UDP_PACKETS; i++) {
   let b: Buffer;
   if (i % 3 === 0) b = randomBytes(randomInt(0, 600));
@@ -53,6 +70,13 @@ for (let i = 0; i < UDP_PACKETS; i++) {
   u.send(b, i % 2 ? port : alt, host);
   if (i % 100 === 0) await new Promise((r) => setTimeout(r, 5));
 }
-await new Promise((r) => setTimeout(r, 500));
+for (const p of [port, alt]) {
+  const txid = newTxid();
+  markerTxids.add(txid.toString('hex'));
+  u.send(bindingRequest(txid, key), p, host);
+}
+let timer: NodeJS.Timeout | undefined;
+await Promise.race([markersBack, new Promise<void>((r) => { timer = setTimeout(r, MARKER_TIMEOUT_MS); })]);
+clearTimeout(timer);
 u.close();
-console.log(JSON.stringify({ tcpCases: TCP_CASES, udpPackets: UDP_PACKETS, stunAnswers: answers }));
+console.log(JSON.stringify({ tcpCases: TCP_CASES, udpPackets: UDP_PACKETS, stunAnswers: answers, markers }));

@@ -104,7 +104,7 @@ export class TunnelLab {
     const tokenFile = join(this.dir, 'server-token');
     writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
     const cfgFile = join(this.dir, 'server.yaml');
-    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
+    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\nstateDir: ${join(this.dir, 'server-state')}\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
     const p = this.lab.spawn(host, process.execPath, [SERVER_BIN, '--config', cfgFile]);
     p.stdout!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     p.stderr!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
@@ -159,13 +159,15 @@ export class TunnelLab {
     return this.node(from).request('transfer', { to, service: ep.service, ip: ep.ip, port: ep.port, bytes });
   }
 
-  /** Both sides forget each other, then `from` measures time to direct from its first dial. */
-  async timeToDirect(from: string, to: string): Promise<{ relayMs: number; directMs: number | null }> {
+  /** Both sides forget each other, then `from` measures time to direct from its first dial (null after `timeoutMs`).
+   *  `between` runs after the forgetting, before the dial (bench/tunnel deletes the pair's NAT state there). */
+  async timeToDirect(from: string, to: string, opts: { timeoutMs?: number; between?: () => Promise<void> } = {}): Promise<{ relayMs: number; directMs: number | null }> {
     await this.node(from).request('forget', { node: to });
     await this.node(to).request('forget', { node: from });
     await new Promise((r) => setTimeout(r, 100));
+    await opts.between?.();
     const ep = this.endpoints.find((e) => e.node === to)!;
-    return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port })) as never;
+    return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port, timeoutMs: opts.timeoutMs })) as never;
   }
 
   async destroy(): Promise<void> {

@@ -60,6 +60,9 @@ async function transfer(m: { to: string; service: string; ip: string; port: numb
   return { ok: reply === sha, sha, reply, path, ms, mbps: (m.bytes * 8) / 1e6 / (ms / 1000) };
 }
 
+/** How long `ttd` waits for the direct link unless the request says otherwise (a miss after that). */
+const TTD_TIMEOUT_MS = 20_000;
+
 const rl = createInterface({ input: process.stdin });
 rl.on('line', async (line) => {
   let msg: { id: number; cmd: string; [k: string]: unknown };
@@ -83,7 +86,7 @@ rl.on('line', async (line) => {
       const s = await dialer.dialTcp({ serviceKey: msg.service as string, protocol: 'tcp', ip: msg.ip as string, port: msg.port as number, nodeName: msg.to as string });
       const relayMs = performance.now() - t0;
       s.destroy();
-      const end = Date.now() + 20_000;
+      const end = Date.now() + (typeof msg.timeoutMs === 'number' ? msg.timeoutMs : TTD_TIMEOUT_MS);
       while (!tunnel.directLink(msg.to as string) && Date.now() < end) await new Promise((r) => setTimeout(r, 2));
       return reply({ relayMs, directMs: tunnel.directLink(msg.to as string) ? performance.now() - t0 : null });
     }

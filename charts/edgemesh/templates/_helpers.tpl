@@ -67,6 +67,29 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* The Secret holding the cluster CA (keys ca.crt, ca.key). */}}
+{{- define "edgemesh.caSecretName" -}}
+{{- default (printf "%s-ca" (include "edgemesh.fullname" .)) .Values.ca.existingSecret }}
+{{- end }}
+
+{{/*
+The server's config file: server.config verbatim, except that an empty enrollment.serviceAccounts is filled with the
+agent's ServiceAccount of this release when the cluster source is kubernetes. Fails when bootstrap-token enrollment
+is on without persistence (its pins would be lost on every pod restart: a racing redialler could then take a name).
+*/}}
+{{- define "edgemesh.server.config" -}}
+{{- $cfg := deepCopy .Values.server.config }}
+{{- $enr := default (dict) (get $cfg "enrollment") }}
+{{- if and (not (get $enr "serviceAccounts")) (eq (toString (dig "cluster" "source" "none" $cfg)) "kubernetes") .Values.agent.enabled }}
+{{- $_ := set $enr "serviceAccounts" (list (printf "%s/%s" .Release.Namespace (include "edgemesh.serviceAccountName" .))) }}
+{{- $_ := set $cfg "enrollment" $enr }}
+{{- end }}
+{{- if and (ne (toString (dig "bootstrapToken" true $enr)) "false") (not .Values.server.persistence.enabled) }}
+{{- fail "edgemesh: server.config.enrollment.bootstrapToken needs server.persistence.enabled=true (the pins it makes must survive server restarts); or use Kubernetes enrollment and join tokens" }}
+{{- end }}
+{{- toYaml $cfg }}
+{{- end }}
+
 {{/* Port of a HOST:PORT or [V6]:PORT string (the part after the last colon). */}}
 {{- define "edgemesh.port" -}}
 {{- splitList ":" . | last }}

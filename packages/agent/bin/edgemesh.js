@@ -1,3 +1,4 @@
 #!/usr/bin/env node
-import { cli } from '../src/cli.ts';
-await cli(process.argv.slice(2));
+// NODE_ENV=production: the bundle in dist/ (npm run build); otherwise the TypeScript sources (packages/common/bin/entry.js).
+import { start } from '@edgemesh/common/entry.js';
+await start({ dist: new URL('../dist/edgemesh.cjs', import.meta.url), src: new URL('../src/cli.ts', import.meta.url), exportName: 'cli' });

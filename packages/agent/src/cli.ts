@@ -1,14 +1,20 @@
-// `edgemesh` command: `status` asks a running agent's admin API; `demo` runs the NAT lab demo.
+// `edgemesh` command: `status` asks a running agent's admin API; `fleet` asks a server's admin API for the whole
+// fleet; `demo` runs the NAT lab demo.
 import { parseHostPort } from '@edgemesh/common/config';
+import { FLEET_SCHEMA, type FleetView } from '@edgemesh/common/fleet/view';
 import { renderStatus } from './admin/render.ts';
+import { renderFleet } from './admin/fleet.ts';
 import type { AgentStatus } from './main.ts';
 
-const USAGE = 'usage: edgemesh status [--admin HOST:PORT] [--json]\n       edgemesh demo\n';
+const USAGE = 'usage: edgemesh status [--admin HOST:PORT] [--json]\n       edgemesh fleet [--server-admin HOST:PORT] [--json]\n       edgemesh demo\n';
 export const STATUS_TIMEOUT_MS = 5000;
+/** The server's admin listener by default (server config admin.listen). */
+export const DEFAULT_SERVER_ADMIN = '127.0.0.1:10561';
 
 export async function cli(argv: string[]): Promise<void> {
   const [cmd, ...rest] = argv;
   if (cmd === 'status') return status(rest);
+  if (cmd === 'fleet') return fleet(rest);
   if (cmd === 'demo') {
     // The lab is a workspace package of the repository, not part of the image.
     const lab = await import('@edgemesh/lab/demo').catch((e: NodeJS.ErrnoException) => {
@@ -66,4 +72,54 @@ async function status(args: string[]): Promise<void> {
     process.exit(1);
   }
   process.stdout.write(renderStatus(status));
+}
+
+/** Why a fetch failed, in words (undici hides the errno in `cause`). */
+function fetchError(e: unknown): string {
+  const err = e as Error & { cause?: { code?: string; message?: string } };
+  if (err.name === 'TimeoutError') return `no answer within ${STATUS_TIMEOUT_MS / 1000} s`;
+  return err.cause?.code ?? err.cause?.message ?? err.message;
+}
+
+async function fleet(args: string[]): Promise<void> {
+  let admin = DEFAULT_SERVER_ADMIN;
+  let json = false;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--json') json = true;
+    else if (a === '--server-admin' && args[i + 1]) admin = args[++i];
+    else if (a.startsWith('--server-admin=')) admin = a.slice('--server-admin='.length);
+    else {
+      process.stderr.write(`edgemesh fleet: unknown argument ${a}\n${USAGE}`);
+      process.exit(2);
+    }
+  }
+  const hp = parseHostPort(admin, false);
+  if (!hp) {
+    process.stderr.write(`edgemesh fleet: --server-admin: expected HOST:PORT, got ${admin}\n`);
+    process.exit(2);
+  }
+  const host = hp.host.includes(':') ? `[${hp.host}]` : hp.host;
+  let body: string;
+  try {
+    const res = await fetch(`http://${host}:${hp.port}/fleet`, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) });
+    body = await res.text();
+    if (!res.ok) throw new Error(`HTTP ${res.status}: ${body.trim().slice(0, 200)}`);
+  } catch (e) {
+    process.stderr.write(`edgemesh fleet: cannot reach the edgemesh-server admin API at ${admin}: ${fetchError(e)} (the server's admin.listen; --server-admin HOST:PORT)\n`);
+    process.exit(1);
+  }
+  let view: FleetView;
+  try {
+    view = JSON.parse(body) as FleetView;
+  } catch {
+    view = undefined as unknown as FleetView;
+  }
+  if (!view || typeof view !== 'object' || view.schema !== FLEET_SCHEMA) {
+    process.stderr.write(`edgemesh fleet: ${admin} did not answer /fleet with a fleet view (schema ${FLEET_SCHEMA}); is it an edgemesh-server admin port of this version?\n`);
+    process.exit(1);
+  }
+  process.stdout.write(json ? (body.endsWith('\n') ? body : body + '\n') : renderFleet(view));
+  // Usable in a cron job or a CI smoke test: anything unhealthy (an error-severity warning) is exit 1.
+  if (!view.healthy) process.exitCode = 1;
 }

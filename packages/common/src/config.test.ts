@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agentSchema, ConfigError, envName, helpText, loadAgentConfig, loadServerConfig, parseArgs, readToken } from './config.ts';
+import { randomBytes } from 'node:crypto';
+import { agentSchema, ConfigError, envName, estimateTokenBits, helpText, loadAgentConfig, loadServerConfig, parseArgs, readToken } from './config.ts';
 
 /** Loads an agent config from YAML text, flags (argv) and env; returns the error message when it fails. */
 function load(text: string, argv: string[] = [], env: NodeJS.ProcessEnv = {}) {
@@ -26,11 +27,18 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
     nodeName: 'x',
     stateDir: '/var/lib/edgemesh',
     cluster: { source: 'kubernetes', kubeconfig: '', manifestsDir: '' },
-    dns: { enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30 },
+    dns: {
+      enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30, allowCIDRs: [],
+      rrl: { responsesPerSecond: 1000, slip: 2, windowSeconds: 5 }, tcp: { maxConnections: 256, maxPerSource: 16 },
+    },
     proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16' },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
-    tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token' },
-    admin: { listen: '127.0.0.1:10560' },
+    tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '' },
+    socks5: { enabled: false, listen: '127.0.0.1:10800', usersFile: '', maxConnections: 1024, maxPerSource: 256 },
+    nodeAccess: { allowedPorts: [], allowedGroups: [], allowedNodes: [] },
+    gateway: { enabled: false, addresses: [], maxConnections: 4096, maxPerSource: 256 },
+    shutdownDrainSeconds: 30,
+    admin: { listen: '127.0.0.1:10560', maxConnections: 64 },
     log: { level: 'info' },
   });
   assert.equal(c.nodeName, hostname(), 'nodeName falls back to the hostname');
@@ -38,7 +46,24 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
 });
 
 test('server defaults are exactly those of INTERFACE.md', () => {
-  assert.deepEqual(loadServerConfig({ text: '' }), { listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile: '/etc/edgemesh/token', relayRateLimit: 0, admin: { listen: '0.0.0.0:10561' }, log: { level: 'info' } });
+  assert.deepEqual(loadServerConfig({ text: '' }), {
+    listen: '0.0.0.0:20004', stunAltPort: 20005, stateDir: '/var/lib/edgemesh-server', tokenFile: '/etc/edgemesh/token', caFile: '', caKeyFile: '',
+    cluster: { source: 'none', kubeconfig: '', manifestsDir: '' }, enrollment: { bootstrapToken: true, serviceAccounts: [] },
+    relayRateLimit: 0, admin: { listen: '127.0.0.1:10561', maxConnections: 64 }, log: { level: 'info' },
+  });
+});
+
+test('dns.allowCIDRs takes IPv4 and IPv6 CIDRs and names the bad entry; limits are bounded', () => {
+  assert.deepEqual(load('dns:\n  allowCIDRs: [10.0.0.0/8, "fd00::/56"]\n').dns.allowCIDRs, ['10.0.0.0/8', 'fd00::/56']);
+  assert.deepEqual(load('', [], { EDGEMESH_DNS_ALLOW_CIDRS: '10.1.0.0/16' }).dns.allowCIDRs, ['10.1.0.0/16']);
+  assert.deepEqual(load('', ['--dns.allowCIDRs', '192.0.2.0/24,2001:db8::/32']).dns.allowCIDRs, ['192.0.2.0/24', '2001:db8::/32']);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [10.0.0.0/33]\n')).message, /^config: dns\.allowCIDRs\.0: expected an IPv4 or IPv6 CIDR/);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [fd00::/129]\n')).message, /dns\.allowCIDRs\.0/);
+  assert.match(err(() => load('dns:\n  allowCIDRs: [example.com/8]\n')).message, /dns\.allowCIDRs\.0/);
+  assert.equal(load('', ['--dns.rrl.responsesPerSecond', '0']).dns.rrl.responsesPerSecond, 0);
+  assert.match(err(() => load('dns:\n  tcp:\n    maxConnections: 0\n')).message, /^config: dns\.tcp\.maxConnections:/);
+  assert.match(err(() => load('admin:\n  maxConnections: 1\n')).message, /^config: admin\.maxConnections:/);
+  assert.match(err(() => load('dns:\n  rrl:\n    burst: 3\n')).message, /dns\.rrl\.burst: unknown key/);
 });
 
 test('precedence: flag over env over file; every kind of value coerces', () => {
@@ -117,9 +142,34 @@ test('help lists every key with its env var and default; --config/--help/--versi
 test('token: env wins over the file; short or missing tokens fail naming the key', () => {
   const dir = mkdtempSync(join(tmpdir(), 'em-tok-'));
   const f = join(dir, 'token');
-  writeFileSync(f, 'file-token-0123456789\n');
-  assert.equal(readToken(f, 'tunnel.tokenFile', {}), 'file-token-0123456789');
-  assert.equal(readToken(f, 'tunnel.tokenFile', { EDGEMESH_TOKEN: 'env-token-0123456789' }), 'env-token-0123456789');
+  writeFileSync(f, 'file-token-0123456789abcdef\n');
+  assert.equal(readToken(f, 'tunnel.tokenFile', {}), 'file-token-0123456789abcdef');
+  assert.equal(readToken(f, 'tunnel.tokenFile', { EDGEMESH_TOKEN: 'env-token-0123456789abcdef' }), 'env-token-0123456789abcdef');
   assert.match(err(() => readToken(join(dir, 'none'), 'tunnel.tokenFile', {})).message, /^config: tunnel\.tokenFile: cannot read .*ENOENT/);
-  assert.match(err(() => readToken(f, 'tokenFile', { EDGEMESH_TOKEN: 'short' })).message, /^config: tokenFile: token from env EDGEMESH_TOKEN is shorter than 16/);
+  assert.match(err(() => readToken(f, 'tokenFile', { EDGEMESH_TOKEN: 'short' })).message, /^config: tokenFile: token from env EDGEMESH_TOKEN has about \d+ bits of entropy; at least 128/);
+});
+
+test('token entropy: 128 bits at least, estimated from the alphabet; patterned tokens count as what they are', () => {
+  assert.equal(estimateTokenBits('0123456789abcdef'.repeat(2)), 128, '32 hex digits');
+  assert.ok(estimateTokenBits('0123456789abcde') < 128);
+  assert.equal(estimateTokenBits('a'.repeat(64)), 64, 'one character repeated is no better than 1 bit each');
+  assert.ok(estimateTokenBits('ab'.repeat(60)) < 128);
+  assert.ok(estimateTokenBits(randomBytes(16).toString('base64url')) >= 128, '16 random bytes in base64url');
+  assert.ok(estimateTokenBits(randomBytes(16).toString('hex')) >= 128, '16 random bytes in hex');
+  assert.ok(estimateTokenBits('hunter2hunter2hunter2') < 128, 'the old 16-character minimum let this through');
+  for (const weak of ['0123456789abcdef', 'correcthorse']) {
+    assert.match(err(() => readToken('/nonexistent', 'tokenFile', { EDGEMESH_TOKEN: weak })).message, /^config: tokenFile: .*at least 128/);
+  }
+});
+
+test('identity keys: caHash must be sha256:<64 hex>, not with caFile; server CA files go together; Kubernetes enrollment needs the kubernetes source', () => {
+  assert.equal(load('tunnel:\n  caHash: sha256:' + 'ab'.repeat(32) + '\n').tunnel.caHash, 'sha256:' + 'ab'.repeat(32));
+  assert.match(err(() => load('tunnel:\n  caHash: abc\n')).message, /^config: tunnel\.caHash: expected sha256/);
+  assert.match(err(() => load('tunnel:\n  caFile: /ca.pem\n  caHash: sha256:' + 'ab'.repeat(32) + '\n')).message, /^config: tunnel\.caHash: set tunnel\.caFile or tunnel\.caHash, not both/);
+  assert.match(err(() => loadServerConfig({ text: 'caFile: /ca.crt\n' })).message, /^config: caKeyFile: /);
+  assert.match(err(() => loadServerConfig({ text: 'cluster:\n  source: file\n' })).message, /^config: cluster\.manifestsDir: required/);
+  assert.match(err(() => loadServerConfig({ text: 'enrollment:\n  serviceAccounts: [kube-system/edgemesh]\n' })).message, /^config: enrollment\.serviceAccounts: .*cluster\.source kubernetes/);
+  assert.match(err(() => loadServerConfig({ text: 'cluster:\n  source: kubernetes\nenrollment:\n  serviceAccounts: [nonamespace]\n' })).message, /^config: enrollment\.serviceAccounts\.0: expected namespace\/name/);
+  assert.match(err(() => loadServerConfig({ text: 'cluster:\n  source: sometimes\n' })).message, /^config: cluster\.source: must be one of "none", "kubernetes", "file"/);
+  assert.equal(loadServerConfig({ text: '', env: { EDGEMESH_ENROLLMENT_BOOTSTRAP_TOKEN: 'false' } }).enrollment.bootstrapToken, false);
 });

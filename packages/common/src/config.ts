@@ -3,7 +3,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP, isIPv4 } from 'node:net';
 import { hostname } from 'node:os';
-import { parse as parseYaml } from 'yaml';
+import { load as parseYaml } from 'js-yaml';
 import { z } from 'zod';
 
 export class ConfigError extends Error {
@@ -33,12 +33,27 @@ const logSchema = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 }).prefault({});
 
-const adminSchema = (listen: string) => z.strictObject({ listen: hostPort().default(listen) }).prefault({});
+const adminSchema = (listen: string) => z.strictObject({
+  listen: hostPort().default(listen),
+  /** Connections the admin listener holds at once (one source at most half); the oldest idle one makes room. */
+  maxConnections: z.number().int().min(2).max(100_000).default(64),
+}).prefault({});
 
 const cidr = z.string().refine((s) => {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(s);
   return !!m && isIPv4(m[1]) && Number(m[2]) <= 32;
 }, { message: 'expected an IPv4 CIDR such as 9.251.0.0/16' });
+/** Parses an IPv4 or IPv6 CIDR (`10.244.0.0/16`, `fd00::/64`); undefined when malformed. */
+export function parseCidr(s: string): { address: string; prefix: number; family: 4 | 6 } | undefined {
+  const m = /^([^/\s]+)\/(\d{1,3})$/.exec(s);
+  if (!m) return undefined;
+  const family = isIP(m[1]);
+  const prefix = Number(m[2]);
+  if (family === 0 || prefix > (family === 4 ? 32 : 128)) return undefined;
+  return { address: m[1], prefix, family: family as 4 | 6 };
+}
+const anyCidr = z.string().refine((s) => parseCidr(s) !== undefined, { message: 'expected an IPv4 or IPv6 CIDR such as 10.244.0.0/16 or fd00::/64' });
+const caHash = z.string().refine((s) => s === '' || /^sha256:[0-9a-fA-F]{64}$/.test(s.trim()), { message: 'expected sha256:<64 hex digits> (SHA-256 of the CA\'s SubjectPublicKeyInfo)' });
 const ipAddress = z.string().refine((s) => isIP(s) !== 0, { message: 'expected an IP address' });
 
 export const agentSchema = z.strictObject({
@@ -55,6 +70,18 @@ export const agentSchema = z.strictObject({
     domain: z.string().min(1).default('cluster.local'),
     upstream: z.array(z.string().min(1)).default([]),
     ttlSeconds: z.number().int().min(0).max(86400).default(30),
+    /** Clients answered besides this node's addresses and its Node's spec.podCIDRs; everyone else gets REFUSED. */
+    allowCIDRs: z.array(anyCidr).default([]),
+    /** Response-rate limiting (BIND/unbound RRL) of identical UDP answers per client /24 (IPv4) or /56 (IPv6). */
+    rrl: z.strictObject({
+      responsesPerSecond: z.number().int().min(0).max(1_000_000).default(1000),
+      slip: z.number().int().min(0).max(10).default(2),
+      windowSeconds: z.number().int().min(1).max(3600).default(5),
+    }).prefault({}),
+    tcp: z.strictObject({
+      maxConnections: z.number().int().min(1).max(100_000).default(256),
+      maxPerSource: z.number().int().min(1).max(100_000).default(16),
+    }).prefault({}),
   }).prefault({}),
   proxy: z.strictObject({
     ipMode: z.enum(['clusterIP', 'fake']).default('clusterIP'),
@@ -71,23 +98,88 @@ export const agentSchema = z.strictObject({
     servers: z.array(hostPort(false)).default(['relay.example.com:20004']),
     listenPort: z.number().int().min(0).max(65535).default(20006),
     tokenFile: z.string().default('/etc/edgemesh/token'),
+    /** One-time join token bound to this node name (`edgemesh-server token create`); used at first enrollment. */
+    joinTokenFile: z.string().default(''),
+    /** Projected ServiceAccount token (audience edgemesh) for Kubernetes enrollment; empty = not used. */
+    serviceAccountTokenFile: z.string().default(''),
+    /** PEM of the cluster CA. */
+    caFile: z.string().default(''),
+    /** Alternative to caFile: sha256:<hex> of the CA's SubjectPublicKeyInfo (kubeadm style). */
+    caHash: caHash.default(''),
   }).prefault({}),
+  /** SOCKS5 (RFC 1928 CONNECT) into the mesh: `<nodeName>:<port>` (node access) or a Service name/IP. */
+  socks5: z.strictObject({
+    enabled: z.boolean().default(false),
+    listen: hostPort(false).default('127.0.0.1:10800'),
+    /** RFC 1929 username/password: a file of `user:password` lines (e.g. a mounted Secret); empty = no authentication. */
+    usersFile: z.string().default(''),
+    maxConnections: z.number().int().min(1).max(100_000).default(1024),
+    maxPerSource: z.number().int().min(1).max(100_000).default(256),
+  }).prefault({}),
+  /** Which of this node's own host ports peers may reach through the tunnel (SOCKS5 `<thisNode>:<port>`), and who. */
+  nodeAccess: z.strictObject({
+    allowedPorts: z.array(z.number().int().min(1).max(65535)).default([]),
+    /** Callers admitted by group (their Node's group here); with allowedNodes empty too: any enrolled cluster node. */
+    allowedGroups: z.array(z.string().min(1)).default([]),
+    allowedNodes: z.array(z.string().min(1)).default([]),
+  }).prefault({}),
+  /** Ingress gateway: serves Istio Gateway + VirtualService from this node's addresses. */
+  gateway: z.strictObject({
+    enabled: z.boolean().default(false),
+    /** Addresses the Gateway ports listen on; empty = this node's Node status.addresses that are local to the host. */
+    addresses: z.array(ipAddress).default([]),
+    /** Connections per listener (port) in total and per source address. */
+    maxConnections: z.number().int().min(1).max(100_000).default(4096),
+    maxPerSource: z.number().int().min(1).max(100_000).default(256),
+  }).prefault({}),
+  /** A stopping agent (takeover or SIGTERM) lets in-flight connections finish for up to this long. */
+  shutdownDrainSeconds: z.number().int().min(0).max(3600).default(30),
   admin: adminSchema('127.0.0.1:10560'),
   log: logSchema,
 }).superRefine((c, ctx) => {
   if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
     ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
   }
+  if (c.tunnel.caFile && c.tunnel.caHash) ctx.addIssue({ code: 'custom', path: ['tunnel', 'caHash'], message: 'set tunnel.caFile or tunnel.caHash, not both' });
 });
 
 export const serverSchema = z.strictObject({
   listen: hostPort().default('0.0.0.0:20004'),
   stunAltPort: z.number().int().min(0).max(65535).default(20005),
+  /** CA (ca.crt, ca.key unless caFile/caKeyFile are given), enrolled-node registry, join tokens. 0700, files 0600. */
+  stateDir: z.string().min(1).default('/var/lib/edgemesh-server'),
+  /** Bootstrap token; only read when enrollment.bootstrapToken is true. */
   tokenFile: z.string().default('/etc/edgemesh/token'),
+  /** A CA given to the server (e.g. a Kubernetes Secret): both files, or neither (then `<stateDir>/ca.crt|ca.key`). */
+  caFile: z.string().default(''),
+  caKeyFile: z.string().default(''),
+  /** Which Nodes exist: names that are not Nodes cannot enroll. Same keys as the agent's, plus `none`. */
+  cluster: z.strictObject({
+    source: z.enum(['none', 'kubernetes', 'file']).default('none'),
+    kubeconfig: z.string().default(''),
+    manifestsDir: z.string().default(''),
+  }).prefault({}),
+  enrollment: z.strictObject({
+    /** false: only join tokens and Kubernetes service-account tokens enroll nodes. */
+    bootstrapToken: z.boolean().default(true),
+    /**
+     * ServiceAccounts (`namespace/name`) whose projected tokens (audience edgemesh) may enroll the node they run on,
+     * checked with a TokenReview; empty = Kubernetes enrollment off. Needs cluster.source kubernetes.
+     */
+    serviceAccounts: z.array(z.string().regex(/^[a-z0-9]([-a-z0-9]*[a-z0-9])?\/[a-z0-9]([-.a-z0-9]*[a-z0-9])?$/, 'expected namespace/name')).default([]),
+  }).prefault({}),
   /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
   relayRateLimit: z.number().int().min(0).default(0),
-  admin: adminSchema('0.0.0.0:10561'),
+  admin: adminSchema('127.0.0.1:10561'),
   log: logSchema,
+}).superRefine((c, ctx) => {
+  if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
+    ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
+  }
+  if (!!c.caFile !== !!c.caKeyFile) ctx.addIssue({ code: 'custom', path: [c.caFile ? 'caKeyFile' : 'caFile'], message: 'caFile and caKeyFile go together (or neither: the CA in stateDir)' });
+  if (c.enrollment.serviceAccounts.length && c.cluster.source !== 'kubernetes') {
+    ctx.addIssue({ code: 'custom', path: ['enrollment', 'serviceAccounts'], message: 'Kubernetes enrollment needs cluster.source kubernetes (the TokenReview goes to that API server)' });
+  }
 });
 
 export type AgentConfig = z.infer<typeof agentSchema>;
@@ -290,9 +382,36 @@ export function readToken(tokenFile: string, key = 'tunnel.tokenFile', env: Node
   return checkToken(text.trim(), tokenFile, key);
 }
 
-export const MIN_TOKEN_CHARS = 16;
+/** Tokens must carry at least this much entropy (a guess is then hopeless, online or offline). */
+export const MIN_TOKEN_BITS = 128;
+
+/** Alphabets a generated token is drawn from, smallest first (hex, alphanumerics, base64/base64url, printable ASCII). */
+const TOKEN_ALPHABETS: readonly { re: RegExp; size: number }[] = [
+  { re: /^[0-9a-f]+$/, size: 16 },
+  { re: /^[0-9A-F]+$/, size: 16 },
+  { re: /^[0-9A-Za-z]+$/, size: 62 },
+  { re: /^[0-9A-Za-z+/=_-]+$/, size: 64 },
+  { re: /^[\x21-\x7e]+$/, size: 94 },
+];
+/** A token using fewer distinct characters than this is patterned, not random: counted as that small an alphabet. */
+const MIN_DISTINCT_CHARS = 8;
+
+/**
+ * Entropy a token would have if each character were drawn at random from the smallest usual alphabet containing it
+ * (hex 4 bits a character, alphanumerics 5.95, base64 6, printable ASCII 6.55), capped by its distinct characters
+ * when it uses very few ("aaaa…"). An upper bound: it cannot see that "correct-horse-…" is words, so tokens should
+ * come from a generator (`openssl rand -hex 32`, the chart, `edgemesh-server token create`).
+ */
+export function estimateTokenBits(t: string): number {
+  if (t.length === 0) return 0;
+  const alphabet = TOKEN_ALPHABETS.find((a) => a.re.test(t))?.size ?? 256;
+  const distinct = new Set(t).size;
+  const size = distinct < MIN_DISTINCT_CHARS ? Math.min(alphabet, Math.max(distinct, 2)) : alphabet;
+  return Math.floor(t.length * Math.log2(size));
+}
 
 function checkToken(t: string, where: string, key: string): string {
-  if (t.length < MIN_TOKEN_CHARS) throw new ConfigError(key, `token from ${where} is shorter than ${MIN_TOKEN_CHARS} characters`);
+  const bits = estimateTokenBits(t);
+  if (bits < MIN_TOKEN_BITS) throw new ConfigError(key, `token from ${where} has about ${bits} bits of entropy; at least ${MIN_TOKEN_BITS} are required (e.g. 32 hex digits from \`openssl rand -hex 32\`)`);
   return t;
 }

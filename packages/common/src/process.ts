@@ -3,7 +3,7 @@
 import { ConfigError } from './config.ts';
 import type { Logger } from './log.ts';
 
-/** Cleanup is abandoned (exit 1) when it takes longer than this. */
+/** Cleanup is abandoned (exit 1) when it takes longer than this (plus the drain time the caller allows). */
 export const SHUTDOWN_TIMEOUT_MS = 10_000;
 
 export function exitOnConfigError(e: unknown): never {
@@ -14,8 +14,12 @@ export function exitOnConfigError(e: unknown): never {
   throw e;
 }
 
-/** Runs `stop` once on SIGTERM/SIGINT, then exits 0 (1 if cleanup failed or hung). Fatal errors run it too. */
-export function handleSignals(log: Logger, stop: () => Promise<void>): void {
+/**
+ * Runs `stop` once on SIGTERM/SIGINT, then exits 0 (1 if cleanup failed or hung). Fatal errors run it too.
+ * `drainMs`: how long `stop` may let connections finish on top of SHUTDOWN_TIMEOUT_MS. Returns the shutdown
+ * function, for a process that decides to end by itself (an agent that handed over to its successor).
+ */
+export function handleSignals(log: Logger, stop: () => Promise<void>, drainMs = 0): (code: number, why: string) => void {
   let stopping = false;
   const shutdown = async (code: number, why: string) => {
     if (stopping) return;
@@ -24,7 +28,7 @@ export function handleSignals(log: Logger, stop: () => Promise<void>): void {
     const timer = setTimeout(() => {
       log.error('cleanup timed out');
       process.exit(1);
-    }, SHUTDOWN_TIMEOUT_MS);
+    }, SHUTDOWN_TIMEOUT_MS + drainMs);
     timer.unref();
     try {
       await stop();
@@ -45,6 +49,7 @@ export function handleSignals(log: Logger, stop: () => Promise<void>): void {
     log.fatal({ err: e }, 'unhandled rejection');
     void shutdown(1, 'fatal');
   });
+  return (code, why) => void shutdown(code, why);
 }
 
 export async function readVersion(): Promise<string> {

@@ -101,6 +101,7 @@ export class Mesh {
     writeFileSync(cfgFile, stringify({
       listen: `0.0.0.0:${SERVER_PORT}`,
       stunAltPort: STUN_ALT_PORT,
+      stateDir: join(this.dir, 'server-state'),
       tokenFile: this.tokenFile,
       admin: { listen: `127.0.0.1:${SERVER_ADMIN_PORT}` },
       log: { level: 'info' },

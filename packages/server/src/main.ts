@@ -2,9 +2,16 @@
 import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
+import { Budgets } from '@edgemesh/common/budget';
+import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
+import { randomBytes } from 'node:crypto';
 import { RelayServer } from './relay.ts';
 import { StunServer } from './stun.ts';
+import { FleetStore } from './fleet/store.ts';
+import { addFleetRoutes } from './fleet/http.ts';
+import { IDENTITY_COMMANDS, IDENTITY_USAGE, runIdentityCli } from './identity/cli.ts';
+import { startServerIdentity, type ServerIdentity } from './identity/index.ts';
 
 export class EdgemeshServer {
   readonly cfg: ServerConfig;
@@ -13,27 +20,49 @@ export class EdgemeshServer {
   readonly relay: RelayServer;
   readonly stun: StunServer;
   readonly admin: AdminServer;
+  /** Every named limit of the server (edgemesh_server_budget_refusals_total{budget}, logged rate-limited). */
+  readonly budgets: Budgets;
+  /** Descriptor pressure: relay work is shed before the reserve kept for agents' control connections and admin. */
+  readonly fds: FdPressure;
+  /** The latest fleet report of every agent (GET /fleet, /ui). */
+  readonly fleet: FleetStore;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
+  /** CA, enrollment, registry (identity/): set by the binary; the control channel will use it. */
+  readonly identity: ServerIdentity | undefined;
 
-  constructor(cfg: ServerConfig, token: string, log: Logger) {
+  constructor(cfg: ServerConfig, token: string, log: Logger, identity?: ServerIdentity) {
     this.cfg = cfg;
     this.log = log;
+    this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
+    this.fds = new FdPressure({ budgets: this.budgets });
+    this.identity = identity;
     const hp = parseHostPort(cfg.listen)!;
-    this.relay = new RelayServer({ host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort });
+    this.fleet = new FleetStore({ registry: this.registry, log, connected: () => this.relay.agents });
+    this.relay = new RelayServer({
+      host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort,
+      onReport: (node, report, bytes) => void this.fleet.put(node, report, bytes),
+    });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
-    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log });
+    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
     this.admin.addCheck('listening', () => this.listening);
+    addFleetRoutes({ admin: this.admin, store: this.fleet, server: () => ({ listen: cfg.listen, agentsConnected: this.relay.agents.size }) });
+    // Not a readiness check: relaying works without the Node list; enrollment answers "retry later" until it synced.
+    if (identity) this.stops.push(() => identity.stop());
   }
 
   status(): unknown {
-    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object) };
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), ...(this.identity ? { identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } } : {}) };
   }
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
   async start(): Promise<{ host: string; port: number }> {
+    this.fds.start();
+    this.stops.push(async () => { this.fds.stop(); this.budgets.close(); });
     await this.admin.start();
     this.stops.push(() => this.admin.close());
+    this.fleet.start();
+    this.stops.push(async () => this.fleet.stop());
     const bound = await this.relay.start();
     this.stops.push(() => this.relay.stop());
     // STUN on the same port number as TCP (UDP), plus the alternate port.
@@ -56,20 +85,39 @@ export class EdgemeshServer {
   }
 }
 
+function legacyToken(tokenFile: string): string | undefined {
+  try {
+    return readToken(tokenFile, 'tokenFile');
+  } catch {
+    return undefined;
+  }
+}
+
 export async function main(argv: string[]): Promise<void> {
+  if (IDENTITY_COMMANDS.includes(argv[0])) {
+    process.exitCode = runIdentityCli(argv, { out: (s) => process.stdout.write(s), err: (s) => process.stderr.write(s), env: process.env, now: Date.now });
+    return;
+  }
   let cfg: ServerConfig;
+  let identity: ServerIdentity;
   let token: string;
+  const log0: { log?: Logger } = {};
   try {
     const args = parseArgs(argv, serverSchema);
-    if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n'); return; }
+    if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n' + IDENTITY_USAGE); return; }
     if (args.version) { process.stdout.write(`edgemesh-server ${await readVersion()}\n`); return; }
     cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
-    token = readToken(cfg.tokenFile, 'tokenFile');
+    log0.log = createLogger(cfg.log.level, 'edgemesh-server');
+    identity = await startServerIdentity(cfg, log0.log);
+    // Until the control channel is wired, the legacy handshake authenticates with the shared token: the bootstrap
+    // token, or with bootstrap enrollment off the tokenFile if one is there (it then enrolls nobody); else a random
+    // one nobody knows, so no agent can use the legacy handshake.
+    token = identity.bootstrapToken ?? legacyToken(cfg.tokenFile) ?? randomBytes(32).toString('hex');
   } catch (e) {
     exitOnConfigError(e);
   }
-  const log = createLogger(cfg.log.level, 'edgemesh-server');
-  const server = new EdgemeshServer(cfg, token, log);
+  const log = log0.log!;
+  const server = new EdgemeshServer(cfg, token, log, identity);
   handleSignals(log, () => server.stop());
   try {
     await server.start();

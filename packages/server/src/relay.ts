@@ -38,6 +38,8 @@ export interface RelayServerOptions {
   rateLimitBytesPerSec?: number;
   /** Port of the second STUN socket (as bound), told to agents in WELCOME. */
   stunAltPort?: () => number;
+  /** A fleet REPORT from an authenticated agent (its parsed JSON and size); must not throw. */
+  onReport?: (node: string, report: Record<string, unknown>, bytes: number) => void;
   /** Override of MAX_AGENT_BACKLOG_BYTES (tests). */
   maxBacklogBytes?: number;
 }
@@ -256,6 +258,10 @@ export class RelayServer {
       case T.RENDEZVOUS: {
         const m = decodeControl(T.RENDEZVOUS, body);
         return m ? this.onRendezvous(c, m) : void this.m.malformed.inc();
+      }
+      case T.REPORT: {
+        const m = decodeControl(T.REPORT, body);
+        return m ? this.opts.onReport?.(c.node, m, body.length) : void this.m.malformed.inc();
       }
       default:
         this.m.malformed.inc();

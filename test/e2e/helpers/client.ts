@@ -10,6 +10,8 @@ const [cmd, ip, portS, nS] = process.argv.slice(2);
 const port = Number(portS);
 const n = Number(nS);
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+/** Bounded wait for the UDP echoes (generous: a busy 2-core machine; returns as soon as all are back). */
+const UDP_WAIT_MS = 10_000;
 
 function once(payload: Buffer): Promise<{ data: Buffer; error?: string; ms: number }> {
   const t0 = performance.now();
@@ -48,7 +50,7 @@ if (cmd === 'sha') {
       if (want.delete(sha(m))) whole++;
       if (got === n) resolve();
     });
-    timer = setTimeout(resolve, 3000);
+    timer = setTimeout(resolve, UDP_WAIT_MS); // stops waiting early once every datagram is back
   });
   s.connect(port, ip, () => { for (const d of sent) s.send(d); });
   await done;

@@ -35,3 +35,22 @@ test('renderStatus says (none) for empty sections', () => {
   assert.equal(text.match(/\(none\)/g)?.length, 3);
   assert.match(text, /group -/);
 });
+
+test('renderStatus shows the SOCKS5 and gateway entry points when enabled', () => {
+  const text = renderStatus({
+    node: 'gw', group: null, servers: [], nat: { type: 'unknown', mapped: null }, peers: [], services: [],
+    socks5: { listen: '127.0.0.1:10800', auth: true, connections: 2, relaying: 1, nodeAccess: 'tunnel' },
+    gateway: {
+      addresses: ['198.51.100.7'], gateways: ['edge/public'], warnings: ['port 8080 (http): no VirtualService routes here; it answers 404 (HTTP) or closes connections'],
+      listeners: [
+        { address: '198.51.100.7', port: 443, kind: 'tls', bound: true, connections: 3, servers: [{ gateway: 'edge/public', protocol: 'HTTPS', hosts: ['www.example.com'], tlsMode: 'SIMPLE' }] },
+        { address: '198.51.100.7', port: 80, kind: 'http', bound: false, error: 'EADDRINUSE', connections: 0, servers: [{ gateway: 'edge/public', protocol: 'HTTP', hosts: ['*'] }] },
+      ],
+    },
+  });
+  assert.match(text, /SOCKS5 127\.0\.0\.1:10800 {2}auth username\/password {2}node access tunnel {2}connections 2 \(1 relaying\)/);
+  assert.match(text, /GATEWAY {2}serving edge\/public/);
+  assert.match(text, /198\.51\.100\.7\s+443\s+tls\s+yes\s+3\s+HTTPS\/SIMPLE www\.example\.com/);
+  assert.match(text, /80\s+http\s+no \(EADDRINUSE\)/);
+  assert.match(text, /warning: port 8080 \(http\)/);
+});

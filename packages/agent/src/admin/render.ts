@@ -29,5 +29,20 @@ export function renderStatus(s: AgentStatus): string {
       v.tiers ? `${v.tiers.node}/${v.tiers.group}/${v.tiers.region}/${v.tiers.cluster}` : '-',
     ]))
     : '(none)');
+  if (s.socks5) {
+    out.push('');
+    out.push(`SOCKS5 ${s.socks5.listen}  auth ${s.socks5.auth ? 'username/password' : 'none'}  node access ${s.socks5.nodeAccess}  connections ${s.socks5.connections} (${s.socks5.relaying} relaying)`);
+  }
+  if (s.gateway) {
+    out.push('');
+    out.push(`GATEWAY  serving ${s.gateway.gateways.join(', ') || '(no Gateway selects this node)'}`);
+    out.push(s.gateway.listeners.length
+      ? table(['ADDRESS', 'PORT', 'KIND', 'BOUND', 'CONNECTIONS', 'SERVERS'], s.gateway.listeners.map((l) => [
+        l.address, String(l.port), l.kind, l.bound ? 'yes' : `no (${dash(l.error)})`, String(l.connections),
+        l.servers.map((v) => `${v.protocol}${v.tlsMode ? `/${v.tlsMode}` : ''} ${v.hosts.join(',')}`).join('; '),
+      ]))
+      : '(no listeners)');
+    for (const w of s.gateway.warnings) out.push(`warning: ${w}`);
+  }
   return out.join('\n') + '\n';
 }

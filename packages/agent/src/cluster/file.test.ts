@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { ClusterModel } from './model.ts';
-import { FileSource, parseManifest } from './file.ts';
+import { FileSource, MANIFEST_MAX_ALIASES, parseManifest, yamlChunks } from './file.ts';
 import { startCluster } from './setup.ts';
 import { loadState, statePath } from './state.ts';
 
@@ -61,6 +61,46 @@ test('parseManifest: multi-document, List, other kinds ignored, bad documents sk
   assert.match(p.skipped[1].reason, /not a mapping/);
   assert.match(p.skipped[2].reason, /unsupported apiVersion "v2"/);
   assert.throws(() => parseManifest('apiVersion: v1\nkind: Service\nmetadata: {name: [unclosed\n'), /YAML error/);
+});
+
+test('yamlChunks: runs of whole documents split at --- lines only; a marker-looking scalar or an indented --- stays inside', () => {
+  const text = 'a: 1\n---\nb: |\n  ---\n  x\n--- # c\nc: ---abc\n---\n';
+  // chunkBytes 1: every document is a run of its own.
+  const docs = yamlChunks(text, 1);
+  assert.deepEqual(docs.map((d) => d.text), ['a: 1\n', '---\nb: |\n  ---\n  x\n', '--- # c\nc: ---abc\n', '---\n']);
+  docs.forEach((d) => assert.equal(text.slice(d.start, d.start + d.text.length), d.text));
+  // Runs grow until they reach chunkBytes, then the next document starts a new run.
+  assert.deepEqual(yamlChunks(text, 20).map((d) => d.text), ['a: 1\n---\nb: |\n  ---\n  x\n', '--- # c\nc: ---abc\n---\n']);
+  assert.deepEqual(yamlChunks(text).map((d) => d.text), [text]);
+  assert.equal(yamlChunks('%YAML 1.2\n---\na: 1\n---\nb: 2\n', 1).length, 1);
+  assert.deepEqual(yamlChunks('').map((d) => d.text), ['']);
+});
+
+test('parseManifest: JSON manifests (object or List) without the YAML parser; flow-style YAML that is not JSON still parses', () => {
+  const svc = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: 'demo' }, spec: { clusterIP: '10.96.0.10', ports: [{ port: 80 }] } };
+  assert.equal(parseManifest(JSON.stringify(svc)).objects.get('Service')!.length, 1);
+  assert.equal(parseManifest(JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [svc, { ...svc, metadata: { name: 'api', namespace: 'demo' } }] }, null, 2)).objects.get('Service')!.length, 2);
+  assert.equal(parseManifest('{apiVersion: v1, kind: Service, metadata: {name: web, namespace: demo}, spec: {clusterIP: 10.96.0.10, ports: [{port: 80}]}}').objects.get('Service')!.length, 1);
+});
+
+test('parseManifest: the YAML error names its line in the file; an alias bomb is refused; YAML 1.2 core scalars', () => {
+  const good = service('web', 80);
+  // Two good documents of 7 lines and their --- lines come first: the error is on line 17 or just after it.
+  assert.throws(() => parseManifest(`${good}---\n${good}---\nmetadata: {name: [unclosed\n`), (e: Error) => /YAML error: .* \(line 1[78]\)/.test(e.message));
+  const bomb = ['a: &a [x, x]', ...Array.from({ length: MANIFEST_MAX_ALIASES }, (_, i) => `${String.fromCharCode(98 + (i % 20))}${i}: &n${i} [${i ? `*n${i - 1}, *n${i - 1}` : '*a, *a'}]`)].join('\n');
+  assert.throws(() => parseManifest(bomb), /YAML error: .*alias/i);
+  // `yes`/`no`, `0777`-style and dates stay strings, as in YAML 1.2 (and kubectl): labels keep their text.
+  const p = parseManifest('apiVersion: v1\nkind: Node\nmetadata: {name: edge-a, labels: {a: yes, b: 2024-01-01, c: "1"}}\n');
+  assert.deepEqual((p.objects.get('Node')![0].metadata as { labels: unknown }).labels, { a: 'yes', b: '2024-01-01', c: '1' });
+});
+
+test('parseManifest: 10,000 documents in one file, each checked as it is parsed', () => {
+  const docs: string[] = [];
+  for (let i = 0; i < 5000; i++) docs.push(service(`s${i}`, 80, `10.96.${i >> 8}.${i & 255}`), slice(`s${i}-1`, `s${i}`, [`10.1.${i >> 8}.${i & 255}`]));
+  const p = parseManifest(docs.join('---\n'));
+  assert.equal(p.objects.get('Service')!.length, 5000);
+  assert.equal(p.objects.get('EndpointSlice')!.length, 5000);
+  assert.equal(p.skipped.length, 0);
 });
 
 test('file source: add / change / delete / malformed file, consistent replace per directory change', async () => {

@@ -1,6 +1,8 @@
-// File source: a directory of multi-document YAML manifests (Service, EndpointSlice, Node, DestinationRule; also
-// `kind: List`), watched with fs.watch (debounced) plus a slow periodic rescan, because fs.watch misses events on
-// some filesystems and across ConfigMap symlink swaps.
+// File source: a directory of multi-document YAML manifests (Service, EndpointSlice, Node, and Istio DestinationRule,
+// Gateway, VirtualService, and kubernetes.io/tls Secrets for the gateway; also `kind: List`), watched with fs.watch (a
+// change is read FILE_DEBOUNCE_MS after its first event, so a burst of writes is one scan) plus a slow periodic rescan,
+// because fs.watch misses events on some filesystems and across ConfigMap symlink swaps. Scans go through one
+// BoundedRunner: one at a time, a change during a scan means one more scan.
 //
 // Rules:
 // - Files: *.yaml, *.yml, *.json directly in the directory; hidden files and editor backups (`~`) are ignored.
@@ -14,12 +16,14 @@
 import { watch, type FSWatcher } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { Composer, Parser } from 'yaml';
+import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
+import { BoundedRunner } from '@edgemesh/common/runner';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
 import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
+import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService } from './istio.ts';
 
-/** Quiet period after a change event before the directory is rescanned. */
+/** A change event is read this long after it (editors write in several steps; the burst becomes one scan). */
 export const FILE_DEBOUNCE_MS = 150;
 /** Safety-net rescan period (fs.watch is not reliable everywhere); unchanged files cost one stat each. */
 export const FILE_RESCAN_MS = 30_000;
@@ -46,6 +50,9 @@ const KIND_API: Record<string, { kind: ResourceKind; api: (v: string) => boolean
   EndpointSlice: { kind: 'EndpointSlice', api: (v) => v === 'discovery.k8s.io/v1' || v === 'discovery.k8s.io/v1beta1' },
   Node: { kind: 'Node', api: (v) => v === 'v1' },
   DestinationRule: { kind: 'DestinationRule', api: (v) => v.startsWith('networking.istio.io/') },
+  Gateway: { kind: 'Gateway', api: (v) => v.startsWith('networking.istio.io/') },
+  VirtualService: { kind: 'VirtualService', api: (v) => v.startsWith('networking.istio.io/') },
+  Secret: { kind: 'Secret', api: (v) => v === 'v1' },
 };
 
 /** Checks a raw object the way the model will, so the file source can name the file in the log. Throws ManifestError. */
@@ -54,6 +61,9 @@ export function validateObject(kind: ResourceKind, obj: RawObject): void {
   if (kind === 'Service') normalizeService(obj);
   else if (kind === 'EndpointSlice') normalizeSlice(obj);
   else if (kind === 'Node') normalizeNode(obj, []);
+  else if (kind === 'Gateway') normalizeGateway(obj);
+  else if (kind === 'VirtualService') normalizeVirtualService(obj);
+  else if (kind === 'Secret') normalizeTlsSecret(obj);
   else normalizeDestinationRule(obj);
 }
 
@@ -64,22 +74,81 @@ export interface ParsedManifest {
   ignored: number;
 }
 
+/** Aliases (`*name`) one document may use: manifests need few, and a chain of them expands exponentially wherever
+ * the object is later serialised (the state file, content comparisons). */
+export const MANIFEST_MAX_ALIASES = 100;
+/** Nesting depth of one document (a Kubernetes object is far shallower). */
+export const MANIFEST_MAX_DEPTH = 100;
+
+/** A document start (`---` at the start of a line, then a space or the end of the line). */
+const DOC_START = /^---(?=[ \t\r\n]|$)/gm;
+/**
+ * Documents are parsed in runs of about this many bytes: the parser's transient memory (its event list) stays that of
+ * one run, whatever the size of the file, while a run is long enough that the per-call cost of the parser (option
+ * objects, state) does not dominate, as it does for one call per small document.
+ */
+export const YAML_CHUNK_BYTES = 64 * 1024;
+
+/**
+ * Splits a multi-document YAML text at `---` lines into runs of whole documents of about `chunkBytes` (a larger
+ * document is a run of its own), so the parser never holds the events of more than one run: a 10,000-document file
+ * parses in the memory of a few dozen documents. Exact: YAML forbids a `---` line inside any scalar or collection.
+ * A text with directives (`%YAML`, `%TAG`: they belong to the document after them) is returned whole. Pure.
+ */
+export function yamlChunks(text: string, chunkBytes = YAML_CHUNK_BYTES): { start: number; text: string }[] {
+  if (/^%/m.test(text)) return [{ start: 0, text }];
+  const out: { start: number; text: string }[] = [];
+  let prev = 0;
+  for (const m of text.matchAll(DOC_START)) {
+    if (m.index - prev >= chunkBytes) {
+      out.push({ start: prev, text: text.slice(prev, m.index) });
+      prev = m.index;
+    }
+  }
+  out.push({ start: prev, text: text.slice(prev) });
+  return out;
+}
+
+/** The documents of a manifest file: a JSON text (an object or a List) with JSON.parse, else YAML one document at a
+ * time (js-yaml, YAML 1.2 core schema: what kubectl accepts). Throws ManifestError on a syntax error. */
+function* manifestValues(text: string): Generator<unknown> {
+  const first = /\S/.exec(text)?.[0];
+  if (first === '{' || first === '[') {
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch {
+      value = undefined; // not JSON after all: flow-style YAML, parsed below
+    }
+    if (value !== undefined) {
+      yield value;
+      return;
+    }
+  }
+  for (const chunk of yamlChunks(text)) {
+    let docs: unknown[];
+    try {
+      docs = loadAll(chunk.text, { schema: CORE_SCHEMA, maxAliases: MANIFEST_MAX_ALIASES, maxDepth: MANIFEST_MAX_DEPTH });
+    } catch (e) {
+      if (!(e instanceof YAMLException)) throw e;
+      const line = (e.mark?.line ?? 0) + 1 + (text.slice(0, chunk.start).match(/\n/g)?.length ?? 0);
+      throw new ManifestError(`YAML error: ${e.reason} (line ${line})`);
+    }
+    yield* docs;
+  }
+}
+
 /**
  * Parses one manifest file's text. Throws (with the YAML error) when any document has a syntax error: the caller
- * keeps the file's last good content. Pure.
+ * keeps the file's last good content. Each document is checked as soon as it is parsed and only the objects of the
+ * kinds we use are kept. Pure.
  */
 export function parseManifest(text: string): ParsedManifest {
   const out: ParsedManifest = { objects: new Map(RESOURCE_KINDS.map((k) => [k, []])), skipped: [], ignored: 0 };
-  // Documents are composed and converted one at a time (what parseAllDocuments does, without holding every
-  // document's syntax tree at once: a 5,000-Service directory otherwise peaks at several times its final heap).
-  const values: unknown[] = [];
-  const composer = new Composer({ prettyErrors: false });
-  for (const d of composer.compose(new Parser().parse(text), true, text.length)) {
-    if (d.errors.length) throw new ManifestError(`YAML error: ${d.errors[0].message.split('\n')[0]}`);
-    values.push(d.toJS({ maxAliasCount: 100 }));
-  }
-  values.forEach((value, i) => {
-    if (value === null || value === undefined) return; // empty document (e.g. a trailing ---)
+  let i = -1;
+  for (const value of manifestValues(text)) {
+    i++;
+    if (value === null || value === undefined) continue; // empty document (e.g. a trailing ---)
     const items = isObj(value) && value.kind === 'List' && Array.isArray(value.items) ? value.items : [value];
     for (const item of items) {
       try {
@@ -91,14 +160,21 @@ export function parseManifest(text: string): ParsedManifest {
         const api = typeof item.apiVersion === 'string' ? item.apiVersion : '';
         if (!k.api(api)) throw new ManifestError(`${kindName}: unsupported apiVersion ${JSON.stringify(api)}`);
         validateObject(k.kind, item as RawObject);
-        out.objects.get(k.kind)!.push(item as RawObject);
+        out.objects.get(k.kind)!.push(compact(item as RawObject));
       } catch (e) {
         out.skipped.push({ doc: i, reason: (e as Error).message });
       }
     }
-  });
+  }
   return out;
 }
+
+/**
+ * A compact copy of a parsed object for keeping: the parser's strings are slices of the file's text (each keeps the
+ * whole file alive: 3.7 MiB of manifest text for 5,000 Services) and its arrays have spare capacity. A JSON round
+ * trip (the object is plain JSON data) makes fresh flat strings and exact arrays.
+ */
+const compact = (o: RawObject): RawObject => JSON.parse(JSON.stringify(o)) as RawObject;
 
 const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 
@@ -111,10 +187,7 @@ export class FileSource implements ClusterSource {
   private readonly files = new Map<string, FileEntry>();
   private sink: ModelSink | undefined;
   private watcher: FSWatcher | undefined;
-  private debounce: NodeJS.Timeout | undefined;
-  private rescan: NodeJS.Timeout | undefined;
-  private scanning: Promise<void> | undefined;
-  private again = false;
+  private runner: BoundedRunner | undefined;
   private readonly forced = new Set<string>();
   private dirOk = false;
   private dirIno: number | undefined;
@@ -137,23 +210,23 @@ export class FileSource implements ClusterSource {
   async start(sink: ModelSink): Promise<void> {
     this.sink = sink;
     this.stopped = false;
+    // scanOnce handles its own errors (an unreadable directory keeps the state), so the runner never retries.
+    this.runner = new BoundedRunner({
+      maxIntervalMs: this.opts.rescanMs ?? FILE_RESCAN_MS,
+      run: async (reason) => {
+        if (reason === 'periodic') this.ensureWatch();
+        await this.scanOnce();
+      },
+    });
     this.ensureWatch();
     await this.scan();
-    const every = this.opts.rescanMs ?? FILE_RESCAN_MS;
-    this.rescan = setInterval(() => {
-      this.ensureWatch();
-      this.schedule(0);
-    }, every);
-    this.rescan.unref();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
-    if (this.rescan) clearInterval(this.rescan);
-    if (this.debounce) clearTimeout(this.debounce);
     this.watcher?.close();
     this.watcher = undefined;
-    await this.scanning;
+    await this.runner?.stop();
   }
 
   private ensureWatch(): void {
@@ -176,31 +249,12 @@ export class FileSource implements ClusterSource {
   }
 
   private schedule(ms: number): void {
-    if (this.stopped) return;
-    if (this.debounce) clearTimeout(this.debounce);
-    this.debounce = setTimeout(() => {
-      this.debounce = undefined;
-      void this.scan();
-    }, ms);
+    if (!this.stopped) this.runner?.run(ms);
   }
 
-  /** Scans the directory; serialised (a request during a scan runs one more scan afterwards). */
-  scan(): Promise<void> {
-    if (this.scanning) {
-      this.again = true;
-      return this.scanning;
-    }
-    this.scanning = (async () => {
-      try {
-        do {
-          this.again = false;
-          await this.scanOnce();
-        } while (this.again && !this.stopped);
-      } finally {
-        this.scanning = undefined;
-      }
-    })();
-    return this.scanning;
+  /** Scans the directory now and resolves when a scan that started after this call has finished. */
+  async scan(): Promise<void> {
+    if (this.runner) await this.runner.runNow();
   }
 
   private async scanOnce(): Promise<void> {

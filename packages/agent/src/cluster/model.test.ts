@@ -124,7 +124,21 @@ test('node groups come from routing.groupLabels, first match wins', () => {
   assert.equal(snap.nodes.get('b')?.group, 'site-2');
   assert.equal(snap.nodes.get('c')?.group, undefined);
   assert.deepEqual(snap.nodes.get('a')?.addresses, ['198.18.0.5']);
+  assert.deepEqual(snap.nodes.get('a')?.podCIDRs, []);
   assert.equal(groupOf({ x: '' , y: 'v' }, ['x', 'y']), 'v', 'an empty label value does not count');
+});
+
+test('nodes keep spec.podCIDRs (dual stack), else spec.podCIDR', () => {
+  const m = new ClusterModel(GROUPS);
+  m.replace('Node', [
+    { apiVersion: 'v1', kind: 'Node', metadata: { name: 'dual' }, spec: { podCIDR: '10.244.1.0/24', podCIDRs: ['10.244.1.0/24', 'fd00:10:244:1::/64'] } },
+    { apiVersion: 'v1', kind: 'Node', metadata: { name: 'old' }, spec: { podCIDR: '10.244.2.0/24' } },
+    { apiVersion: 'v1', kind: 'Node', metadata: { name: 'none' }, spec: { podCIDRs: 'not-a-list' } },
+  ]);
+  const snap = m.flush();
+  assert.deepEqual(snap.nodes.get('dual')?.podCIDRs, ['10.244.1.0/24', 'fd00:10:244:1::/64']);
+  assert.deepEqual(snap.nodes.get('old')?.podCIDRs, ['10.244.2.0/24']);
+  assert.deepEqual(snap.nodes.get('none')?.podCIDRs, []);
 });
 
 test('DestinationRules: host and load balancer policy; a rule without host is rejected', () => {

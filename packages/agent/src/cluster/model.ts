@@ -1,6 +1,7 @@
 // Normalises raw Kubernetes objects into the immutable model and publishes consistent snapshots.
 // Normalisation is pure; ClusterModel holds the raw objects and coalesces changes into one snapshot per tick.
-import type { DestinationRule, Endpoint, EndpointPort, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot } from './types.ts';
+import type { DestinationRule, Endpoint, EndpointPort, IstioGateway, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot, TlsSecret, VirtualService } from './types.ts';
+import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService, referencedSecrets, slimSecret } from './istio.ts';
 import { DEFAULT_AFFINITY_TIMEOUT_S, OPT_OUT_LABEL, SERVICE_NAME_LABEL } from './types.ts';
 
 type Obj = Record<string, unknown>;
@@ -13,6 +14,11 @@ const asStrMap = (v: unknown): Record<string, string> => {
   return Object.freeze(out);
 };
 const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP');
+/**
+ * An exact-size copy of an array built by push() or filter(), which leave spare capacity (a 1-element array grown by
+ * push holds 17 slots): the model keeps tens of thousands of small arrays, so this is megabytes with 5,000 Services.
+ */
+const exact = <T>(a: readonly T[]): T[] => a.slice();
 
 export class ManifestError extends Error {}
 
@@ -30,7 +36,7 @@ export function objectKey(obj: RawObject, kind: ResourceKind = 'Service'): strin
   return kind === 'Node' ? name : `${namespace}/${name}`;
 }
 
-export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule'];
+export const RESOURCE_KINDS: readonly ResourceKind[] = ['Service', 'EndpointSlice', 'Node', 'DestinationRule', 'Gateway', 'VirtualService', 'Secret'];
 
 /** Returns the normalised Service, or undefined when it opts out of the mesh. Throws ManifestError when malformed. */
 export function normalizeService(obj: RawObject): Service | undefined {
@@ -49,7 +55,7 @@ export function normalizeServiceObject(obj: RawObject): Service {
   const labels = asStrMap(md.labels);
   const spec = asObj(obj.spec);
   const type = (['ClusterIP', 'NodePort', 'LoadBalancer', 'ExternalName'] as const).find((t) => t === spec.type) ?? 'ClusterIP';
-  const rawIPs = asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s);
+  const rawIPs = exact(asArr(spec.clusterIPs).map(asStr).filter((s): s is string => !!s));
   const ip0 = asStr(spec.clusterIP);
   const ips = rawIPs.length ? rawIPs : ip0 ? [ip0] : [];
   const headless = type !== 'ExternalName' && ips.length > 0 && ips[0] === 'None';
@@ -71,7 +77,7 @@ export function normalizeServiceObject(obj: RawObject): Service {
     namespace,
     name,
     type,
-    clusterIPs: Object.freeze(type === 'ExternalName' || headless ? [] : ips.filter((ip) => ip !== 'None')),
+    clusterIPs: Object.freeze(type === 'ExternalName' || headless ? [] : exact(ips.filter((ip) => ip !== 'None'))),
     headless,
     externalName: type === 'ExternalName' ? asStr(spec.externalName) : undefined,
     ports: Object.freeze(ports),
@@ -103,11 +109,11 @@ export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
     const po = asObj(p);
     return Object.freeze({ name: asStr(po.name) ?? '', port: typeof po.port === 'number' ? po.port : 0, protocol: proto(po.protocol) });
   }).filter((p) => p.port > 0);
-  Object.freeze(ports);
+  const slicePorts = Object.freeze(exact(ports));
   const endpoints: Endpoint[] = [];
   for (const e of asArr(obj.endpoints)) {
     const eo = asObj(e);
-    const addresses = asArr(eo.addresses).map(asStr).filter((s): s is string => !!s);
+    const addresses = exact(asArr(eo.addresses).map(asStr).filter((s): s is string => !!s));
     if (!addresses.length) continue;
     const cond = asObj(eo.conditions);
     const terminating = cond.terminating === true;
@@ -124,11 +130,11 @@ export function normalizeSlice(obj: RawObject): NormalizedSlice | undefined {
       ready,
       serving,
       terminating,
-      ports,
+      ports: slicePorts,
       slice: key,
     } satisfies Endpoint));
   }
-  return Object.freeze({ key, serviceKey: `${namespace}/${svc}`, endpoints: Object.freeze(endpoints) });
+  return Object.freeze({ key, serviceKey: `${namespace}/${svc}`, endpoints: Object.freeze(exact(endpoints)) });
 }
 
 export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): NodeInfo {
@@ -136,7 +142,11 @@ export function normalizeNode(obj: RawObject, groupLabels: readonly string[]): N
   const labels = asStrMap(md.labels);
   const group = groupOf(labels, groupLabels);
   const addresses = asArr(asObj(obj.status).addresses).map((a) => asStr(asObj(a).address)).filter((s): s is string => !!s);
-  return Object.freeze({ name, labels, group, addresses: Object.freeze(addresses) });
+  const spec = asObj(obj.spec);
+  const single = asStr(spec.podCIDR);
+  const listed = asArr(spec.podCIDRs).map(asStr).filter((s): s is string => !!s);
+  const podCIDRs = listed.length ? listed : single ? [single] : [];
+  return Object.freeze({ name, labels, group, addresses: Object.freeze(addresses), podCIDRs: Object.freeze(podCIDRs) });
 }
 
 /** The node's group: the value of the first label in `groupLabels` that the node carries. */
@@ -189,6 +199,10 @@ export class ClusterModel implements ModelSink {
   private slices = new Map<string, NormalizedSlice>();
   private nodes = new Map<string, NodeInfo>();
   private rules = new Map<string, DestinationRule>();
+  private gateways = new Map<string, IstioGateway>();
+  private virtualServices = new Map<string, VirtualService>();
+  /** Every TLS Secret delivered; only those a Gateway references reach a snapshot or the state file. */
+  private secrets = new Map<string, TlsSecret>();
   /** The accepted raw objects per kind and key, for the offline last-good-state file. */
   private readonly raw = new Map<ResourceKind, Map<string, RawObject>>(RESOURCE_KINDS.map((k) => [k, new Map()]));
   private current: Snapshot = EMPTY;
@@ -209,6 +223,11 @@ export class ClusterModel implements ModelSink {
     return this.current;
   }
 
+  /** Changes arrived that are not published as a snapshot yet (they will be at the end of this event-loop turn). */
+  get pending(): boolean {
+    return this.dirty;
+  }
+
   /** Subscribes to published snapshots. Returns an unsubscribe function. */
   subscribe(fn: Listener): () => void {
     this.listeners.add(fn);
@@ -221,6 +240,9 @@ export class ClusterModel implements ModelSink {
       this.optedOut = new Map();
     } else if (kind === 'EndpointSlice') this.slices = new Map();
     else if (kind === 'DestinationRule') this.rules = new Map();
+    else if (kind === 'Gateway') this.gateways = new Map();
+    else if (kind === 'VirtualService') this.virtualServices = new Map();
+    else if (kind === 'Secret') this.secrets = new Map();
     else this.nodes = new Map();
     this.raw.get(kind)!.clear();
     for (const o of objects) this.put(kind, o);
@@ -238,7 +260,8 @@ export class ClusterModel implements ModelSink {
     } catch {
       return;
     }
-    const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules : this.nodes;
+    const map: Map<string, unknown> = kind === 'Service' ? this.services : kind === 'EndpointSlice' ? this.slices : kind === 'DestinationRule' ? this.rules
+      : kind === 'Gateway' ? this.gateways : kind === 'VirtualService' ? this.virtualServices : kind === 'Secret' ? this.secrets : this.nodes;
     const hadRaw = this.raw.get(kind)!.delete(key);
     const hadOptedOut = kind === 'Service' && this.optedOut.delete(key);
     if (map.delete(key) || hadRaw || hadOptedOut) this.markDirty();
@@ -250,10 +273,18 @@ export class ClusterModel implements ModelSink {
     return this.current;
   }
 
-  /** The accepted raw objects (including opted-out Services), for the last-good-state file. */
+  /**
+   * The accepted raw objects (including opted-out Services), for the last-good-state file. Secrets: only those a
+   * Gateway references, slimmed to the certificate and key.
+   */
   rawState(): RawState {
     const list = (k: ResourceKind) => [...this.raw.get(k)!.values()];
-    return { services: list('Service'), endpointSlices: list('EndpointSlice'), nodes: list('Node'), destinationRules: list('DestinationRule') };
+    const wanted = referencedSecrets(this.gateways.values());
+    const secrets = [...this.raw.get('Secret')!].filter(([key]) => wanted.has(key)).map(([, o]) => o);
+    return {
+      services: list('Service'), endpointSlices: list('EndpointSlice'), nodes: list('Node'), destinationRules: list('DestinationRule'),
+      gateways: list('Gateway'), virtualServices: list('VirtualService'), secrets,
+    };
   }
 
   /** Returns false when the object was rejected (the previous version, if any, stays). */
@@ -278,6 +309,24 @@ export class ClusterModel implements ModelSink {
       } else if (kind === 'DestinationRule') {
         const r = normalizeDestinationRule(obj);
         this.rules.set(r.key, r);
+      } else if (kind === 'Gateway') {
+        const g = normalizeGateway(obj);
+        this.gateways.set(g.key, g);
+      } else if (kind === 'VirtualService') {
+        const v = normalizeVirtualService(obj);
+        this.virtualServices.set(v.key, v);
+      } else if (kind === 'Secret') {
+        const t = normalizeTlsSecret(obj);
+        // Not a TLS Secret: nothing of it is kept (a source that does not filter by type may deliver any Secret).
+        if (!t) {
+          const had = this.secrets.delete(key);
+          this.raw.get(kind)!.delete(key);
+          return had;
+        }
+        this.secrets.set(t.key, t);
+        // Kept raw only in its slim form: never the annotations (kubectl's last-applied copy holds the whole Secret).
+        this.raw.get(kind)!.set(key, slimSecret(t));
+        return true;
       } else {
         const n = normalizeNode(obj, this.groupLabels);
         this.nodes.set(n.name, n);
@@ -311,8 +360,18 @@ export class ClusterModel implements ModelSink {
       if (!list) endpoints.set(s.serviceKey, (list = []));
       list.push(...s.endpoints);
     }
-    for (const l of endpoints.values()) Object.freeze(l);
+    for (const [k, l] of endpoints) {
+      const e = exact(l);
+      Object.freeze(e);
+      endpoints.set(k, e);
+    }
     const prev = this.current;
+    const wanted = referencedSecrets(this.gateways.values());
+    const tlsSecrets = new Map<string, TlsSecret>();
+    for (const k of wanted) {
+      const t = this.secrets.get(k);
+      if (t) tlsSecrets.set(k, t);
+    }
     this.current = Object.freeze({
       version: prev.version + 1,
       services: new Map(this.services),
@@ -320,6 +379,9 @@ export class ClusterModel implements ModelSink {
       endpoints,
       nodes: new Map(this.nodes),
       destinationRules: new Map(this.rules),
+      gateways: new Map(this.gateways),
+      virtualServices: new Map(this.virtualServices),
+      tlsSecrets,
     });
     for (const fn of this.listeners) {
       try {
@@ -338,4 +400,8 @@ export interface RawState {
   endpointSlices: RawObject[];
   nodes: RawObject[];
   destinationRules: RawObject[];
+  gateways: RawObject[];
+  virtualServices: RawObject[];
+  /** Only Secrets a Gateway references, slimmed (slimSecret). */
+  secrets: RawObject[];
 }

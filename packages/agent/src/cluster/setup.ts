@@ -17,7 +17,7 @@ export interface ClusterRuntime {
 }
 
 export interface ClusterSetupOptions {
-  cfg: Pick<AgentConfig, 'stateDir' | 'cluster'>;
+  cfg: Pick<AgentConfig, 'stateDir' | 'cluster'> & { gateway?: Pick<AgentConfig['gateway'], 'enabled'> };
   model: ClusterModel;
   log: Logger;
   registry?: Registry;
@@ -41,7 +41,7 @@ export async function startCluster(opts: ClusterSetupOptions): Promise<ClusterRu
   } else {
     // Loaded lazily: the file source never pays for the Kubernetes client.
     const { KubeSource, loadKubeConfig } = await import('./kube.ts');
-    source = new KubeSource({ kubeConfig: loadKubeConfig(cfg.cluster.kubeconfig), log, offlineLoaded: !!loaded, registry });
+    source = new KubeSource({ kubeConfig: loadKubeConfig(cfg.cluster.kubeconfig), log, offlineLoaded: !!loaded, registry, gateway: cfg.gateway?.enabled });
   }
   const writer = new StateWriter({ stateDir: cfg.stateDir, log, source: cfg.cluster.source, read: () => model.rawState(), live: () => source.live() });
   if (loaded) writer.markWritten(model.rawState());

@@ -8,38 +8,58 @@ import { ClusterModel } from './model.ts';
 import { applyState, loadState, StateWriter } from './state.ts';
 
 const svc = (name: string, port: number) => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'a' }, spec: { ports: [{ port }] } });
+/** One macrotask turn: every promise continuation queued so far (a write the timer started) has run its sync part. */
+const turn = () => new Promise((r) => setImmediate(r));
 
-test('state writer: nothing while not live, first write at once, then throttled; atomic; round-trips through applyState', async () => {
+test('state writer: nothing while not live, first write at once, then throttled; atomic; round-trips through applyState', async (t) => {
+  // The writer's throttle timer runs on a mocked clock: "not yet" and "now" are decided by tick(), not by sleeping.
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const INTERVAL_MS = 300;
   const dir = join(mkdtempSync(join(tmpdir(), 'em-state-')), 'nested');
   const model = new ClusterModel([]);
   let live = false;
-  const w = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => model.rawState(), live: () => live, intervalMs: 300 });
+  let reads = 0;
+  const w = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => { reads++; return model.rawState(); }, live: () => live, intervalMs: INTERVAL_MS });
   model.subscribe(w.onSnapshot);
   model.replace('Service', [svc('one', 1)]);
   model.flush();
-  await new Promise((r) => setTimeout(r, 50));
+  t.mock.timers.tick(0); // the first write is due at once...
+  await w.writeNow(); // ...and is serialised before this one: both have run when it resolves
   assert.equal(w.writes, 0, 'not live: no write');
+  assert.equal(reads, 0, 'not live: the state is not even read');
   assert.equal(await loadState(dir, silentLogger), undefined);
+
   live = true;
   model.upsert('Service', svc('two', 2));
   model.flush();
-  const deadline = Date.now() + 5000;
-  while (w.writes < 1 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.mock.timers.tick(0);
+  await w.writeNow(); // unchanged content: a no-op queued behind the timer's write
   assert.equal(w.writes, 1, 'first live state written right away');
+
   for (let i = 0; i < 5; i++) {
     model.upsert('Service', svc('two', 100 + i));
     model.flush();
   }
-  await new Promise((r) => setTimeout(r, 100));
-  assert.equal(w.writes, 1, 'later changes wait for the interval');
-  await w.stop(); // writes what is pending
-  assert.equal(w.writes, 2);
+  const readsBefore = reads;
+  t.mock.timers.tick(INTERVAL_MS - 1);
+  await turn();
+  assert.equal(reads, readsBefore, 'later changes wait for the interval');
+  assert.equal(w.writes, 1);
+  t.mock.timers.tick(1);
+  await w.writeNow();
+  assert.equal(w.writes, 2, 'the trailing write comes once the interval has passed, with the newest state');
+  assert.equal(reads, readsBefore + 2, 'five changes, one timer: one write (plus the no-op check above)');
+
+  model.upsert('Service', svc('two', 200));
+  model.flush();
+  await w.stop(); // writes what is pending without waiting for the interval
+  assert.equal(w.writes, 3);
   assert.deepEqual(readdirSync(dir), ['cluster-state.json'], 'no temp files left behind');
   const loaded = await loadState(dir, silentLogger);
   assert.equal(loaded?.source, 'test');
   const m2 = new ClusterModel([]);
   applyState(m2, loaded!.state);
-  assert.deepEqual([...m2.flush().services.values()].map((s) => `${s.key}:${s.ports[0].port}`), ['a/one:1', 'a/two:104']);
+  assert.deepEqual([...m2.flush().services.values()].map((s) => `${s.key}:${s.ports[0].port}`), ['a/one:1', 'a/two:200']);
   await w.writeNow();
-  assert.equal(w.writes, 2, 'unchanged content is not rewritten');
+  assert.equal(w.writes, 3, 'unchanged content is not rewritten');
 });

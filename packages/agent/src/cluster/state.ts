@@ -6,6 +6,7 @@
 //   at most once per STATE_WRITE_INTERVAL_MS, atomically (temp file + fsync + rename), and only when the content changed.
 // - A missing file is normal (first start); a corrupt or unreadable one is logged and ignored.
 // - Loading feeds the sink with replace() per kind; the live source replaces each kind again when it lists.
+import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Logger } from '@edgemesh/common/log';
@@ -47,7 +48,11 @@ export async function loadState(stateDir: string, log: Logger): Promise<{ state:
     if (parsed.format !== STATE_FORMAT || !st || !isObjArray(st.services) || !isObjArray(st.endpointSlices) || !isObjArray(st.nodes)) {
       throw new Error(`unexpected shape (format ${String(parsed.format)})`);
     }
-    const state: RawState = { services: st.services, endpointSlices: st.endpointSlices, nodes: st.nodes, destinationRules: isObjArray(st.destinationRules) ? st.destinationRules : [] };
+    const opt = (v: unknown): RawObject[] => (isObjArray(v) ? v : []);
+    const state: RawState = {
+      services: st.services, endpointSlices: st.endpointSlices, nodes: st.nodes, destinationRules: opt(st.destinationRules),
+      gateways: opt(st.gateways), virtualServices: opt(st.virtualServices), secrets: opt(st.secrets),
+    };
     return { state, savedAt: String(parsed.savedAt ?? ''), source: String(parsed.source ?? '') };
   } catch (e) {
     log.warn({ file, reason: (e as Error).message }, 'ignoring a corrupt last good cluster state file');
@@ -57,7 +62,10 @@ export async function loadState(stateDir: string, log: Logger): Promise<{ state:
 
 /** Feeds a loaded state into the sink, one consistent replace() per kind. */
 export function applyState(sink: ModelSink, state: RawState): void {
-  const kinds: [ResourceKind, RawObject[]][] = [['Service', state.services], ['EndpointSlice', state.endpointSlices], ['Node', state.nodes], ['DestinationRule', state.destinationRules]];
+  const kinds: [ResourceKind, RawObject[]][] = [
+    ['Service', state.services], ['EndpointSlice', state.endpointSlices], ['Node', state.nodes], ['DestinationRule', state.destinationRules],
+    ['Gateway', state.gateways], ['VirtualService', state.virtualServices], ['Secret', state.secrets],
+  ];
   for (const [kind, objs] of kinds) sink.replace(kind, objs);
 }
 
@@ -92,11 +100,14 @@ export interface StateWriterOptions {
 }
 
 /** Persists the model's raw state after changes, throttled. Call `changed()` on every published snapshot. */
+const digestOf = (text: string) => createHash('sha256').update(text).digest('base64');
+
 export class StateWriter {
   private readonly opts: StateWriterOptions;
   private timer: NodeJS.Timeout | undefined;
   private writing: Promise<void> = Promise.resolve();
-  private lastText: string | undefined;
+  /** SHA-256 of the state last written (not its text: that is megabytes with thousands of Services). */
+  private lastDigest: string | undefined;
   private lastError: string | undefined;
   private stopped = false;
   /** Number of completed writes (for tests and metrics). */
@@ -130,13 +141,14 @@ export class StateWriter {
     if (!this.opts.live()) return;
     const state = this.opts.read();
     const body = JSON.stringify(state);
-    if (body === this.lastText) return;
+    const digest = digestOf(body);
+    if (digest === this.lastDigest) return;
     const text = `{"format":${STATE_FORMAT},"savedAt":${JSON.stringify(new Date().toISOString())},"source":${JSON.stringify(this.opts.source)},"state":${body}}\n`;
     const file = statePath(this.opts.stateDir);
     try {
       await mkdir(this.opts.stateDir, { recursive: true });
       await writeAtomic(file, text);
-      this.lastText = body;
+      this.lastDigest = digest;
       this.writes++;
       if (this.lastError) this.opts.log.info({ file }, 'cluster state written again');
       this.lastError = undefined;
@@ -161,6 +173,6 @@ export class StateWriter {
 
   /** Marks a text as already on disk (the loaded state), so it is not rewritten unchanged. */
   markWritten(state: RawState): void {
-    this.lastText = JSON.stringify(state);
+    this.lastDigest = digestOf(JSON.stringify(state));
   }
 }

@@ -1,4 +1,5 @@
 // The normalised, immutable cluster model every agent module consumes. Plain data only.
+import type { SecretMaterial } from './secret.ts';
 
 export type Protocol = 'TCP' | 'UDP' | 'SCTP';
 
@@ -64,6 +65,8 @@ export interface NodeInfo {
   /** The node's group: value of the first `routing.groupLabels` label present, else undefined. */
   readonly group?: string;
   readonly addresses: readonly string[];
+  /** spec.podCIDRs (else spec.podCIDR): the ranges this node's pods get their IPs from (DNS answers them). */
+  readonly podCIDRs?: readonly string[];
 }
 
 /** A consistent view of the cluster. Never mutated after publication. */
@@ -82,6 +85,16 @@ export interface Snapshot {
   readonly optedOut?: ReadonlyMap<string, Service>;
   /** Istio DestinationRules by `namespace/name` (kubernetes source watches them when the CRD exists). */
   readonly destinationRules: ReadonlyMap<string, DestinationRule>;
+  /** Istio Gateways by `namespace/name` (the gateway module serves those selecting this node). */
+  readonly gateways?: ReadonlyMap<string, IstioGateway>;
+  /** Istio VirtualServices by `namespace/name`. */
+  readonly virtualServices?: ReadonlyMap<string, VirtualService>;
+  /**
+   * kubernetes.io/tls Secrets by `namespace/name` — only those some Gateway names in `tls.credentialName` (in the
+   * Gateway's namespace). Other Secrets a source delivers stay inside the model: never in a snapshot, /status or the
+   * offline state file. The material is wrapped (SecretMaterial) so a logged or serialised snapshot shows no key.
+   */
+  readonly tlsSecrets?: ReadonlyMap<string, TlsSecret>;
 }
 
 /** The part of an Istio DestinationRule (networking.istio.io) the load balancer uses. */
@@ -96,7 +109,100 @@ export interface DestinationRule {
   readonly consistentHash?: { readonly httpHeaderName?: string; readonly useSourceIp?: boolean };
 }
 
-export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node' | 'DestinationRule';
+/** One `spec.servers[]` entry of an Istio Gateway. */
+export interface GatewayServer {
+  readonly port: number;
+  /** port.protocol upper-cased: HTTP, HTTPS, TLS, TCP (others are kept so the planner can say they are unsupported). */
+  readonly protocol: string;
+  readonly portName?: string;
+  /** hosts as written: `host`, `*.example.com`, `*`, `ns/host`, `./host`, `*\/host`. */
+  readonly hosts: readonly string[];
+  readonly tls?: {
+    /** SIMPLE | PASSTHROUGH | MUTUAL | ISTIO_MUTUAL | AUTO_PASSTHROUGH (as written, upper-cased). */
+    readonly mode?: string;
+    /** A kubernetes.io/tls Secret in the Gateway's namespace. */
+    readonly credentialName?: string;
+    readonly httpsRedirect?: boolean;
+  };
+}
+
+/** An Istio `networking.istio.io` Gateway (v1, v1beta1, v1alpha3 have the same shape). */
+export interface IstioGateway {
+  readonly key: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly selector: Readonly<Record<string, string>>;
+  readonly servers: readonly GatewayServer[];
+}
+
+export type StringMatch = { readonly exact: string } | { readonly prefix: string } | { readonly regex: string };
+
+export interface RouteDestination {
+  /** destination.host as written (`svc`, `svc.ns`, `svc.ns.svc.cluster.local`, or something outside the mesh). */
+  readonly host: string;
+  readonly port?: number;
+  readonly subset?: string;
+  /** Relative weight (Istio: percent; a single destination without weight gets 100). */
+  readonly weight: number;
+}
+
+export interface HttpMatch {
+  readonly uri?: StringMatch;
+  readonly ignoreUriCase: boolean;
+  readonly headers: Readonly<Record<string, StringMatch>>;
+  readonly port?: number;
+  readonly gateways: readonly string[];
+  /** Conditions we do not evaluate (a match carrying one never matches): field names. */
+  readonly unsupported: readonly string[];
+}
+
+export interface HttpRoute {
+  readonly name?: string;
+  /** Empty: matches every request. */
+  readonly match: readonly HttpMatch[];
+  readonly route: readonly RouteDestination[];
+  readonly rewriteUri?: string;
+  readonly timeoutMs?: number;
+  /** Route-level fields we do not implement (redirect, fault, mirror, ...): the planner warns. */
+  readonly unsupported: readonly string[];
+}
+
+export interface L4Match {
+  readonly port?: number;
+  readonly sniHosts: readonly string[];
+  readonly gateways: readonly string[];
+}
+
+/** A `tcp` or `tls` route of a VirtualService. */
+export interface L4Route {
+  readonly match: readonly L4Match[];
+  readonly route: readonly RouteDestination[];
+}
+
+export interface VirtualService {
+  readonly key: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly hosts: readonly string[];
+  /** spec.gateways as written (`name`, `ns/name`, `mesh`); empty = mesh only (not bound to any Gateway). */
+  readonly gateways: readonly string[];
+  readonly http: readonly HttpRoute[];
+  readonly tcp: readonly L4Route[];
+  readonly tls: readonly L4Route[];
+}
+
+/** A kubernetes.io/tls Secret a Gateway references (certificate chain and private key, PEM). */
+export interface TlsSecret {
+  readonly key: string;
+  readonly namespace: string;
+  readonly name: string;
+  readonly cert: SecretMaterial;
+  readonly privateKey: SecretMaterial;
+  /** sha256 of cert and key (hex, first 16): tells a changed Secret apart without looking at it. */
+  readonly fingerprint: string;
+}
+
+export type ResourceKind = 'Service' | 'EndpointSlice' | 'Node' | 'DestinationRule' | 'Gateway' | 'VirtualService' | 'Secret';
 
 /** Raw Kubernetes objects as sources deliver them (JSON shape of the API). */
 export type RawObject = Record<string, unknown> & { kind?: string; metadata?: { name?: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string>; resourceVersion?: string } };

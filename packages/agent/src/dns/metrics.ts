@@ -13,9 +13,13 @@ export interface DnsMetrics {
   cache(kind: 'answer' | 'forward', hit: boolean): void;
   upstream(upstream: string, seconds: number, outcome: string): void;
   truncated(): void;
+  /** A query from a source that is not a client (REFUSED over UDP, closed at accept over TCP). */
+  refused(transport: 'udp' | 'tcp'): void;
+  /** A UDP answer limited by RRL: dropped, or sent truncated (slip). */
+  rateLimited(action: 'dropped' | 'slipped'): void;
 }
 
-export const noMetrics: DnsMetrics = { query() {}, malformed() {}, cache() {}, upstream() {}, truncated() {} };
+export const noMetrics: DnsMetrics = { query() {}, malformed() {}, cache() {}, upstream() {}, truncated() {}, refused() {}, rateLimited() {} };
 
 export function createDnsMetrics(registry: Registry): DnsMetrics {
   const pending = new Map<string, { labels: [string, string, string]; n: number }>();
@@ -41,6 +45,24 @@ export function createDnsMetrics(registry: Registry): DnsMetrics {
   const upstream = new Histogram({ name: 'edgemesh_dns_upstream_duration_seconds', help: 'Upstream query latency by upstream and outcome', labelNames: ['upstream', 'outcome'], buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5], registers: [registry] });
   const truncated = new Counter({ name: 'edgemesh_dns_truncated_total', help: 'UDP replies sent truncated (TC) because they did not fit', registers: [registry] });
   const mChildren = { udp: malformed.labels('udp'), tcp: malformed.labels('tcp') };
+  // Attack paths: plain integers, added at scrape time like the query counts (a flood must not cost more per packet).
+  const floods = { refusedUdp: 0, refusedTcp: 0, dropped: 0, slipped: 0 };
+  const refused: Counter<'transport'> = new Counter({
+    name: 'edgemesh_dns_refused_total', help: 'Queries refused because the source is not a client (not this node, its pod CIDRs or dns.allowCIDRs)', labelNames: ['transport'], registers: [registry],
+    collect() {
+      if (floods.refusedUdp) refused.labels('udp').inc(floods.refusedUdp);
+      if (floods.refusedTcp) refused.labels('tcp').inc(floods.refusedTcp);
+      floods.refusedUdp = floods.refusedTcp = 0;
+    },
+  });
+  const rrl: Counter<'action'> = new Counter({
+    name: 'edgemesh_dns_rrl_total', help: 'UDP answers limited by response-rate limiting: dropped, or slipped (sent truncated so the client retries over TCP)', labelNames: ['action'], registers: [registry],
+    collect() {
+      if (floods.dropped) rrl.labels('dropped').inc(floods.dropped);
+      if (floods.slipped) rrl.labels('slipped').inc(floods.slipped);
+      floods.dropped = floods.slipped = 0;
+    },
+  });
   return {
     query(type, rcode, source) {
       const t = KNOWN_TYPES.has(type) ? type : 'OTHER';
@@ -60,5 +82,7 @@ export function createDnsMetrics(registry: Registry): DnsMetrics {
     },
     upstream(up, seconds, outcome) { upstream.labels(up, outcome).observe(seconds); },
     truncated() { truncated.inc(); },
+    refused(transport) { if (transport === 'udp') floods.refusedUdp++; else floods.refusedTcp++; },
+    rateLimited(action) { if (action === 'dropped') floods.dropped++; else floods.slipped++; },
   };
 }

@@ -184,3 +184,79 @@ export function patchReply(wire: Buffer, id: number, ttlOffsets: readonly number
   }
   return out;
 }
+
+/** End of the question section (header + one question), or -1 when the message has none that parses. */
+function questionEnd(msg: Buffer): number {
+  if (msg.length < 12 || msg.readUInt16BE(4) !== 1) return -1;
+  const end = nameEnd(msg, 12);
+  return end < 0 || end + 4 > msg.length ? -1 : end + 4;
+}
+
+/**
+ * REFUSED for a client we do not serve: header and question only (no OPT, no records), so it is never larger than
+ * the query — refusing is no amplification. null for what is not a query (a response, shorter than a header).
+ */
+export function refusedReply(query: Buffer): Buffer | null {
+  if (query.length < 12 || (query.readUInt16BE(2) & QR)) return null;
+  const q = questionEnd(query);
+  const out = Buffer.alloc(q > 0 ? q : 12);
+  if (q > 0) query.copy(out, 0, 0, q);
+  else query.copy(out, 0, 0, 4);
+  const flags = query.readUInt16BE(2);
+  out.writeUInt16BE(QR | (flags & (0x7800 | RD | CD)) | 5, 2);
+  out.writeUInt16BE(q > 0 ? 1 : 0, 4);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt16BE(0, 8);
+  out.writeUInt16BE(0, 10);
+  return out;
+}
+
+/**
+ * The RRL "slip" reply for a limited answer: its header and question with TC set and no records, so the client
+ * retries over TCP. Never larger than the query.
+ */
+export function slipReply(reply: Buffer): Buffer {
+  const q = questionEnd(reply);
+  const out = Buffer.allocUnsafe(q > 0 ? q : 12);
+  reply.copy(out, 0, 0, out.length);
+  out.writeUInt16BE(reply.readUInt16BE(2) | TC, 2);
+  out.writeUInt16BE(q > 0 ? 1 : 0, 4);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt16BE(0, 8);
+  out.writeUInt16BE(0, 10);
+  return out;
+}
+
+/**
+ * What makes two answers "identical" for rate limiting: the question (name case-folded, type, class) and the
+ * response code, read from the reply itself so cached, computed and forwarded answers are keyed alike. A small
+ * integer (26 bits of a FNV-1a hash of the question × 16 + rcode), so that accounting builds no string on the hot
+ * path; two questions sharing a hash share an account, which only ever limits more, never less.
+ */
+export function answerKey(reply: Buffer): number {
+  const n = reply.length;
+  if (n < 12) return -1;
+  const rcode = reply[3] & 0x0f;
+  let h = 0x811c9dc5;
+  let i = 12;
+  for (let hops = 0; ; hops++) {
+    if (i >= n || hops > 127) return -2 - rcode;
+    const len = reply[i];
+    h = Math.imul(h ^ len, 16777619);
+    if (len === 0) { i++; break; }
+    if (len >= 0xc0) { if (i + 1 >= n) return -2 - rcode; h = Math.imul(h ^ reply[i + 1], 16777619); i += 2; break; }
+    const end = i + 1 + len;
+    if (end > n) return -2 - rcode;
+    for (let j = i + 1; j < end; j++) {
+      const b = reply[j];
+      h = Math.imul(h ^ (b >= 65 && b <= 90 ? b | 0x20 : b), 16777619);
+    }
+    i = end;
+  }
+  if (i + 4 > n) return -2 - rcode;
+  h = Math.imul(h ^ reply[i], 16777619);
+  h = Math.imul(h ^ reply[i + 1], 16777619);
+  h = Math.imul(h ^ reply[i + 2], 16777619);
+  h = Math.imul(h ^ reply[i + 3], 16777619);
+  return (h & 0x3ffffff) * 16 + rcode;
+}

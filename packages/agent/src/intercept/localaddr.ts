@@ -1,7 +1,7 @@
 // Makes sure an address the agent listens on (dns.listen, proxy.bindAddress) exists on this host. When it does not,
 // a dummy interface holding it as /32 is created; release() removes only what this process added.
 import { networkInterfaces } from 'node:os';
-import { execa } from 'execa';
+import { execa } from './exec.ts';
 import type { Logger } from '@edgemesh/common/log';
 
 export const DUMMY_IFACE = 'edgemesh0';
@@ -12,6 +12,56 @@ export function isLocalAddress(ip: string): boolean {
 }
 
 export interface LocalAddressLease { release(): Promise<void> }
+
+/** An address this process put on an interface and removes when it is done with it. */
+export interface AddedAddress { ip: string; prefix: number; iface: string }
+
+/** What this process added (and so removes at the end), by IP: handed to a successor in a takeover. */
+const added = new Map<string, AddedAddress>();
+/** A handoff happened: the addresses stay for the successor, releases remove nothing. */
+let keep = false;
+
+/** The addresses this process added and still holds (a successor adopts them). */
+export function addedAddresses(): AddedAddress[] {
+  return [...added.values()];
+}
+
+/**
+ * true: releasing a lease leaves the address in place — an agent handing over (the successor uses it and removes it
+ * later), or a successor before it took over (the running agent still uses it). false: releases remove again.
+ */
+export function keepLocalAddresses(k: boolean): void {
+  keep = k;
+}
+
+async function removeAddress(a: AddedAddress, log: Logger): Promise<void> {
+  if (added.get(a.ip) === a) added.delete(a.ip);
+  if (keep) {
+    log.info({ ip: a.ip, iface: a.iface }, 'left the local address for the agent that took over');
+    return;
+  }
+  await execa('ip', ['addr', 'del', `${a.ip}/${a.prefix}`, 'dev', a.iface], { reject: false });
+  if (a.iface !== 'lo') {
+    const left = await execa('ip', ['-o', 'addr', 'show', 'dev', a.iface], { reject: false });
+    // Remove the interface when nothing else of ours is left on it.
+    if (left.exitCode === 0 && !/\binet6? /.test(left.stdout.replace(/inet6 fe80[^\n]*/g, ''))) {
+      await execa('ip', ['link', 'del', 'dev', a.iface], { reject: false });
+    }
+  }
+  log.info({ ip: a.ip, iface: a.iface }, 'removed local address');
+}
+
+function leaseFor(a: AddedAddress, log: Logger): LocalAddressLease {
+  added.set(a.ip, a);
+  let released = false;
+  return {
+    async release() {
+      if (released) return;
+      released = true;
+      await removeAddress(a, log);
+    },
+  };
+}
 
 /** Ensures `ip` is a local address; creates/uses the dummy interface when not. Needs NET_ADMIN for the create. */
 export async function ensureLocalAddress(ip: string, log: Logger, iface = DUMMY_IFACE): Promise<LocalAddressLease> {
@@ -36,20 +86,7 @@ export async function ensureLocalAddress(ip: string, log: Logger, iface = DUMMY_
     throw e;
   }
   log.info({ ip, iface, createdLink }, 'added local address');
-  let released = false;
-  return {
-    async release() {
-      if (released) return;
-      released = true;
-      await execa('ip', ['addr', 'del', `${ip}/${prefix}`, 'dev', iface], { reject: false });
-      const left = await execa('ip', ['-o', 'addr', 'show', 'dev', iface], { reject: false });
-      // Remove the interface when nothing else of ours is left on it.
-      if (left.exitCode === 0 && !/\binet6? /.test(left.stdout.replace(/inet6 fe80[^\n]*/g, ''))) {
-        await execa('ip', ['link', 'del', 'dev', iface], { reject: false });
-      }
-      log.info({ ip, iface }, 'removed local address');
-    },
-  };
+  return leaseFor({ ip, prefix, iface }, log);
 }
 
 /** Fallback when the kernel has no dummy interfaces: the address lives on `lo` and only it is removed on release. */
@@ -57,19 +94,25 @@ async function onLoopback(ip: string, prefix: number, log: Logger): Promise<Loca
   await execa('ip', ['link', 'set', 'dev', 'lo', 'up']);
   await execa('ip', ['addr', 'replace', `${ip}/${prefix}`, 'dev', 'lo']);
   log.info({ ip, iface: 'lo' }, 'added local address (no dummy interface support)');
-  let released = false;
-  return {
-    async release() {
-      if (released) return;
-      released = true;
-      await execa('ip', ['addr', 'del', `${ip}/${prefix}`, 'dev', 'lo'], { reject: false });
-      log.info({ ip, iface: 'lo' }, 'removed local address');
-    },
-  };
+  return leaseFor({ ip, prefix, iface: 'lo' }, log);
 }
 
 /** Ref-counted leases so DNS and the proxy can share one address (the default 169.254.96.16 for both). */
 const leases = new Map<string, { count: number; lease: Promise<LocalAddressLease> }>();
+
+/**
+ * Takes over addresses the agent we replace added (it leaves them in place): this process removes them when it is
+ * done, as if it had added them. Only addresses that are still local are adopted.
+ */
+export function adoptLocalAddresses(list: readonly AddedAddress[], log: Logger): void {
+  for (const a of list) {
+    if (!a || typeof a.ip !== 'string' || typeof a.iface !== 'string' || !Number.isInteger(a.prefix) || leases.has(a.ip) || !isLocalAddress(a.ip)) continue;
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(a.iface)) continue; // an interface name, nothing else reaches `ip`
+    const entry = { count: 0, lease: Promise.resolve(leaseFor({ ip: a.ip, prefix: a.prefix, iface: a.iface }, log)) };
+    leases.set(a.ip, entry);
+    log.info({ ip: a.ip, iface: a.iface }, 'adopted the local address from the agent taken over');
+  }
+}
 
 export async function acquireLocalAddress(ip: string, log: Logger): Promise<LocalAddressLease> {
   let entry = leases.get(ip);

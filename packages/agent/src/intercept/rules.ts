@@ -90,3 +90,48 @@ export function chooseBackend(versionOutput: string, kubeChains: { nft: boolean;
   if (kubeChains.legacy && !kubeChains.nft) return 'legacy';
   return def;
 }
+
+/** What `iptables-save -t nat` shows of our state: the jumps per hook and our chain's rules (undefined: no chain). */
+export interface NatState {
+  readonly jumps: JumpState;
+  readonly chain: readonly string[] | undefined;
+}
+
+/** Parses `iptables-save -t nat` output (nf_tables and legacy print the same format). Pure. */
+export function parseNatSave(text: string): NatState {
+  const lines = text.split('\n').map((l) => l.trim());
+  const declared = lines.includes(`:${CHAIN} - [0:0]`) || lines.some((l) => l.startsWith(`:${CHAIN} `));
+  const jumps = Object.fromEntries(HOOKS.map((h) => [h, parseHook(text, h)])) as Record<Hook, HookState>;
+  return { jumps, chain: declared ? lines.filter((l) => l.startsWith(`-A ${CHAIN} `)) : undefined };
+}
+
+/**
+ * The part of a rule line that decides where traffic goes: destination, protocol, port and target. Comments and the
+ * match-module spelling are left out, so a line reads the same however iptables prints it back. Pure.
+ */
+export function ruleKey(line: string): string | undefined {
+  const d = /(?:^|\s)-d (\d+\.\d+\.\d+\.\d+)(?:\/32)?(?:\s|$)/.exec(line)?.[1];
+  const p = /(?:^|\s)-p (tcp|udp)(?:\s|$)/.exec(line)?.[1];
+  const port = /(?:^|\s)--dport (\d+)(?:\s|$)/.exec(line)?.[1];
+  const dnat = /-j DNAT --to-destination (\S+)/.exec(line)?.[1];
+  const redirect = /-j REDIRECT --to-ports (\d+)/.exec(line)?.[1];
+  if (!d || !p || !port || (!dnat && !redirect)) return undefined;
+  return `${d} ${p} ${port} ${dnat ? `dnat ${dnat}` : `redirect ${redirect}`}`;
+}
+
+/**
+ * Whether the kernel holds exactly `rules` in our chain, jumped once from the top of every hook. Pure: the periodic
+ * re-assert and a successor checking that the running agent's rules are its own both use it.
+ */
+export function natMatches(rules: readonly InterceptRule[], state: NatState): { ok: boolean; why?: string } {
+  if (!state.chain) return { ok: false, why: 'chain missing' };
+  for (const h of HOOKS) {
+    const j = state.jumps[h];
+    if (!j.first || j.jumpLines.length !== 1) return { ok: false, why: `${h} jump ${j.jumpLines.length ? 'not first' : 'missing'}` };
+  }
+  const want = rules.map((r) => ruleKey(ruleLine(r))!).sort();
+  const have = state.chain.map((l) => ruleKey(l) ?? `unparsed ${l}`).sort();
+  if (want.length !== have.length) return { ok: false, why: `${have.length} rules in the chain, ${want.length} wanted` };
+  for (let i = 0; i < want.length; i++) if (want[i] !== have[i]) return { ok: false, why: `rule differs: ${have[i]} (wanted ${want[i]})` };
+  return { ok: true };
+}

@@ -30,8 +30,12 @@ const CHI2_4DF_P001 = 18.47;
 
 test('round robin cycles exactly over the candidates', () => {
   const b = new Balancer({ policy: { kind: 'round_robin' } });
-  const c = counts(b, 1000, () => ({ clientIP: '1.1.1.1' }));
-  for (const k of keys) assert.equal(c.get(k), 200);
+  // A cycle, not just equal counts: every window of keys.length consecutive picks holds each candidate once, in the
+  // same order each time round.
+  const seq = Array.from({ length: 1000 }, () => b.pick(keys, { clientIP: '1.1.1.1' }));
+  const cycle = seq.slice(0, keys.length);
+  assert.deepEqual([...cycle].sort(), [...keys].sort(), `first round: ${cycle.join(' ')}`);
+  seq.forEach((k, i) => assert.equal(k, cycle[i % keys.length], `pick ${i} breaks the cycle`));
   assert.deepEqual([0, 1, 2].map(() => b.pick(['a', 'b'], { clientIP: 'x' })), ['a', 'b', 'a']);
 });
 
@@ -72,7 +76,7 @@ test('maglev: balanced, sticky per client IP, minimal disruption when an endpoin
   const b = new Balancer({ policy: { kind: 'maglev' } });
   const ips = clientIPs(4000);
   const before = ips.map((ip) => b.pick(keys, { clientIP: ip }));
-  // Sticky: same IP -> same endpoint, whatever the client port (the key is the IP only).
+  // Sticky: same IP -> same endpoint (the key is the IP only: a pick carries no client port).
   assert.deepEqual(ips.map((ip) => b.pick(keys, { clientIP: ip })), before);
   const c = new Map<string, number>();
   for (const k of before) c.set(k, (c.get(k) ?? 0) + 1);
@@ -99,7 +103,11 @@ test('maglev on an HTTP header: same header value -> same endpoint; no header ->
   const again = users.map((u, i) => b.pick(keys, { clientIP: `10.8.0.${(i * 7) % 250}`, headerValue: u }));
   assert.deepEqual(again, first);
   assert.ok(new Set(first).size === keys.length);
-  assert.equal(b.pick(keys, { clientIP: '1.2.3.4' }), maglevLookupKey('1.2.3.4'));
+  // No header: the client IP is the key — for every client, not one that could match by chance (1 in 5).
+  const ips = clientIPs(200);
+  const noHeader = ips.map((ip) => b.pick(keys, { clientIP: ip }));
+  assert.deepEqual(noHeader, ips.map(maglevLookupKey));
+  assert.equal(new Set(noHeader).size, keys.length, 'clients without the header still spread over every endpoint');
 });
 function maglevLookupKey(k: string) {
   return keys[maglevLookup(maglevTable(keys), k)];
@@ -129,7 +137,8 @@ test('ClientIP affinity sticks until the timeout passes without a connection (in
   const rest = keys.filter((x) => x !== k);
   const k2 = b2.pick(rest, { clientIP: 'D' });
   assert.ok(rest.includes(k2));
-  assert.equal(b2.pick(keys, { clientIP: 'D' }), k2);
+  // Re-bound to k2: it sticks from now on, even once k is a candidate again (plain round robin would move on each time).
+  for (let i = 0; i < 2 * keys.length; i++) assert.equal(b2.pick(keys, { clientIP: 'D' }), k2, `pick ${i} after the re-bind`);
 });
 
 test('outlier ejection after N consecutive failures, for base x times, at most half, and return', () => {

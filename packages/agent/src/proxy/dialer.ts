@@ -41,9 +41,11 @@ export interface Deadline {
   remaining(): number;
 }
 
-export function dialDeadline(ms: number): Deadline {
+/** A deadline `ms` from now; with `caller`, it also ends when the caller gives up (its signal aborts). */
+export function dialDeadline(ms: number, caller?: AbortSignal): Deadline {
   const at = performance.now() + ms;
-  return { signal: AbortSignal.timeout(Math.max(0, ms)), remaining: () => Math.max(0, at - performance.now()) };
+  const timeout = AbortSignal.timeout(Math.max(0, ms));
+  return { signal: caller ? AbortSignal.any([timeout, caller]) : timeout, remaining: () => (caller?.aborted ? 0 : Math.max(0, at - performance.now())) };
 }
 
 export interface Dialer {

@@ -1,17 +1,25 @@
 // The proxy module: keeps one listener per service port (TCP and UDP) in step with the cluster model and the
 // Service-IP table, feeds each its routing/LB state, and hands the interception rules to the interceptor.
+// Reconciles go through one BoundedRunner (one at a time, changes meanwhile mean one more; a listener that could not
+// be opened is retried with backoff). Readiness follows generations: snapshot version + IP-table version ->
+// reconciled (every listener bound) -> rules of that reconcile in the kernel.
 import { isIP } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ConfigError, type AgentConfig } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
+import { BoundedRunner } from '@edgemesh/common/runner';
 import type { DestinationRule, Endpoint, NodeInfo, Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
 import type { InterceptRule } from '../intercept/rules.ts';
 import type { Rng } from '../lb/hash.ts';
 import { policyFor } from '../lb/policy.ts';
 import { TIERS, type RoutingDefault, type Tier } from '../routing/routing.ts';
 import type { Dialer } from './dialer.ts';
+import type { ListenerContext } from './listener.ts';
 import { createProxyMetrics, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
+import { dialServicePort, ServiceConnectError, type ConnectFrom, type ServiceConnection } from './connect.ts';
 import { PortState } from './portstate.ts';
+import type { ListenerPorts } from './ports.ts';
+import type { UdpRelay } from '../handoff/udp.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
 import { UDP_SESSION_IDLE_MS, UdpListener } from './udp.ts';
 
@@ -32,12 +40,27 @@ export interface SnapshotSource {
 /** Open proxied TCP connections across all Services before new ones are reset. */
 export const TCP_MAX_CONNECTIONS = 20_000;
 
+/** A reconcile whose listeners failed to open is retried after this long, doubling up to the max. */
+export const RECONCILE_RETRY_MS = 1000;
+export const RECONCILE_RETRY_MAX_MS = 30_000;
+/** How often a draining proxy looks whether its connections are done. */
+export const DRAIN_POLL_MS = 100;
+
 /** What the proxy needs from the interception layer (IptablesInterceptor, or nothing with `intercept: none`). */
 export interface Interceptor {
-  setDesired(rules: readonly InterceptRule[]): void;
-  /** Applied at least once, last attempt succeeded. */
+  /** Replaces the desired rules; returns their generation. */
+  setDesired(rules: readonly InterceptRule[]): number;
+  /** The rules of generation `gen` (or later) are in the kernel. */
+  appliedFor(gen: number): boolean;
+  /** The kernel holds what was applied (false only while rules were found changed and are not re-asserted yet). */
   healthy(): boolean;
 }
+
+/**
+ * How far the cluster source is: `synced` (listed / read), `offline` (not synced, serving the last good state from
+ * stateDir), `empty` (nothing yet). Rules are handed to the interceptor from `offline` on; readiness needs `synced`.
+ */
+export type ClusterPhase = 'synced' | 'offline' | 'empty';
 
 export interface ProxierOptions {
   log: Logger;
@@ -50,6 +73,14 @@ export interface ProxierOptions {
   routingDefault: RoutingDefault;
   domain?: string;
   interceptor?: Interceptor;
+  /** Where the cluster source is (default: synced). */
+  cluster?: () => ClusterPhase;
+  /** True while the model has changes not yet published as a snapshot. */
+  modelPending?: () => boolean;
+  /** Persisted listener ports (stateDir); without it every listener gets a fresh port. */
+  ports?: ListenerPorts;
+  /** Persisted ports are held by the agent we take over from: bind them alongside it (SO_REUSEPORT). */
+  sharePorts?: boolean;
   tcpIdleTimeoutMs?: number;
   udpIdleMs?: number;
   dialTimeoutMs?: number;
@@ -95,55 +126,79 @@ export class Proxier {
   private readonly listeners = new Map<string, Listener>();
   private readonly limit: { active: number; max: number };
   private unsubs: (() => void)[] = [];
-  private dirty = false;
-  private running: Promise<void> | undefined;
-  private reconciled = false;
+  private readonly runner: BoundedRunner;
   private stopped = false;
   private prevNodes: ReadonlyMap<string, NodeInfo> | undefined;
   private prevRules: ReadonlyMap<string, DestinationRule> | undefined;
   private appliedRulesKey: string | undefined;
+  /** What connectTcp's dials run in (the listeners' context). */
+  private readonly ctx: ListenerContext;
+  /** What the last finished reconcile covered: snapshot and IP-table versions, all listeners bound, rules generation. */
+  private reconciled: { snap: number; ips: number; complete: boolean; rulesGen: number } | undefined;
+  private rulesGen = 0;
+  /** Became ready once: from then on only a wrong kernel state takes readiness away. */
+  private wasReady = false;
 
   constructor(o: ProxierOptions) {
     this.o = o;
     this.metrics = createProxyMetrics(o.registry);
     this.limit = { active: 0, max: o.maxConnections ?? TCP_MAX_CONNECTIONS };
+    this.ctx = { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup: () => this.myGroup(o.model.snapshot()) };
+    this.runner = new BoundedRunner({
+      retryMinMs: RECONCILE_RETRY_MS,
+      retryMaxMs: RECONCILE_RETRY_MAX_MS,
+      run: () => this.reconcile(this.o.model.snapshot()),
+      onError: (e, ms) => this.o.log.error({ err: (e as Error).message, retryInMs: ms }, 'proxy reconcile failed; retrying'),
+    });
   }
 
   async start(): Promise<void> {
     this.unsubs.push(this.o.model.subscribe(() => this.kick()));
     this.unsubs.push(this.o.serviceIPs.onChange(() => this.kick()));
-    this.kick();
-    await this.running;
+    // The first reconcile has run (a listener that could not open is retried in the background).
+    await this.runner.whenAttempted(this.runner.run());
   }
 
   /**
-   * Listeners have been opened for the Services (first reconcile done) and the interception rules are applied and
-   * healthy. Later reconciles do not flip readiness while they run.
+   * Ready when, for the snapshot and IP table the agent holds now, every listener is bound and the interception
+   * rules pointing at them are in the kernel, after the cluster source synced. Once ready, later reconciles do not
+   * take it away: only a kernel found holding other rules than ours (flushed, not yet re-asserted) does.
    */
   ready(): boolean {
-    return this.reconciled && (this.o.interceptor?.healthy() ?? true);
+    const intercept = this.o.interceptor;
+    if (this.wasReady) return intercept?.healthy() ?? true;
+    const r = this.reconciled;
+    const phase = this.o.cluster?.() ?? 'synced';
+    const now = phase === 'synced' && !(this.o.modelPending?.() ?? false) && r !== undefined && r.complete
+      && r.snap === this.o.model.snapshot().version && r.ips === this.ipsVersion()
+      && (!intercept || (intercept.appliedFor(r.rulesGen) && intercept.healthy()));
+    if (now) this.wasReady = true;
+    return now;
+  }
+
+  /** Why not ready (for logs and /readyz callers), or undefined when ready. */
+  notReadyReason(): string | undefined {
+    if (this.ready()) return undefined;
+    const r = this.reconciled;
+    const phase = this.o.cluster?.() ?? 'synced';
+    if (phase !== 'synced') return `cluster ${phase}`;
+    if (!r || r.snap !== this.o.model.snapshot().version || r.ips !== this.ipsVersion()) return 'reconciling';
+    if (!r.complete) return 'listeners not all bound';
+    return 'rules not applied';
   }
 
   /** Resolves when no reconcile is pending (tests). */
   async settle(): Promise<void> {
-    while (this.running) await this.running;
+    await this.runner.settle();
   }
 
-  private kick(): void {
-    if (this.stopped) return;
-    this.dirty = true;
-    if (this.running) return;
-    this.running = (async () => {
-      while (this.dirty && !this.stopped) {
-        this.dirty = false;
-        try {
-          await this.reconcile(this.o.model.snapshot());
-        } catch (e) {
-          this.o.log.error({ err: (e as Error).message }, 'proxy reconcile failed');
-        }
-      }
-      this.running = undefined;
-    })();
+  /** Requests a reconcile (also used to re-read the listener port table while following another agent). */
+  kick(): void {
+    if (!this.stopped) this.runner.run();
+  }
+
+  private ipsVersion(): number {
+    return (this.o.serviceIPs as { version?: number }).version ?? 0;
   }
 
   private myGroup(snap: Snapshot): string {
@@ -152,6 +207,8 @@ export class Proxier {
 
   private async reconcile(snap: Snapshot): Promise<void> {
     const o = this.o;
+    if (this.stopped) return;
+    const ipsVersion = this.ipsVersion();
     const want = new Map<string, { svc: Service; sp: ServicePort }>();
     for (const [key] of o.serviceIPs.entries()) {
       const svc = snap.services.get(key);
@@ -165,6 +222,7 @@ export class Proxier {
       this.listeners.delete(id);
       this.metrics.listeners.dec({ protocol: l instanceof TcpListener ? 'tcp' : 'udp' });
       if (!wantServices.has(l.state.service.key)) goneServices.add(l.state.service.key);
+      o.ports?.delete(id);
       // Open TCP connections of a removed service port run to their end; the listener just stops accepting.
       void closeListener(l, false);
     }
@@ -172,6 +230,7 @@ export class Proxier {
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
     const opened: Promise<unknown>[] = [];
+    let failed = 0;
     // Only service ports whose Service, endpoints, nodes or DestinationRules changed are recomputed.
     const contextSame = sameEntries(this.prevNodes, snap.nodes) && sameEntries(this.prevRules, snap.destinationRules);
     this.prevNodes = snap.nodes;
@@ -196,14 +255,15 @@ export class Proxier {
           ? new TcpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, idleTimeoutMs: o.tcpIdleTimeoutMs ?? TCP_IDLE_TIMEOUT_MS, dialTimeoutMs: o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, limit: this.limit })
           : new UdpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, idleMs: o.udpIdleMs ?? UDP_SESSION_IDLE_MS });
         const lis = l;
-        opened.push(lis.listen(o.bindAddress).then(
+        opened.push(this.open(id, lis).then(
           () => {
             this.listeners.set(id, lis);
             this.metrics.listeners.inc({ protocol: sp.protocol === 'TCP' ? 'tcp' : 'udp' });
           },
           (e: Error) => {
+            failed++;
             o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener');
-            // Its socket (and the UDP purge timer) would otherwise outlive it; the next reconcile tries a new one.
+            // Its socket (and the UDP purge timer) would otherwise outlive it; the retry tries a new one.
             void closeListener(lis, true).catch(() => {});
           },
         ));
@@ -211,14 +271,40 @@ export class Proxier {
       if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
     }
     await Promise.all(opened);
+    o.ports?.flush();
     this.metrics.strictEmpty.set(strictEmpty.size);
-    const rules = this.rules();
-    const key = rules.map((r) => `${r.ip} ${r.protocol} ${r.port} ${r.toPort} ${r.comment}`).sort().join('\n');
-    if (key !== this.appliedRulesKey) {
-      this.appliedRulesKey = key;
-      o.interceptor?.setDesired(rules);
+    // Before the cluster source has anything (no sync, no last good state) the rules would be empty: leave the
+    // kernel as it is (a predecessor's rules, or nothing) until there is a real snapshot.
+    if ((o.cluster?.() ?? 'synced') !== 'empty') {
+      const rules = this.rules();
+      const key = rules.map((r) => `${r.ip} ${r.protocol} ${r.port} ${r.toPort} ${r.comment}`).sort().join('\n');
+      if (key !== this.appliedRulesKey && o.interceptor) {
+        this.appliedRulesKey = key;
+        this.rulesGen = o.interceptor.setDesired(rules);
+      }
     }
-    this.reconciled = true;
+    this.reconciled = { snap: snap.version, ips: ipsVersion, complete: failed === 0, rulesGen: this.rulesGen };
+    if (failed) throw new Error(`${failed} service-port listener(s) could not be opened`);
+  }
+
+  /**
+   * Opens a listener on its persisted port when there is one (alongside the agent we take over from when
+   * `sharePorts`), else on a fresh port; a persisted port something else holds now is given up for a fresh one.
+   */
+  private async open(id: string, l: Listener): Promise<void> {
+    const o = this.o;
+    const persisted = o.ports?.get(id);
+    if (persisted !== undefined) {
+      try {
+        await l.listen(o.bindAddress, persisted, o.sharePorts ?? false);
+        return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw e;
+        o.log.warn({ id, port: persisted }, 'the persisted listener port is taken by another program; using a new port');
+      }
+    }
+    const port = await l.listen(o.bindAddress, 0);
+    o.ports?.set(id, port);
   }
 
   /** The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener. */
@@ -237,6 +323,43 @@ export class Proxier {
   /** The local listener port for a service port (tests, intercept: none users). */
   listenerPort(serviceKey: string, port: number, protocol: 'TCP' | 'UDP' = 'TCP'): number | undefined {
     return this.listeners.get(`${serviceKey}:${port}/${protocol}`)?.port;
+  }
+
+  /**
+   * Connects to a Service's TCP port as if a pod's connection to its IP had been intercepted (routing, balancing,
+   * dialer choice, metrics, the shared connection limit): the SOCKS5 and gateway entry points call this. Throws
+   * ServiceConnectError.
+   */
+  async connectTcp(serviceKey: string, port: number, from: ConnectFrom): Promise<ServiceConnection> {
+    const l = this.listeners.get(`${serviceKey}:${port}/TCP`);
+    if (!(l instanceof TcpListener)) {
+      const svc = this.o.model.snapshot().services.get(serviceKey);
+      if (!svc) throw new ServiceConnectError('no_service', `no Service ${serviceKey}`);
+      if (!svc.ports.some((p) => p.port === port && p.protocol === 'TCP')) throw new ServiceConnectError('no_port', `Service ${serviceKey} has no TCP port ${port}`);
+      throw new ServiceConnectError('not_proxied', `Service ${serviceKey} is not proxied by the mesh (headless, ExternalName or no listener yet)`);
+    }
+    const { limit, metrics } = this;
+    if (limit.active >= limit.max) {
+      metrics.refused.inc({ service: serviceKey, protocol: 'tcp', reason: 'limit' });
+      throw new ServiceConnectError('limit', `${limit.max} proxied connections open`);
+    }
+    limit.active++;
+    let held = true;
+    const release = () => {
+      if (!held) return;
+      held = false;
+      limit.active--;
+      metrics.active.dec({ service: serviceKey, protocol: 'tcp' });
+    };
+    metrics.active.inc({ service: serviceKey, protocol: 'tcp' });
+    try {
+      const c = await dialServicePort(l.state, this.ctx, this.o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, from);
+      c.upstream.once('close', release);
+      return c;
+    } catch (e) {
+      release();
+      throw e;
+    }
   }
 
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
@@ -264,11 +387,58 @@ export class Proxier {
     return out;
   }
 
-  async stop(): Promise<void> {
+  /** Stops following the model (no more reconciles, no more rule changes); listeners stay as they are. */
+  async freeze(): Promise<void> {
     this.stopped = true;
     for (const u of this.unsubs) u();
     this.unsubs = [];
-    await this.settle();
+    await this.runner.stop();
+  }
+
+  /**
+   * Stops accepting: TCP listeners close (with net.ipv4.tcp_migrate_req the kernel moves their accept queues to the
+   * successor's listeners on the same ports), UDP sockets the successor also serves are detached from their reuse
+   * groups (replies they still owe go through `relay`). Open connections carry on: the caller drains.
+   */
+  async stopAccepting(relay: UdpRelay): Promise<void> {
+    await this.freeze();
+    const waits: Promise<void>[] = [];
+    for (const l of this.listeners.values()) {
+      // close() resolves only when its connections are done: not awaited here (the caller drains).
+      if (l instanceof TcpListener) void l.close(false);
+      else waits.push(l.detach(relay));
+    }
+    await Promise.all(waits);
+  }
+
+  /**
+   * A plain stop: stop accepting (the rules are gone already), let open TCP connections finish for up to `drainMs`,
+   * then close everything.
+   */
+  async drainAndStop(drainMs: number): Promise<void> {
+    await this.freeze();
+    for (const l of this.listeners.values()) if (l instanceof TcpListener) void l.close(false);
+    const end = performance.now() + drainMs;
+    while (this.openConnections() > 0 && performance.now() < end) await new Promise((r) => setTimeout(r, DRAIN_POLL_MS));
+    await this.stop();
+  }
+
+  /** Proxied TCP connections open now. */
+  openConnections(): number {
+    let n = 0;
+    for (const l of this.listeners.values()) if (l instanceof TcpListener) n += l.openConnections;
+    return n;
+  }
+
+  /** performance.now() of the latest UDP datagram through any service port (0: none). */
+  lastUdpActivity(): number {
+    let t = 0;
+    for (const l of this.listeners.values()) if (l instanceof UdpListener && l.lastActivity > t) t = l.lastActivity;
+    return t;
+  }
+
+  async stop(): Promise<void> {
+    await this.freeze();
     await Promise.all([...this.listeners.values()].map((l) => closeListener(l, true)));
     this.listeners.clear();
   }

@@ -2,6 +2,7 @@
 // pipe both ways with backpressure and half-close. A reset, not a hang, when no endpoint is allowed.
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { listenReusePort } from '@edgemesh/common/reuseport';
 import { dialDeadline } from './dialer.ts';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
 import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
@@ -46,17 +47,19 @@ export class TcpListener {
     this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS }, (s) => this.accept(s));
   }
 
-  listen(host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host, port: 0, backlog: LISTEN_BACKLOG }, () => {
-        this.server.removeListener('error', reject);
-        this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
-        const a = this.server.address();
-        this.port = typeof a === 'object' && a ? a.port : 0;
-        resolve(this.port);
-      });
-    });
+  /**
+   * Listens on host:port with SO_REUSEPORT (port 0: a fresh one). `shared`: the port is the one a running agent we
+   * take over from holds, bound alongside it; otherwise a port another socket holds is refused.
+   */
+  async listen(host: string, port = 0, shared = false): Promise<number> {
+    this.port = await listenReusePort(this.server, host, port, { shared, backlog: LISTEN_BACKLOG });
+    this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
+    return this.port;
+  }
+
+  /** Proxied connections open now (a draining agent waits for them). */
+  get openConnections(): number {
+    return this.conns.size;
   }
 
   /** Stops accepting; open connections are closed too when `all`. */

@@ -3,6 +3,8 @@
 // right client from the service port.
 import { createSocket, type Socket as UdpSocket, type RemoteInfo } from 'node:dgram';
 import { LRUCache } from 'lru-cache';
+import { bindReusePort } from '@edgemesh/common/reuseport';
+import { detachUdp, localKey, registerUdp, type UdpRelay } from '../handoff/udp.ts';
 import { dialDeadline, type DatagramChannel } from './dialer.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import type { PortState } from './portstate.ts';
@@ -36,11 +38,18 @@ export class UdpListener {
   private readonly bytesIn: { inc(n: number): void };
   private readonly bytesOut: { inc(n: number): void };
   port = 0;
+  private host = '';
+  /** How replies leave: our socket, or (detached during a handoff) the staying agent's socket on the same port. */
+  private out: (d: Buffer, port: number, address: string, cb: (e: Error | null) => void) => void;
+  private unregister: () => void = () => {};
+  /** performance.now() of the last datagram either way (a draining agent waits until its sessions are quiet). */
+  lastActivity = 0;
 
   constructor(state: PortState, ctx: UdpContext) {
     this.state = state;
     this.ctx = ctx;
-    this.sock = createSocket({ type: 'udp4' });
+    this.sock = createSocket({ type: 'udp4', reusePort: true });
+    this.out = (d, port, address, cb) => this.sock.send(d, port, address, cb);
     this.bytesIn = ctx.metrics.bytes.labels({ service: state.service.key, direction: 'in' });
     this.bytesOut = ctx.metrics.bytes.labels({ service: state.service.key, direction: 'out' });
     this.sessions = new LRUCache<string, Session>({
@@ -55,15 +64,27 @@ export class UdpListener {
     this.sock.on('error', (e) => ctx.log.warn({ err: e.message, service: state.service.key }, 'udp listener error'));
   }
 
-  listen(host: string): Promise<number> {
-    return new Promise((resolve, reject) => {
-      this.sock.once('error', reject);
-      this.sock.bind(0, host, () => {
-        this.sock.removeListener('error', reject);
-        this.port = this.sock.address().port;
-        resolve(this.port);
-      });
-    });
+  /** Binds host:port with SO_REUSEPORT (port 0: a fresh port no other socket holds); `shared` as TcpListener.listen. */
+  async listen(host: string, port = 0, shared = false): Promise<number> {
+    this.port = await bindReusePort(this.sock, host, port, { shared });
+    this.host = host;
+    this.unregister = registerUdp(host, this.port, (d, p, a) => this.sock.send(d, p, a));
+    return this.port;
+  }
+
+  /**
+   * A handoff: new datagrams go to the successor's socket on this port from now on; what is queued here is still
+   * handled, and replies (to those, and from sessions already open) are sent through `relay`.
+   */
+  async detach(relay: UdpRelay): Promise<void> {
+    const local = localKey(this.host, this.port);
+    if (!relay.has(local)) return; // the successor does not serve this port: keep serving it until the end
+    this.unregister();
+    this.out = (d, port, address, cb) => {
+      relay.send(local, d, port, address);
+      cb(null);
+    };
+    await detachUdp(this.sock, this.host, this.port);
   }
 
   get sessionCount(): number {
@@ -77,12 +98,14 @@ export class UdpListener {
   }
 
   async close(): Promise<void> {
+    this.unregister();
     clearInterval(this.purge);
     this.sessions.clear();
     await new Promise<void>((r) => this.sock.close(() => r()));
   }
 
   private onMessage(msg: Buffer, from: RemoteInfo): void {
+    this.lastActivity = performance.now();
     const id = `${from.address}:${from.port}`;
     const s = this.sessions.get(id);
     if (s) {
@@ -117,7 +140,8 @@ export class UdpListener {
         ch.onMessage((d) => {
           this.sessions.get(id); // a reply keeps the session alive
           this.bytesOut.inc(d.length);
-          this.sock.send(d, from.port, from.address, (e) => { if (e) metrics.udpDropped.inc({ service: svc, reason: 'send_error' }); });
+          this.lastActivity = performance.now();
+          this.out(d, from.port, from.address, (e) => { if (e) metrics.udpDropped.inc({ service: svc, reason: 'send_error' }); });
         });
         ch.onClose((err) => {
           if (err) recordFailure(this.ctx, st, pick.key, err);

@@ -225,3 +225,25 @@ test('a re-punch timer that fires a millisecond early (timer rounding) still re-
   env.a.paths.close();
   env.b.paths.close();
 });
+
+test('connect (a successor warming its predecessor\'s links): a relay link without a stream, then direct; fails when no server has the peer', async () => {
+  const env = makePair({ direct: true });
+  let done = false;
+  env.a.paths.connect().then(() => { done = true; });
+  assert.ok(await runUntil(env.clock, () => done, 2_000), 'resolved once a link is up');
+  assert.ok(['relay', 'direct'].includes(String(path(env))));
+  assert.ok(await runUntil(env.clock, () => path(env) === 'direct', 10_000), 'punched without a stream');
+  await env.a.paths.connect(); // on a link already: at once
+  env.a.paths.close();
+  env.b.paths.close();
+
+  const srv = new FakeServer('srv1');
+  const lone = makePair({ servers: [srv] });
+  srv.up = false;
+  let err: unknown;
+  lone.a.paths.connect().catch((e) => { err = e; });
+  assert.ok(await runUntil(lone.clock, () => err !== undefined, 2_000), 'rejected');
+  assert.match(String(err), /no server has the peer/);
+  lone.a.paths.close();
+  lone.b.paths.close();
+});

@@ -37,6 +37,8 @@ export class PeerPaths implements DirectHost {
   private timers: Partial<Record<'suspect' | 'resume' | 'attach' | 'relink', Timer>> = {};
   private closed = false;
   private resetting = false;
+  /** Settled when the session is next on a link, or nothing can carry it (connect()). */
+  private linked: PromiseWithResolvers<void> | undefined;
 
   constructor(node: string, env: PeerEnv) {
     this.node = node;
@@ -108,6 +110,23 @@ export class PeerPaths implements DirectHost {
       this.clock.clearTimeout(fallback);
       deadline.signal.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Brings a link up without a stream (a successor warming its predecessor's links, handoff/takeover.ts): a relay
+   *  link at once, punching in parallel. Resolves once the session is on a link. */
+  connect(): Promise<void> {
+    if (this.closed) return Promise.reject(new DialError('unreachable', `node ${this.node} was forgotten`));
+    this.want();
+    if (this.current) return Promise.resolve();
+    if (!this.linked) (this.linked = Promise.withResolvers<void>()).promise.catch(() => {});
+    this.ensureRelay();
+    return this.linked.promise;
+  }
+
+  private settleLinked(err?: Error): void {
+    const l = this.linked;
+    this.linked = undefined;
+    if (err) l?.reject(err); else l?.resolve();
   }
 
   /** A dial got no answer on the direct path within its share of the deadline: move the session to the relay until
@@ -223,6 +242,7 @@ export class PeerPaths implements DirectHost {
       return;
     }
     this.clear('resume');
+    this.settleLinked();
     if (this.session.current === link) return;
     // Leaving a direct link suspected dead: opens sent there since are asked again on the new link.
     if (this.direct && link !== this.direct && this.suspectAt !== undefined) this.session.distrust(this.direct);
@@ -249,7 +269,11 @@ export class PeerPaths implements DirectHost {
       this.log.debug({ err: e.message }, 'no relay link');
       const current = this.session.current;
       // Nothing else can carry a new stream now: the opens waiting fail at once (the proxy tries another endpoint).
-      if (!current && !this.direct && !this.d?.punching) this.session.failOpening(e instanceof DialError ? e : new DialError('unreachable', e.message));
+      if (!current && !this.direct && !this.d?.punching) {
+        const err = e instanceof DialError ? e : new DialError('unreachable', e.message);
+        this.session.failOpening(err);
+        this.settleLinked(err);
+      }
       if (!current && this.session.size > 0) this.set('relink', RELINK_RETRY_MS, () => this.reselect());
     }).catch((e: unknown) => this.log.error({ err: e }, 'relay link setup failed unexpectedly'));
   }
@@ -296,14 +320,8 @@ export class PeerPaths implements DirectHost {
 
   /** Bytes (inside Noise) on the peer's open links (the fleet report's per-peer traffic). */
   linkBytes(): { bytesIn: number; bytesOut: number } {
-    let bytesIn = 0;
-    let bytesOut = 0;
-    for (const l of this.links) {
-      if (l.closed) continue;
-      bytesIn += l.bytesIn;
-      bytesOut += l.bytesOut;
-    }
-    return { bytesIn, bytesOut };
+    const open = [...this.links].filter((l) => !l.closed);
+    return { bytesIn: open.reduce((n, l) => n + l.bytesIn, 0), bytesOut: open.reduce((n, l) => n + l.bytesOut, 0) };
   }
 
   directLink(): Link | undefined {
@@ -369,6 +387,7 @@ export class PeerPaths implements DirectHost {
     this.closed = true;
     for (const k of Object.keys(this.timers) as (keyof PeerPaths['timers'])[]) this.clear(k);
     this.d?.close();
+    this.settleLinked(new DialError('unreachable', `node ${this.node} was forgotten`));
     this.session.close(new Error(`node ${this.node} was forgotten`));
     for (const l of [...this.links]) l.close();
   }

@@ -288,6 +288,13 @@ export class ServerConn extends EventEmitter {
     });
   }
 
+  /** Sends the fleet report (JSON, already within MAX_REPORT_BYTES; fleet/reporter.ts decides when). */
+  sendReport(json: Buffer): boolean {
+    if (this.state !== 'ready' || !this.sock || !this.mac) return false;
+    this.sock.write(encodeFrame(T.REPORT, this.mac.seal(T.REPORT, json)));
+    return true;
+  }
+
   rendezvous(body: ControlInput<typeof T.RENDEZVOUS>): boolean {
     return this.sendControl(T.RENDEZVOUS, body);
   }

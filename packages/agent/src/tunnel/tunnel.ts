@@ -143,6 +143,13 @@ export class Tunnel {
     return this.peer(node).open(target, deadline);
   }
 
+  /** Brings up a link to `node` without a stream (a successor warming its predecessor's links before it is ready). */
+  link(node: string): Promise<void> {
+    if (node === this.opts.node) return Promise.reject(new DialError('no-route', 'the tunnel does not link to this node'));
+    if (this.stopped) return Promise.reject(new DialError('unreachable', 'the tunnel is stopped'));
+    return this.peer(node).connect();
+  }
+
   /** Drops every link to `node` and all path state (a node left the cluster; benchmarks start fresh with it). */
   forget(node: string): void {
     const p = this.peers.get(node);

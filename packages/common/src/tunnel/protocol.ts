@@ -18,6 +18,7 @@ export const T = {
   OPEN_FAIL: 12,
   INCOMING: 13,
   RENDEZVOUS: 14,
+  REPORT: 15,
   DATA: 20,
   CREDIT: 21,
   END: 22,
@@ -43,6 +44,7 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
   { type: T.OPEN_FAIL, name: 'OPEN_FAIL', dir: 's->a', payload: 'JSON {req, code} + MAC' },
   { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from, key} + MAC: a peer opened a relay stream to us' },
   { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous + MAC (the server adds from, key, RTTs)' },
+  { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES) + MAC' },
   { type: T.DATA, name: 'DATA', dir: 'both', payload: '[rid u32][offset u64][ciphertext]' },
   { type: T.CREDIT, name: 'CREDIT', dir: 'both', payload: '[rid u32][ack u64]' },
   { type: T.END, name: 'END', dir: 'both', payload: '[rid u32][fin u64]' },
@@ -52,7 +54,7 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
 export const RELAY_STREAM_TYPES: StreamTypes = { DATA: T.DATA, CREDIT: T.CREDIT, END: T.END, RESET: T.RESET };
 
 /** Types whose payload is JSON + MAC (after the handshake). */
-export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS]);
+export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
 
 /** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. A relay stream
  *  carries a whole peer link (its streams have their own windows inside), so this bounds the link at window/RTT. */
@@ -116,6 +118,8 @@ const SCHEMAS = {
   /** Agent -> server: `to` names the peer. */
   [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(), key: b64(32).optional(),
     rttFromMs: z.number().min(0).max(60_000).catch(0).optional(), rttToMs: z.number().min(0).max(60_000).catch(0).optional() }),
+  /** Any JSON object here: the server's fleet store validates it against the report schema (and counts what fails). */
+  [T.REPORT]: z.record(z.string(), z.unknown()),
 } as const;
 
 type Schemas = typeof SCHEMAS;

@@ -1,0 +1,310 @@
+// Regenerates the README's benchmark figures from bench/results/<name>.json: the summary table (## Benchmarks) and
+// each bench's detailed table in its section, between marker comments
+//   <!-- bench:<block>:begin ... -->  ...generated...  <!-- bench:<block>:end -->
+// (block = summary | dns | proxy | tunnel | cluster). Summary and sections come from the same files, so they cannot
+// disagree. A bench without a results file leaves its block as it is; the summary is written only when all four
+// exist. Text outside the markers is never touched.
+//   node bench/readme.ts            rewrite README.md
+//   node bench/readme.ts --check    exit 1 when a block differs from what its results file gives
+// Results are read from $BENCH_RESULTS_DIR or bench/results/.
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { BENCH_NAMES, readResult, resultsDir, type BenchName, type BenchResult } from './results.ts';
+import type { ClusterData, DnsData, ProxyData, ProxyRow, TunnelData } from './shapes.ts';
+
+export const BLOCKS = ['summary', ...BENCH_NAMES] as const;
+export type Block = (typeof BLOCKS)[number];
+
+export const GOALS = {
+  dnsRatio: 0.35,
+  proxyBulk: 0.9,
+  proxyKeepAlive: 0.7,
+  proxySyncMs: 1000,
+  tunnelDirectRaw: 0.5,
+  tunnelRelayDirect: 0.8,
+  tunnelTtdP95Ms: 1000,
+  /** The cluster goals are for this cluster size; a run of another size shows its figures without judging them. */
+  clusterServices: 5000,
+  clusterEndpoints: 3,
+  clusterIdleFileMiB: 70,
+  clusterIdleKubeMiB: 90,
+  clusterLoadedMiB: 130,
+  clusterReadyMs: 1500,
+  clusterPerStepMiB: 8,
+} as const;
+
+export interface Results {
+  dns?: BenchResult<DnsData>;
+  proxy?: BenchResult<ProxyData>;
+  tunnel?: BenchResult<TunnelData>;
+  cluster?: BenchResult<ClusterData>;
+}
+
+export function loadResults(dir: string): Results {
+  const out: Results = {};
+  for (const b of BENCH_NAMES) {
+    const r = readResult<never>(dir, b);
+    if (r) (out as Record<BenchName, unknown>)[b] = r;
+  }
+  return out;
+}
+
+// --- formatting ---
+const num = (n: number, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+const ratio = (n: number) => `${n.toFixed(2)}×`;
+const ms = (n: number) => (n >= 1000 ? `${(n / 1000).toFixed(1)} s` : `${Math.round(n)} ms`);
+const mib = (n: number) => `${Math.round(n)} MiB`;
+/** "76–157 ms", "1.2–4.7 s", or "76 ms–1.2 s" across units. */
+const msRange = (a: number, b: number) => {
+  const [x, y] = [ms(a), ms(b)];
+  return x.split(' ')[1] === y.split(' ')[1] ? `${x.split(' ')[0]}–${y}` : `${x}–${y}`;
+};
+const kqps = (n: number) => `${Math.round(n / 1000)}k`;
+const met = (ok: boolean) => (ok ? 'met' : 'missed');
+const day = (iso: string) => iso.slice(0, 10);
+const median = (xs: number[]) => { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]; };
+const pct = (xs: number[], p: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]; };
+const host = (r: BenchResult<unknown>) => `${r.host.cpus} CPUs (${r.host.cpuModel}), load average ${r.host.loadavg1} at the start, Node ${r.host.node}`;
+/** "Measured with `npx node bench/dns/run.ts --seconds 10` on 2026-12-02, 2 CPUs (...)". */
+const measured = (r: BenchResult<unknown>) => `Measured with \`${['npx node', `bench/${r.bench}/run.ts`, ...r.argv].join(' ')}\` on ${day(r.date)}, ${host(r)}`;
+
+// --- derived figures, shared by the summary and the sections ---
+function dnsFigures(d: DnsData) {
+  const rows = d.rows.map((r) => ({ ...r, ratio: r.agentQps / r.unboundQps }));
+  return { rows, ok: rows.every((r) => r.ratio >= GOALS.dnsRatio) };
+}
+
+function proxyFigures(d: ProxyData) {
+  const rows = d.rows.map((r) => {
+    const agent = Math.max(...r.agentRuns);
+    const haproxy = Math.max(...r.haproxyRuns);
+    const pairs = r.agentRuns.map((a, i) => a / r.haproxyRuns[i]);
+    return { ...r, agent, haproxy, ratio: agent / haproxy, lo: Math.min(...pairs), hi: Math.max(...pairs) };
+  });
+  const row = (k: ProxyRow['key']) => rows.find((r) => r.key === k)!;
+  const bulkOk = row('bulk-up').ratio >= GOALS.proxyBulk && row('bulk-down').ratio >= GOALS.proxyBulk;
+  return { rows, row, bulkOk, keepAliveOk: row('keep-alive').ratio >= GOALS.proxyKeepAlive, syncOk: d.sync.agentSyncMsAvg <= GOALS.proxySyncMs };
+}
+
+function tunnelFigures(d: TunnelData) {
+  const raw = median(d.rawMbps);
+  const direct = median(d.directMbps);
+  const relay = median(d.relayMbps);
+  const ttd = d.ttd.map((t) => {
+    const all = t.ms.map((x) => x ?? d.ttdTimeoutMs); // a miss counts as the timeout
+    return { ...t, p50: median(all), p95: pct(all, 95), misses: t.ms.filter((x) => x === null).length, first: median(t.firstStreamMs) };
+  });
+  const cone = ttd.filter((t) => t.goal);
+  const other = ttd.filter((t) => !t.goal);
+  return {
+    raw, direct, relay, ttd, cone, other,
+    directOk: direct / raw >= GOALS.tunnelDirectRaw, relayOk: relay / direct >= GOALS.tunnelRelayDirect,
+    ttdOk: cone.every((t) => t.p95 < GOALS.tunnelTtdP95Ms),
+  };
+}
+
+function clusterFigures(d: ClusterData) {
+  const both = [d.file, d.kubernetes];
+  const loaded = both.flatMap((p) => [p.cold.rss, p.inPlace.rss]);
+  const perStep = both.flatMap((p) => [p.perStepColdMiB, p.perStepInPlaceMiB]);
+  const full = d.services === GOALS.clusterServices && d.endpoints === GOALS.clusterEndpoints;
+  /** met/missed for a goal that depends on the cluster's size: only for a run of the goals' size. */
+  const sized = (ok: boolean) => (full ? met(ok) : `not judged: a ${num(d.services)} × ${d.endpoints} run`);
+  return {
+    loaded, perStep, sized,
+    idleFileOk: d.file.idle.rss <= GOALS.clusterIdleFileMiB,
+    idleKubeOk: d.kubernetes.idle.rss <= GOALS.clusterIdleKubeMiB,
+    // Every figure of the row must meet its goal: fresh start and in place, both sources.
+    loadedOk: Math.max(...loaded) <= GOALS.clusterLoadedMiB,
+    readyOk: Math.max(...both.map((p) => p.readyMs)) <= GOALS.clusterReadyMs,
+    perStepOk: Math.max(...perStep) <= GOALS.clusterPerStepMiB,
+  };
+}
+const codeLabel = (d: ClusterData) => (d.code === 'dist' ? 'built JavaScript, dist/' : 'TypeScript sources');
+/** "76–78 MiB", or "76 MiB" when both ends round alike; `digits` decimals. */
+const mibSpan = (xs: number[], digits = 0) => {
+  const [lo, hi] = [Math.min(...xs).toFixed(digits), Math.max(...xs).toFixed(digits)];
+  return lo === hi ? `${lo} MiB` : `${lo}–${hi} MiB`;
+};
+
+// --- the summary table ---
+function summaryRows(r: Required<Results>): string[] {
+  const dns = dnsFigures(r.dns.data);
+  const [cl, fw] = dns.rows;
+  const p = proxyFigures(r.proxy.data);
+  const t = tunnelFigures(r.tunnel.data);
+  const c = r.cluster.data;
+  const cf = clusterFigures(c);
+  const coneP95 = t.cone.map((x) => x.p95);
+  const misses = t.ttd.reduce((n, x) => n + x.misses, 0);
+  return [
+    `| \`npx node bench/dns/run.ts\` | dnsperf against the agent and unbound serving the same names | ${cl.what} ${kqps(cl.agentQps)} vs ${kqps(cl.unboundQps)} qps = **${ratio(cl.ratio)}**; ${fw.what} **${ratio(fw.ratio)}** | ≥ ${GOALS.dnsRatio}× (${met(dns.ok)}) |`,
+    `| \`npx node bench/proxy/run.ts\` | iperf3 and wrk through the agent's proxy and ${r.proxy.data.haproxy} (1 thread) | bulk up **${ratio(p.row('bulk-up').ratio)}**, bulk down **${ratio(p.row('bulk-down').ratio)}**, keep-alive **${ratio(p.row('keep-alive').ratio)}**, new connections ${ratio(p.row('new-conns').ratio)}; ${num(r.proxy.data.sync.ports)}-port rule sync **${ms(r.proxy.data.sync.agentSyncMsAvg)}**; RSS ${mib(r.proxy.data.sync.rssMiB)} | bulk ≥ ${GOALS.proxyBulk}× (${met(p.bulkOk)}), keep-alive ≥ ${GOALS.proxyKeepAlive}× (${met(p.keepAliveOk)}), sync ≤ ${ms(GOALS.proxySyncMs)} (${met(p.syncOk)}) |`,
+    `| \`npx node bench/tunnel/run.ts\` | one stream direct (UDX + Noise) and relayed, iperf3 raw over the same namespaces; time to direct per NAT pair | direct ${num(t.direct)} Mb/s = **${ratio(t.direct / t.raw)}** raw (${num(t.raw)} Mb/s); relay ${num(t.relay)} Mb/s = **${ratio(t.relay / t.direct)}** direct; time to direct p95 **${msRange(Math.min(...coneP95), Math.max(...coneP95))}** for cone pairs${t.other.map((x) => `, ${ms(x.p95)} ${x.name.includes('birthday') ? 'for birthday' : `for ${x.name}`}`).join('')}${misses ? ` (${misses} miss${misses === 1 ? '' : 'es'} counted as ${ms(r.tunnel.data.ttdTimeoutMs)})` : ''} | direct ≥ ${GOALS.tunnelDirectRaw}× raw (${met(t.directOk)}), relay ≥ ${GOALS.tunnelRelayDirect}× direct (${met(t.relayOk)}), p95 < ${ms(GOALS.tunnelTtdP95Ms)} (${met(t.ttdOk)}) |`,
+    `| \`npx node bench/cluster/run.ts\` | the agent binary (${codeLabel(c)}, V8 sized for ${c.agentV8.memoryLimit}; DNS + proxy + tunnel on) with ${num(c.services)} Services × ${c.endpoints} endpoints, both sources | RSS idle **${mib(c.file.idle.rss)}** file / **${mib(c.kubernetes.idle.rss)}** kubernetes; ${num(c.services)} Services **${mibSpan(cf.loaded)}**; start → ready **${ms(c.file.readyMs)}** file / **${ms(c.kubernetes.readyMs)}** kubernetes; +${num(c.step)} Services ${mibSpan(cf.perStep, 1)} | idle ≤ ${GOALS.clusterIdleFileMiB} (file: ${met(cf.idleFileOk)}) / ≤ ${GOALS.clusterIdleKubeMiB} MiB (kubernetes: ${met(cf.idleKubeOk)}); ≤ ${GOALS.clusterLoadedMiB} MiB (${cf.sized(cf.loadedOk)}), ≤ ${ms(GOALS.clusterReadyMs)} (${cf.sized(cf.readyOk)}), ≤ ${GOALS.clusterPerStepMiB} MiB (${cf.sized(cf.perStepOk)}) |`,
+  ];
+}
+
+function renderSummary(r: Required<Results>): string {
+  const dates = BENCH_NAMES.map((b) => `${b} ${day(r[b].date)}`).join(', ');
+  return [
+    `Figures from one run of each bench (\`bench/results/*.json\`: ${dates}) on ${host(r.dns)}; a shared machine, so take`,
+    'the ratios, not the absolutes. The sections below give the details, from the same files.',
+    '',
+    '| command | what | result | goal |',
+    '|---|---|---|---|',
+    ...summaryRows(r),
+  ].join('\n');
+}
+
+// --- the sections ---
+function renderDns(r: BenchResult<DnsData>): string {
+  const d = r.data;
+  const f = dnsFigures(d);
+  return [
+    `${measured(r)} (ratios matter more than absolute figures): ${d.seconds} s runs after a ${d.warmupS} s warm-up, ${d.clients} clients × ${d.outstanding} outstanding queries${d.pinned ? ', servers on CPU 0 and dnsperf on CPU 1' : ''}:`,
+    '',
+    '| names | agent qps | unbound qps | agent/unbound |',
+    '|---|---:|---:|---:|',
+    ...f.rows.map((x) => `| ${x.what} | ${num(x.agentQps)} | ${num(x.unboundQps)} | ${ratio(x.ratio)} |`),
+    '',
+    `Lost queries and response codes: ${f.rows.map((x) => `${x.what}: agent ${x.agentOutcome}; unbound ${x.unboundOutcome}`).join('. ')}. Upstream queries during the bench: UDP ${num(d.upstreamQueries.udp)}, TCP ${num(d.upstreamQueries.tcp)} (for ${num(d.forwardedNames)} names, both servers).`,
+  ].join('\n');
+}
+
+function renderProxy(r: BenchResult<ProxyData>): string {
+  const d = r.data;
+  const p = proxyFigures(d);
+  const label: Record<ProxyRow['key'], string> = {
+    'bulk-up': 'bulk upload, client → endpoint (iperf3)',
+    'bulk-down': 'bulk download, endpoint → client (iperf3 -R)',
+    'keep-alive': `keep-alive requests (wrk -c${d.wrkConns})`,
+    'new-conns': 'new connections (wrk, `Connection: close`)',
+  };
+  const goal = (k: ProxyRow['key']) => (k === 'bulk-up' || k === 'bulk-down' ? `≥ ${GOALS.proxyBulk} — ${met(p.row(k).ratio >= GOALS.proxyBulk)}` : k === 'keep-alive' ? `≥ ${GOALS.proxyKeepAlive} — ${met(p.keepAliveOk)}` : '—');
+  const val = (x: { unit: string }, v: number) => (x.unit === 'req/s' ? `${num(v)} req/s` : `${v.toFixed(2)} ${x.unit}`);
+  return [
+    `${measured(r)} (ratios only), as root: ${d.seconds} s runs, best of two alternating runs each (the range is the ratio of each alternating pair):`,
+    '',
+    `| measure | agent | ${d.haproxy} | agent/haproxy | goal |`,
+    '|---|---|---|---|---|',
+    ...p.rows.map((x) => `| ${label[x.key]} | ${val(x, x.agent)} | ${val(x, x.haproxy)} | ${x.ratio.toFixed(2)} (${x.lo.toFixed(2)}–${x.hi.toFixed(2)} over runs) | ${goal(x.key)} |`),
+    `| rule sync, ${num(d.sync.ports)} service ports | ${ms(d.sync.agentSyncMsAvg)} (${d.sync.syncs === 1 ? 'one `iptables-restore` batch' : `average of ${d.sync.syncs} \`iptables-restore\` batches`}; the bare restore of the same batch takes ${ms(d.sync.restoreMs)}) | | | ≤ ${ms(GOALS.proxySyncMs)} — ${met(p.syncOk)} |`,
+    `| agent RSS with ${num(d.sync.ports)} service ports (${num(d.sync.listeners)} listeners, file source) | ${mib(d.sync.rssMiB)} | | | |`,
+    '',
+    `${num(d.sync.rules)} rules applied; agent start to ready ${ms(d.sync.startMs)}; rules left after SIGTERM: ${d.sync.rulesLeftAfterStop ? '**yes**' : 'none'}.`,
+  ].join('\n');
+}
+
+function renderTunnel(r: BenchResult<TunnelData>): string {
+  const d = r.data;
+  const t = tunnelFigures(d);
+  return [
+    `${measured(r)} (namespaces + veth, noisy): one stream of ${d.mb} MB, medians of ${d.repeats}:`,
+    '',
+    '| | Mb/s | runs |',
+    '|---|---:|---|',
+    `| iperf3 raw TCP through both NAT routers (port forward on the far router) | ${num(t.raw)} | ${d.rawMbps.map((x) => num(x)).join(', ')} |`,
+    `| tunnel direct (UDX + Noise, port-restricted ↔ port-restricted) | ${num(t.direct)} | ${d.directMbps.map((x) => num(x)).join(', ')} |`,
+    `| tunnel relay (TCP through the server + Noise, symmetric ↔ symmetric) | ${num(t.relay)} | ${d.relayMbps.map((x) => num(x)).join(', ')} |`,
+    '',
+    `direct/raw ${(t.direct / t.raw).toFixed(2)} (goal ≥ ${GOALS.tunnelDirectRaw}: ${met(t.directOk)}), relay/direct ${(t.relay / t.direct).toFixed(2)} (goal ≥ ${GOALS.tunnelRelayDirect}: ${met(t.relayOk)}).`,
+    '',
+    `Time to direct for fresh peers (both forget each other and the NAT state between them is deleted on both routers; from the first dial, which goes on the relay at once, until the direct link is up), ${d.ttdRuns} runs per pair, a run without a direct link after ${ms(d.ttdTimeoutMs)} counted as ${ms(d.ttdTimeoutMs)} (and as a miss); goal p95 < ${ms(GOALS.tunnelTtdP95Ms)} for the cone pairs: ${met(t.ttdOk)}.`,
+    '',
+    '| NAT pair | p50 | p95 | misses | first stream on the relay, p50 |',
+    '|---|---:|---:|---:|---:|',
+    ...t.ttd.map((x) => `| ${x.name.replaceAll('<->', '↔')} | ${ms(x.p50)} | ${ms(x.p95)} | ${x.misses} | ${ms(x.first)} |`),
+  ].join('\n');
+}
+
+function renderCluster(r: BenchResult<ClusterData>): string {
+  const c = r.data;
+  const f = clusterFigures(c);
+  const n = num(c.services);
+  const step = num(c.step);
+  const row = (label: string, cell: (p: ClusterData['file']) => string, goal = '') => `| ${label} | ${cell(c.file)} | ${cell(c.kubernetes)} | ${goal} |`;
+  const flags = (v: ClusterData['agentV8']) => (v.flags.length ? `\`${v.flags.join(' ')}\`` : 'no flags');
+  const sp = (s: { median: number; min: number; max: number; rounds: number }) => `median ${ms(s.median)} (${msRange(s.min, s.max)})`;
+  const l = c.latency;
+  return [
+    `${measured(r)} (noisy; RSS read after ${ms(c.settleMs)} idle): the agent binary (${codeLabel(c)}; V8 sized for ${c.agentV8.memoryLimit}: ${flags(c.agentV8)}) with DNS + proxy (listeners, no iptables) + tunnel on, against a local edgemesh-server (sized for ${c.serverV8.memoryLimit}: ${flags(c.serverV8)}); ${n} Services × ${c.endpoints} endpoints, in ${c.files} manifest files for the file source, in the in-process fake API server for the kubernetes source:`,
+    '',
+    '| | file | kubernetes | goal |',
+    '|---|---:|---:|---|',
+    row('RSS idle', (p) => mib(p.idle.rss), `≤ ${GOALS.clusterIdleFileMiB} MiB file — ${met(f.idleFileOk)}; ≤ ${GOALS.clusterIdleKubeMiB} MiB kubernetes — ${met(f.idleKubeOk)}`),
+    row(`RSS with ${n} Services × ${c.endpoints} endpoints, fresh start / added in place`, (p) => `${Math.round(p.cold.rss)} / ${mib(p.inPlace.rss)}`, `≤ ${GOALS.clusterLoadedMiB} MiB — ${f.sized(f.loadedOk)}`),
+    row(`start → ready with ${n} Services, wall (CPU)`, (p) => `${ms(p.readyMs)} (${ms(p.readyCpuMs)})`, `≤ ${ms(GOALS.clusterReadyMs)} — ${f.sized(f.readyOk)}`),
+    row(`RSS per extra ${step} Services, fresh starts ${step} → ${n} / +${step} in place`, (p) => `${p.perStepColdMiB.toFixed(1)} / ${p.perStepInPlaceMiB.toFixed(1)} MiB`, `≤ ${GOALS.clusterPerStepMiB} MiB — ${f.sized(f.perStepOk)}`),
+    row(`start → ready with ${step} Services, wall (CPU); RSS`, (p) => `${ms(p.coldStepReadyMs)} (${ms(p.coldStepReadyCpuMs)}); ${mib(p.coldStep.rss)}`),
+    row(`${n} Services added to the running agent: all in the model after`, (p) => ms(p.inPlaceMs)),
+    '',
+    `edgemesh-server RSS: idle ${mib(c.server.idle.rss)}, ${mib(c.server.after.rss)} after the agents came and went. Change → model update, in-process (the sources alone, ${l.file.rounds} rounds each): file source, one of ${c.files} files rewritten, ${sp(l.file)} with ${n} Services loaded (initial read ${ms(l.file.loadMs)}), ${sp(l.fileSmall)} with ${num(l.fileSmall.services)} (both include the ${l.debounceMs} ms debounce); kubernetes source, one Service changed, ${sp(l.kube)} per watch event (initial list of ${n} Services ${ms(l.kube.listMs)}).`,
+  ].join('\n');
+}
+
+/** The generated text of one block, or undefined when its results are missing. */
+export function renderBlock(block: Block, r: Results): string | undefined {
+  switch (block) {
+    case 'summary': return r.dns && r.proxy && r.tunnel && r.cluster ? renderSummary(r as Required<Results>) : undefined;
+    case 'dns': return r.dns && renderDns(r.dns);
+    case 'proxy': return r.proxy && renderProxy(r.proxy);
+    case 'tunnel': return r.tunnel && renderTunnel(r.tunnel);
+    case 'cluster': return r.cluster && renderCluster(r.cluster);
+  }
+}
+
+const BEGIN = (b: Block) => new RegExp(`<!-- bench:${b}:begin[^>]*-->\\n`);
+const END = (b: Block) => `<!-- bench:${b}:end -->`;
+
+/** The current text between a block's markers; throws when the markers are missing or out of order. */
+export function blockText(readme: string, block: Block): { start: number; end: number; text: string } {
+  const m = BEGIN(block).exec(readme);
+  const end = readme.indexOf(END(block));
+  if (!m || end < 0 || end < m.index) throw new Error(`README: markers for bench block "${block}" missing or out of order`);
+  const start = m.index + m[0].length;
+  return { start, end, text: readme.slice(start, end) };
+}
+
+/** README text with every block that has results regenerated; which blocks changed and which had no results. */
+export function renderReadme(readme: string, r: Results): { text: string; changed: Block[]; missing: Block[] } {
+  let text = readme;
+  const changed: Block[] = [];
+  const missing: Block[] = [];
+  for (const b of BLOCKS) {
+    const cur = blockText(text, b);
+    const gen = renderBlock(b, r);
+    if (gen === undefined) {
+      missing.push(b);
+      continue;
+    }
+    const body = `${gen}\n`;
+    if (body !== cur.text) {
+      changed.push(b);
+      text = text.slice(0, cur.start) + body + text.slice(cur.end);
+    }
+  }
+  return { text, changed, missing };
+}
+
+if (import.meta.main) {
+  const { values } = parseArgs({ options: { check: { type: 'boolean', default: false }, readme: { type: 'string' } } });
+  const file = resolve(values.readme ?? join(import.meta.dirname, '..', 'README.md'));
+  const dir = resultsDir();
+  const before = readFileSync(file, 'utf8');
+  const { text, changed, missing } = renderReadme(before, loadResults(dir));
+  if (missing.length) console.log(`no results for ${missing.join(', ')} in ${dir}: ${missing.includes('summary') ? 'the summary and ' : ''}those blocks are left as they are`);
+  if (values.check) {
+    if (changed.length) {
+      console.error(`README is out of date with ${dir} for: ${changed.join(', ')} (run node bench/readme.ts)`);
+      process.exit(1);
+    }
+    console.log('README agrees with the bench results');
+  } else if (changed.length) {
+    writeFileSync(file, text);
+    console.log(`README: regenerated ${changed.join(', ')} from ${dir}`);
+  } else {
+    console.log('README already agrees with the bench results');
+  }
+}

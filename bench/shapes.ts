@@ -1,0 +1,111 @@
+// The figures each bench writes to bench/results/<name>.json (the `data` field), read by bench/readme.ts.
+
+export interface DnsData {
+  seconds: number;
+  warmupS: number;
+  clients: number;
+  outstanding: number;
+  /** Servers pinned to CPU 0 and dnsperf to CPU 1. */
+  pinned: boolean;
+  clusterNames: number;
+  forwardedNames: number;
+  rows: { what: string; agentQps: number; unboundQps: number; agentOutcome: string; unboundOutcome: string }[];
+  upstreamQueries: { udp: number; tcp: number };
+}
+
+export interface ProxyRow {
+  key: 'bulk-up' | 'bulk-down' | 'keep-alive' | 'new-conns';
+  name: string;
+  unit: string;
+  /** Alternating runs: agent, haproxy, agent, haproxy; the table uses each side's best. */
+  agentRuns: number[];
+  haproxyRuns: number[];
+}
+
+export interface ProxyData {
+  seconds: number;
+  wrkConns: number;
+  haproxy: string;
+  rows: ProxyRow[];
+  sync: { ports: number; agentSyncMsAvg: number; syncs: number; restoreMs: number; rules: number; listeners: number; startMs: number; rulesLeftAfterStop: boolean; rssMiB: number };
+}
+
+export interface TunnelTtd {
+  name: string;
+  /** A pair the goal "p95 < 1 s" applies to (no birthday mode needed). */
+  goal: boolean;
+  /** Time to direct per run; null = no direct path within ttdTimeoutMs (a miss). */
+  ms: (number | null)[];
+  firstStreamMs: number[];
+  /** conntrack entries between the pair deleted on its routers before each run (the previous run's NAT state). */
+  natEntriesDeleted: number[];
+}
+
+export interface TunnelData {
+  mb: number;
+  repeats: number;
+  ttdRuns: number;
+  ttdTimeoutMs: number;
+  rawMbps: number[];
+  directMbps: number[];
+  relayMbps: number[];
+  ttd: TunnelTtd[];
+}
+
+export interface Spread { median: number; min: number; max: number; rounds: number }
+
+/** RSS of a process from /proc/PID/status, MiB: total, anonymous (heap, malloc, stacks), file-backed (code). */
+export interface RssSplit { rss: number; anon: number; file: number }
+
+/** One cluster source (file / kubernetes) driving the real agent binary. */
+export interface ClusterProfile {
+  /** Nothing in the cluster, after SETTLE_MS. */
+  idle: RssSplit;
+  /** `services` added to that running agent, after settling. */
+  inPlace: RssSplit;
+  /** From the change (manifests written / objects in the fake API) until all `services` are in the model. */
+  inPlaceMs: number;
+  /** `step` more added in place, after settling. */
+  inPlaceStep: RssSplit;
+  /** A fresh agent (empty stateDir) with `services` already in the cluster: spawn -> /readyz 200, wall and CPU. */
+  readyMs: number;
+  readyCpuMs: number;
+  /** Its RSS with everything in the model, after settling. */
+  cold: RssSplit;
+  /** The same with `step` Services. */
+  coldStepReadyMs: number;
+  coldStepReadyCpuMs: number;
+  coldStep: RssSplit;
+  /** MiB per `step` Services: (cold - coldStep) / (services / step - 1), and inPlaceStep - inPlace. */
+  perStepColdMiB: number;
+  perStepInPlaceMiB: number;
+}
+
+/** The V8 sizing a bin ran with: the memory limit it was given and the flags seen on its command line. */
+export interface V8Sizing { memoryLimit: string; flags: string[] }
+
+export interface ClusterData {
+  services: number;
+  endpoints: number;
+  files: number;
+  /** The "extra Services" step (1,000). */
+  step: number;
+  settleMs: number;
+  /** Which code the agent and server ran: the built JavaScript (dist/) or the TypeScript sources (--source). */
+  code: 'dist' | 'src';
+  agentV8: V8Sizing;
+  serverV8: V8Sizing;
+  file: ClusterProfile;
+  kubernetes: ClusterProfile;
+  server: { idle: RssSplit; after: RssSplit };
+  /** In-process, the sources alone (no agent binary): file change -> model, watch event -> model. */
+  latency: {
+    debounceMs: number;
+    /** File source with `services` Services: initial read, then one file rewritten per round. */
+    file: Spread & { loadMs: number };
+    /** The same with `smallServices` loaded. */
+    fileSmall: Spread & { loadMs: number; services: number };
+    /** Kubernetes source against the fake API with `services` Services: initial list, then one Service per round. */
+    kube: Spread & { listMs: number };
+  };
+}
