@@ -106,18 +106,21 @@ export class FlatDialer extends DirectDialer {
   private readonly paths: FlatPaths;
   private readonly tunnel: () => Dialer | undefined;
   private readonly flatTimeoutMs: number;
+  /** The plain dialer underneath (a DirectDialer; tests give a double). */
+  private readonly base: DirectDialer;
 
-  constructor(paths: FlatPaths, tunnel: () => Dialer | undefined, flatTimeoutMs = FLAT_DIAL_TIMEOUT_MS) {
+  constructor(paths: FlatPaths, tunnel: () => Dialer | undefined, o: { flatTimeoutMs?: number; base?: DirectDialer } = {}) {
     super();
     this.paths = paths;
     this.tunnel = tunnel;
-    this.flatTimeoutMs = flatTimeoutMs;
+    this.flatTimeoutMs = o.flatTimeoutMs ?? FLAT_DIAL_TIMEOUT_MS;
+    this.base = o.base ?? new DirectDialer();
   }
 
   override async dialTcp(target: DialTarget, signal?: AbortSignal, relayTo?: Socket): Promise<Duplex> {
     const short = AbortSignal.timeout(this.flatTimeoutMs);
     try {
-      return await super.dialTcp(target, signal ? AbortSignal.any([signal, short]) : short, relayTo);
+      return await this.base.dialTcp(target, signal ? AbortSignal.any([signal, short]) : short, relayTo);
     } catch (e) {
       const tunnel = this.fallback(target, e, signal);
       const stream = await tunnel.dialTcp(target, signal);
@@ -129,7 +132,7 @@ export class FlatDialer extends DirectDialer {
   override async openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel> {
     let ch: DatagramChannel;
     try {
-      ch = await super.openUdp(target, signal);
+      ch = await this.base.openUdp(target, signal);
     } catch (e) {
       return this.fallback(target, e, signal).openUdp(target, signal);
     }
