@@ -1,9 +1,10 @@
 // A sample backend for the demo and the end-to-end tests: HTTP on one port answers `hello from <name>`, and a UDP
-// echo on the same port number prefixes `<name>:`. Run: node backend.ts NAME PORT
+// echo on the same port number prefixes `<name>:`. Run: node backend.ts NAME PORT [BIND_ADDRESS]
+// (BIND_ADDRESS: one pod IP of several on the host; default every address).
 import { createServer } from 'node:http';
 import { createSocket } from 'node:dgram';
 
-const [name = 'backend', portArg = '8080'] = process.argv.slice(2);
+const [name = 'backend', portArg = '8080', bind = '0.0.0.0'] = process.argv.slice(2);
 const port = Number(portArg);
 
 const http = createServer((req, res) => {
@@ -12,11 +13,11 @@ const http = createServer((req, res) => {
   res.end(body);
   req.resume();
 });
-http.listen(port, '0.0.0.0');
+http.listen(port, bind);
 
 const udp = createSocket('udp4');
 udp.on('message', (msg, from) => udp.send(Buffer.concat([Buffer.from(`${name}:`), msg]), from.port, from.address));
-udp.bind(port, '0.0.0.0');
+udp.bind(port, bind);
 
 const stop = () => { http.close(); udp.close(); process.exit(0); };
 process.on('SIGTERM', stop);
