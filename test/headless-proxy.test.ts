@@ -96,7 +96,7 @@ function farTunnel(model: ClusterModel): Dialer & { streams: DialTarget[] } {
   };
 }
 
-async function setup(objects: RawObject[], o: { directCIDRs?: string[]; stateDir?: string; mode?: 'clusterIP' | 'fake' } = {}) {
+async function setup(objects: RawObject[], o: { directCIDRs?: string[]; stateDir?: string; mode?: 'clusterIP' | 'fake'; successor?: boolean } = {}) {
   const model = new ClusterModel([GROUP]);
   const registry = new Registry();
   const byKind = (k: string) => objects.filter((x) => x.kind === k);
@@ -111,9 +111,10 @@ async function setup(objects: RawObject[], o: { directCIDRs?: string[]; stateDir
   const unsubscribe = model.subscribe((snap) => serviceIPs.update(snap));
   after(unsubscribe);
   const tunnel = farTunnel(model);
-  const ports = new ListenerPorts({ stateDir, log: silentLogger, writable: true });
+  // A successor taking over reads the running agent's port table and binds the same ports alongside it (SO_REUSEPORT).
+  const ports = new ListenerPorts({ stateDir, log: silentLogger, writable: !o.successor });
   const proxier = new Proxier({
-    log: silentLogger, registry, model, serviceIPs, dialers: { direct: new DirectDialer(), tunnel }, ports,
+    log: silentLogger, registry, model, serviceIPs, dialers: { direct: new DirectDialer(), tunnel }, ports, sharePorts: o.successor,
     thisNode: 'me', bindAddress: '127.0.0.1', routingDefault: 'cluster', dialTimeoutMs: 2000, directCIDRs: o.directCIDRs,
   });
   await proxier.start();
@@ -226,13 +227,21 @@ test('headless: each far endpoint\'s mesh IP reaches exactly that endpoint (TCP 
   }
 });
 
-test('headless: mesh listener ports and mesh IPs are persisted in stateDir; a restarted proxy binds the same ones', async () => {
+test('headless: mesh listener ports and mesh IPs are persisted in stateDir; a successor binds them alongside (SO_REUSEPORT), a restart binds the same ones', async () => {
   const { objects, port } = await headlessCluster();
   const stateDir = mkdtempSync(join(tmpdir(), 'em-headless-'));
   dirs.push(stateDir);
   const key = `default/${HEADLESS_NAME}`;
   const first = await setup(objects, { stateDir, mode: 'clusterIP' });
   const before = { ip: first.serviceIPs.endpointIP(key, 'db-0')!.ip, tcp: first.proxier.meshListenerPort(key, 'db-0', port), udp: first.proxier.meshListenerPort(key, 'db-0', port, 'UDP') };
+  // A successor (takeover) binds the very same mesh listener ports while the first still holds them, and is ready.
+  const successor = await setup(objects, { stateDir, mode: 'clusterIP', successor: true });
+  try {
+    assert.deepEqual({ ip: successor.serviceIPs.endpointIP(key, 'db-0')!.ip, tcp: successor.proxier.meshListenerPort(key, 'db-0', port), udp: successor.proxier.meshListenerPort(key, 'db-0', port, 'UDP') }, before);
+    assert.ok(successor.proxier.ready());
+  } finally {
+    await successor.proxier.stop();
+  }
   await first.proxier.stop();
   const second = await setup(objects, { stateDir, mode: 'clusterIP' });
   try {
