@@ -112,8 +112,8 @@ describe('connections survive a path change', { timeout: 900_000 }, () => {
     ]);
     await mesh.startServer('relay1');
     await mesh.startServer('relay2');
-    await mesh.startBackend('n1', 'n1', HTTP_PORT, SINK_PORT);
-    await mesh.startBackend('n2', 'n2', HTTP_PORT, SINK_PORT);
+    await mesh.startBackend('n1', 'n1', HTTP_PORT, { sinkPort: SINK_PORT });
+    await mesh.startBackend('n2', 'n2', HTTP_PORT, { sinkPort: SINK_PORT });
     await mesh.startAgent('n1', 'n1');
     await mesh.startAgent('n2', 'n2');
     await mesh.startAgent('n3', 'pub');

@@ -19,7 +19,7 @@ export function service(s: SvcSpec): RawObject {
   };
 }
 
-export interface EpSpec { ip: string; node?: string; ready?: boolean; terminating?: boolean }
+export interface EpSpec { ip: string; node?: string; ready?: boolean; terminating?: boolean; hostname?: string }
 
 export function slice(svc: string, ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP' }[], eps: EpSpec[], namespace = 'default', suffix = '1'): RawObject {
   return {
@@ -28,7 +28,7 @@ export function slice(svc: string, ports: { name?: string; port: number; protoco
     metadata: { name: `${svc}-${suffix}`, namespace, labels: { 'kubernetes.io/service-name': svc } },
     addressType: 'IPv4',
     ports: ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP' })),
-    endpoints: eps.map((e) => ({ addresses: [e.ip], nodeName: e.node, conditions: { ready: e.ready ?? true, terminating: e.terminating ?? false } })),
+    endpoints: eps.map((e) => ({ addresses: [e.ip], nodeName: e.node, ...(e.hostname ? { hostname: e.hostname } : {}), conditions: { ready: e.ready ?? true, terminating: e.terminating ?? false } })),
   };
 }
 

@@ -8,7 +8,7 @@ import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
 import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
-import { ServiceIPs } from './dns/serviceips.ts';
+import { labelOwners, ServiceIPs } from './dns/serviceips.ts';
 import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
@@ -44,7 +44,14 @@ export interface AgentStatus {
     tiers?: { node: number; group: number; region: number; cluster: number };
     /** Load-balancing policy (proxy). */
     policy?: string;
+    /**
+     * Headless Services: what DNS answers per endpoint from this node — its mesh IP (`mesh: true`: on another node,
+     * reached through the mesh, every port intercepted on that IP) or its own pod IP.
+     */
+    endpointIPs?: { name: string; ip: string; podIP: string; node: string | null; ready: boolean; mesh: boolean }[];
   }[];
+  /** proxy.directCIDRs (flat pod networks) and the nodes whose pods were found unreachable directly. */
+  flat?: { directCIDRs: readonly string[]; notFlat: { node: string; reason: string; retryInSeconds: number }[] };
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
   /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
@@ -103,7 +110,9 @@ export class Agent {
     if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
     validateProxyConfig(cfg); // and bad proxy.* keys here
     this.socks5Users = cfg.socks5.enabled && cfg.socks5.usersFile ? loadUsers(cfg.socks5.usersFile, log) : undefined;
-    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
+    // Headless endpoints on other nodes get mesh IPs of their own when the tunnel can reach them (README "Headless").
+    const meshEndpoints = cfg.tunnel.enabled ? { thisNode: cfg.nodeName, directCIDRs: cfg.proxy.directCIDRs } : undefined;
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log, meshEndpoints });
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
@@ -128,10 +137,21 @@ export class Agent {
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: routes?.get(s.key)?.routing ?? 'none',
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
+        ...(s.headless ? { endpointIPs: this.headlessEndpoints(snap, s.key) } : {}),
       })),
+      ...(this.proxy?.flatStatus() ? { flat: this.proxy.flatStatus() } : {}),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
       ...(this.gateway ? { gateway: this.gateway.status() } : {}),
     };
+  }
+
+  /** A headless Service's endpoints as DNS answers them from this node (one per DNS label). */
+  private headlessEndpoints(snap: Snapshot, key: string): NonNullable<AgentStatus['services'][number]['endpointIPs']> {
+    return [...labelOwners(snap.endpoints.get(key) ?? [])].map(([name, ep]) => {
+      const m = this.serviceIPs.endpointIP(key, name);
+      const mesh = m !== undefined && m.address === ep.address;
+      return { name, ip: mesh ? m.ip : ep.address, podIP: ep.address, node: ep.nodeName ?? null, ready: ep.ready, mesh };
+    }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /**
@@ -307,7 +327,7 @@ export class Agent {
     const cluster = this.cluster;
     proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
-      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
+      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default, directCIDRs: pc.directCIDRs,
       domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending,
       cluster: () => (cluster?.synced() ? 'synced' : cluster?.offlineLoaded ? 'offline' : 'empty'),
     });

@@ -134,11 +134,15 @@ export class Mesh {
     return p;
   }
 
-  /** Starts the sample backend (HTTP + UDP echo) named `name` on `port`, waiting until it accepts connections. */
-  async startBackend(name: string, host: string, port: number, sinkPort?: number): Promise<MeshProc> {
-    const p = this.spawnLogged(`backend-${name}`, host, [BACKEND, name, String(port), ...(sinkPort ? [String(sinkPort)] : [])]);
+  /**
+   * Starts the sample backend (HTTP + UDP echo) named `name` on `port` (on `bind` only, e.g. one pod IP of several on
+   * the host; with `sinkPort`, also the sha256 TCP sink), waiting until it accepts connections.
+   */
+  async startBackend(name: string, host: string, port: number, opts: { sinkPort?: number; bind?: string } = {}): Promise<MeshProc> {
+    const { sinkPort, bind } = opts;
+    const p = this.spawnLogged(`backend-${name}`, host, [BACKEND, name, String(port), sinkPort ? String(sinkPort) : '-', ...(bind ? [bind] : [])]);
     const deadline = Date.now() + READY_TIMEOUT_MS;
-    const probe = `const s=require('node:net').connect(${port},'127.0.0.1');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1))`;
+    const probe = `const s=require('node:net').connect(${port},'${bind ?? '127.0.0.1'}');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1))`;
     while (Date.now() < deadline) {
       this.assertRunning(p);
       if ((await this.lab.exec(host, process.execPath, ['-e', probe])).exitCode === 0) return p;

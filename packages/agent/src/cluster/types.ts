@@ -247,4 +247,27 @@ export interface ServiceIPTable {
   entries(): ReadonlyMap<string, readonly string[]>;
   /** Called after the table changed (a Service came, went, or its IP changed). Returns an unsubscribe function. */
   onChange(fn: () => void): () => void;
+  /** The mesh IP of a headless Service's endpoint, by its label (hostname, else dashed address); undefined: none. */
+  endpointIP(serviceKey: string, label: string): EndpointIP | undefined;
+  /** Reverse lookup of a mesh IP (PTR). */
+  endpointFor(ip: string): EndpointIP | undefined;
+  /** Every per-endpoint mesh IP, by `namespace/service/label` (the proxy intercepts them). */
+  endpointIPs(): ReadonlyMap<string, EndpointIP>;
+  /** The mesh IP standing for pod IP `podIP` in `namespace` (`<a-b-c-d>.<ns>.pod` names), if it backs one. */
+  podMeshIP(namespace: string, podIP: string): EndpointIP | undefined;
+}
+
+/**
+ * A mesh IP of one endpoint of a headless Service: an address from the fake pool standing for a pod this node cannot
+ * reach as it is (on another node, outside proxy.directCIDRs). DNS answers it instead of the pod IP; the proxy
+ * intercepts every port of the endpoint on it and connects to exactly that endpoint.
+ */
+export interface EndpointIP {
+  readonly serviceKey: string;
+  /** The endpoint's DNS label: its hostname, else its dashed address. */
+  readonly label: string;
+  readonly ip: string;
+  /** The endpoint's own address the mesh IP stands for. */
+  readonly address: string;
+  readonly nodeName: string;
 }

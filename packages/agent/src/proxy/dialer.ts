@@ -25,9 +25,12 @@ export type DialErrorCode = 'refused' | 'timeout' | 'unreachable' | 'forbidden' 
 
 export class DialError extends Error {
   readonly code: DialErrorCode;
-  constructor(code: DialErrorCode, message: string) {
+  /** The socket error behind it (`EHOSTUNREACH`, ...), when a local dial failed. */
+  readonly sysCode?: string;
+  constructor(code: DialErrorCode, message: string, sysCode?: string) {
     super(message);
     this.code = code;
+    if (sysCode !== undefined) this.sysCode = sysCode;
   }
 }
 

@@ -88,7 +88,7 @@ export class DirectDialer implements Dialer {
       signal?.addEventListener('abort', onAbort, { once: true });
       sock.once('error', (e: NodeJS.ErrnoException) => {
         signal?.removeEventListener('abort', onAbort);
-        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`, e.code));
       });
       sock.once('connect', () => {
         signal?.removeEventListener('abort', onAbort);
@@ -104,7 +104,7 @@ export class DirectDialer implements Dialer {
       const sock: UdpSocket = createSocket(isIPv6(target.ip) ? 'udp6' : 'udp4');
       const fail = (e: NodeJS.ErrnoException) => {
         sock.close();
-        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`, e.code));
       };
       if (signal?.aborted) return fail(Object.assign(new Error('aborted'), { code: 'ETIMEDOUT' }));
       sock.once('error', fail);
