@@ -44,6 +44,9 @@ export interface AgentStatus {
     tiers?: { node: number; group: number; region: number; cluster: number };
     /** Load-balancing policy (proxy). */
     policy?: string;
+    /** proxy.nodePorts: the Service's nodePorts, and the routing of external traffic when it differs (externalTrafficPolicy Local). */
+    nodePorts?: number[];
+    externalRouting?: string;
   }[];
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
@@ -128,6 +131,8 @@ export class Agent {
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: routes?.get(s.key)?.routing ?? 'none',
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
+        ...(this.cfg.proxy.nodePorts && s.ports.some((p) => p.nodePort) ? { nodePorts: s.ports.flatMap((p) => (p.nodePort ? [p.nodePort] : [])) } : {}),
+        ...(routes?.get(s.key)?.externalRouting ? { externalRouting: routes.get(s.key)!.externalRouting } : {}),
       })),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
       ...(this.gateway ? { gateway: this.gateway.status() } : {}),
@@ -308,7 +313,7 @@ export class Agent {
     proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
       dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
-      domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending,
+      domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending, nodePorts: pc.nodePorts,
       cluster: () => (cluster?.synced() ? 'synced' : cluster?.offlineLoaded ? 'offline' : 'empty'),
     });
     this.proxy = proxy;

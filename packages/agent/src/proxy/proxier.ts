@@ -18,6 +18,7 @@ import type { ListenerContext } from './listener.ts';
 import { createProxyMetrics, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
 import { dialServicePort, ServiceConnectError, type ConnectFrom, type ServiceConnection } from './connect.ts';
 import { PortState } from './portstate.ts';
+import { externalDestinations, needsExternalListener } from './external.ts';
 import type { ListenerPorts } from './ports.ts';
 import type { UdpRelay } from '../handoff/udp.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
@@ -81,6 +82,8 @@ export interface ProxierOptions {
   ports?: ListenerPorts;
   /** Persisted ports are held by the agent we take over from: bind them alongside it (SO_REUSEPORT). */
   sharePorts?: boolean;
+  /** proxy.nodePorts: intercept nodePorts, externalIPs and load-balancer IPs too (external.ts). */
+  nodePorts?: boolean;
   tcpIdleTimeoutMs?: number;
   udpIdleMs?: number;
   dialTimeoutMs?: number;
@@ -99,10 +102,14 @@ export interface ServiceRouteStatus {
   routingSource: string;
   policy: string;
   tiers: Record<Tier, number>;
-  listeners: { port: number; protocol: string; proxyPort: number }[];
+  listeners: { port: number; protocol: string; proxyPort: number; external?: true }[];
+  /** Routing of traffic from outside (proxy.nodePorts) when it has a listener of its own (externalTrafficPolicy Local). */
+  externalRouting?: string;
 }
 
 const portId = (svc: Service, sp: ServicePort) => `${svc.key}:${sp.port}/${sp.protocol}`;
+/** Suffix of the id of a service port's listener for external traffic (externalTrafficPolicy Local). */
+const EXTERNAL_ID = '/external';
 const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
 
 /** Same keys mapping to the very same (immutable) values. */
@@ -209,11 +216,16 @@ export class Proxier {
     const o = this.o;
     if (this.stopped) return;
     const ipsVersion = this.ipsVersion();
-    const want = new Map<string, { svc: Service; sp: ServicePort }>();
+    const want = new Map<string, { svc: Service; sp: ServicePort; external: boolean }>();
     for (const [key] of o.serviceIPs.entries()) {
       const svc = snap.services.get(key);
       if (!svc || svc.headless || svc.type === 'ExternalName') continue;
-      for (const sp of svc.ports) if (sp.protocol === 'TCP' || sp.protocol === 'UDP') want.set(portId(svc, sp), { svc, sp });
+      for (const sp of svc.ports) {
+        if (sp.protocol !== 'TCP' && sp.protocol !== 'UDP') continue;
+        want.set(portId(svc, sp), { svc, sp, external: false });
+        // externalTrafficPolicy Local: traffic from outside gets a listener of its own, routed strictly to this node.
+        if (o.nodePorts && needsExternalListener(svc) && externalDestinations(svc, sp).length) want.set(portId(svc, sp) + EXTERNAL_ID, { svc, sp, external: true });
+      }
     }
     const wantServices = new Set([...want.values()].map((w) => w.svc.key));
     const goneServices = new Set<string>();
@@ -235,7 +247,7 @@ export class Proxier {
     const contextSame = sameEntries(this.prevNodes, snap.nodes) && sameEntries(this.prevRules, snap.destinationRules);
     this.prevNodes = snap.nodes;
     this.prevRules = snap.destinationRules;
-    for (const [id, { svc, sp }] of want) {
+    for (const [id, { svc, sp, external }] of want) {
       const endpoints = snap.endpoints.get(svc.key) ?? NO_ENDPOINTS;
       let l = this.listeners.get(id);
       if (l && contextSame && l.state.service === svc && l.state.port === sp && sameList(l.state.sourceEndpoints, endpoints)) {
@@ -244,7 +256,7 @@ export class Proxier {
       }
       const update = {
         service: svc, port: sp, endpoints, nodes: snap.nodes, thisNode: o.thisNode,
-        routingDefault: o.routingDefault, policy: policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'),
+        routingDefault: o.routingDefault, policy: policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'), external,
       };
       if (l) {
         l.state.update(update);
@@ -307,14 +319,26 @@ export class Proxier {
     o.ports?.set(id, port);
   }
 
-  /** The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener. */
+  /**
+   * The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener; with
+   * proxy.nodePorts also the service port's external destinations (nodePort, externalIPs, load-balancer IPs) -> its
+   * external listener (externalTrafficPolicy Local) or else its own listener.
+   */
   rules(): InterceptRule[] {
     const out: InterceptRule[] = [];
-    for (const l of this.listeners.values()) {
+    for (const [id, l] of this.listeners) {
       const { service: svc, port: sp } = l.state;
-      for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
-        if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
-        out.push({ ip, protocol: sp.protocol === 'UDP' ? 'udp' : 'tcp', port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+      const protocol = sp.protocol === 'UDP' ? 'udp' : 'tcp';
+      const external = id.endsWith(EXTERNAL_ID);
+      if (!external) {
+        for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
+          if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
+          out.push({ ip, protocol, port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+        }
+      }
+      if (!this.o.nodePorts || external !== needsExternalListener(svc)) continue;
+      for (const d of externalDestinations(svc, sp)) {
+        out.push({ ip: d.ip, protocol, port: d.port, comment: `${svc.key}:${sp.port} ${d.kind}`, toIP: this.o.bindAddress, toPort: l.port });
       }
     }
     return out;
@@ -365,7 +389,12 @@ export class Proxier {
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
   status(): Map<string, ServiceRouteStatus> {
     const out = new Map<string, ServiceRouteStatus>();
-    for (const l of this.listeners.values()) {
+    const externals: Listener[] = [];
+    for (const [id, l] of this.listeners) {
+      if (id.endsWith(EXTERNAL_ID)) {
+        externals.push(l);
+        continue;
+      }
       const st = l.state;
       let s = out.get(st.service.key);
       if (!s) {
@@ -383,6 +412,12 @@ export class Proxier {
         for (const t of TIERS) s.tiers[t] = Math.max(s.tiers[t], st.plan.counts[t]);
       }
       s.listeners.push({ port: st.port.port, protocol: st.port.protocol, proxyPort: l.port });
+    }
+    for (const l of externals) {
+      const s = out.get(l.state.service.key);
+      if (!s) continue;
+      s.externalRouting = l.state.plan.decision.label;
+      s.listeners.push({ port: l.state.port.port, protocol: l.state.port.protocol, proxyPort: l.port, external: true });
     }
     return out;
   }
