@@ -236,8 +236,8 @@ export class Agent {
     await this.startProxy(shared);
 
     // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
-    if (this.cfg.socks5.enabled) await this.startSocks5();
-    if (this.cfg.gateway.enabled) await this.startGateway();
+    if (this.cfg.socks5.enabled) await this.startSocks5(shared);
+    if (this.cfg.gateway.enabled) await this.startGateway(shared);
 
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
@@ -246,6 +246,7 @@ export class Agent {
     const takeover = new Takeover({
       log: this.log.child({ mod: 'handoff' }), admin: this.admin, socket, drainMs: this.cfg.shutdownDrainSeconds * 1000,
       interceptor: this.interceptor, ports: this.ports, proxy: this.proxy, dns: this.dns, tunnel: this.tunnel, stopCluster,
+      entries: [this.socks5, this.gateway].filter((e) => e !== undefined),
     });
     takeover.onDrained = () => this.onHandedOver();
     this.takeover = takeover;
@@ -323,7 +324,7 @@ export class Agent {
   }
 
   // --- SOCKS5 into the mesh: node access (nodeaccess/) and Services through the proxy's connect path ---
-  private async startSocks5(): Promise<void> {
+  private async startSocks5(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const cfg = this.cfg;
     const users = this.socks5Users;
@@ -333,7 +334,7 @@ export class Agent {
       maxConnections: cfg.socks5.maxConnections, maxPerSource: cfg.socks5.maxPerSource,
       resolve: (req) => resolveDestination(req, { snapshot: this.model.snapshot(), serviceForIP: (ip) => this.serviceIPs.serviceFor(ip), domain: cfg.dns.domain }),
       connectService: (key, port, from) => proxy.connectTcp(key, port, from),
-      nodeDialer,
+      nodeDialer, shared,
     });
     await socks5.start();
     this.socks5 = socks5;
@@ -342,13 +343,13 @@ export class Agent {
   }
 
   // --- Ingress gateway: Istio Gateway + VirtualService on this node's addresses, into mesh Services ---
-  private async startGateway(): Promise<void> {
+  private async startGateway(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const gc = this.cfg.gateway;
     const gateway = new Gateway({
       log: this.log.child({ mod: 'gateway' }), registry: this.registry, budgets: this.budgets, fds: this.fds, model: this.model,
       thisNode: this.cfg.nodeName, domain: this.cfg.dns.domain, addresses: gc.addresses, maxConnections: gc.maxConnections, maxPerSource: gc.maxPerSource,
-      connect: (key, port, from) => proxy.connectTcp(key, port, from),
+      connect: (key, port, from) => proxy.connectTcp(key, port, from), shared,
     });
     this.gateway = gateway;
     await this.own(() => gateway.stop());
