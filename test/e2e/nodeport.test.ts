@@ -157,6 +157,19 @@ test('on the node itself: 127.0.0.1 and the node\'s own address + nodePort (hair
   assert.equal(await udp('n1', '127.0.0.1', NP.web, 'lo'), 'n2:lo');
 });
 
+test('a takeover on n1 keeps the nodePort and externalIP rules as they are (persisted listener ports), and they keep working', async () => {
+  const rules = async () => (await lab.exec('n1', 'iptables-save', ['-t', 'nat'])).stdout.split('\n').filter((l) => l.startsWith('-A EDGEMESH-SERVICES')).sort();
+  const before = await rules();
+  const old = mesh.procs.get('n1')!;
+  const exited = new Promise<number | null>((r) => old.proc.once('exit', (code) => r(code)));
+  // Same stateDir and config: the new agent takes over (it is ready only once its rules equal the kernel's).
+  await mesh.startAgent('n1', 'n1', { config: { proxy: { nodePorts: true }, shutdownDrainSeconds: 5 } });
+  assert.equal(await Promise.race([exited, new Promise<string>((r) => setTimeout(() => r('still running'), 30_000))]), 0, 'the old agent handed over and exited 0');
+  assert.deepEqual(await rules(), before);
+  assert.equal(await get('c1', `http://${n1ip}:${NP.web}/`), 'hello from n2');
+  assert.equal(await get('c1', `http://${EXTERNAL_IP}/`), 'hello from n2');
+});
+
 test('SIGTERM removes the agent\'s rules and leaves kube-proxy\'s', async () => {
   assert.equal(await mesh.stop('n1'), 0);
   const nat = (await lab.exec('n1', 'iptables-save', ['-t', 'nat'])).stdout;
