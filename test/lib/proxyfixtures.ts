@@ -5,7 +5,7 @@ export interface SvcSpec {
   name: string;
   namespace?: string;
   ip: string;
-  ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP'; targetPort?: number }[];
+  ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP'; targetPort?: number; nodePort?: number }[];
   annotations?: Record<string, string>;
   spec?: Record<string, unknown>;
 }
@@ -15,7 +15,7 @@ export function service(s: SvcSpec): RawObject {
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { name: s.name, namespace: s.namespace ?? 'default', annotations: s.annotations ?? {} },
-    spec: { clusterIP: s.ip, clusterIPs: [s.ip], ports: s.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP', targetPort: p.targetPort ?? p.port })), ...(s.spec ?? {}) },
+    spec: { clusterIP: s.ip, clusterIPs: [s.ip], ports: s.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP', targetPort: p.targetPort ?? p.port, ...(p.nodePort ? { nodePort: p.nodePort } : {}) })), ...(s.spec ?? {}) },
   };
 }
 

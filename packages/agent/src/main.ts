@@ -49,6 +49,9 @@ export interface AgentStatus {
      * reached through the mesh, every port intercepted on that IP) or its own pod IP.
      */
     endpointIPs?: { name: string; ip: string; podIP: string; node: string | null; ready: boolean; mesh: boolean }[];
+    /** proxy.nodePorts: the Service's nodePorts, and the routing of external traffic when it differs (externalTrafficPolicy Local). */
+    nodePorts?: number[];
+    externalRouting?: string;
   }[];
   /** proxy.directCIDRs (flat pod networks) and the nodes whose pods were found unreachable directly. */
   flat?: { directCIDRs: readonly string[]; notFlat: { node: string; reason: string; retryInSeconds: number }[] };
@@ -138,6 +141,8 @@ export class Agent {
         routing: routes?.get(s.key)?.routing ?? 'none',
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
         ...(s.headless ? { endpointIPs: this.headlessEndpoints(snap, s.key) } : {}),
+        ...(this.cfg.proxy.nodePorts && s.ports.some((p) => p.nodePort) ? { nodePorts: s.ports.flatMap((p) => (p.nodePort ? [p.nodePort] : [])) } : {}),
+        ...(routes?.get(s.key)?.externalRouting ? { externalRouting: routes.get(s.key)!.externalRouting } : {}),
       })),
       ...(this.proxy?.flatStatus() ? { flat: this.proxy.flatStatus() } : {}),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
@@ -251,8 +256,8 @@ export class Agent {
     await this.startProxy(shared);
 
     // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
-    if (this.cfg.socks5.enabled) await this.startSocks5();
-    if (this.cfg.gateway.enabled) await this.startGateway();
+    if (this.cfg.socks5.enabled) await this.startSocks5(shared);
+    if (this.cfg.gateway.enabled) await this.startGateway(shared);
 
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
@@ -261,6 +266,7 @@ export class Agent {
     const takeover = new Takeover({
       log: this.log.child({ mod: 'handoff' }), admin: this.admin, socket, drainMs: this.cfg.shutdownDrainSeconds * 1000,
       interceptor: this.interceptor, ports: this.ports, proxy: this.proxy, dns: this.dns, tunnel: this.tunnel, stopCluster,
+      entries: [this.socks5, this.gateway].filter((e) => e !== undefined),
     });
     takeover.onDrained = () => this.onHandedOver();
     this.takeover = takeover;
@@ -327,7 +333,7 @@ export class Agent {
     const cluster = this.cluster;
     proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
-      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default, directCIDRs: pc.directCIDRs,
+      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default, directCIDRs: pc.directCIDRs, nodePorts: pc.nodePorts,
       domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending,
       cluster: () => (cluster?.synced() ? 'synced' : cluster?.offlineLoaded ? 'offline' : 'empty'),
     });
@@ -338,7 +344,7 @@ export class Agent {
   }
 
   // --- SOCKS5 into the mesh: node access (nodeaccess/) and Services through the proxy's connect path ---
-  private async startSocks5(): Promise<void> {
+  private async startSocks5(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const cfg = this.cfg;
     const users = this.socks5Users;
@@ -348,7 +354,7 @@ export class Agent {
       maxConnections: cfg.socks5.maxConnections, maxPerSource: cfg.socks5.maxPerSource,
       resolve: (req) => resolveDestination(req, { snapshot: this.model.snapshot(), serviceForIP: (ip) => this.serviceIPs.serviceFor(ip), domain: cfg.dns.domain }),
       connectService: (key, port, from) => proxy.connectTcp(key, port, from),
-      nodeDialer,
+      nodeDialer, shared,
     });
     await socks5.start();
     this.socks5 = socks5;
@@ -357,13 +363,13 @@ export class Agent {
   }
 
   // --- Ingress gateway: Istio Gateway + VirtualService on this node's addresses, into mesh Services ---
-  private async startGateway(): Promise<void> {
+  private async startGateway(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const gc = this.cfg.gateway;
     const gateway = new Gateway({
       log: this.log.child({ mod: 'gateway' }), registry: this.registry, budgets: this.budgets, fds: this.fds, model: this.model,
       thisNode: this.cfg.nodeName, domain: this.cfg.dns.domain, addresses: gc.addresses, maxConnections: gc.maxConnections, maxPerSource: gc.maxPerSource,
-      connect: (key, port, from) => proxy.connectTcp(key, port, from),
+      connect: (key, port, from) => proxy.connectTcp(key, port, from), shared,
     });
     this.gateway = gateway;
     await this.own(() => gateway.stop());

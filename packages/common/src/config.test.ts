@@ -31,7 +31,7 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
       enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30, allowCIDRs: [],
       rrl: { responsesPerSecond: 1000, slip: 2, windowSeconds: 5 }, tcp: { maxConnections: 256, maxPerSource: 16 },
     },
-    proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16', directCIDRs: [] },
+    proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16', directCIDRs: [], nodePorts: false },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
     tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '' },
     socks5: { enabled: false, listen: '127.0.0.1:10800', usersFile: '', maxConnections: 1024, maxPerSource: 256 },

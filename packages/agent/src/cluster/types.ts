@@ -9,6 +9,8 @@ export interface ServicePort {
   readonly port: number;
   /** Number, or a named container port resolved through the endpoints' port names. */
   readonly targetPort: number | string;
+  /** spec.ports[].nodePort of a NodePort or LoadBalancer Service (absent otherwise). */
+  readonly nodePort?: number;
 }
 
 export interface Service {
@@ -31,6 +33,18 @@ export interface Service {
   /** spec.trafficDistribution, e.g. PreferClose, PreferSameZone, PreferSameNode. */
   readonly trafficDistribution?: string;
   readonly internalTrafficPolicy: 'Cluster' | 'Local';
+  /**
+   * spec.externalTrafficPolicy: how traffic from outside (nodePorts, externalIPs, load-balancer IPs) is routed;
+   * `Local` = endpoints on the receiving node only. Absent = Cluster.
+   */
+  readonly externalTrafficPolicy?: 'Cluster' | 'Local';
+  /** spec.externalIPs (IPv4 and IPv6 as written; the proxy intercepts the IPv4 ones when proxy.nodePorts is on). */
+  readonly externalIPs?: readonly string[];
+  /**
+   * status.loadBalancer.ingress[].ip of a LoadBalancer Service, without entries whose ipMode is `Proxy` (the load
+   * balancer forwards to the nodePorts itself and expects to see the traffic, as kube-proxy leaves them alone).
+   */
+  readonly loadBalancerIPs?: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
   readonly annotations: Readonly<Record<string, string>>;
 }

@@ -22,6 +22,7 @@ import { createProxyMetrics, forgetEndpointSeries, forgetServiceSeries, type Pro
 import { FlatDialer, FlatPaths, type FlatStatus } from './flat.ts';
 import { dialServicePort, ServiceConnectError, type ConnectFrom, type ServiceConnection } from './connect.ts';
 import { PortState } from './portstate.ts';
+import { externalDestinations, needsExternalListener } from './external.ts';
 import type { ListenerPorts } from './ports.ts';
 import type { UdpRelay } from '../handoff/udp.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
@@ -87,6 +88,8 @@ export interface ProxierOptions {
   ports?: ListenerPorts;
   /** Persisted ports are held by the agent we take over from: bind them alongside it (SO_REUSEPORT). */
   sharePorts?: boolean;
+  /** proxy.nodePorts: intercept nodePorts, externalIPs and load-balancer IPs too (external.ts). */
+  nodePorts?: boolean;
   tcpIdleTimeoutMs?: number;
   udpIdleMs?: number;
   dialTimeoutMs?: number;
@@ -105,7 +108,9 @@ export interface ServiceRouteStatus {
   routingSource: string;
   policy: string;
   tiers: Record<Tier, number>;
-  listeners: { port: number; protocol: string; proxyPort: number }[];
+  listeners: { port: number; protocol: string; proxyPort: number; external?: true }[];
+  /** Routing of traffic from outside (proxy.nodePorts) when it has a listener of its own (externalTrafficPolicy Local). */
+  externalRouting?: string;
 }
 
 const portId = (svc: Service, sp: ServicePort) => `${svc.key}:${sp.port}/${sp.protocol}`;
@@ -128,7 +133,11 @@ interface Wanted {
   endpoints: readonly Endpoint[];
   /** A headless endpoint's mesh IP: the listener serves exactly that endpoint. */
   mesh?: EndpointIP;
+  /** The listener for external traffic of a service port (externalTrafficPolicy Local). */
+  external?: boolean;
 }
+/** Suffix of the id of a service port's listener for external traffic (externalTrafficPolicy Local). */
+const EXTERNAL_ID = '/external';
 const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
 
 /** Same keys mapping to the very same (immutable) values. */
@@ -250,7 +259,12 @@ export class Proxier {
       const svc = snap.services.get(key);
       if (!svc || svc.headless || svc.type === 'ExternalName') continue;
       const endpoints = snap.endpoints.get(svc.key) ?? NO_ENDPOINTS;
-      for (const sp of svc.ports) if (sp.protocol === 'TCP' || sp.protocol === 'UDP') want.set(portId(svc, sp), { svc, sp, endpoints });
+      for (const sp of svc.ports) {
+        if (sp.protocol !== 'TCP' && sp.protocol !== 'UDP') continue;
+        want.set(portId(svc, sp), { svc, sp, endpoints });
+        // externalTrafficPolicy Local: traffic from outside gets a listener of its own, routed strictly to this node.
+        if (o.nodePorts && needsExternalListener(svc) && externalDestinations(svc, sp).length) want.set(portId(svc, sp) + EXTERNAL_ID, { svc, sp, endpoints, external: true });
+      }
     }
     this.wantMesh(snap, want);
     const wantServices = new Set([...want.values()].map((w) => w.svc.key));
@@ -281,7 +295,7 @@ export class Proxier {
     if (!contextSame) this.flat?.paths.retain(new Set(snap.nodes.keys()));
     this.prevNodes = snap.nodes;
     this.prevRules = snap.destinationRules;
-    for (const [id, { svc, sp, endpoints, mesh }] of want) {
+    for (const [id, { svc, sp, endpoints, mesh, external = false }] of want) {
       if (mesh) this.meshOf.set(id, mesh);
       let l = this.listeners.get(id);
       if (l && contextSame && l.state.service === svc && l.state.port === sp && sameList(l.state.sourceEndpoints, endpoints)) {
@@ -291,7 +305,7 @@ export class Proxier {
       const update = {
         service: svc, port: sp, endpoints, nodes: snap.nodes, thisNode: o.thisNode,
         // One endpoint: nothing to balance (and no HTTP header to wait for before connecting).
-        routingDefault: o.routingDefault, policy: mesh ? DEFAULT_POLICY : policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'),
+        routingDefault: o.routingDefault, policy: mesh ? DEFAULT_POLICY : policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'), external,
       };
       if (l) {
         l.state.update(update);
@@ -381,21 +395,31 @@ export class Proxier {
   }
 
   /**
-   * The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener, and every
-   * mesh IP x endpoint port -> its per-endpoint listener.
+   * The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener; every
+   * mesh IP x endpoint port -> its per-endpoint listener; with proxy.nodePorts also the service port's external
+   * destinations (nodePort, externalIPs, load-balancer IPs) -> its external listener (externalTrafficPolicy Local) or
+   * else its own listener.
    */
   rules(): InterceptRule[] {
     const out: InterceptRule[] = [];
     for (const [id, l] of this.listeners) {
       const { service: svc, port: sp } = l.state;
+      const protocol = sp.protocol === 'UDP' ? 'udp' : 'tcp';
       const mesh = this.meshOf.get(id);
       if (mesh) {
-        out.push({ ip: mesh.ip, protocol: sp.protocol === 'UDP' ? 'udp' : 'tcp', port: sp.port, comment: `${svc.key}/${mesh.label}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+        out.push({ ip: mesh.ip, protocol, port: sp.port, comment: `${svc.key}/${mesh.label}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
         continue;
       }
-      for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
-        if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
-        out.push({ ip, protocol: sp.protocol === 'UDP' ? 'udp' : 'tcp', port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+      const external = id.endsWith(EXTERNAL_ID);
+      if (!external) {
+        for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
+          if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
+          out.push({ ip, protocol, port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+        }
+      }
+      if (!this.o.nodePorts || external !== needsExternalListener(svc)) continue;
+      for (const d of externalDestinations(svc, sp)) {
+        out.push({ ip: d.ip, protocol, port: d.port, comment: `${svc.key}:${sp.port} ${d.kind}`, toIP: this.o.bindAddress, toPort: l.port });
       }
     }
     return out;
@@ -473,8 +497,13 @@ export class Proxier {
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
   status(): Map<string, ServiceRouteStatus> {
     const out = new Map<string, ServiceRouteStatus>();
+    const externals: Listener[] = [];
     for (const [id, l] of this.listeners) {
       if (this.meshOf.has(id)) continue; // per-endpoint listeners: meshStatus()
+      if (id.endsWith(EXTERNAL_ID)) {
+        externals.push(l);
+        continue;
+      }
       const st = l.state;
       let s = out.get(st.service.key);
       if (!s) {
@@ -492,6 +521,12 @@ export class Proxier {
         for (const t of TIERS) s.tiers[t] = Math.max(s.tiers[t], st.plan.counts[t]);
       }
       s.listeners.push({ port: st.port.port, protocol: st.port.protocol, proxyPort: l.port });
+    }
+    for (const l of externals) {
+      const s = out.get(l.state.service.key);
+      if (!s) continue;
+      s.externalRouting = l.state.plan.decision.label;
+      s.listeners.push({ port: l.state.port.port, protocol: l.state.port.protocol, proxyPort: l.port, external: true });
     }
     return out;
   }
