@@ -229,7 +229,7 @@ export class Agent {
 
     // --- tunnel (packages/agent/src/tunnel) ---
     if (this.cfg.tunnel.enabled) {
-      const [{ Tunnel }, { TunnelDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/keys.ts')]);
+      const [{ Tunnel }, { TunnelDialer }, { TunnelNodeDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/nodedialer.ts'), import('./tunnel/keys.ts')]);
       const token = readToken(this.cfg.tunnel.tokenFile);
       const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
       if (created) this.log.info({ path }, 'generated the node key');
@@ -238,8 +238,10 @@ export class Agent {
       this.tunnel = new Tunnel({
         node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
+        nodeAccess: { config: this.cfg.nodeAccess, budgets: this.budgets, fds: this.fds },
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
+      this.nodeDialer = new TunnelNodeDialer(this.tunnel); // SOCKS5 `<other node>:<port>` (nodeaccess/)
       this.dialers.tunnel = this.tunnelDialer;
       await this.tunnel.start();
       const t = this.tunnel;
