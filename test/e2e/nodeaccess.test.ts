@@ -9,11 +9,12 @@
 //   an unknown node is refused "host unreachable" (0x04); n2's allowed port with the caller not in
 //   nodeAccess.allowedNodes is refused too (n2 decides, not n1);
 // - /status on n1 says node access goes through the tunnel.
+// The commands and their output are kept in test-artifacts/nodeaccess.txt.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { ChildProcess } from 'node:child_process';
 import { buildLab, type Lab } from '../lib/netlab.ts';
@@ -28,6 +29,10 @@ const PRIVSEP_DIR = '/run/sshd';
 const SSH_TIMEOUT_MS = 30_000;
 const READY_POLL_MS = 100;
 const READY_TIMEOUT_MS = 15_000;
+const ARTIFACTS = join(resolve(import.meta.dirname, '..', '..'), 'test-artifacts');
+const PROXY_COMMAND = `nc -X 5 -x ${SOCKS} %h %p`;
+/** What the commands printed, for the artifact (and the issue's closing note). */
+const transcript: string[] = [];
 
 let lab: Lab;
 let mesh: Mesh;
@@ -52,6 +57,7 @@ async function socksReply(host: string, name: string, port: number): Promise<str
     + `const pb=Buffer.alloc(2);pb.writeUInt16BE(${port});s.write(Buffer.concat([Buffer.from([5,1,0,3,n.length]),n,pb]))}`
     + `if(st===1&&buf.length>=2){clearTimeout(t);process.stdout.write(String(buf[1]));s.destroy();process.exit(0)}});`;
   const r = await sh(host, process.execPath, ['-e', script]);
+  transcript.push(`${host}: SOCKS5 CONNECT ${name}:${port} -> reply ${r.stdout.trim()}`, '');
   return r.stdout.trim();
 }
 
@@ -59,8 +65,17 @@ function ssh(host: string, target: string, command: string) {
   return sh(host, 'ssh', [
     '-F', '/dev/null', '-i', join(sshDir, 'client_key'), '-o', 'IdentitiesOnly=yes', '-o', 'BatchMode=yes',
     '-o', `UserKnownHostsFile=${join(sshDir, 'known_hosts')}`, '-o', 'GlobalKnownHostsFile=/dev/null', '-o', 'StrictHostKeyChecking=yes',
-    '-o', 'ConnectTimeout=20', '-o', `ProxyCommand=nc -X 5 -x ${SOCKS} %h %p`, `root@${target}`, command,
-  ]);
+    '-o', 'ConnectTimeout=20', '-o', `ProxyCommand=${PROXY_COMMAND}`, `root@${target}`, command,
+  ]).then((r) => {
+    transcript.push(`n1$ ssh -o ProxyCommand='${PROXY_COMMAND}' root@${target} '${command}'   (exit ${r.exitCode})`, (r.stdout + r.stderr).trim(), '');
+    return r;
+  });
+}
+
+async function curl(url: string) {
+  const r = await sh('n1', 'curl', ['-sS', '--max-time', '15', '--socks5-hostname', SOCKS, url]);
+  transcript.push(`n1$ curl --socks5-hostname ${SOCKS} ${url}   (exit ${r.exitCode})`, (r.stdout + r.stderr).trim(), '');
+  return r;
 }
 
 async function metricOn(host: string, name: string, labels: string): Promise<number> {
@@ -135,6 +150,10 @@ before(async () => {
 });
 
 after(async () => {
+  if (transcript.length) {
+    mkdirSync(ARTIFACTS, { recursive: true });
+    writeFileSync(join(ARTIFACTS, 'nodeaccess.txt'), transcript.join('\n') + '\n');
+  }
   if (sshd && sshd.exitCode === null) sshd.kill('SIGTERM');
   await mesh?.stopAll();
   await lab?.destroy();
@@ -176,7 +195,7 @@ test('ssh through the SOCKS5 proxy (nc -X 5) to the far node behind its NAT runs
 
 test('curl --socks5-hostname reaches a Service by name through the same listener', async () => {
   for (const name of [`web.${NS}.svc.cluster.local`, `web.${NS}`]) {
-    const r = await sh('n1', 'curl', ['-sS', '--max-time', '15', '--socks5-hostname', SOCKS, `http://${name}/`]);
+    const r = await curl(`http://${name}/`);
     assert.equal(r.exitCode, 0, `${name}: ${r.stderr}`);
     assert.equal(r.stdout.trim(), 'hello from n2');
   }
@@ -190,7 +209,7 @@ test('a port the far node does not allow is refused "not allowed" (0x02) by that
   assert.equal(await metricOn('n2', 'edgemesh_budget_refusals_total', 'budget="node_access_denied"'), deniedBefore + 1, 'counted on n2');
   assert.equal(await socksReply('n1', 'no-such-node', 22), '4');
   // What real clients see: curl names the reply, ssh fails.
-  const c = await sh('n1', 'curl', ['-sS', '--max-time', '15', '--socks5-hostname', SOCKS, 'http://n2:2222/']);
+  const c = await curl('http://n2:2222/');
   assert.equal(c.exitCode, 97, `curl: ${c.stderr}`); // CURLE_PROXY: the proxy refused the connection
   assert.match(c.stderr, /SOCKS5.*\(2\)|not allowed/i, c.stderr);
   const s = await ssh('n1', 'no-such-node', 'true');
