@@ -8,7 +8,7 @@
 // - n2's port 2222 (sshd listens there too, but n2 does not allow it) is refused "not allowed" (0x02), counted on n2;
 //   an unknown node is refused "host unreachable" (0x04); n2's allowed port with the caller not in
 //   nodeAccess.allowedNodes is refused too (n2 decides, not n1);
-// - /status on n1 says node access goes through the tunnel.
+// - /status on n1 says node access goes through the tunnel; on n2 it lists the ports n2 serves.
 // The commands and their output are kept in test-artifacts/nodeaccess.txt.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -217,9 +217,17 @@ test('a port the far node does not allow is refused "not allowed" (0x02) by that
   assert.equal(await socksReply('n1', 'n2', 22), '0', 'the allowed port still succeeds');
 });
 
-test('/status on n1: node access through the tunnel', async () => {
-  const st = (await mesh.agentStatus('n1')) as unknown as { socks5?: { nodeAccess: string } };
+test('/status: n1 reaches other nodes through the tunnel; n2 lists the ports it serves, its streams back to 0 once the sessions ended', async () => {
+  const st = (await mesh.agentStatus('n1')) as unknown as { socks5?: { nodeAccess: string }; nodeAccess?: unknown };
   assert.equal(st.socks5?.nodeAccess, 'tunnel');
+  assert.equal(st.nodeAccess, undefined, 'n1 serves no ports');
+  type Served = { nodeAccess?: { allowedPorts: number[]; allowedGroups: string[]; allowedNodes: string[]; streams: number } };
+  let n2 = (await mesh.agentStatus('n2')) as unknown as Served;
+  for (let i = 0; i < 50 && n2.nodeAccess?.streams !== 0; i++) {
+    await new Promise((r) => setTimeout(r, 200));
+    n2 = (await mesh.agentStatus('n2')) as unknown as Served;
+  }
+  assert.deepEqual(n2.nodeAccess, { allowedPorts: [22], allowedGroups: [], allowedNodes: [], streams: 0 });
 });
 
 test('the far node decides who: with n1 not in its nodeAccess.allowedNodes, even port 22 is refused', async () => {

@@ -57,6 +57,8 @@ export interface AgentStatus {
   flat?: { directCIDRs: readonly string[]; notFlat: { node: string; reason: string; retryInSeconds: number }[] };
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
+  /** The ports this node serves to other nodes (nodeAccess.allowedPorts not empty): who may, streams served now. */
+  nodeAccess?: { allowedPorts: readonly number[]; allowedGroups: readonly string[]; allowedNodes: readonly string[]; streams: number };
   /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
   gateway?: GatewayStatus;
 }
@@ -147,6 +149,7 @@ export class Agent {
       ...(this.proxy?.flatStatus() ? { flat: this.proxy.flatStatus() } : {}),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
       ...(this.gateway ? { gateway: this.gateway.status() } : {}),
+      ...(this.cfg.nodeAccess.allowedPorts.length ? { nodeAccess: { ...this.cfg.nodeAccess, streams: this.tunnel?.nodeAccess?.active ?? 0 } } : {}),
     };
   }
 
