@@ -48,7 +48,7 @@ async function listen<S extends Server | HttpServer>(s: S, host = '127.0.0.1'): 
   return (s.address() as { port: number }).port;
 }
 
-/** The far agent (edge-b) as the tunnel will run it: its own nodeAccess rule decides, then it dials its loopback. */
+/** The far agent (edge-b) as the tunnel runs it (tunnel/nodeaccess-serve.ts; end to end: test/e2e/nodeaccess.test.ts): its own nodeAccess rule decides, then it dials its loopback. */
 function farAgent(allowedPorts: () => number[]): NodeDialer {
   return {
     async dialNode(nodeName, port, signal) {

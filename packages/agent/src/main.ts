@@ -57,6 +57,8 @@ export interface AgentStatus {
   flat?: { directCIDRs: readonly string[]; notFlat: { node: string; reason: string; retryInSeconds: number }[] };
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
+  /** The ports this node serves to other nodes (nodeAccess.allowedPorts not empty): who may, streams served now. */
+  nodeAccess?: { allowedPorts: readonly number[]; allowedGroups: readonly string[]; allowedNodes: readonly string[]; streams: number };
   /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
   gateway?: GatewayStatus;
 }
@@ -147,6 +149,7 @@ export class Agent {
       ...(this.proxy?.flatStatus() ? { flat: this.proxy.flatStatus() } : {}),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
       ...(this.gateway ? { gateway: this.gateway.status() } : {}),
+      ...(this.cfg.nodeAccess.allowedPorts.length ? { nodeAccess: { ...this.cfg.nodeAccess, streams: this.tunnel?.nodeAccess?.active ?? 0 } } : {}),
     };
   }
 
@@ -229,7 +232,7 @@ export class Agent {
 
     // --- tunnel (packages/agent/src/tunnel) ---
     if (this.cfg.tunnel.enabled) {
-      const [{ Tunnel }, { TunnelDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/keys.ts')]);
+      const [{ Tunnel }, { TunnelDialer }, { TunnelNodeDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/nodedialer.ts'), import('./tunnel/keys.ts')]);
       const token = readToken(this.cfg.tunnel.tokenFile);
       const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
       if (created) this.log.info({ path }, 'generated the node key');
@@ -238,8 +241,10 @@ export class Agent {
       this.tunnel = new Tunnel({
         node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
+        nodeAccess: { config: this.cfg.nodeAccess, budgets: this.budgets, fds: this.fds },
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
+      this.nodeDialer = new TunnelNodeDialer(this.tunnel); // SOCKS5 `<other node>:<port>` (nodeaccess/)
       this.dialers.tunnel = this.tunnelDialer;
       await this.tunnel.start();
       const t = this.tunnel;

@@ -54,3 +54,12 @@ test('renderStatus shows the SOCKS5 and gateway entry points when enabled', () =
   assert.match(text, /80\s+http\s+no \(EADDRINUSE\)/);
   assert.match(text, /warning: port 8080 \(http\)/);
 });
+
+test('renderStatus shows the ports this node serves to other nodes (node access) and to whom', () => {
+  const base = { node: 'edge-b', group: null, servers: [], nat: { type: 'unknown', mapped: null }, peers: [], services: [] };
+  const any = renderStatus({ ...base, nodeAccess: { allowedPorts: [22, 10250], allowedGroups: [], allowedNodes: [], streams: 2 } });
+  assert.match(any, /NODE ACCESS {2}ports 22, 10250 {2}for any node of the cluster {2}streams 2/);
+  const some = renderStatus({ ...base, nodeAccess: { allowedPorts: [22], allowedGroups: ['cloud'], allowedNodes: ['bastion-1'], streams: 0 } });
+  assert.match(some, /NODE ACCESS {2}ports 22 {2}for groups cloud or nodes bastion-1 {2}streams 0/);
+  assert.doesNotMatch(renderStatus(base), /NODE ACCESS/);
+});

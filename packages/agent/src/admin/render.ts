@@ -43,6 +43,14 @@ export function renderStatus(s: AgentStatus): string {
     out.push('');
     out.push(`SOCKS5 ${s.socks5.listen}  auth ${s.socks5.auth ? 'username/password' : 'none'}  node access ${s.socks5.nodeAccess}  connections ${s.socks5.connections} (${s.socks5.relaying} relaying)`);
   }
+  if (s.nodeAccess) {
+    const n = s.nodeAccess;
+    const who = n.allowedGroups.length || n.allowedNodes.length
+      ? [n.allowedGroups.length ? `groups ${n.allowedGroups.join(', ')}` : '', n.allowedNodes.length ? `nodes ${n.allowedNodes.join(', ')}` : ''].filter(Boolean).join(' or ')
+      : 'any node of the cluster';
+    out.push('');
+    out.push(`NODE ACCESS  ports ${n.allowedPorts.join(', ')}  for ${who}  streams ${n.streams}`);
+  }
   if (s.gateway) {
     out.push('');
     out.push(`GATEWAY  serving ${s.gateway.gateways.join(', ') || '(no Gateway selects this node)'}`);

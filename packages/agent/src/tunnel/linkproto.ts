@@ -25,7 +25,7 @@ export const LINK_STREAM_TYPES: StreamTypes = { DATA: L.DATA, CREDIT: L.CREDIT, 
 export const LINK_FRAMES: readonly { type: number; name: string; payload: string }[] = [
   { type: L.HELLO, name: 'HELLO', payload: '[version u8][sid 16][peer sid 16][proof 32][identity len u16][identity]' },
   { type: L.ATTACH, name: 'ATTACH', payload: '[flags u8][seq u32][count u32] count x [id u32][state u8][recv u64][ack u64]' },
-  { type: L.OPEN, name: 'OPEN', payload: '[id u32][protocol u8][port u16][timeout ms u32][ip len u8][ip][service len u16][service]' },
+  { type: L.OPEN, name: 'OPEN', payload: '[id u32][kind u8: 1 tcp, 2 udp, 3 node access][port u16][timeout ms u32][ip len u8][ip][service len u16][service] (node access: both lengths 0)' },
   { type: L.OK, name: 'OK', payload: '[id u32]' },
   { type: L.ERR, name: 'ERR', payload: '[id u32][code u8][message utf-8]' },
   { type: L.DATA, name: 'DATA', payload: '[id u32][offset u64][bytes]' },
@@ -111,16 +111,31 @@ export function decodeAttach(p: Buffer, maxEntries: number): Attach | undefined 
 
 // ---------- OPEN / OK / ERR ----------
 
-/** The stream header: what to dial on the far side (a DialTarget) and how long the caller still waits. */
+/** The stream header of a Service stream: what to dial on the far side (a DialTarget) and how long the caller waits. */
 export interface StreamHeader { target: DialTarget; timeoutMs: number }
 
-export function encodeOpen(id: number, h: StreamHeader): Buffer {
-  const ip = Buffer.from(h.target.ip, 'latin1');
-  const svc = Buffer.from(h.target.serviceKey, 'utf8');
+/**
+ * The header of a node-access stream: a TCP port on the serving node's own loopback (SOCKS5 `<node>:<port>`). No
+ * Service, no IP: the serving agent dials only 127.0.0.1 / ::1, and only if its nodeAccess config admits the caller.
+ */
+export interface NodeAccessHeader { nodePort: number; timeoutMs: number }
+
+/** What an OPEN asks for: a Service endpoint stream or a node-access stream. */
+export type OpenHeader = StreamHeader | NodeAccessHeader;
+
+export const isNodeAccess = (h: OpenHeader): h is NodeAccessHeader => !('target' in h);
+
+/** The OPEN's kind byte. */
+export const OPEN_KIND = { TCP: 1, UDP: 2, NODE: 3 } as const;
+
+export function encodeOpen(id: number, h: OpenHeader): Buffer {
+  const node = isNodeAccess(h);
+  const ip = node ? Buffer.alloc(0) : Buffer.from(h.target.ip, 'latin1');
+  const svc = node ? Buffer.alloc(0) : Buffer.from(h.target.serviceKey, 'utf8');
   const p = Buffer.allocUnsafe(14 + ip.length + svc.length);
   p.writeUInt32BE(id >>> 0, 0);
-  p[4] = h.target.protocol === 'tcp' ? 1 : 2;
-  p.writeUInt16BE(h.target.port, 5);
+  p[4] = node ? OPEN_KIND.NODE : h.target.protocol === 'tcp' ? OPEN_KIND.TCP : OPEN_KIND.UDP;
+  p.writeUInt16BE(node ? h.nodePort : h.target.port, 5);
   p.writeUInt32BE(Math.max(0, Math.min(0xffffffff, Math.round(h.timeoutMs))), 7);
   p[11] = ip.length;
   ip.copy(p, 12);
@@ -129,19 +144,27 @@ export function encodeOpen(id: number, h: StreamHeader): Buffer {
   return encodeFrame(L.OPEN, p);
 }
 
-export function decodeOpen(p: Buffer): { id: number; header: StreamHeader | undefined } | undefined {
+/** `header` undefined: the OPEN names a stream but asks for nothing we understand (answered ERR forbidden). */
+export function decodeOpen(p: Buffer): { id: number; header: OpenHeader | undefined } | undefined {
   if (p.length < 4) return undefined;
   const id = p.readUInt32BE(0);
   if (p.length < 14) return { id, header: undefined };
-  const proto = p[4] === 1 ? 'tcp' : p[4] === 2 ? 'udp' : undefined;
+  const kind = p[4];
   const port = p.readUInt16BE(5);
+  const timeoutMs = p.readUInt32BE(7);
+  if (kind === OPEN_KIND.NODE) {
+    // Exactly the fixed part with both lengths 0: a node-access stream carries no address to dial.
+    if (port === 0 || p.length !== 14 || p[11] !== 0 || p.readUInt16BE(12) !== 0) return { id, header: undefined };
+    return { id, header: { nodePort: port, timeoutMs } };
+  }
+  const proto = kind === OPEN_KIND.TCP ? 'tcp' : kind === OPEN_KIND.UDP ? 'udp' : undefined;
   const ipLen = p[11];
   if (!proto || port === 0 || ipLen > 45 || p.length < 14 + ipLen) return { id, header: undefined };
   const ip = p.subarray(12, 12 + ipLen).toString('latin1');
   const svcLen = p.readUInt16BE(12 + ipLen);
   if (svcLen > 512 || p.length !== 14 + ipLen + svcLen || !/^[0-9a-fA-F.:]{2,45}$/.test(ip)) return { id, header: undefined };
   const serviceKey = p.subarray(14 + ipLen).toString('utf8');
-  return { id, header: { target: { protocol: proto, serviceKey, ip, port }, timeoutMs: p.readUInt32BE(7) } };
+  return { id, header: { target: { protocol: proto, serviceKey, ip, port }, timeoutMs } };
 }
 
 export const encodeOk = (id: number): Buffer => {

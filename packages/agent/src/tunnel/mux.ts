@@ -9,7 +9,7 @@ import { decodeStreamFrame, encodeCredit, encodeData, encodeEnd, encodeReset } f
 import type { Clock } from './clock.ts';
 import {
   ATTACH_REPLY, ATTACH_REQUEST, decodeAttach, decodeErr, decodeId, decodeOpen, encodeAttach, encodeErr, encodeOk, encodeOpen, L,
-  LINK_STREAM_TYPES, S, type AttachEntry, type StreamHeader,
+  LINK_STREAM_TYPES, S, type AttachEntry, type OpenHeader,
 } from './linkproto.ts';
 import { TunnelStream, type StreamIO } from './stream.ts';
 
@@ -23,11 +23,11 @@ export interface SessionLink {
   send(frame: Buffer): void;
 }
 
-export type IncomingHandler = (h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void) => void;
+export type IncomingHandler = (h: OpenHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void) => void;
 
 interface Opening {
   stream: TunnelStream;
-  header: StreamHeader;
+  header: OpenHeader;
   deadlineAt: number;
   /** The link the OPEN last went out on (the path the stream was opened on). */
   via: SessionLink | undefined;
@@ -179,7 +179,7 @@ export class Session {
   }
 
   /** Opens a stream; `answered` resolves once the far side said OK (over whichever link carries the session then). */
-  open(header: StreamHeader, deadlineAt: number): { stream: TunnelStream | undefined; answered: Promise<{ stream: TunnelStream; via: SessionLink | undefined }> } {
+  open(header: OpenHeader, deadlineAt: number): { stream: TunnelStream | undefined; answered: Promise<{ stream: TunnelStream; via: SessionLink | undefined }> } {
     if (this.closedErr) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', this.closedErr.message)) };
     if (this.size >= MAX_STREAMS_PER_SESSION) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', 'too many streams to this peer')) };
     const id = this.allocId();
@@ -203,7 +203,7 @@ export class Session {
     if (!this.link || this.link.closed) return;
     // The far side may use what is left of the caller's time, as of now (a resent OPEN says less than the first).
     o.via = this.link;
-    this.link.send(encodeOpen(id, { target: o.header.target, timeoutMs: Math.max(0, o.deadlineAt - this.clock.now()) }));
+    this.link.send(encodeOpen(id, { ...o.header, timeoutMs: Math.max(0, o.deadlineAt - this.clock.now()) }));
   }
 
   /** Abandons a pending open (deadline or abort): the far side is told, the stream closed. */

@@ -6,7 +6,7 @@ import type { ControlInput, T } from '@edgemesh/common/tunnel/protocol';
 import type { DialErrorCode } from '../proxy/dialer.ts';
 import type { Clock } from './clock.ts';
 import type { Transport } from './link.ts';
-import type { StreamHeader } from './linkproto.ts';
+import type { NodeAccessHeader, StreamHeader } from './linkproto.ts';
 import type { TunnelMetrics } from './metrics.ts';
 import type { TunnelStream } from './stream.ts';
 import type { DirectEnv } from './udptypes.ts';
@@ -25,6 +25,8 @@ export interface PeerEnv {
   rendezvous(msg: RendezvousOut): boolean;
   /** The serving side for streams the peer opens (`rttMs`: the link's, so the answer comes back in time). */
   serve: (h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
+  /** The serving side for node-access streams the peer opens (`peer`: its name, as the link authenticated it). */
+  serveNode: (peer: string, h: NodeAccessHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
   /** The UDP side; absent = relay only. */
   direct?: DirectEnv;
   upgradeRetryMs?: number;

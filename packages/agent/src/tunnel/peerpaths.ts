@@ -9,7 +9,7 @@ import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import type { Clock, Timer } from './clock.ts';
 import { attachProof, checkAttachProof, checkIdentity, ourIdentity, pairKey, SESSION_KEY_LABEL } from './identity.ts';
 import { Link, type Transport } from './link.ts';
-import { encodeHello, SID_BYTES, type Hello } from './linkproto.ts';
+import { encodeHello, isNodeAccess, SID_BYTES, type Hello, type OpenHeader } from './linkproto.ts';
 import { Session } from './mux.ts';
 import { PeerDirect, type DirectHost } from './peerdirect.ts';
 import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
@@ -51,7 +51,8 @@ export class PeerPaths implements DirectHost {
 
   private newSession(localSid: Buffer, after?: Session): Session {
     const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock, after });
-    s.onIncoming = (h, accept, reject) => this.env.serve(h, accept, reject, (s.current as Link | undefined)?.rttMs ?? null);
+    const rtt = () => (s.current as Link | undefined)?.rttMs ?? null;
+    s.onIncoming = (h, accept, reject) => (isNodeAccess(h) ? this.env.serveNode(this.node, h, accept, reject, rtt()) : this.env.serve(h, accept, reject, rtt()));
     s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
     s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
     s.onProtocolError = (l, why) => (l as Link).close(new Error(`protocol error: ${why}`));
@@ -79,13 +80,16 @@ export class PeerPaths implements DirectHost {
   // ---------- dialing ----------
 
   /** A stream to `target` on the peer, answered OK within `deadline` (the relay takes over a silent direct path). */
-  async open(target: DialTarget, deadline: Deadline): Promise<TunnelStream> {
+  open(t: DialTarget, deadline: Deadline): Promise<TunnelStream> {
+    return this.openStream({ target: { protocol: t.protocol, serviceKey: t.serviceKey, ip: t.ip, port: t.port }, timeoutMs: 0 }, `${t.ip}:${t.port}`, deadline);
+  }
+  /** A stream with any header (a node-access stream: `{nodePort}`); `what` names its target in errors. */
+  async openStream(header: OpenHeader, what: string, deadline: Deadline): Promise<TunnelStream> {
     if (this.closed) throw new DialError('unreachable', `node ${this.node} was forgotten`);
-    const { protocol, serviceKey, ip, port } = target;
     const remaining = deadline.remaining();
-    if (deadline.signal.aborted || remaining <= 0) throw new DialError('timeout', `dial ${this.node} ${ip}:${port}: no time left`);
+    if (deadline.signal.aborted || remaining <= 0) throw new DialError('timeout', `dial ${this.node} ${what}: no time left`);
     this.want();
-    const { stream, answered } = this.session.open({ target: { protocol, serviceKey, ip, port }, timeoutMs: remaining }, this.clock.now() + remaining);
+    const { stream, answered } = this.session.open({ ...header, timeoutMs: remaining }, this.clock.now() + remaining);
     let path = (this.session.current as Link | undefined)?.kind ?? 'relay';
     const sentAt = this.clock.now();
     if (!this.session.current) this.reselect();
@@ -103,7 +107,7 @@ export class PeerPaths implements DirectHost {
       this.env.metrics.streams.inc({ path, outcome: 'ok' });
       return s;
     } catch (e) {
-      const err = deadline.signal.aborted ? new DialError('timeout', `dial ${this.node} ${ip}:${port}: timed out`) : e instanceof DialError ? e : new DialError('unreachable', (e as Error).message);
+      const err = deadline.signal.aborted ? new DialError('timeout', `dial ${this.node} ${what}: timed out`) : e instanceof DialError ? e : new DialError('unreachable', (e as Error).message);
       this.env.metrics.streams.inc({ path, outcome: err.code });
       throw err;
     } finally {

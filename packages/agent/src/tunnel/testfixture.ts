@@ -219,7 +219,11 @@ export class FakeServer {
   }
 }
 
-export interface Side { name: string; keys: RawKeyPair; paths: PeerPaths; udp: FakeUdp; metrics: TunnelMetrics; registry: Registry; served: string[]; env: PeerEnv }
+export interface Side {
+  name: string; keys: RawKeyPair; paths: PeerPaths; udp: FakeUdp; metrics: TunnelMetrics; registry: Registry; served: string[]; env: PeerEnv;
+  /** Node-access streams opened to this side (`peer:port`); ports in nodePorts are answered `node <self> port <p> for <peer>`. */
+  nodeOpens: string[]; nodePorts: number[];
+}
 
 /**
  * Two nodes `a` and `b`, each with a PeerPaths for the other, relayed through `servers` (the first that is up) and,
@@ -235,7 +239,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
     const registry = new Registry();
     const metrics = createTunnelMetrics(registry);
     const udp = new FakeUdp(net, { host, port: 20006 }, keys.publicKey);
-    const side = { name, keys, udp, metrics, registry, served: [] as string[] } as Side;
+    const side = { name, keys, udp, metrics, registry, served: [] as string[], nodeOpens: [] as string[], nodePorts: [22] } as Side;
     const env: PeerEnv = {
       self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs,
       openRelay: async (node) => {
@@ -258,6 +262,13 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
         s.on('data', (c: Buffer) => h.update(c));
         s.on('end', () => { const d = h.digest('hex'); side.served.push(d); s.end(d); });
         s.on('error', () => {});
+      },
+      serveNode: (peer, h, accept, reject) => {
+        side.nodeOpens.push(`${peer}:${h.nodePort}`);
+        if (!side.nodePorts.includes(h.nodePort)) return reject('forbidden', `port ${h.nodePort} is not in nodeAccess.allowedPorts`);
+        const s = accept();
+        s.on('error', () => {});
+        s.end(`node ${name} port ${h.nodePort} for ${peer}`);
       },
     };
     side.env = env;

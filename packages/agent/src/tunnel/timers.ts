@@ -36,6 +36,10 @@ export const ATTACH_TIMEOUT_MS = 5_000;
 // ---------- dial deadline ----------
 /** Default dial deadline when the caller gives none (tests, tools): the proxy's per-attempt connect timeout. */
 export const DEFAULT_DIAL_MS = 3_000;
+/** Deadline of a node-access dial (SOCKS5 `<node>:<port>`): there is no other endpoint to try, so it gets what a
+ *  first stream to a new peer needs (relay OPEN, Noise handshake, the far loopback dial) with room, and stays under
+ *  the SOCKS5 server's connect timeout (10 s) so the client hears our reason rather than a timeout. */
+export const NODE_ACCESS_DIAL_MS = 8_000;
 /** Open on the relay instead when the direct path has not answered within this share of the remaining time. */
 export const DIRECT_FALLBACK_SHARE = 1 / 3;
 /** The far side's local dial must leave time for its answer to travel back: one RTT and this much slack. */

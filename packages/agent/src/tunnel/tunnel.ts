@@ -12,6 +12,7 @@ import { DirectDialer } from '../proxy/direct.ts';
 import { makeRealClock, type Clock } from './clock.ts';
 import type { Link } from './link.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
+import { NodeAccessServer, type NodeAccessServeOptions } from './nodeaccess-serve.ts';
 import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
 import { serveStream } from './serve.ts';
@@ -33,6 +34,8 @@ export interface TunnelOptions {
   registry: Registry;
   snapshot: () => Snapshot;
   clock?: Clock;
+  /** Node-access streams peers open to us (nodeAccess.*); undefined = every one refused as forbidden. */
+  nodeAccess?: Pick<NodeAccessServeOptions, 'config' | 'budgets' | 'fds'>;
 }
 
 export type { PeerStatus };
@@ -45,6 +48,8 @@ export class Tunnel {
   /** The UDP socket (STUN, pings, UDX streams); undefined when the direct path is disabled. */
   readonly udp: TunnelSocket | undefined;
   readonly m: TunnelMetrics;
+  /** The serving side of node access (opts.nodeAccess). */
+  readonly nodeAccess: NodeAccessServer | undefined;
   private readonly clock: Clock;
   private readonly env: Omit<PeerEnv, 'log'>;
   private stopped = false;
@@ -71,6 +76,8 @@ export class Tunnel {
         stunServers: () => this.servers.filter((s) => s.connected).map((s) => ({ host: s.host, port: s.port, altPort: s.stunAltPort })),
       });
     }
+    const na = opts.nodeAccess;
+    this.nodeAccess = na && new NodeAccessServer({ ...na, self: opts.node, nodes: () => opts.snapshot().nodes, registry: opts.registry, log: opts.log.child({ mod: 'nodeaccess' }) });
     const direct = new DirectDialer();
     const served = (o: string) => this.m.served.inc({ outcome: o });
     this.env = {
@@ -78,6 +85,7 @@ export class Tunnel {
       openRelay: (node) => this.openRelay(node),
       rendezvous: (msg: RendezvousOut) => this.servers.filter((s) => s.connected && s.rendezvous(msg)).length > 0,
       serve: (h, accept, reject, rttMs) => serveStream({ snapshot: opts.snapshot, dialer: direct, log: this.log, onOutcome: served }, h, rttMs, accept, reject),
+      serveNode: (peer, h, accept, reject, rttMs) => this.nodeAccess ? this.nodeAccess.serve(peer, h, rttMs, accept, reject) : reject('forbidden', 'node access is not served by this agent'),
     };
   }
 
@@ -141,6 +149,13 @@ export class Tunnel {
     if (node === this.opts.node) throw new DialError('no-route', 'the tunnel does not dial this node');
     if (this.stopped) throw new DialError('unreachable', 'the tunnel is stopped');
     return this.peer(node).open(target, deadline);
+  }
+
+  /** Opens a node-access stream to `port` on `node`'s own loopback; resolves once that agent admitted us and dialed. */
+  async openNode(node: string, port: number, deadline: Deadline): Promise<TunnelStream> {
+    if (node === this.opts.node) throw new DialError('no-route', 'the tunnel does not dial this node');
+    if (this.stopped) throw new DialError('unreachable', 'the tunnel is stopped');
+    return this.peer(node).openStream({ nodePort: port, timeoutMs: 0 }, `port ${port}`, deadline);
   }
 
   /** Brings up a link to `node` without a stream (a successor warming its predecessor's links before it is ready). */
