@@ -104,6 +104,14 @@ test('initial list, then ADDED/MODIFIED/DELETED watch events reach the model (ku
     api.delete(SVC, 'default/cache');
     await waitFor('delete', () => converged(model) && !model.snapshot().services.has('default/cache'));
     assert.deepEqual(model.snapshot().endpoints.get('default/web')?.map((e) => e.address), ['10.0.0.1', '10.0.0.2', '10.0.0.4']);
+    // A LoadBalancer Service's external destinations arrive whole through a watch event (spec and status).
+    const lb = svc('lb', 443);
+    Object.assign(lb.spec as Obj, { type: 'LoadBalancer', externalTrafficPolicy: 'Local', externalIPs: ['192.0.2.7'], ports: [{ name: 'https', port: 443, targetPort: 8443, protocol: 'TCP', nodePort: 31443 }] });
+    lb.status = { loadBalancer: { ingress: [{ ip: '198.51.100.5' }] } };
+    api.upsert(SVC, lb);
+    await waitFor('LoadBalancer', () => converged(model) && model.snapshot().services.has('default/lb'));
+    const got = model.snapshot().services.get('default/lb')!;
+    assert.deepEqual([got.ports[0].nodePort, got.externalTrafficPolicy, got.externalIPs, got.loadBalancerIPs], [31443, 'Local', ['192.0.2.7'], ['198.51.100.5']]);
   } finally {
     await src.stop();
   }

@@ -11,7 +11,7 @@ import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
 import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
-import { DialError, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
+import { DialError, type Deadline, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
 import { trackHandles } from './lib/handles.ts';
 
@@ -394,14 +394,14 @@ test('TCP: a retry never goes back to the endpoint that just failed, even when t
   const direct = new DirectDialer();
   // 127.0.0.15 (the first pick: round robin over sorted keys) refuses; while its dial is failing the EndpointSlice is re-delivered unchanged (new objects).
   const dialer: Dialer = {
-    async dialTcp(t: DialTarget, signal?: AbortSignal) {
+    async dialTcp(t: DialTarget, deadline?: Deadline) {
       dialed.push(t.ip);
-      if (t.ip !== '127.0.0.15') return direct.dialTcp(t, signal);
+      if (t.ip !== '127.0.0.15') return direct.dialTcp(t, deadline);
       model!.upsert('EndpointSlice', slice('aff', [{ port }], eps.map((e) => ({ ...e }))));
       model!.flush();
       throw new DialError('refused', 'refused (test)');
     },
-    openUdp: (t, signal) => direct.openUdp(t, signal),
+    openUdp: (t, deadline) => direct.openUdp(t, deadline),
   };
   const env = await setup(objects, { dialers: { direct: dialer } });
   model = env.model;

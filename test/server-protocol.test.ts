@@ -3,10 +3,11 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
-import { encodeFrame, encodeStreamFrame, FrameDecoder, type Frame } from '../packages/common/src/tunnel/frame.ts';
+import { encodeFrame, FrameDecoder, type Frame } from '../packages/common/src/tunnel/frame.ts';
+import { encodeData } from '../packages/common/src/tunnel/streams.ts';
 import { agentProof, ControlMac, keyTranscript, newNonce, sessionKey } from '../packages/common/src/tunnel/auth.ts';
 import { generateKeyPair, signRaw } from '../packages/common/src/tunnel/ed25519.ts';
-import { MAX_DATA_CHUNK, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
+import { MAX_DATA_CHUNK, PROTOCOL_VERSION, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T, parseJson } from '../packages/common/src/tunnel/protocol.ts';
 import { TEST_TOKEN, makeSnapshot, startServer, startTunnel, waitFor } from './lib/tunnel-fixture.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 import { MAX_SOCKET_BUFFER_BYTES, RelayServer } from '../packages/server/src/relay.ts';
@@ -32,7 +33,7 @@ class RawAgent {
     r.sock.on('data', (c: Buffer) => r.frames.push(...dec.push(c)));
     r.sock.on('close', () => { r.closed = true; });
     r.sock.on('error', () => {});
-    r.sock.write(encodeFrame(T.HELLO, Buffer.from(JSON.stringify({ v: 1, nonce: an.toString('base64') }))));
+    r.sock.write(encodeFrame(T.HELLO, Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, nonce: an.toString('base64') }))));
     await waitFor(() => r.frames.length > 0);
     const ch = parseJson(r.frames.shift()!.payload)!;
     const sn = Buffer.from(ch.nonce as string, 'base64');
@@ -68,7 +69,7 @@ test('a sender that ignores its relay credit gets the stream reset', async () =>
   await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined);
   const rid = opened!.rid as number;
   const chunk = Buffer.alloc(MAX_DATA_CHUNK);
-  for (let sent = 0; sent <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeStreamFrame(T.DATA, rid, chunk));
+  for (let sent = 0; sent <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeData(RELAY_STREAM_TYPES, rid, sent, chunk));
   await waitFor(() => a.frames.some((f) => f.type === T.RESET) && b.frames.some((f) => f.type === T.RESET), 10_000, 'resets');
   assert.match(await server.registry.getSingleMetricAsString('edgemesh_server_credit_violations_total'), / [1-9]/);
   a.sock.destroy();
@@ -126,7 +127,7 @@ test('an agent paused because its peer stopped reading is resumed when that peer
     rids.push(opened!.rid as number);
   }
   for (const rid of rids) {
-    for (let sent = 0; sent + chunk.length <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeStreamFrame(T.DATA, rid, chunk));
+    for (let sent = 0; sent + chunk.length <= RELAY_WINDOW_BYTES; sent += chunk.length) a.sock.write(encodeData(RELAY_STREAM_TYPES, rid, sent, chunk));
   }
   // The server stops reading a once its socket to b holds more than MAX_SOCKET_BUFFER_BYTES: wait for exactly that
   // state on the server's side (not for a's send buffer to look still for a while).
@@ -167,10 +168,11 @@ test('an agent that never reads is dropped once its backlog passes the bound, wh
     let opened: Record<string, unknown> | undefined;
     await waitFor(() => (opened ??= a.take(T.OPENED)) !== undefined, 10_000, 'OPENED');
     b.sock.pause(); // b never reads again
-    // CREDIT frames are forwarded to b and never pause a: without a bound the server would queue them for ever.
-    const credit = encodeStreamFrame(T.CREDIT, opened!.rid as number, Buffer.alloc(4));
-    const batch = Buffer.concat(Array.from({ length: 20_000 }, () => credit));
+    // Rendezvous messages are forwarded to b and never pause a: without a bound the server would queue them for ever.
+    const cand = Array.from({ length: 16 }, (_, i) => ({ host: `203.0.113.${i}`, port: 20000 + i, kind: 'lan' }));
+    const msg = Buffer.from(JSON.stringify({ to: 'flood-b', sid: '0123456789abcdef', mode: 'normal', cand, nat: 'cone', streamId: 1 }));
     for (let i = 0; i < 200 && !b.closed && relay.agents.has('flood-b'); i++) {
+      const batch = Buffer.concat(Array.from({ length: 2_000 }, () => encodeFrame(T.RENDEZVOUS, a.mac.seal(T.RENDEZVOUS, msg))));
       if (!a.sock.write(batch)) await new Promise((r) => a.sock.once('drain', r));
     }
     await waitFor(() => !relay.agents.has('flood-b'), 10_000, 'flood-b dropped');

@@ -8,7 +8,6 @@ import { createSocket, type Socket } from 'node:dgram';
 import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import { encodePing, keyId, P, pingKey } from '../packages/agent/src/tunnel/ping.ts';
-import type { DirectManager } from '../packages/agent/src/tunnel/direct.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 
 /** Generous: a busy 2-core machine can stall the event loop for seconds. */
@@ -82,8 +81,7 @@ test('first stream on the relay at once, then the peer is upgraded to a direct p
 });
 
 test('pings from a third party (unknown key, or a known key id with a forged MAC) are dropped', async () => {
-  const direct = a.tunnel.direct as DirectManager;
-  const port = direct.port;
+  const port = a.tunnel.udp!.port;
   const u = createSocket('udp4');
   await new Promise<void>((r) => u.bind(0, '127.0.0.1', r));
   const bKey = (b.tunnel.opts.keyPair.publicKey);
@@ -111,7 +109,7 @@ test('pings from a third party (unknown key, or a known key id with a forged MAC
 });
 
 test('a correctly MAC\'d ping with an old counter (a replay) is dropped and not answered', async () => {
-  const direct = a.tunnel.direct as DirectManager;
+  const direct = a.tunnel.udp!;
   const ak = a.tunnel.opts.keyPair;
   const bk = b.tunnel.opts.keyPair;
   // The test knows b's secret key, so it can make a genuine ping "from b" - but with a counter long passed.

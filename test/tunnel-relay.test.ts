@@ -184,7 +184,7 @@ test('a node that leaves the cluster snapshot is forgotten: its links are closed
   const s = await dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
   const closed = new Promise((r) => s.on('close', r));
   s.on('error', () => {});
-  const link = a.tunnel.peers.get('b')?.best();
+  const link = a.tunnel.peers.get('b')?.current;
   assert.ok(link, 'a has a link to b');
   const base = makeSnapshot([]);
   const withNodes = (names: string[]) => ({ ...base, version: base.version + names.length, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
@@ -202,7 +202,7 @@ test('a node forgotten while its relay link is being set up is not brought back 
   const base = makeSnapshot([]);
   const withNodes = (names: string[]) => ({ ...base, nodes: new Map(names.map((n) => [n, { name: n, labels: {}, addresses: [] }])) });
   a.tunnel.onSnapshot(withNodes(['a', 'b']));
-  assert.equal(a.tunnel.peers.get('b')?.best(), undefined, 'no link to b yet');
+  assert.equal(a.tunnel.peers.get('b')?.current, undefined, 'no link to b yet');
   const pending = dialer.dialTcp({ serviceKey: 'default/sink', protocol: 'tcp', ip: '127.0.0.1', port: backendPort, nodeName: 'b' });
   a.tunnel.onSnapshot(withNodes(['a']));
   await assert.rejects(pending, (e: unknown) => e instanceof DialError && e.code === 'unreachable');

@@ -1,7 +1,8 @@
 // Hitless takeover under load (network namespaces, the real agent binary): a client namespace runs a bounded load
 // through the agent — a new TCP connection per request, keep-alive requests, UDP request/response (one flow and a
-// new source port per request), DNS over UDP and TCP — while a successor with the same stateDir takes over three
-// times in a row. Zero failed requests and zero failed DNS queries; every old agent exits 0; after the last agent's
+// new source port per request), DNS over UDP and TCP, and TCP through the agent's SOCKS5 listener (a new SOCKS5
+// connection per request, and keep-alive ones) — while a successor with the same stateDir takes over three times in a
+// row. Zero failed requests and zero failed DNS queries; every old agent exits 0; after the last agent's
 // SIGTERM no rule, address or socket file is left.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -11,7 +12,7 @@ import { once } from 'node:events';
 import { join } from 'node:path';
 import { node, service, slice } from '../lib/proxyfixtures.ts';
 import { stringify } from 'yaml';
-import { AGENT_BIN, AGENT_IP, BACKEND_IP, CLIENT_IP, HELPERS, ROOT, agentConfig, buildNodeLab, collect, type NodeLab } from '../lib/nodelab.ts';
+import { AGENT_BIN, AGENT_IP, BACKEND_IP, CLIENT_IP, HELPERS, NODE_IP, ROOT, agentConfig, buildNodeLab, collect, type NodeLab } from '../lib/nodelab.ts';
 
 const isRoot = process.getuid?.() === 0;
 const SVC_IP = '100.64.0.10';
@@ -20,6 +21,7 @@ const TAKEOVERS = 3;
 const SETTLE_MS = 1500;
 const START_DEADLINE_MS = 20_000;
 const EXIT_DEADLINE_MS = 40_000;
+const SOCKS = `${NODE_IP}:10800`;
 
 let lab: NodeLab | undefined;
 let cfg = '';
@@ -46,6 +48,7 @@ before(async () => {
   cfg = agentConfig(lab, manifests, stateDir, {
     shutdownDrainSeconds: 20,
     tunnel: { enabled: true, servers: [`${CLIENT_IP}:20004`], listenPort: 20006, tokenFile },
+    socks5: { enabled: true, listen: SOCKS },
   });
   const backend = lab.spawnIn(lab.node, join(HELPERS, 'line-backend.ts'), [BACKEND_IP, '8080', '9000']);
   await collect(backend).waitFor(/^up$/m, START_DEADLINE_MS);
@@ -71,7 +74,7 @@ test('three takeovers in a row under load: no failed request or DNS query, old a
   const rulesBefore = (await natSave()).split('\n').filter((x) => x.startsWith('-A EDGEMESH-SERVICES')).sort();
   assert.equal(rulesBefore.length, 2, 'one rule per service port');
 
-  const load = l.spawnIn(l.client, join(HELPERS, 'load-client.ts'), [JSON.stringify({ ip: SVC_IP, tcpPort: 80, udpPort: 9000, dns: `${AGENT_IP}:53`, name: 'web.default.svc.cluster.local', answer: SVC_IP })]);
+  const load = l.spawnIn(l.client, join(HELPERS, 'load-client.ts'), [JSON.stringify({ ip: SVC_IP, tcpPort: 80, udpPort: 9000, dns: `${AGENT_IP}:53`, name: 'web.default.svc.cluster.local', answer: SVC_IP, socks: SOCKS })]);
   const loadOut = collect(load);
   await loadOut.waitFor(/^started$/m, START_DEADLINE_MS);
   await new Promise((r) => setTimeout(r, SETTLE_MS));
@@ -110,7 +113,7 @@ test('three takeovers in a row under load: no failed request or DNS query, old a
   // The figures for the record (issue 12): requests, failures, longest request during and outside the takeovers.
   const { maxMsByWall100: _, ...figures } = res;
   console.log(`takeover under load: ${JSON.stringify({ total, longestDuringTakeoverMs: duringMs, longestOtherwiseMs: outsideMs, ...figures, handovers })}`);
-  for (const k of ['tcp-new', 'tcp-keep', 'udp-flow', 'udp-new', 'dns-udp', 'dns-tcp']) assert.ok((res.counts[k] ?? 0) > 10, `${k} ran`);
+  for (const k of ['tcp-new', 'tcp-keep', 'udp-flow', 'udp-new', 'dns-udp', 'dns-tcp', 'socks-new', 'socks-keep']) assert.ok((res.counts[k] ?? 0) > 10, `${k} ran`);
   assert.equal(res.failureCount, 0, `failures: ${JSON.stringify(res.failures)}`);
 
   // The last agent stops for good: everything goes.

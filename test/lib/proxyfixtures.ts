@@ -5,7 +5,7 @@ export interface SvcSpec {
   name: string;
   namespace?: string;
   ip: string;
-  ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP'; targetPort?: number }[];
+  ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP'; targetPort?: number; nodePort?: number }[];
   annotations?: Record<string, string>;
   spec?: Record<string, unknown>;
 }
@@ -15,11 +15,11 @@ export function service(s: SvcSpec): RawObject {
     apiVersion: 'v1',
     kind: 'Service',
     metadata: { name: s.name, namespace: s.namespace ?? 'default', annotations: s.annotations ?? {} },
-    spec: { clusterIP: s.ip, clusterIPs: [s.ip], ports: s.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP', targetPort: p.targetPort ?? p.port })), ...(s.spec ?? {}) },
+    spec: { clusterIP: s.ip, clusterIPs: [s.ip], ports: s.ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP', targetPort: p.targetPort ?? p.port, ...(p.nodePort ? { nodePort: p.nodePort } : {}) })), ...(s.spec ?? {}) },
   };
 }
 
-export interface EpSpec { ip: string; node?: string; ready?: boolean; terminating?: boolean }
+export interface EpSpec { ip: string; node?: string; ready?: boolean; terminating?: boolean; hostname?: string }
 
 export function slice(svc: string, ports: { name?: string; port: number; protocol?: 'TCP' | 'UDP' }[], eps: EpSpec[], namespace = 'default', suffix = '1'): RawObject {
   return {
@@ -28,7 +28,7 @@ export function slice(svc: string, ports: { name?: string; port: number; protoco
     metadata: { name: `${svc}-${suffix}`, namespace, labels: { 'kubernetes.io/service-name': svc } },
     addressType: 'IPv4',
     ports: ports.map((p) => ({ name: p.name ?? '', port: p.port, protocol: p.protocol ?? 'TCP' })),
-    endpoints: eps.map((e) => ({ addresses: [e.ip], nodeName: e.node, conditions: { ready: e.ready ?? true, terminating: e.terminating ?? false } })),
+    endpoints: eps.map((e) => ({ addresses: [e.ip], nodeName: e.node, ...(e.hostname ? { hostname: e.hostname } : {}), conditions: { ready: e.ready ?? true, terminating: e.terminating ?? false } })),
   };
 }
 

@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
-import type { CreditStream } from '../../packages/agent/src/tunnel/credit.ts';
+import type { TunnelStream } from '../../packages/agent/src/tunnel/stream.ts';
 import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
 
 interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number }
@@ -35,7 +35,7 @@ const dialer = new TunnelDialer(tunnel);
 /** Deterministic-size random payload, generated in 1 MiB blocks (hash computed as it is written). */
 async function transfer(m: { to: string; service: string; ip: string; port: number; bytes: number }): Promise<unknown> {
   const t0 = performance.now();
-  const s = (await dialer.dialTcp({ serviceKey: m.service, protocol: 'tcp', ip: m.ip, port: m.port, nodeName: m.to })) as CreditStream;
+  const s = (await dialer.dialTcp({ serviceKey: m.service, protocol: 'tcp', ip: m.ip, port: m.port, nodeName: m.to })) as TunnelStream;
   const path = s.path;
   const h = createHash('sha256');
   const block = randomBytes(1024 * 1024);

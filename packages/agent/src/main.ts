@@ -8,7 +8,7 @@ import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/
 import { ClusterModel } from './cluster/model.ts';
 import type { Snapshot } from './cluster/types.ts';
 import { startCluster, type ClusterRuntime } from './cluster/setup.ts';
-import { ServiceIPs } from './dns/serviceips.ts';
+import { labelOwners, ServiceIPs } from './dns/serviceips.ts';
 import { startDns, validateDnsConfig, type DnsHandle } from './dns/index.ts';
 import type { Dialer } from './proxy/dialer.ts';
 import { DirectDialer } from './proxy/direct.ts';
@@ -37,14 +37,24 @@ export interface AgentStatus {
   group: string | null;
   servers: { address: string; connected: boolean }[];
   nat: { type: string; mapped: string | null };
-  peers: { node: string; path: string; remote: string | null; rttMs: number | null }[];
+  peers: { node: string; path: string; transport?: string | null; remote: string | null; rttMs: number | null }[];
   services: {
     name: string; ip: string | null; ports: number[]; endpoints: number; routing: string;
     /** Usable endpoints per routing tier as seen from this node (proxy). */
     tiers?: { node: number; group: number; region: number; cluster: number };
     /** Load-balancing policy (proxy). */
     policy?: string;
+    /**
+     * Headless Services: what DNS answers per endpoint from this node — its mesh IP (`mesh: true`: on another node,
+     * reached through the mesh, every port intercepted on that IP) or its own pod IP.
+     */
+    endpointIPs?: { name: string; ip: string; podIP: string; node: string | null; ready: boolean; mesh: boolean }[];
+    /** proxy.nodePorts: the Service's nodePorts, and the routing of external traffic when it differs (externalTrafficPolicy Local). */
+    nodePorts?: number[];
+    externalRouting?: string;
   }[];
+  /** proxy.directCIDRs (flat pod networks) and the nodes whose pods were found unreachable directly. */
+  flat?: { directCIDRs: readonly string[]; notFlat: { node: string; reason: string; retryInSeconds: number }[] };
   /** The SOCKS5 entry point (socks5.enabled). */
   socks5?: Socks5Status & { nodeAccess: 'tunnel' | 'this-node-only' };
   /** The ingress gateway (gateway.enabled): addresses, Gateways served, listeners, configuration warnings. */
@@ -103,7 +113,9 @@ export class Agent {
     if (cfg.dns.enabled) validateDnsConfig(cfg); // bad dns.* keys fail here, naming the key
     validateProxyConfig(cfg); // and bad proxy.* keys here
     this.socks5Users = cfg.socks5.enabled && cfg.socks5.usersFile ? loadUsers(cfg.socks5.usersFile, log) : undefined;
-    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log });
+    // Headless endpoints on other nodes get mesh IPs of their own when the tunnel can reach them (README "Headless").
+    const meshEndpoints = cfg.tunnel.enabled ? { thisNode: cfg.nodeName, directCIDRs: cfg.proxy.directCIDRs } : undefined;
+    this.serviceIPs = new ServiceIPs({ mode: cfg.proxy.ipMode, fakeCIDR: cfg.proxy.fakeCIDR, stateDir: cfg.stateDir, log, meshEndpoints });
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
@@ -128,10 +140,23 @@ export class Agent {
         endpoints: snap.endpoints.get(s.key)?.length ?? 0,
         routing: routes?.get(s.key)?.routing ?? 'none',
         ...(routes?.get(s.key) ? { tiers: routes.get(s.key)!.tiers, policy: routes.get(s.key)!.policy } : {}),
+        ...(s.headless ? { endpointIPs: this.headlessEndpoints(snap, s.key) } : {}),
+        ...(this.cfg.proxy.nodePorts && s.ports.some((p) => p.nodePort) ? { nodePorts: s.ports.flatMap((p) => (p.nodePort ? [p.nodePort] : [])) } : {}),
+        ...(routes?.get(s.key)?.externalRouting ? { externalRouting: routes.get(s.key)!.externalRouting } : {}),
       })),
+      ...(this.proxy?.flatStatus() ? { flat: this.proxy.flatStatus() } : {}),
       ...(this.socks5 ? { socks5: { ...this.socks5.status(), nodeAccess: this.nodeDialer ? 'tunnel' as const : 'this-node-only' as const } } : {}),
       ...(this.gateway ? { gateway: this.gateway.status() } : {}),
     };
+  }
+
+  /** A headless Service's endpoints as DNS answers them from this node (one per DNS label). */
+  private headlessEndpoints(snap: Snapshot, key: string): NonNullable<AgentStatus['services'][number]['endpointIPs']> {
+    return [...labelOwners(snap.endpoints.get(key) ?? [])].map(([name, ep]) => {
+      const m = this.serviceIPs.endpointIP(key, name);
+      const mesh = m !== undefined && m.address === ep.address;
+      return { name, ip: mesh ? m.ip : ep.address, podIP: ep.address, node: ep.nodeName ?? null, ready: ep.ready, mesh };
+    }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
 
   /**
@@ -231,8 +256,8 @@ export class Agent {
     await this.startProxy(shared);
 
     // --- entry points into the mesh: SOCKS5 (socks5/, nodeaccess/) and the ingress gateway (gateway/) ---
-    if (this.cfg.socks5.enabled) await this.startSocks5();
-    if (this.cfg.gateway.enabled) await this.startGateway();
+    if (this.cfg.socks5.enabled) await this.startSocks5(shared);
+    if (this.cfg.gateway.enabled) await this.startGateway(shared);
 
     // --- fleet report to the servers (fleet/): version, group, NAT, readiness, peers, strict-empty Services ---
     if (this.tunnel) await this.startReporter(this.tunnel);
@@ -241,6 +266,7 @@ export class Agent {
     const takeover = new Takeover({
       log: this.log.child({ mod: 'handoff' }), admin: this.admin, socket, drainMs: this.cfg.shutdownDrainSeconds * 1000,
       interceptor: this.interceptor, ports: this.ports, proxy: this.proxy, dns: this.dns, tunnel: this.tunnel, stopCluster,
+      entries: [this.socks5, this.gateway].filter((e) => e !== undefined),
     });
     takeover.onDrained = () => this.onHandedOver();
     this.takeover = takeover;
@@ -307,7 +333,7 @@ export class Agent {
     const cluster = this.cluster;
     proxy = new Proxier({
       log: this.log, registry: this.registry, model: this.model, serviceIPs: this.serviceIPs,
-      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default,
+      dialers: this.dialers, thisNode: this.cfg.nodeName, bindAddress, routingDefault: this.cfg.routing.default, directCIDRs: pc.directCIDRs, nodePorts: pc.nodePorts,
       domain: this.cfg.dns.domain, interceptor, ports, sharePorts: shared, modelPending: () => this.model.pending,
       cluster: () => (cluster?.synced() ? 'synced' : cluster?.offlineLoaded ? 'offline' : 'empty'),
     });
@@ -318,7 +344,7 @@ export class Agent {
   }
 
   // --- SOCKS5 into the mesh: node access (nodeaccess/) and Services through the proxy's connect path ---
-  private async startSocks5(): Promise<void> {
+  private async startSocks5(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const cfg = this.cfg;
     const users = this.socks5Users;
@@ -328,7 +354,7 @@ export class Agent {
       maxConnections: cfg.socks5.maxConnections, maxPerSource: cfg.socks5.maxPerSource,
       resolve: (req) => resolveDestination(req, { snapshot: this.model.snapshot(), serviceForIP: (ip) => this.serviceIPs.serviceFor(ip), domain: cfg.dns.domain }),
       connectService: (key, port, from) => proxy.connectTcp(key, port, from),
-      nodeDialer,
+      nodeDialer, shared,
     });
     await socks5.start();
     this.socks5 = socks5;
@@ -337,13 +363,13 @@ export class Agent {
   }
 
   // --- Ingress gateway: Istio Gateway + VirtualService on this node's addresses, into mesh Services ---
-  private async startGateway(): Promise<void> {
+  private async startGateway(shared: boolean): Promise<void> {
     const proxy = this.proxy!;
     const gc = this.cfg.gateway;
     const gateway = new Gateway({
       log: this.log.child({ mod: 'gateway' }), registry: this.registry, budgets: this.budgets, fds: this.fds, model: this.model,
       thisNode: this.cfg.nodeName, domain: this.cfg.dns.domain, addresses: gc.addresses, maxConnections: gc.maxConnections, maxPerSource: gc.maxPerSource,
-      connect: (key, port, from) => proxy.connectTcp(key, port, from),
+      connect: (key, port, from) => proxy.connectTcp(key, port, from), shared,
     });
     this.gateway = gateway;
     await this.own(() => gateway.stop());

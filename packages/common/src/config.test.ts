@@ -31,7 +31,7 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
       enabled: true, listen: '169.254.96.16:53', domain: 'cluster.local', upstream: [], ttlSeconds: 30, allowCIDRs: [],
       rrl: { responsesPerSecond: 1000, slip: 2, windowSeconds: 5 }, tcp: { maxConnections: 256, maxPerSource: 16 },
     },
-    proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16' },
+    proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16', directCIDRs: [], nodePorts: false },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
     tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '' },
     socks5: { enabled: false, listen: '127.0.0.1:10800', usersFile: '', maxConnections: 1024, maxPerSource: 256 },
@@ -64,6 +64,13 @@ test('dns.allowCIDRs takes IPv4 and IPv6 CIDRs and names the bad entry; limits a
   assert.match(err(() => load('dns:\n  tcp:\n    maxConnections: 0\n')).message, /^config: dns\.tcp\.maxConnections:/);
   assert.match(err(() => load('admin:\n  maxConnections: 1\n')).message, /^config: admin\.maxConnections:/);
   assert.match(err(() => load('dns:\n  rrl:\n    burst: 3\n')).message, /dns\.rrl\.burst: unknown key/);
+});
+
+test('proxy.directCIDRs: a list of CIDRs from file, flag and env; a bad entry fails naming it', () => {
+  assert.deepEqual(load('proxy:\n  directCIDRs: [10.244.0.0/16, "fd00:10::/64"]\n').proxy.directCIDRs, ['10.244.0.0/16', 'fd00:10::/64']);
+  assert.deepEqual(load('', ['--proxy.directCIDRs', '10.1.0.0/16,10.2.0.0/16']).proxy.directCIDRs, ['10.1.0.0/16', '10.2.0.0/16']);
+  assert.deepEqual(load('', [], { EDGEMESH_PROXY_DIRECT_CIDRS: '10.3.0.0/16' }).proxy.directCIDRs, ['10.3.0.0/16']);
+  assert.match(err(() => load('proxy:\n  directCIDRs: [10.244.0.0]\n')).message, /^config: proxy\.directCIDRs\.0: expected an IPv4 or IPv6 CIDR/);
 });
 
 test('precedence: flag over env over file; every kind of value coerces', () => {

@@ -88,6 +88,10 @@ export const agentSchema = z.strictObject({
     fakeCIDR: cidr.default('9.251.0.0/16'),
     intercept: z.enum(['iptables', 'none']).default('iptables'),
     bindAddress: ipAddress.default('169.254.96.16'),
+    /** Endpoint IPs in these ranges are dialed directly from any node (a flat pod network), not through the tunnel. */
+    directCIDRs: z.array(anyCidr).default([]),
+    /** true: nodePorts (NodePort/LoadBalancer), externalIPs and load-balancer IPs are intercepted too. */
+    nodePorts: z.boolean().default(false),
   }).prefault({}),
   routing: z.strictObject({
     groupLabels: z.array(z.string().min(1)).default(['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone']),

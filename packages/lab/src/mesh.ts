@@ -53,7 +53,8 @@ export class Mesh {
   readonly dir: string;
   readonly manifestsDir: string;
   readonly tokenFile: string;
-  private serverHost: string | undefined;
+  /** Hosts running an edgemesh-server, in the order agents list them. */
+  private readonly serverHosts: string[] = [];
   readonly procs = new Map<string, MeshProc>();
 
   constructor(lab: Lab, dir: string, token: string) {
@@ -72,9 +73,14 @@ export class Mesh {
     renameSync(tmp, join(this.manifestsDir, file)); // a watcher never reads half a file
   }
 
-  serverAddress(): string {
-    if (!this.serverHost) throw new Error('mesh: server not started');
-    return `${this.lab.host(this.serverHost).ip}:${SERVER_PORT}`;
+  serverAddress(host = this.serverHosts[0]): string {
+    if (!host) throw new Error('mesh: server not started');
+    return `${this.lab.host(host).ip}:${SERVER_PORT}`;
+  }
+
+  /** The process name of the server on `host` (the first one is `server`). */
+  serverName(host: string): string {
+    return host === this.serverHosts[0] ? 'server' : `server-${host}`;
   }
 
   private spawnLogged(name: string, host: string, args: string[]): MeshProc {
@@ -87,9 +93,11 @@ export class Mesh {
     return p;
   }
 
+  /** Starts (or restarts) an edgemesh-server on `host`; agents started later list every server started so far. */
   async startServer(host: string): Promise<MeshProc> {
-    this.serverHost = host;
-    const cfgFile = join(this.dir, 'server.yaml');
+    if (!this.serverHosts.includes(host)) this.serverHosts.push(host);
+    const name = this.serverName(host);
+    const cfgFile = join(this.dir, `${name}.yaml`);
     writeFileSync(cfgFile, stringify({
       listen: `0.0.0.0:${SERVER_PORT}`,
       stunAltPort: STUN_ALT_PORT,
@@ -98,7 +106,7 @@ export class Mesh {
       admin: { listen: `127.0.0.1:${SERVER_ADMIN_PORT}` },
       log: { level: 'info' },
     }));
-    const p = this.spawnLogged('server', host, [SERVER_BIN, '--config', cfgFile]);
+    const p = this.spawnLogged(name, host, [SERVER_BIN, '--config', cfgFile]);
     await this.waitReady(p, `127.0.0.1:${SERVER_ADMIN_PORT}`);
     return p;
   }
@@ -110,7 +118,7 @@ export class Mesh {
       cluster: { source: 'file', manifestsDir: this.manifestsDir },
       dns: { enabled: true, listen: `${AGENT_IP}:53` },
       proxy: { ipMode: 'fake', intercept: 'iptables', bindAddress: AGENT_IP },
-      tunnel: { enabled: true, servers: [this.serverAddress()], listenPort: TUNNEL_PORT, tokenFile: this.tokenFile },
+      tunnel: { enabled: true, servers: this.serverHosts.map((h) => this.serverAddress(h)), listenPort: TUNNEL_PORT, tokenFile: this.tokenFile },
       admin: { listen: AGENT_ADMIN },
       log: { level: 'info' },
     };
@@ -126,11 +134,15 @@ export class Mesh {
     return p;
   }
 
-  /** Starts the sample backend (HTTP + UDP echo) named `name` on `port`, waiting until it accepts connections. */
-  async startBackend(name: string, host: string, port: number): Promise<MeshProc> {
-    const p = this.spawnLogged(`backend-${name}`, host, [BACKEND, name, String(port)]);
+  /**
+   * Starts the sample backend (HTTP + UDP echo) named `name` on `port` (on `bind` only, e.g. one pod IP of several on
+   * the host; with `sinkPort`, also the sha256 TCP sink), waiting until it accepts connections.
+   */
+  async startBackend(name: string, host: string, port: number, opts: { sinkPort?: number; bind?: string } = {}): Promise<MeshProc> {
+    const { sinkPort, bind } = opts;
+    const p = this.spawnLogged(`backend-${name}`, host, [BACKEND, name, String(port), sinkPort ? String(sinkPort) : '-', ...(bind ? [bind] : [])]);
     const deadline = Date.now() + READY_TIMEOUT_MS;
-    const probe = `const s=require('node:net').connect(${port},'127.0.0.1');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1))`;
+    const probe = `const s=require('node:net').connect(${port},'${bind ?? '127.0.0.1'}');s.on('connect',()=>process.exit(0));s.on('error',()=>process.exit(1))`;
     while (Date.now() < deadline) {
       this.assertRunning(p);
       if ((await this.lab.exec(host, process.execPath, ['-e', probe])).exitCode === 0) return p;

@@ -4,10 +4,14 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import { encodeFrame, encodeStreamFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES, type Frame } from '@edgemesh/common/tunnel/frame';
-import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey, NONCE_BYTES } from '@edgemesh/common/tunnel/auth';
+import { encodeFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES, type Frame } from '@edgemesh/common/tunnel/frame';
+import { agentProof, ControlMac, keyTranscript, newNonce, safeEqual, serverProof, sessionKey } from '@edgemesh/common/tunnel/auth';
 import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
-import { CONTROL_TYPES, MAX_DATA_CHUNK, NODE_NAME_RE, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
+import {
+  CONTROL_TYPES, decodeControl, encodeControl, MAX_DATA_CHUNK, NODE_NAME_RE, PROTOCOL_VERSION, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T,
+  type ControlInput, type ControlMessage, type ControlType,
+} from '@edgemesh/common/tunnel/protocol';
+import { decodeStreamFrame, encodeReset, FlowWindow, isStreamType } from '@edgemesh/common/tunnel/streams';
 
 /** An agent must finish the handshake within this time. */
 export const AUTH_TIMEOUT_MS = 10_000;
@@ -52,12 +56,13 @@ interface RelayStream {
   rid: number;
   a: Conn;
   b: Conn;
-  /** Bytes each side may still send (credit granted by the other side). */
-  availA: number;
-  availB: number;
-  endA: boolean;
-  endB: boolean;
+  /** What a sends to b, and b to a: offsets, acknowledgements and the window each sender must stay in. */
+  ab: FlowWindow;
+  ba: FlowWindow;
 }
+
+/** Both directions ended and their END acknowledged: nothing more can follow. */
+const finished = (st: RelayStream): boolean => st.ab.ended && st.ab.ack === st.ab.next && st.ba.ended && st.ba.ack === st.ba.next;
 
 class Conn {
   readonly sock: Socket;
@@ -179,9 +184,9 @@ export class RelayServer {
     sock.on('drain', () => this.resumeFeeders(c));
   }
 
-  private send(c: Conn, type: number, body: Record<string, unknown>): void {
+  private send<K extends ControlType>(c: Conn, type: K, body: ControlInput<K>): void {
     if (c.state === 'closed' || c.sock.destroyed) return;
-    const json = Buffer.from(JSON.stringify(body));
+    const json = encodeControl(type, body);
     this.write(c, encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
   }
 
@@ -204,71 +209,28 @@ export class RelayServer {
 
   private onFrame(c: Conn, f: Frame): void {
     if (c.state === 'hello') {
-      const m = f.type === T.HELLO ? parseJson(f.payload) : undefined;
-      const nonce = typeof m?.nonce === 'string' ? Buffer.from(m.nonce, 'base64') : undefined;
-      if (!m || m.v !== PROTOCOL_VERSION || !nonce || nonce.length !== NONCE_BYTES) {
+      const m = f.type === T.HELLO ? decodeControl(T.HELLO, f.payload) : undefined;
+      if (!m || m.v !== PROTOCOL_VERSION) {
         this.m.malformed.inc();
         this.m.auth.inc({ outcome: 'bad-hello' });
-        return this.fail(c, 'protocol', 'expected HELLO v1');
+        return this.fail(c, 'protocol', `expected HELLO v${PROTOCOL_VERSION}`);
       }
-      c.agentNonce = nonce;
+      c.agentNonce = m.nonce;
       c.state = 'auth';
-      this.send(c, T.CHALLENGE, { nonce: c.serverNonce.toString('base64'), proof: serverProof(this.opts.token, c.agentNonce, c.serverNonce).toString('base64') });
+      this.send(c, T.CHALLENGE, { nonce: c.serverNonce, proof: serverProof(this.opts.token, c.agentNonce, c.serverNonce) });
       return;
     }
     if (c.state === 'auth') {
-      const m = f.type === T.AUTH ? parseJson(f.payload) : undefined;
-      if (!m || typeof m.node !== 'string' || typeof m.key !== 'string' || typeof m.proof !== 'string' || typeof m.sig !== 'string') {
+      const m = f.type === T.AUTH ? decodeControl(T.AUTH, f.payload) : undefined;
+      if (!m) {
         this.m.malformed.inc();
         this.m.auth.inc({ outcome: 'bad-auth' });
         return this.fail(c, 'protocol', 'expected AUTH');
       }
-      const node = m.node;
-      const key = Buffer.from(m.key, 'base64');
-      const proof = Buffer.from(m.proof, 'base64');
-      const sig = Buffer.from(m.sig, 'base64');
-      if (!NODE_NAME_RE.test(node) || key.length !== 32) {
-        this.m.auth.inc({ outcome: 'bad-auth' });
-        return this.fail(c, 'protocol', 'bad node name or key');
-      }
-      if (!safeEqual(proof, agentProof(this.opts.token, c.agentNonce, c.serverNonce, node, key))) {
-        this.m.auth.inc({ outcome: 'bad-token' });
-        this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed authentication (wrong cluster token)');
-        return this.fail(c, 'auth', 'authentication failed');
-      }
-      if (!verifyRaw(key, keyTranscript(c.agentNonce, c.serverNonce, node), sig)) {
-        this.m.auth.inc({ outcome: 'bad-key-proof' });
-        this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed to prove its static key');
-        return this.fail(c, 'auth', 'key proof failed');
-      }
-      const existing = this.agents.get(node);
-      if (existing && !existing.key.equals(key)) {
-        this.m.auth.inc({ outcome: 'name-taken' });
-        this.log.warn({ node, remote: c.sock.remoteAddress, holder: existing.remote }, 'refused a second agent claiming a connected node name with another key');
-        return this.fail(c, 'name-taken', `node ${node} is connected with another key`);
-      }
-      if (existing) {
-        this.log.info({ node }, 'agent reconnected, replacing its previous connection');
-        existing.conn.sock.destroy();
-        this.dropAgent(existing.conn);
-      }
-      c.node = node;
-      c.key = key;
-      c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
-      c.state = 'ready';
-      c.decoder.max = MAX_FRAME_BYTES;
-      c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
-      this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
-      this.m.agents.set(this.agents.size);
-      this.m.auth.inc({ outcome: 'ok' });
-      this.log.info({ node, remote: c.sock.remoteAddress }, 'agent registered');
-      this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress, port: c.sock.remotePort } });
-      this.sendPing(c);
-      return;
+      return this.onAuth(c, m);
     }
     if (c.state !== 'ready') return;
-    if (f.type === T.DATA) return this.onData(c, f.payload);
-    if (f.type === T.CREDIT || f.type === T.END || f.type === T.RESET) return this.onStreamCtl(c, f.type, f.payload);
+    if (isStreamType(RELAY_STREAM_TYPES, f.type)) return this.onStreamFrame(c, f);
     if (!CONTROL_TYPES.has(f.type)) {
       this.m.malformed.inc();
       return;
@@ -279,35 +241,76 @@ export class RelayServer {
       this.log.warn({ node: c.node }, 'control message with a bad MAC, dropping connection');
       return this.fail(c, 'protocol', 'bad MAC');
     }
-    const m = parseJson(body);
-    if (!m) {
-      this.m.malformed.inc();
-      return;
-    }
     switch (f.type) {
-      case T.PING:
-        return this.send(c, T.PONG, { t: m.t });
-      case T.PONG:
-        if (typeof m.t === 'number') c.rttMs = Math.max(0, Date.now() - m.t);
+      case T.PING: {
+        const m = decodeControl(T.PING, body);
+        return m ? this.send(c, T.PONG, { t: m.t }) : void this.m.malformed.inc();
+      }
+      case T.PONG: {
+        const m = decodeControl(T.PONG, body);
+        if (m) c.rttMs = Math.max(0, Date.now() - m.t);
         return;
-      case T.OPEN:
-        return this.onOpen(c, m);
-      case T.RENDEZVOUS:
-        return this.onRendezvous(c, m);
-      case T.REPORT:
-        return this.opts.onReport?.(c.node, m, body.length);
+      }
+      case T.OPEN: {
+        const m = decodeControl(T.OPEN, body);
+        return m ? this.onOpen(c, m) : void this.m.malformed.inc();
+      }
+      case T.RENDEZVOUS: {
+        const m = decodeControl(T.RENDEZVOUS, body);
+        return m ? this.onRendezvous(c, m) : void this.m.malformed.inc();
+      }
+      case T.REPORT: {
+        const m = decodeControl(T.REPORT, body);
+        return m ? this.opts.onReport?.(c.node, m, body.length) : void this.m.malformed.inc();
+      }
       default:
         this.m.malformed.inc();
     }
   }
 
-  private onOpen(c: Conn, m: Record<string, unknown>): void {
-    const req = m.req;
-    const to = m.to;
-    if (typeof req !== 'number' || typeof to !== 'string') {
-      this.m.malformed.inc();
-      return;
+  private onAuth(c: Conn, m: ControlMessage<typeof T.AUTH>): void {
+    const { node, key, proof, sig } = m;
+    if (!NODE_NAME_RE.test(node)) {
+      this.m.auth.inc({ outcome: 'bad-auth' });
+      return this.fail(c, 'protocol', 'bad node name or key');
     }
+    if (!safeEqual(proof, agentProof(this.opts.token, c.agentNonce, c.serverNonce, node, key))) {
+      this.m.auth.inc({ outcome: 'bad-token' });
+      this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed authentication (wrong cluster token)');
+      return this.fail(c, 'auth', 'authentication failed');
+    }
+    if (!verifyRaw(key, keyTranscript(c.agentNonce, c.serverNonce, node), sig)) {
+      this.m.auth.inc({ outcome: 'bad-key-proof' });
+      this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed to prove its static key');
+      return this.fail(c, 'auth', 'key proof failed');
+    }
+    const existing = this.agents.get(node);
+    if (existing && !existing.key.equals(key)) {
+      this.m.auth.inc({ outcome: 'name-taken' });
+      this.log.warn({ node, remote: c.sock.remoteAddress, holder: existing.remote }, 'refused a second agent claiming a connected node name with another key');
+      return this.fail(c, 'name-taken', `node ${node} is connected with another key`);
+    }
+    if (existing) {
+      this.log.info({ node }, 'agent reconnected, replacing its previous connection');
+      existing.conn.sock.destroy();
+      this.dropAgent(existing.conn);
+    }
+    c.node = node;
+    c.key = key;
+    c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
+    c.state = 'ready';
+    c.decoder.max = MAX_FRAME_BYTES;
+    c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
+    this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
+    this.m.agents.set(this.agents.size);
+    this.m.auth.inc({ outcome: 'ok' });
+    this.log.info({ node, remote: c.sock.remoteAddress }, 'agent registered');
+    this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress ?? '', port: c.sock.remotePort } });
+    this.sendPing(c);
+  }
+
+  private onOpen(c: Conn, m: ControlMessage<typeof T.OPEN>): void {
+    const { req, to } = m;
     const peer = this.agents.get(to);
     if (!peer || peer.conn === c) {
       this.m.streamsTotal.inc({ outcome: 'no-peer' });
@@ -319,54 +322,78 @@ export class RelayServer {
     }
     const rid = this.nextRid;
     this.nextRid = this.nextRid >= 0xfffffff0 ? 1 : this.nextRid + 1;
-    const st: RelayStream = { rid, a: c, b: peer.conn, availA: RELAY_WINDOW_BYTES, availB: RELAY_WINDOW_BYTES, endA: false, endB: false };
+    const st: RelayStream = { rid, a: c, b: peer.conn, ab: new FlowWindow(RELAY_WINDOW_BYTES), ba: new FlowWindow(RELAY_WINDOW_BYTES) };
     this.streams.set(rid, st);
     c.streams.add(rid);
     peer.conn.streams.add(rid);
     this.m.streams.set(this.streams.size);
     this.m.streamsTotal.inc({ outcome: 'ok' });
-    this.send(peer.conn, T.INCOMING, { rid, from: c.node, key: c.key.toString('base64') });
-    this.send(c, T.OPENED, { req, rid, key: peer.key.toString('base64') });
+    this.send(peer.conn, T.INCOMING, { rid, from: c.node, key: c.key });
+    this.send(c, T.OPENED, { req, rid, key: peer.key });
   }
 
-  private onRendezvous(c: Conn, m: Record<string, unknown>): void {
-    const to = m.to;
-    const peer = typeof to === 'string' ? this.agents.get(to) : undefined;
+  private onRendezvous(c: Conn, m: ControlMessage<typeof T.RENDEZVOUS>): void {
+    const peer = m.to !== undefined ? this.agents.get(m.to) : undefined;
     if (!peer || peer.conn === c) {
       this.m.rendezvous.inc({ outcome: 'no-peer' });
       return;
     }
     this.m.rendezvous.inc({ outcome: 'forwarded' });
     // The server passes on both RTTs it measured so the agents can start punching together (as DCUtR does):
-    // see startDelayMs in the agent's punch.ts.
-    this.send(peer.conn, T.RENDEZVOUS, { ...m, to: undefined, from: c.node, key: c.key.toString('base64'), rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs, observed: { host: c.sock.remoteAddress } });
+    // see startDelayMs in the agent's punch.ts. Only the validated fields travel on, with the sender's identity.
+    const { sid, reply, mode, cand, nat, streamId } = m;
+    this.send(peer.conn, T.RENDEZVOUS, { sid, reply, mode, cand, nat, streamId, from: c.node, key: c.key, rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs });
   }
 
-  private onData(c: Conn, p: Buffer): void {
-    if (p.length < 4 || p.length - 4 > MAX_DATA_CHUNK) {
+  /** DATA/CREDIT/END/RESET of a relay stream: checked against the sender's window, then forwarded unchanged. */
+  private onStreamFrame(c: Conn, f: Frame): void {
+    const sf = decodeStreamFrame(RELAY_STREAM_TYPES, f.type, f.payload);
+    if (!sf || (sf.kind === 'data' && sf.bytes.length > MAX_DATA_CHUNK)) {
       this.m.malformed.inc();
       return;
     }
-    const rid = p.readUInt32BE(0);
-    const st = this.streams.get(rid);
+    const st = this.streams.get(sf.id);
     if (!st || (st.a !== c && st.b !== c)) return; // late frames for a closed stream
-    const n = p.length - 4;
     const fromA = st.a === c;
-    if (fromA) st.availA -= n;
-    else st.availB -= n;
-    if ((fromA ? st.availA : st.availB) < 0) {
-      this.m.violations.inc();
-      this.log.debug({ node: c.node, rid }, 'relay credit exceeded, resetting stream');
-      return this.resetStream(st, true);
-    }
     const to = fromA ? st.b : st.a;
-    this.m.relayed.inc(n);
-    this.write(to, encodeFrame(T.DATA, p));
-    this.rateLimit(c, n);
-    if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
-      c.paused = true;
-      c.sock.pause();
+    /** The direction c sends in, and the one it receives (and acknowledges). */
+    const sending = fromA ? st.ab : st.ba;
+    const receiving = fromA ? st.ba : st.ab;
+    switch (sf.kind) {
+      case 'data': {
+        // A relay client writes in order on one TCP connection: a gap or a repeat is as wrong as exceeding credit.
+        const v = sending.data(sf.offset, sf.bytes.length);
+        if (!v.ok || v.skip !== 0) {
+          this.m.violations.inc();
+          this.log.debug({ node: c.node, rid: st.rid, why: v.ok ? 'overlap' : v.why }, 'relay stream violation, resetting stream');
+          return this.resetStream(st, true);
+        }
+        const n = sf.bytes.length;
+        this.m.relayed.inc(n);
+        this.write(to, encodeFrame(T.DATA, f.payload));
+        this.rateLimit(c, n);
+        if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
+          c.paused = true;
+          c.sock.pause();
+        }
+        return;
+      }
+      case 'credit':
+        // Credit from a lets b send more, and the other way round; never for bytes that were not sent.
+        if (receiving.acknowledge(sf.ack)) this.write(to, encodeFrame(T.CREDIT, f.payload));
+        else if (sf.ack > receiving.next) this.m.malformed.inc();
+        break;
+      case 'end':
+        if (!sending.end(sf.fin)) {
+          this.m.violations.inc();
+          return this.resetStream(st, true);
+        }
+        this.write(to, encodeFrame(T.END, f.payload));
+        break;
+      case 'reset':
+        return this.resetStream(st, false, c);
     }
+    if (finished(st)) this.forget(st);
   }
 
   private rateLimit(c: Conn, n: number): void {
@@ -408,35 +435,9 @@ export class RelayServer {
     return false;
   }
 
-  private onStreamCtl(c: Conn, type: number, p: Buffer): void {
-    if (p.length < 4 || (type === T.CREDIT && p.length !== 8) || (type !== T.CREDIT && p.length !== 4)) {
-      this.m.malformed.inc();
-      return;
-    }
-    const rid = p.readUInt32BE(0);
-    const st = this.streams.get(rid);
-    if (!st || (st.a !== c && st.b !== c)) return;
-    const fromA = st.a === c;
-    const to = fromA ? st.b : st.a;
-    if (type === T.CREDIT) {
-      const n = p.readUInt32BE(4);
-      // Credit from A lets B send more, and the other way round; never beyond one window.
-      if (fromA) st.availB = Math.min(RELAY_WINDOW_BYTES, st.availB + n);
-      else st.availA = Math.min(RELAY_WINDOW_BYTES, st.availA + n);
-      this.write(to, encodeFrame(T.CREDIT, p));
-      return;
-    }
-    if (type === T.RESET) return this.resetStream(st, false, c);
-    // END
-    if (fromA) st.endA = true;
-    else st.endB = true;
-    this.write(to, encodeFrame(T.END, p));
-    if (st.endA && st.endB) this.forget(st);
-  }
-
   /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
   private resetStream(st: RelayStream, both: boolean, from?: Conn): void {
-    const frame = encodeStreamFrame(T.RESET, st.rid);
+    const frame = encodeReset(RELAY_STREAM_TYPES, st.rid);
     if (both || from !== st.a) this.write(st.a, frame);
     if (both || from !== st.b) this.write(st.b, frame);
     this.forget(st);

@@ -5,16 +5,18 @@
 //   udp-flow  UDP request/response from one socket (one proxy session for the whole run)
 //   udp-new   UDP request/response, a new socket (source port) per request
 //   dns-udp   DNS A query over UDP, a new socket per query;  dns-tcp  the same over a new TCP connection
+//   socks-new / socks-keep  (with `socks`: the agent's SOCKS5 listener) like tcp-new / tcp-keep, through a SOCKS5
+//             CONNECT to the Service IP
 // Every request has REQUEST_TIMEOUT_MS; a timeout, a reset, a refused connection or a wrong answer is a failure.
 // Prints one JSON line: counts per worker kind, failures (kind, error, time), the longest requests, and the longest
 // request per 100 ms of wall-clock time when it ended (`maxMsByWall100`, so a caller can tell what happened when).
-// Usage: node load-client.ts '{"ip":..,"tcpPort":..,"udpPort":..,"dns":"ip:port","name":..,"answer":..}'
+// Usage: node load-client.ts '{"ip":..,"tcpPort":..,"udpPort":..,"dns":"ip:port","name":..,"answer":..[,"socks":"ip:port"]}'
 import { connect } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createInterface } from 'node:readline';
 import dnsPacket from 'dns-packet';
 
-const cfg = JSON.parse(process.argv[2]) as { ip: string; tcpPort: number; udpPort: number; dns: string; name: string; answer: string };
+const cfg = JSON.parse(process.argv[2]) as { ip: string; tcpPort: number; udpPort: number; dns: string; name: string; answer: string; socks?: string };
 const [dnsHost, dnsPortS] = cfg.dns.split(':');
 const dnsPort = Number(dnsPortS);
 const MAX_SECONDS = 180;
@@ -23,7 +25,7 @@ const KEEP_REQUESTS = 50;
 const t0 = performance.now();
 let stopping = false;
 
-type Kind = 'tcp-new' | 'tcp-keep' | 'udp-flow' | 'udp-new' | 'dns-udp' | 'dns-tcp';
+type Kind = 'tcp-new' | 'tcp-keep' | 'udp-flow' | 'udp-new' | 'dns-udp' | 'dns-tcp' | 'socks-new' | 'socks-keep';
 const counts: Record<string, number> = {};
 const failures: { kind: Kind; error: string; atMs: number; wallMs: number }[] = [];
 const longest: { kind: Kind; ms: number; atMs: number }[] = [];
@@ -55,14 +57,38 @@ async function timed(kind: Kind, fn: () => Promise<void>): Promise<void> {
   }
 }
 
-/** A line-protocol TCP connection: request(line) resolves the answer line. */
-function tcpConn(): Promise<{ request(line: string): Promise<string>; close(): void }> {
+/** The SOCKS5 (RFC 1928) exchange for a CONNECT to cfg.ip:cfg.tcpPort, no authentication: greeting, request. */
+const SOCKS_GREETING = Buffer.from([5, 1, 0]);
+const SOCKS_REQUEST = Buffer.from([5, 1, 0, 1, ...cfg.ip.split('.').map(Number), cfg.tcpPort >> 8, cfg.tcpPort & 0xff]);
+/** Method choice (2 bytes) + a reply with an IPv4 bound address (10 bytes). */
+const SOCKS_ANSWER_BYTES = 12;
+
+/**
+ * A line-protocol TCP connection: request(line) resolves the answer line. `socks`: through the SOCKS5 listener
+ * (greeting and request sent at once, the answer checked before the first line).
+ */
+function tcpConn(socks = false): Promise<{ request(line: string): Promise<string>; close(): void }> {
   return new Promise((resolve, reject) => {
-    const s = connect({ host: cfg.ip, port: cfg.tcpPort });
-    s.setEncoding('utf8');
+    const [sh, sp] = (cfg.socks ?? ':').split(':');
+    const s = socks ? connect({ host: sh, port: Number(sp) }) : connect({ host: cfg.ip, port: cfg.tcpPort });
+    let handshake = socks ? Buffer.alloc(0) : undefined;
     let buf = '';
     let waiting: { resolve: (l: string) => void; reject: (e: Error) => void } | undefined;
-    s.on('data', (d: string) => {
+    const ready = () => resolve({
+      request: (line) => new Promise<string>((res, rej) => { waiting = { resolve: res, reject: rej }; s.write(line + '\n'); }),
+      close: () => s.destroy(),
+    });
+    s.on('data', (chunk: Buffer) => {
+      let d = chunk.toString('utf8');
+      if (handshake) {
+        handshake = Buffer.concat([handshake, chunk]);
+        if (handshake.length < SOCKS_ANSWER_BYTES) return;
+        const ok = handshake[0] === 5 && handshake[1] === 0 && handshake[2] === 5 && handshake[3] === 0;
+        if (!ok) { s.destroy(); reject(new Error(`socks5 refused: ${handshake.subarray(0, SOCKS_ANSWER_BYTES).toString('hex')}`)); return; }
+        d = handshake.subarray(SOCKS_ANSWER_BYTES).toString('utf8');
+        handshake = undefined;
+        ready();
+      }
       buf += d;
       const i = buf.indexOf('\n');
       if (i >= 0 && waiting) {
@@ -76,17 +102,17 @@ function tcpConn(): Promise<{ request(line: string): Promise<string>; close(): v
     const fail = (e: Error) => { waiting?.reject(e); waiting = undefined; reject(e); };
     s.on('error', fail);
     s.on('close', () => fail(Object.assign(new Error('closed'), { code: 'CLOSED' })));
-    s.on('connect', () => resolve({
-      request: (line) => new Promise<string>((res, rej) => { waiting = { resolve: res, reject: rej }; s.write(line + '\n'); }),
-      close: () => s.destroy(),
-    }));
+    s.on('connect', () => {
+      if (socks) s.write(Buffer.concat([SOCKS_GREETING, SOCKS_REQUEST]));
+      else ready();
+    });
   });
 }
 
-async function tcpNew(i: number): Promise<void> {
+async function tcpNew(i: number, socks = false): Promise<void> {
   for (let n = 0; !stopping; n++) {
-    await timed('tcp-new', async () => {
-      const c = await withTimeout(tcpConn(), 'connect');
+    await timed(socks ? 'socks-new' : 'tcp-new', async () => {
+      const c = await withTimeout(tcpConn(socks), 'connect');
       try {
         const a = await withTimeout(c.request(`n${i}-${n}`), 'answer');
         if (a !== `ok n${i}-${n}`) throw new Error(`wrong answer ${a}`);
@@ -97,14 +123,15 @@ async function tcpNew(i: number): Promise<void> {
   }
 }
 
-async function tcpKeep(i: number): Promise<void> {
+async function tcpKeep(i: number, socks = false): Promise<void> {
+  const kind = socks ? 'socks-keep' : 'tcp-keep';
   while (!stopping) {
     let c: Awaited<ReturnType<typeof tcpConn>> | undefined;
-    await timed('tcp-keep', async () => { c = await withTimeout(tcpConn(), 'connect'); });
+    await timed(kind, async () => { c = await withTimeout(tcpConn(socks), 'connect'); });
     if (!c) continue;
     for (let n = 0; n < KEEP_REQUESTS && !stopping; n++) {
       let broken = false;
-      await timed('tcp-keep', async () => {
+      await timed(kind, async () => {
         try {
           const a = await withTimeout(c!.request(`k${i}-${n}`), 'answer');
           if (a !== `ok k${i}-${n}`) throw new Error(`wrong answer ${a}`);
@@ -195,6 +222,7 @@ async function dnsTcp(): Promise<void> {
 createInterface({ input: process.stdin }).on('line', (l) => { if (l.trim() === 'stop') stopping = true; });
 setTimeout(() => { stopping = true; }, MAX_SECONDS * 1000).unref();
 process.stdout.write('started\n');
-await Promise.all([tcpNew(0), tcpNew(1), tcpNew(2), tcpKeep(0), tcpKeep(1), udpFlow(0), udpNew(0), dnsUdp(), dnsUdp(), dnsTcp()]);
+const socksWorkers = cfg.socks ? [tcpNew(10, true), tcpNew(11, true), tcpKeep(10, true)] : [];
+await Promise.all([tcpNew(0), tcpNew(1), tcpNew(2), tcpKeep(0), tcpKeep(1), udpFlow(0), udpNew(0), dnsUdp(), dnsUdp(), dnsTcp(), ...socksWorkers]);
 process.stdout.write(JSON.stringify({ seconds: Math.round((performance.now() - t0) / 100) / 10, counts, failures: failures.slice(0, 50), failureCount: failures.length, longest, maxMsByWall100 }) + '\n');
 process.exit(0);

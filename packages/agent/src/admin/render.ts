@@ -29,6 +29,16 @@ export function renderStatus(s: AgentStatus): string {
       v.tiers ? `${v.tiers.node}/${v.tiers.group}/${v.tiers.region}/${v.tiers.cluster}` : '-',
     ]))
     : '(none)');
+  const headless = s.services.flatMap((v) => (v.endpointIPs ?? []).map((e) => [v.name, e.name, e.ip, e.mesh ? 'mesh' : 'pod', e.podIP, dash(e.node), e.ready ? 'yes' : 'no']));
+  if (headless.length) {
+    out.push('');
+    out.push('HEADLESS ENDPOINTS');
+    out.push(table(['SERVICE', 'NAME', 'IP', 'VIA', 'POD IP', 'NODE', 'READY'], headless));
+  }
+  if (s.flat) {
+    out.push('');
+    out.push(`FLAT  directCIDRs ${s.flat.directCIDRs.join(', ')}  ${s.flat.notFlat.length ? `via the tunnel for now: ${s.flat.notFlat.map((n) => `${n.node} (${n.reason}, retry in ${n.retryInSeconds} s)`).join(', ')}` : 'all nodes direct'}`);
+  }
   if (s.socks5) {
     out.push('');
     out.push(`SOCKS5 ${s.socks5.listen}  auth ${s.socks5.auth ? 'username/password' : 'none'}  node access ${s.socks5.nodeAccess}  connections ${s.socks5.connections} (${s.socks5.relaying} relaying)`);

@@ -180,3 +180,30 @@ test('snapshots: coalesced per tick, versioned, immutable; malformed upserts kee
   assert.deepEqual(m.rawState().services.map((o) => o.metadata?.name), ['a', 'b']);
   assert.equal(m.flush().version, snap.version, 'no change, no new snapshot');
 });
+
+test('external destinations: nodePorts of NodePort/LoadBalancer Services, externalIPs, load-balancer ingress IPs, externalTrafficPolicy', () => {
+  const np = normalizeService(svc('np', {
+    type: 'NodePort', clusterIP: '10.96.0.20', externalTrafficPolicy: 'Local', externalIPs: ['192.0.2.7', 'not-an-ip', '192.0.2.7', '2001:db8::7'],
+    ports: [{ name: 'http', port: 80, targetPort: 8080, nodePort: 30080 }, { name: 'dns', port: 53, protocol: 'UDP', nodePort: 30053 }, { name: 'bad', port: 81, nodePort: 70000 }],
+  }))!;
+  assert.equal(np.type, 'NodePort');
+  assert.deepEqual(np.ports.map((p) => p.nodePort), [30080, 30053, undefined]);
+  assert.equal(np.externalTrafficPolicy, 'Local');
+  assert.deepEqual(np.externalIPs, ['192.0.2.7', '2001:db8::7'], 'IPs only, each once');
+  assert.deepEqual(np.loadBalancerIPs, [], 'ingress IPs only for LoadBalancer Services');
+
+  const lb = normalizeService({
+    ...svc('lb', { type: 'LoadBalancer', clusterIP: '10.96.0.21', ports: [{ port: 443, nodePort: 31443 }] }),
+    status: { loadBalancer: { ingress: [{ ip: '198.51.100.1' }, { hostname: 'lb.example.com' }, { ip: '198.51.100.2', ipMode: 'Proxy' }, { ip: '198.51.100.3', ipMode: 'VIP' }] } },
+  })!;
+  assert.deepEqual(lb.ports.map((p) => p.nodePort), [31443]);
+  assert.deepEqual(lb.loadBalancerIPs, ['198.51.100.1', '198.51.100.3'], 'ipMode Proxy and hostname-only entries are not intercepted');
+  assert.equal(lb.externalTrafficPolicy, 'Cluster');
+
+  // A ClusterIP Service keeps no nodePort (the API server clears it; a hand-written manifest may still carry one).
+  const cip = normalizeService(svc('cip', { clusterIP: '10.96.0.22', externalIPs: ['192.0.2.8'], ports: [{ port: 80, nodePort: 30081 }] }))!;
+  assert.equal(cip.ports[0].nodePort, undefined);
+  assert.equal('nodePort' in cip.ports[0], false);
+  assert.deepEqual(cip.externalIPs, ['192.0.2.8'], 'externalIPs work on any Service type');
+  assert.equal(cip.externalTrafficPolicy, 'Cluster');
+});

@@ -1,5 +1,6 @@
 // Normalises raw Kubernetes objects into the immutable model and publishes consistent snapshots.
 // Normalisation is pure; ClusterModel holds the raw objects and coalesces changes into one snapshot per tick.
+import { isIP } from 'node:net';
 import type { DestinationRule, Endpoint, EndpointPort, IstioGateway, ModelSink, NodeInfo, Protocol, RawObject, ResourceKind, Service, ServicePort, Snapshot, TlsSecret, VirtualService } from './types.ts';
 import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService, referencedSecrets, slimSecret } from './istio.ts';
 import { DEFAULT_AFFINITY_TIMEOUT_S, OPT_OUT_LABEL, SERVICE_NAME_LABEL } from './types.ts';
@@ -21,6 +22,13 @@ const proto = (v: unknown): Protocol => (v === 'UDP' || v === 'SCTP' ? v : 'TCP'
 const exact = <T>(a: readonly T[]): T[] => a.slice();
 
 export class ManifestError extends Error {}
+
+const NO_IPS: readonly string[] = Object.freeze([]);
+/** The IP addresses of a list (anything else, e.g. a hostname, dropped), deduplicated, frozen; empty lists shared. */
+function ipList(v: readonly unknown[]): readonly string[] {
+  const out = [...new Set(v.map(asStr).filter((s): s is string => !!s && isIP(s) !== 0))];
+  return out.length ? Object.freeze(out) : NO_IPS;
+}
 
 /** An object's metadata, name and namespace (default `default`, as kubectl does). Throws when the name is missing. */
 function meta(obj: RawObject, kind: ResourceKind): { md: Obj; name: string; namespace: string } {
@@ -67,7 +75,11 @@ export function normalizeServiceObject(obj: RawObject): Service {
     }
     const tp = po.targetPort;
     const targetPort = typeof tp === 'number' ? tp : typeof tp === 'string' && tp !== '' ? (/^\d+$/.test(tp) ? Number(tp) : tp) : port;
-    return Object.freeze({ name: asStr(po.name) ?? '', protocol: proto(po.protocol), port, targetPort });
+    const base = { name: asStr(po.name) ?? '', protocol: proto(po.protocol), port, targetPort };
+    // Only NodePort and LoadBalancer Services have node ports (the API server clears them for other types).
+    const np = po.nodePort;
+    const hasNodePort = (type === 'NodePort' || type === 'LoadBalancer') && typeof np === 'number' && Number.isInteger(np) && np >= 1 && np <= 65535;
+    return Object.freeze(hasNodePort ? { ...base, nodePort: np } : base);
   });
   const cfg = asObj(asObj(spec.sessionAffinityConfig).clientIP);
   const timeout = typeof cfg.timeoutSeconds === 'number' ? cfg.timeoutSeconds : DEFAULT_AFFINITY_TIMEOUT_S;
@@ -86,6 +98,11 @@ export function normalizeServiceObject(obj: RawObject): Service {
     affinityTimeoutSeconds: timeout,
     trafficDistribution: asStr(spec.trafficDistribution),
     internalTrafficPolicy: spec.internalTrafficPolicy === 'Local' ? 'Local' : 'Cluster',
+    externalTrafficPolicy: spec.externalTrafficPolicy === 'Local' ? 'Local' : 'Cluster',
+    externalIPs: ipList(asArr(spec.externalIPs)),
+    loadBalancerIPs: type === 'LoadBalancer'
+      ? ipList(asArr(asObj(asObj(obj.status).loadBalancer).ingress).map(asObj).filter((i) => i.ipMode !== 'Proxy').map((i) => i.ip))
+      : NO_IPS,
     labels,
     annotations: asStrMap(md.annotations),
   } satisfies Service);

@@ -9,6 +9,8 @@ export interface ServicePort {
   readonly port: number;
   /** Number, or a named container port resolved through the endpoints' port names. */
   readonly targetPort: number | string;
+  /** spec.ports[].nodePort of a NodePort or LoadBalancer Service (absent otherwise). */
+  readonly nodePort?: number;
 }
 
 export interface Service {
@@ -31,6 +33,18 @@ export interface Service {
   /** spec.trafficDistribution, e.g. PreferClose, PreferSameZone, PreferSameNode. */
   readonly trafficDistribution?: string;
   readonly internalTrafficPolicy: 'Cluster' | 'Local';
+  /**
+   * spec.externalTrafficPolicy: how traffic from outside (nodePorts, externalIPs, load-balancer IPs) is routed;
+   * `Local` = endpoints on the receiving node only. Absent = Cluster.
+   */
+  readonly externalTrafficPolicy?: 'Cluster' | 'Local';
+  /** spec.externalIPs (IPv4 and IPv6 as written; the proxy intercepts the IPv4 ones when proxy.nodePorts is on). */
+  readonly externalIPs?: readonly string[];
+  /**
+   * status.loadBalancer.ingress[].ip of a LoadBalancer Service, without entries whose ipMode is `Proxy` (the load
+   * balancer forwards to the nodePorts itself and expects to see the traffic, as kube-proxy leaves them alone).
+   */
+  readonly loadBalancerIPs?: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
   readonly annotations: Readonly<Record<string, string>>;
 }
@@ -247,4 +261,27 @@ export interface ServiceIPTable {
   entries(): ReadonlyMap<string, readonly string[]>;
   /** Called after the table changed (a Service came, went, or its IP changed). Returns an unsubscribe function. */
   onChange(fn: () => void): () => void;
+  /** The mesh IP of a headless Service's endpoint, by its label (hostname, else dashed address); undefined: none. */
+  endpointIP(serviceKey: string, label: string): EndpointIP | undefined;
+  /** Reverse lookup of a mesh IP (PTR). */
+  endpointFor(ip: string): EndpointIP | undefined;
+  /** Every per-endpoint mesh IP, by `namespace/service/label` (the proxy intercepts them). */
+  endpointIPs(): ReadonlyMap<string, EndpointIP>;
+  /** The mesh IP standing for pod IP `podIP` in `namespace` (`<a-b-c-d>.<ns>.pod` names), if it backs one. */
+  podMeshIP(namespace: string, podIP: string): EndpointIP | undefined;
+}
+
+/**
+ * A mesh IP of one endpoint of a headless Service: an address from the fake pool standing for a pod this node cannot
+ * reach as it is (on another node, outside proxy.directCIDRs). DNS answers it instead of the pod IP; the proxy
+ * intercepts every port of the endpoint on it and connects to exactly that endpoint.
+ */
+export interface EndpointIP {
+  readonly serviceKey: string;
+  /** The endpoint's DNS label: its hostname, else its dashed address. */
+  readonly label: string;
+  readonly ip: string;
+  /** The endpoint's own address the mesh IP stands for. */
+  readonly address: string;
+  readonly nodeName: string;
 }

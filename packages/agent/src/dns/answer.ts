@@ -1,10 +1,13 @@
 // Pure: the answer for one question about the cluster, from (snapshot, ServiceIPTable, question). No sockets here.
-// Names under dns.domain follow the Kubernetes DNS spec (A/AAAA, headless incl. hostnames, SRV, ExternalName CNAME,
-// NXDOMAIN/NODATA with the zone SOA); PTR for every IP the table hands out and for headless endpoint addresses.
-// `undefined` means "not ours": the caller forwards it upstream.
+// Names under dns.domain follow the Kubernetes DNS spec, schema 1.1.0 (dns-version TXT, A/AAAA, headless incl.
+// hostnames, SRV, ExternalName CNAME, NXDOMAIN/NODATA with the zone SOA); PTR for every IP the table hands out and for
+// headless endpoint addresses. A headless endpoint this node reaches through the mesh is answered by its mesh IP
+// (the table's endpointIP) wherever the spec puts its address. `undefined` means "not ours": forwarded upstream.
 import type { Answer, SoaAnswer } from 'dns-packet';
 import type { Endpoint, Service, ServiceIPTable, Snapshot } from '../cluster/types.ts';
 
+/** The Kubernetes DNS specification schema this zone follows (kubernetes/dns docs/specification.md §1, §2.2). */
+export const DNS_SCHEMA_VERSION = '1.1.0';
 export const SOA_REFRESH_S = 7200;
 export const SOA_RETRY_S = 1800;
 export const SOA_EXPIRE_S = 86400;
@@ -131,8 +134,21 @@ function uniq(list: string[]): string[] {
 }
 
 function serviceIPs(z: ZoneView, s: Service): string[] {
-  if (s.headless) return uniq(readyEndpoints(z.snap, s.key).flatMap((e) => e.addresses));
+  if (s.headless) return uniq(readyEndpoints(z.snap, s.key).flatMap((e) => endpointAddrs(z, s, e)));
   return [...handedOut(z, s)];
+}
+
+/** The mesh IP standing for a headless endpoint on this node's behalf, if it has one (never for opted-out Services). */
+function meshIPOf(z: ZoneView, s: Service, e: Endpoint): string | undefined {
+  if (z.snap.services.get(s.key) !== s) return undefined;
+  const m = z.ips.endpointIP(s.key, endpointLabel(e));
+  return m && m.address === e.address ? m.ip : undefined;
+}
+
+/** What DNS answers for one endpoint of a headless Service: its mesh IP, else its own addresses. */
+function endpointAddrs(z: ZoneView, s: Service, e: Endpoint): readonly string[] {
+  const m = meshIPOf(z, s, e);
+  return m !== undefined ? [m] : e.addresses;
 }
 
 /** The IPs to answer for a non-headless Service: the table's (intercepted by the proxy), or for a Service that opted
@@ -156,7 +172,7 @@ function srvRecords(z: ZoneView, s: Service, owner: string, svcName: string, por
       for (const t of targets) {
         const target = `${endpointLabel(t.e)}.${svcName}`;
         answers.push({ name: owner, type: 'SRV', class: 'IN', ttl: z.ttl, data: { priority: 0, weight, port: t.port, target } });
-        additionals.push(...addrRecords(target, t.e.addresses, 'ANY', z.ttl));
+        additionals.push(...addrRecords(target, endpointAddrs(z, s, t.e), 'ANY', z.ttl));
       }
     }
   } else {
@@ -203,8 +219,15 @@ export function answerCluster(z: ZoneView, qname: string, qtype: string, qclass:
     if (rel.length !== 3) return nxdomain(z);
     const ip = rel[0].replace(/-/g, '.');
     if (!/^(\d{1,3}\.){3}\d{1,3}$/.test(ip) || ip.split('.').some((o) => Number(o) > 255)) return nxdomain(z);
-    const recs = addrRecords(owner, [ip], qtype, z.ttl);
+    // A pod this node reaches only through the mesh: its mesh IP when it backs a headless Service in that namespace.
+    const mesh = z.ips.podMeshIP(rel[1], ip);
+    const recs = addrRecords(owner, [mesh?.ip ?? ip], qtype, z.ttl);
     return recs.length ? result(z, 'NOERROR', recs) : nodata(z);
+  }
+  if (rel.length === 1 && last === 'dns-version') {
+    // §2.2: the schema version record.
+    if (qtype !== 'TXT' && qtype !== 'ANY') return nodata(z);
+    return result(z, 'NOERROR', [{ name: owner, type: 'TXT', class: 'IN', ttl: z.ttl, data: [DNS_SCHEMA_VERSION] }]);
   }
   if (rel.length === 1 && last === 'dns') return nodata(z);
   if (rel.length === 2 && rel[0] === 'ns' && rel[1] === 'dns') return nodata(z);
@@ -232,6 +255,8 @@ function answerSvc(z: ZoneView, rel: string[], owner: string, qtype: string): Cl
       const srv = srvRecords(z, s, owner, svcName);
       return srv && srv.answers.length ? result(z, 'NOERROR', srv.answers, srv.additionals) : nodata(z);
     }
+    // §2.4.1: a headless Service without ready endpoints is NXDOMAIN.
+    if (s.headless && readyEndpoints(z.snap, s.key).length === 0) return nxdomain(z);
     const recs = addrRecords(owner, serviceIPs(z, s), qtype, z.ttl);
     return recs.length ? result(z, 'NOERROR', recs) : nodata(z);
   }
@@ -242,7 +267,12 @@ function answerSvc(z: ZoneView, rel: string[], owner: string, qtype: string): Cl
     const named = (e: Endpoint) => e.hostname !== undefined && isLabel(e.hostname);
     const eps = readyEndpoints(z.snap, s.key).filter((e) => (named(e) ? e.hostname!.toLowerCase() === rel[0] : e.addresses.some(dashed)));
     if (!eps.length) return nxdomain(z);
-    const recs = addrRecords(owner, uniq(eps.flatMap((e) => (named(e) ? e.addresses : e.addresses.filter(dashed)))), qtype, z.ttl);
+    const addrs = (e: Endpoint): readonly string[] => {
+      if (named(e)) return endpointAddrs(z, s, e);
+      const m = meshIPOf(z, s, e); // the label of an unnamed endpoint is its first address, dashed
+      return m !== undefined && dashed(e.address) ? [m] : e.addresses.filter(dashed);
+    };
+    const recs = addrRecords(owner, uniq(eps.flatMap(addrs)), qtype, z.ttl);
     return recs.length ? result(z, 'NOERROR', recs) : nodata(z);
   }
   if (rel.length === 4 && rel[0].startsWith('_') && rel[1].startsWith('_')) {
@@ -314,6 +344,9 @@ function answerReverse(z: ZoneView, name: string, owner: string, qtype: string, 
   const key = z.ips.serviceFor(ip);
   const s = key !== undefined ? z.snap.services.get(key) : undefined;
   if (s) targets.push(serviceName(s, z.domain));
+  const m = z.ips.endpointFor(ip);
+  const hs = m !== undefined ? z.snap.services.get(m.serviceKey) : undefined;
+  if (m && hs) targets.push(`${m.label}.${serviceName(hs, z.domain)}`);
   targets.push(...(headlessIndex(z).get(ip) ?? []));
   const valid = targets.filter(isDnsName); // names from manifests that DNS cannot carry are left out
   if (!valid.length) {

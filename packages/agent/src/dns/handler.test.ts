@@ -165,7 +165,7 @@ function rcodeOf(b: Buffer): string {
 
 test('an exception while following an ExternalName is SERVFAIL (like any other cluster answer), not a dropped query', async () => {
   const { model } = setup();
-  const ips = { version: 1, ipsFor: (): readonly string[] => { throw new Error('table bug'); }, serviceFor: () => undefined, entries: () => new Map(), onChange: () => () => {}, mode: 'clusterIP' as const };
+  const ips = { version: 1, ipsFor: (): readonly string[] => { throw new Error('table bug'); }, serviceFor: () => undefined, entries: () => new Map(), onChange: () => () => {}, endpointIP: () => undefined, endpointFor: () => undefined, endpointIPs: () => new Map(), podMeshIP: () => undefined, mode: 'clusterIP' as const };
   const h = new DnsHandler({ domain: 'cluster.local', ttl: 30, snapshot: () => model.snapshot(), ips });
   const r = h.handle(query('alias.default.svc.cluster.local', 'A'), false);
   assert.ok(r instanceof Promise);

@@ -23,6 +23,7 @@ import type { Budgets } from '@edgemesh/common/budget';
 import { ConnLimiter, type ConnSlot } from '@edgemesh/common/connlimit';
 import type { FdPressure } from '@edgemesh/common/fds';
 import type { Logger } from '@edgemesh/common/log';
+import { listenReusePort } from '@edgemesh/common/reuseport';
 import { sourceKey } from '@edgemesh/common/ratelimit';
 import type { Snapshot } from '../cluster/types.ts';
 import { isLocalAddress } from '../intercept/localaddr.ts';
@@ -79,6 +80,8 @@ export interface GatewayOptions {
   /** The proxy's connect path (Proxier.connectTcp). */
   connect: (serviceKey: string, port: number, from: ConnectFrom) => Promise<{ upstream: Duplex }>;
   random?: () => number;
+  /** The ports are held by the agent this one takes over from: bind alongside it (SO_REUSEPORT). */
+  shared?: boolean;
   /** Tests: shorter deadlines. */
   headersTimeoutMs?: number;
   helloTimeoutMs?: number;
@@ -149,6 +152,8 @@ export class Gateway {
   private running: Promise<void> | undefined;
   private dirty = false;
   private stopped = false;
+  /** A takeover: no more accepting; HTTP responses from now on close their connection (clients reconnect to the successor). */
+  draining = false;
   private retry: NodeJS.Timeout | undefined;
   private loggedWarnings = new Set<string>();
   private reconciled = false;
@@ -183,6 +188,26 @@ export class Gateway {
       listeners: [...this.listeners.values()].map((l) => ({ address: l.address, port: l.plan.port, kind: l.plan.kind, bound: l.bound, ...(l.error ? { error: l.error } : {}), connections: l.connections, servers: l.plan.servers })),
       warnings: this.plan.warnings,
     };
+  }
+
+  /**
+   * A takeover: stops accepting on every port at once (with net.ipv4.tcp_migrate_req the kernel moves connections
+   * still queued to the successor's listeners) and follows no more changes. Open connections carry on; HTTP ones get
+   * `connection: close` on their next response, idle keep-alive ones end at their header deadline (the caller drains).
+   */
+  stopAccepting(): void {
+    this.stopped = true;
+    this.draining = true;
+    this.unsubscribe?.();
+    clearTimeout(this.retry);
+    for (const l of this.listeners.values()) l.stopAccepting();
+  }
+
+  /** Client connections open now on every port (a draining agent waits for them). */
+  openConnections(): number {
+    let n = 0;
+    for (const l of this.listeners.values()) n += l.connections;
+    return n;
   }
 
   async stop(): Promise<void> {
@@ -356,17 +381,17 @@ class PortListener {
     const server = createNetServer({ allowHalfOpen: true, noDelay: true, keepAlive: true, pauseOnConnect: false }, (s) => this.accept(s));
     server.maxConnections = this.gw.o.maxConnections + 16;
     try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: this.address, port: this.plan.port, backlog: GATEWAY_LISTEN_BACKLOG }, () => {
-          server.removeListener('error', reject);
-          resolve();
-        });
-      });
+      // SO_REUSEPORT, so that a successor agent binds the same address and port alongside this one.
+      await listenReusePort(server, this.address, this.plan.port, { shared: this.gw.o.shared ?? false, backlog: GATEWAY_LISTEN_BACKLOG });
     } catch (e) {
       const reason = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
       if (reason !== this.error) this.gw.o.log.error({ address: this.address, port: this.plan.port, reason }, 'gateway: cannot listen; retrying');
       this.error = reason;
+      server.close();
+      return;
+    }
+    if (this.gw.draining) {
+      // Bound by a reconcile that was under way when the agent handed over: not ours to serve any more.
       server.close();
       return;
     }
@@ -375,6 +400,18 @@ class PortListener {
     this.bound = true;
     this.error = undefined;
     this.gw.o.log.info({ gateway: `${this.address.includes(':') ? `[${this.address}]` : this.address}:${this.plan.port}`, kind: this.plan.kind }, 'gateway listening');
+  }
+
+  /** Stops accepting now (also a bind still under way is closed when it finishes); open connections carry on. */
+  stopAccepting(): void {
+    const close = () => {
+      this.bound = false;
+      const s = this.server;
+      this.server = undefined;
+      s?.close();
+    };
+    if (this.binding) void this.binding.then(close);
+    else close();
   }
 
   async close(all: boolean): Promise<void> {
@@ -604,9 +641,15 @@ class PortListener {
     }
   }
 
+  /** Draining (a takeover): this response says `connection: close` and ends its connection; the client reconnects. */
+  private closeIfDraining(res: ServerResponse): void {
+    if (this.gw.draining) res.shouldKeepAlive = false;
+  }
+
   private send(res: ServerResponse, status: number, body: string, reason?: string, extra: Record<string, string> = {}): void {
     if (reason) this.gw.metrics.rejected.inc({ port: this.portLabel, reason });
     this.gw.metrics.requests.inc({ port: this.portLabel, code: codeClass(status) });
+    this.closeIfDraining(res);
     res.writeHead(status, { 'content-type': 'text/plain; charset=utf-8', 'content-length': String(Buffer.byteLength(body)), ...extra });
     res.end(body);
   }
@@ -686,6 +729,7 @@ class PortListener {
       clearTimeout(timer);
       const status = ur.statusCode ?? 502;
       this.gw.metrics.requests.inc({ port: this.portLabel, code: codeClass(status) });
+      this.closeIfDraining(res);
       res.writeHead(status, ur.statusMessage, clientResponseHeaders(ur.rawHeaders));
       ur.on('error', () => res.destroy());
       ur.on('aborted', () => {

@@ -69,6 +69,11 @@ export interface TakeoverParts {
   };
   /** Stops the cluster source (a handed-over agent follows no more changes). */
   stopCluster(): Promise<void>;
+  /**
+   * Entry points into the mesh (SOCKS5, the ingress gateway): bound alongside the successor's (SO_REUSEPORT); on `go`
+   * they stop accepting and their open connections are drained like the proxy's.
+   */
+  entries?: readonly { stopAccepting(): void; openConnections(): number }[];
 }
 
 /**
@@ -199,6 +204,8 @@ export class Takeover {
       },
     };
     await this.p.admin.close();
+    const entries = this.p.entries ?? [];
+    for (const e of entries) e.stopAccepting();
     await Promise.all([this.p.dns?.stopAccepting(relay), this.p.proxy?.stopAccepting(relay)]);
     await this.p.stopCluster();
     log.info({ drainMs: this.p.drainMs }, 'handed over: stopped accepting, draining');
@@ -206,9 +213,10 @@ export class Takeover {
     for (;;) {
       const now = performance.now();
       const quietSince = Math.max(t0, this.p.proxy?.lastUdpActivity() ?? 0);
-      const idle = (this.p.proxy?.openConnections() ?? 0) === 0 && !(this.p.dns?.busy() ?? false) && now - quietSince >= UDP_DRAIN_QUIET_MS;
+      const entryConns = entries.reduce((n, e) => n + e.openConnections(), 0);
+      const idle = (this.p.proxy?.openConnections() ?? 0) === 0 && entryConns === 0 && !(this.p.dns?.busy() ?? false) && now - quietSince >= UDP_DRAIN_QUIET_MS;
       if (idle || now >= end) {
-        log.info({ ms: Math.round(now - t0), open: this.p.proxy?.openConnections() ?? 0, relayedDatagrams: relayed, droppedDatagrams: dropped, timedOut: !idle }, 'drain done');
+        log.info({ ms: Math.round(now - t0), open: this.p.proxy?.openConnections() ?? 0, entryConnections: entryConns, relayedDatagrams: relayed, droppedDatagrams: dropped, timedOut: !idle }, 'drain done');
         return;
       }
       await sleep(DRAIN_POLL_MS);

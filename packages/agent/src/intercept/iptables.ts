@@ -6,7 +6,7 @@ import { execa } from './exec.ts';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
 import { BoundedRunner, type RunReason } from '@edgemesh/common/runner';
-import { CHAIN, chooseBackend, natMatches, parseNatSave, renderCleanup, renderSync, ruleKey, type Backend, type InterceptRule, type NatState } from './rules.ts';
+import { CHAIN, chooseBackend, NODE_LOCAL, natMatches, parseNatSave, renderCleanup, renderSync, ruleKey, type Backend, type InterceptRule, type NatState } from './rules.ts';
 
 /** Read the kernel's rules back this often and re-apply them when they differ (someone flushed or reordered them). */
 export const REASSERT_MS = 30_000;
@@ -235,8 +235,10 @@ export class IptablesInterceptor {
     void (async () => {
       for (const k of added) {
         const [ip, port] = k.split(' ');
+        // A nodePort matches every local address: its flows go by port alone (as kube-proxy clears them).
+        const dst = ip === NODE_LOCAL ? [] : ['--orig-dst', ip];
         // Exit 1 = nothing to delete; a missing conntrack binary is fine too (entries then age out).
-        const r = await execa('conntrack', ['-D', '-p', 'udp', '--orig-dst', ip, '--orig-port-dst', port], { reject: false });
+        const r = await execa('conntrack', ['-D', '-p', 'udp', ...dst, '--orig-port-dst', port], { reject: false });
         if (r.failed && r.exitCode !== 1) {
           this.log.debug({ err: r.stderr || r.message }, 'conntrack cleanup skipped');
           return;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseBackend, natMatches, NO_JUMPS, parseHook, parseNatSave, renderCleanup, renderSync, ruleKey, ruleLine, type InterceptRule } from './rules.ts';
+import { chooseBackend, natMatches, NODE_LOCAL, NO_JUMPS, parseHook, parseNatSave, renderCleanup, renderSync, ruleKey, ruleLine, type InterceptRule } from './rules.ts';
 
 const rules: InterceptRule[] = [
   { ip: '10.96.0.20', protocol: 'udp', port: 53, comment: 'kube-system/dns:53', toIP: '169.254.96.16', toPort: 40002 },
@@ -98,4 +98,43 @@ test('kernel state: iptables-save output is parsed back and compared by destinat
   const pushed = save.replace('-A PREROUTING -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES\n-A PREROUTING -j KUBE-SERVICES', '-A PREROUTING -j KUBE-SERVICES\n-A PREROUTING -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES');
   assert.match(natMatches(rules, parseNatSave(pushed)).why!, /PREROUTING jump not first/);
   assert.deepEqual(natMatches([], parseNatSave(save.replace(/^-A EDGEMESH-SERVICES.*$/gm, ''))), { ok: true });
+});
+
+test('nodePorts match every local address (addrtype LOCAL) and come after the per-address rules; externalIPs are per-address rules', () => {
+  const ext: InterceptRule[] = [
+    { ip: NODE_LOCAL, protocol: 'udp', port: 30053, comment: 'default/web:53 nodePort', toIP: '169.254.96.16', toPort: 40004 },
+    { ip: NODE_LOCAL, protocol: 'tcp', port: 30080, comment: 'default/web:80 nodePort', toIP: '169.254.96.16', toPort: 40003 },
+    { ip: '192.0.2.7', protocol: 'tcp', port: 80, comment: 'default/web:80 externalIP', toIP: '169.254.96.16', toPort: 40003 },
+    ...rules,
+  ];
+  assert.equal(renderSync(ext, NO_JUMPS), [
+    '*nat',
+    ':EDGEMESH-SERVICES - [0:0]',
+    '-I PREROUTING 1 -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES',
+    '-I OUTPUT 1 -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES',
+    '-A EDGEMESH-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -m comment --comment "default/web:80" -j DNAT --to-destination 169.254.96.16:40001',
+    '-A EDGEMESH-SERVICES -d 10.96.0.20/32 -p udp -m udp --dport 53 -m comment --comment "kube-system/dns:53" -j DNAT --to-destination 169.254.96.16:40002',
+    '-A EDGEMESH-SERVICES -d 192.0.2.7/32 -p tcp -m tcp --dport 80 -m comment --comment "default/web:80 externalIP" -j DNAT --to-destination 169.254.96.16:40003',
+    '-A EDGEMESH-SERVICES -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 30080 -m comment --comment "default/web:80 nodePort" -j DNAT --to-destination 169.254.96.16:40003',
+    '-A EDGEMESH-SERVICES -p udp -m addrtype --dst-type LOCAL -m udp --dport 30053 -m comment --comment "default/web:53 nodePort" -j DNAT --to-destination 169.254.96.16:40004',
+    'COMMIT',
+    '',
+  ].join('\n'));
+  assert.equal(renderSync([...ext].reverse(), NO_JUMPS), renderSync(ext, NO_JUMPS), 'stable whatever the input order');
+  // The wildcard bind address: REDIRECT for nodePorts too.
+  assert.match(ruleLine({ ...ext[1], toIP: '0.0.0.0' }), / -m addrtype --dst-type LOCAL -m tcp --dport 30080 .* -j REDIRECT --to-ports 40003$/);
+
+  // Read back (the lines as iptables-save prints them, checked against iptables-nft 1.8.9): keys tell a nodePort
+  // rule from a Service-IP rule on the same port.
+  assert.equal(ruleKey(ruleLine(ext[1])), 'local tcp 30080 dnat 169.254.96.16:40003');
+  assert.equal(ruleKey('-A EDGEMESH-SERVICES -p udp -m addrtype --dst-type LOCAL -m udp --dport 30053 -j REDIRECT --to-ports 40004'), 'local udp 30053 redirect 40004');
+  assert.equal(ruleKey('-A EDGEMESH-SERVICES -d 10.0.0.1/32 -p tcp -m addrtype --dst-type LOCAL -m tcp --dport 1 -j REDIRECT --to-ports 2'), undefined, 'not a rule we write');
+  const save = ['*nat', ':EDGEMESH-SERVICES - [0:0]',
+    '-A PREROUTING -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES',
+    '-A OUTPUT -m comment --comment "edgemesh service interception" -j EDGEMESH-SERVICES',
+    ...ext.map(ruleLine).map((l) => l.replace(/ -m comment --comment "[^"]*"/, '')), 'COMMIT'].join('\n');
+  assert.deepEqual(natMatches(ext, parseNatSave(save)), { ok: true });
+  // A nodePort rule where a Service-IP rule was wanted (or the other way round) differs.
+  const swapped = ext.map((r) => (r.port === 30080 ? { ...r, ip: '10.96.0.99' } : r));
+  assert.match(natMatches(swapped, parseNatSave(save)).why!, /rule differs/);
 });

@@ -6,8 +6,14 @@ export const JUMP_COMMENT = 'edgemesh service interception';
 export const HOOKS = ['PREROUTING', 'OUTPUT'] as const;
 export type Hook = (typeof HOOKS)[number];
 
+/**
+ * The `ip` of a rule that matches every address of this node (`-m addrtype --dst-type LOCAL`, as kube-proxy's
+ * KUBE-NODEPORTS): a Service's nodePort.
+ */
+export const NODE_LOCAL = 'local';
+
 export interface InterceptRule {
-  /** Service IP (IPv4). */
+  /** Service IP, externalIP or load-balancer IP (IPv4), or NODE_LOCAL for a nodePort. */
   readonly ip: string;
   readonly protocol: 'tcp' | 'udp';
   readonly port: number;
@@ -43,7 +49,20 @@ const quote = (s: string) => `"${s.replace(/["\\\n\r]/g, '_').slice(0, 255)}"`;
 
 export function ruleLine(r: InterceptRule): string {
   const target = usesRedirect(r.toIP) ? `-j REDIRECT --to-ports ${r.toPort}` : `-j DNAT --to-destination ${r.toIP}:${r.toPort}`;
-  return `-A ${CHAIN} -d ${r.ip}/32 -p ${r.protocol} -m ${r.protocol} --dport ${r.port} -m comment --comment ${quote(r.comment)} ${target}`;
+  // iptables-save prints the matches back in this order (the read-back compares keys, not text, anyway).
+  const dst = r.ip === NODE_LOCAL ? `-p ${r.protocol} -m addrtype --dst-type LOCAL` : `-d ${r.ip}/32 -p ${r.protocol}`;
+  return `-A ${CHAIN} ${dst} -m ${r.protocol} --dport ${r.port} -m comment --comment ${quote(r.comment)} ${target}`;
+}
+
+/**
+ * Rule order: rules for one address (Service IPs, externalIPs, load-balancer IPs) first, then the nodePorts, which
+ * match any local address (kube-proxy also jumps to KUBE-NODEPORTS last); within each by address, protocol, port.
+ */
+function compareRules(a: InterceptRule, b: InterceptRule): number {
+  const la = a.ip === NODE_LOCAL ? 1 : 0;
+  const lb = b.ip === NODE_LOCAL ? 1 : 0;
+  if (la !== lb) return la - lb;
+  return a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.port - b.port;
 }
 
 function jumpFix(jumps: JumpState): string[] {
@@ -64,7 +83,7 @@ function jumpFix(jumps: JumpState): string[] {
 export function renderSync(rules: readonly InterceptRule[], jumps: JumpState): string {
   const lines = ['*nat', `:${CHAIN} - [0:0]`, ...jumpFix(jumps)];
   // Stable order so that identical desired state renders identical text.
-  const sorted = [...rules].sort((a, b) => (a.ip < b.ip ? -1 : a.ip > b.ip ? 1 : a.protocol < b.protocol ? -1 : a.protocol > b.protocol ? 1 : a.port - b.port));
+  const sorted = [...rules].sort(compareRules);
   for (const r of sorted) lines.push(ruleLine(r));
   lines.push('COMMIT', '');
   return lines.join('\n');
@@ -110,7 +129,10 @@ export function parseNatSave(text: string): NatState {
  * match-module spelling are left out, so a line reads the same however iptables prints it back. Pure.
  */
 export function ruleKey(line: string): string | undefined {
-  const d = /(?:^|\s)-d (\d+\.\d+\.\d+\.\d+)(?:\/32)?(?:\s|$)/.exec(line)?.[1];
+  const ip = /(?:^|\s)-d (\d+\.\d+\.\d+\.\d+)(?:\/32)?(?:\s|$)/.exec(line)?.[1];
+  const local = /(?:^|\s)-m addrtype --dst-type LOCAL(?:\s|$)/.test(line);
+  // Both or neither: not a rule of ours.
+  const d = ip && !local ? ip : !ip && local ? NODE_LOCAL : undefined;
   const p = /(?:^|\s)-p (tcp|udp)(?:\s|$)/.exec(line)?.[1];
   const port = /(?:^|\s)--dport (\d+)(?:\s|$)/.exec(line)?.[1];
   const dnat = /-j DNAT --to-destination (\S+)/.exec(line)?.[1];

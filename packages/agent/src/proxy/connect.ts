@@ -4,7 +4,7 @@
 // (and decides how to answer its own client) instead of a spliced client socket.
 import type { Duplex } from 'node:stream';
 import type { Tier } from '../routing/routing.ts';
-import { DialError, type DialErrorCode } from './dialer.ts';
+import { DialError, dialDeadline, type DialErrorCode } from './dialer.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import type { PortState } from './portstate.ts';
 import { MAX_DIAL_ATTEMPTS } from './tcp.ts';
@@ -60,10 +60,11 @@ export async function dialServicePort(st: PortState, ctx: ListenerContext, dialT
     const dialer = dialerFor(ctx, pick);
     st.balancer.started(pick.key);
     const target = targetOf(st, pick, 'tcp');
-    const signal = from.signal ? AbortSignal.any([AbortSignal.timeout(dialTimeoutMs), from.signal]) : AbortSignal.timeout(dialTimeoutMs);
+    // One deadline per attempt (the tunnel shares it out, see proxy/dialer.ts), ending early when the caller gives up.
+    const deadline = dialDeadline(dialTimeoutMs, from.signal);
     let upstream: Duplex;
     try {
-      upstream = await dialer.dialTcp(target, signal);
+      upstream = await dialer.dialTcp(target, deadline);
     } catch (e) {
       st.balancer.ended(pick.key);
       tried.add(pick.key);

@@ -25,13 +25,33 @@ export type DialErrorCode = 'refused' | 'timeout' | 'unreachable' | 'forbidden' 
 
 export class DialError extends Error {
   readonly code: DialErrorCode;
-  constructor(code: DialErrorCode, message: string) {
+  /** The socket error behind it (`EHOSTUNREACH`, ...), when a local dial failed. */
+  readonly sysCode?: string;
+  constructor(code: DialErrorCode, message: string, sysCode?: string) {
     super(message);
     this.code = code;
+    if (sysCode !== undefined) this.sysCode = sysCode;
   }
 }
 
+/**
+ * The one deadline of a dial, created by the proxy (one per connect attempt) and passed down: the tunnel gives the
+ * direct path a share of what remains before it tries the relay, and tells the far agent how long it may dial.
+ */
+export interface Deadline {
+  readonly signal: AbortSignal;
+  /** Milliseconds left (0 once passed). */
+  remaining(): number;
+}
+
+/** A deadline `ms` from now; with `caller`, it also ends when the caller gives up (its signal aborts). */
+export function dialDeadline(ms: number, caller?: AbortSignal): Deadline {
+  const at = performance.now() + ms;
+  const timeout = AbortSignal.timeout(Math.max(0, ms));
+  return { signal: caller ? AbortSignal.any([timeout, caller]) : timeout, remaining: () => (caller?.aborted ? 0 : Math.max(0, at - performance.now())) };
+}
+
 export interface Dialer {
-  dialTcp(target: DialTarget, signal?: AbortSignal): Promise<Duplex>;
-  openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel>;
+  dialTcp(target: DialTarget, deadline?: Deadline): Promise<Duplex>;
+  openUdp(target: DialTarget, deadline?: Deadline): Promise<DatagramChannel>;
 }

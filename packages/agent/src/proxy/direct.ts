@@ -3,7 +3,7 @@
 import { connect, isIPv6, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Duplex } from 'node:stream';
-import { DialError, type DatagramChannel, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
+import { DialError, type DatagramChannel, type Deadline, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
 
 /** The DialError code for a socket error. */
 export function codeOf(err: NodeJS.ErrnoException): DialErrorCode {
@@ -68,7 +68,8 @@ export class DirectDialer implements Dialer {
    * Connects to the endpoint. With `relayTo`, everything the endpoint sends is written to that socket directly
    * (see relayReads) — the caller must then not read the returned stream itself, only watch its events.
    */
-  dialTcp(target: DialTarget, signal?: AbortSignal, relayTo?: Socket): Promise<Duplex> {
+  dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: Socket): Promise<Duplex> {
+    const signal = deadline?.signal;
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
       let sock: Socket;
@@ -87,7 +88,7 @@ export class DirectDialer implements Dialer {
       signal?.addEventListener('abort', onAbort, { once: true });
       sock.once('error', (e: NodeJS.ErrnoException) => {
         signal?.removeEventListener('abort', onAbort);
-        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+        reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`, e.code));
       });
       sock.once('connect', () => {
         signal?.removeEventListener('abort', onAbort);
@@ -97,12 +98,13 @@ export class DirectDialer implements Dialer {
     });
   }
 
-  openUdp(target: DialTarget, signal?: AbortSignal): Promise<DatagramChannel> {
+  openUdp(target: DialTarget, deadline?: Deadline): Promise<DatagramChannel> {
+    const signal = deadline?.signal;
     return new Promise((resolve, reject) => {
       const sock: UdpSocket = createSocket(isIPv6(target.ip) ? 'udp6' : 'udp4');
       const fail = (e: NodeJS.ErrnoException) => {
         sock.close();
-        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`));
+        reject(new DialError(codeOf(e), `udp ${target.ip}:${target.port}: ${e.code ?? e.message}`, e.code));
       };
       if (signal?.aborted) return fail(Object.assign(new Error('aborted'), { code: 'ETIMEDOUT' }));
       sock.once('error', fail);

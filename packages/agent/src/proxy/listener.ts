@@ -1,9 +1,10 @@
 // What the TCP and UDP listeners share: the context they run in, which dialer reaches a picked endpoint, and the
 // bookkeeping when a connection/session opens or its endpoint fails (metrics, outlier detection).
 import type { Logger } from '@edgemesh/common/log';
-import { chooseDialer } from './choose.ts';
+import { choosePath, DirectRanges, reachOf } from './choose.ts';
 import { DialError, type DialTarget, type Dialer } from './dialer.ts';
 import { codeOf } from './direct.ts';
+import type { FlatDialer, FlatPaths } from './flat.ts';
 import type { ProxyMetrics } from './metrics.ts';
 import type { Pick, PortState } from './portstate.ts';
 
@@ -13,12 +14,23 @@ export interface ListenerContext {
   dialers: { direct: Dialer; tunnel?: Dialer };
   thisNode: string;
   srcGroup: () => string;
+  /** proxy.directCIDRs: reachability per node and the dialer of the flat path (absent: no ranges configured). */
+  flat?: { paths: FlatPaths; dialer: FlatDialer };
+  /** Set on the listener of one headless endpoint's mesh IP: its name, for the per-endpoint metric. */
+  meshEndpoint?: string;
 }
 
-/** The dialer for a picked endpoint (choose.ts decides). */
+/** The dialer for a picked endpoint (choose.ts decides: direct, flat with fallback, or the tunnel). */
 export function dialerFor(ctx: ListenerContext, pick: Pick): Dialer {
-  return chooseDialer(pick.endpoint.nodeName, ctx.thisNode, !!ctx.dialers.tunnel) === 'tunnel' ? ctx.dialers.tunnel! : ctx.dialers.direct;
+  const node = pick.endpoint.nodeName;
+  const haveTunnel = !!ctx.dialers.tunnel;
+  if (!ctx.flat) return choosePath(reachOf(node, pick.ip, ctx.thisNode, NO_RANGES), haveTunnel, true) === 'tunnel' ? ctx.dialers.tunnel! : ctx.dialers.direct;
+  const { paths, dialer } = ctx.flat;
+  const path = choosePath(reachOf(node, pick.ip, ctx.thisNode, paths.ranges), haveTunnel, node === undefined || paths.nodeFlat(node));
+  return path === 'tunnel' ? ctx.dialers.tunnel! : path === 'flat' ? dialer : ctx.dialers.direct;
 }
+
+const NO_RANGES = new DirectRanges([]);
 
 /** The dial target for a picked endpoint of this service port. */
 export function targetOf(st: PortState, pick: Pick, protocol: 'tcp' | 'udp'): DialTarget {
@@ -29,6 +41,7 @@ export function targetOf(st: PortState, pick: Pick, protocol: 'tcp' | 'udp'): Di
 export function countOpened(ctx: ListenerContext, st: PortState, pick: Pick, protocol: 'tcp' | 'udp'): void {
   const service = st.service.key;
   ctx.metrics.connections.inc({ service, protocol, src_group: ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
+  if (ctx.meshEndpoint !== undefined) ctx.metrics.endpointConnections.inc({ service, endpoint: ctx.meshEndpoint, protocol });
   if (pick.spilledFrom) ctx.metrics.spillover.inc({ service, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
 }
 

@@ -13,6 +13,11 @@ export interface ProxyMetrics {
   udpSessions: Gauge;
   udpDropped: Counter<'service' | 'reason'>;
   listeners: Gauge<'protocol'>;
+  /** Per-endpoint mesh IPs (headless Services): connections and sessions per endpoint. */
+  endpointConnections: Counter<'service' | 'endpoint' | 'protocol'>;
+  /** proxy.directCIDRs: direct dials to another node's endpoint that found no route (the tunnel took over). */
+  flatFallbacks: Counter<'reason'>;
+  flatNodesDown: Gauge;
 }
 
 export function createProxyMetrics(registry: Registry): ProxyMetrics {
@@ -29,6 +34,9 @@ export function createProxyMetrics(registry: Registry): ProxyMetrics {
     udpSessions: new Gauge({ name: 'edgemesh_proxy_udp_sessions', help: 'UDP sessions in the session tables', registers: r }),
     udpDropped: new Counter({ name: 'edgemesh_proxy_udp_dropped_total', help: 'Datagrams dropped: no_endpoint, pending_full, send_error', labelNames: ['service', 'reason'], registers: r }),
     listeners: new Gauge({ name: 'edgemesh_proxy_listeners', help: 'Service-port listeners open', labelNames: ['protocol'], registers: r }),
+    endpointConnections: new Counter({ name: 'edgemesh_proxy_endpoint_connections_total', help: 'TCP connections and UDP sessions to one endpoint of a headless Service through its mesh IP (series dropped when the endpoint goes)', labelNames: ['service', 'endpoint', 'protocol'], registers: r }),
+    flatFallbacks: new Counter({ name: 'edgemesh_proxy_flat_fallbacks_total', help: 'Direct dials to another node\'s endpoint in proxy.directCIDRs that found no route (timeout, unreachable): the node is reached through the tunnel for a while', labelNames: ['reason'], registers: r }),
+    flatNodesDown: new Gauge({ name: 'edgemesh_proxy_flat_nodes_unreachable', help: 'Nodes whose endpoints in proxy.directCIDRs are reached through the tunnel now (a direct dial failed recently)', registers: r }),
   };
 }
 
@@ -37,9 +45,15 @@ export function createProxyMetrics(registry: Registry): ProxyMetrics {
  * not grow with Service churn. Connections of that Service still open may write a series again until they end.
  */
 export async function forgetServiceSeries(m: ProxyMetrics, service: string): Promise<void> {
-  const perService = [m.connections, m.bytes, m.active, m.refused, m.dialFailures, m.spillover, m.ejections, m.udpDropped];
+  const perService = [m.connections, m.bytes, m.active, m.refused, m.dialFailures, m.spillover, m.ejections, m.udpDropped, m.endpointConnections];
   for (const metric of perService) {
     const { values } = await metric.get();
     for (const v of values) if (v.labels.service === service) (metric as { remove(labels: object): void }).remove(v.labels);
   }
+}
+
+/** Drops the per-endpoint series of one endpoint of a headless Service (its mesh IP was released or it moved here). */
+export async function forgetEndpointSeries(m: ProxyMetrics, service: string, endpoint: string): Promise<void> {
+  const { values } = await m.endpointConnections.get();
+  for (const v of values) if (v.labels.service === service && v.labels.endpoint === endpoint) m.endpointConnections.remove(v.labels);
 }

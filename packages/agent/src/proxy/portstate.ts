@@ -29,6 +29,8 @@ export interface PortStateUpdate {
   thisNode: string;
   routingDefault: RoutingDefault;
   policy: LbPolicy;
+  /** The listener serves traffic from outside (nodePorts, externalIPs, load-balancer IPs): externalTrafficPolicy applies. */
+  external?: boolean;
 }
 
 export const endpointKey = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
@@ -64,7 +66,7 @@ export class PortState {
     this.nodes = u.nodes;
     this.sourceEndpoints = u.endpoints;
     const eps = u.endpoints.filter((e) => endpointPort(e, u.port) !== undefined && e.addressType === 'IPv4');
-    this.plan = planRoutes({ service: u.service, endpoints: eps, nodes: u.nodes, thisNode: u.thisNode, routingDefault: u.routingDefault });
+    this.plan = planRoutes({ service: u.service, endpoints: eps, nodes: u.nodes, thisNode: u.thisNode, routingDefault: u.routingDefault, external: u.external });
     this.total = eps.length;
     const affinity = u.service.sessionAffinity === 'ClientIP' ? u.service.affinityTimeoutSeconds : undefined;
     const id = JSON.stringify([u.policy, affinity]);

@@ -2,22 +2,27 @@
 // Service-IP table, feeds each its routing/LB state, and hands the interception rules to the interceptor.
 // Reconciles go through one BoundedRunner (one at a time, changes meanwhile mean one more; a listener that could not
 // be opened is retried with backoff). Readiness follows generations: snapshot version + IP-table version ->
-// reconciled (every listener bound) -> rules of that reconcile in the kernel.
+// reconciled (every listener bound) -> rules of that reconcile in the kernel. Headless Services' endpoints with a mesh
+// IP (the table's endpointIPs) get one listener per endpoint port on the same path (persisted ports, SO_REUSEPORT,
+// readiness), each balancing over exactly that one endpoint.
 import { isIP } from 'node:net';
 import type { Registry } from 'prom-client';
 import { ConfigError, type AgentConfig } from '@edgemesh/common/config';
 import type { Logger } from '@edgemesh/common/log';
 import { BoundedRunner } from '@edgemesh/common/runner';
-import type { DestinationRule, Endpoint, NodeInfo, Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
+import type { DestinationRule, Endpoint, EndpointIP, EndpointPort, NodeInfo, Service, ServiceIPTable, ServicePort, Snapshot } from '../cluster/types.ts';
+import { labelOwners } from '../dns/serviceips.ts';
 import type { InterceptRule } from '../intercept/rules.ts';
 import type { Rng } from '../lb/hash.ts';
-import { policyFor } from '../lb/policy.ts';
+import { DEFAULT_POLICY, policyFor } from '../lb/policy.ts';
 import { TIERS, type RoutingDefault, type Tier } from '../routing/routing.ts';
 import type { Dialer } from './dialer.ts';
 import type { ListenerContext } from './listener.ts';
-import { createProxyMetrics, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
+import { createProxyMetrics, forgetEndpointSeries, forgetServiceSeries, type ProxyMetrics } from './metrics.ts';
+import { FlatDialer, FlatPaths, type FlatStatus } from './flat.ts';
 import { dialServicePort, ServiceConnectError, type ConnectFrom, type ServiceConnection } from './connect.ts';
 import { PortState } from './portstate.ts';
+import { externalDestinations, needsExternalListener } from './external.ts';
 import type { ListenerPorts } from './ports.ts';
 import type { UdpRelay } from '../handoff/udp.ts';
 import { DIAL_TIMEOUT_MS, TCP_IDLE_TIMEOUT_MS, TcpListener } from './tcp.ts';
@@ -70,6 +75,8 @@ export interface ProxierOptions {
   dialers: { direct: Dialer; tunnel?: Dialer };
   thisNode: string;
   bindAddress: string;
+  /** proxy.directCIDRs: endpoint IPs dialed directly on any node (flat.ts); empty or absent = none. */
+  directCIDRs?: readonly string[];
   routingDefault: RoutingDefault;
   domain?: string;
   interceptor?: Interceptor;
@@ -81,6 +88,8 @@ export interface ProxierOptions {
   ports?: ListenerPorts;
   /** Persisted ports are held by the agent we take over from: bind them alongside it (SO_REUSEPORT). */
   sharePorts?: boolean;
+  /** proxy.nodePorts: intercept nodePorts, externalIPs and load-balancer IPs too (external.ts). */
+  nodePorts?: boolean;
   tcpIdleTimeoutMs?: number;
   udpIdleMs?: number;
   dialTimeoutMs?: number;
@@ -99,10 +108,36 @@ export interface ServiceRouteStatus {
   routingSource: string;
   policy: string;
   tiers: Record<Tier, number>;
-  listeners: { port: number; protocol: string; proxyPort: number }[];
+  listeners: { port: number; protocol: string; proxyPort: number; external?: true }[];
+  /** Routing of traffic from outside (proxy.nodePorts) when it has a listener of its own (externalTrafficPolicy Local). */
+  externalRouting?: string;
 }
 
 const portId = (svc: Service, sp: ServicePort) => `${svc.key}:${sp.port}/${sp.protocol}`;
+/** Listener id of one port of a headless endpoint's mesh IP: `ns/svc/<label>:<port>/<protocol>`. */
+const meshPortId = (meshKey: string, p: EndpointPort) => `${meshKey}:${p.port}/${p.protocol}`;
+
+export interface MeshEndpointStatus {
+  service: string;
+  name: string;
+  ip: string;
+  address: string;
+  node: string;
+  routing: string;
+  listeners: { port: number; protocol: string; proxyPort: number }[];
+}
+
+interface Wanted {
+  svc: Service;
+  sp: ServicePort;
+  endpoints: readonly Endpoint[];
+  /** A headless endpoint's mesh IP: the listener serves exactly that endpoint. */
+  mesh?: EndpointIP;
+  /** The listener for external traffic of a service port (externalTrafficPolicy Local). */
+  external?: boolean;
+}
+/** Suffix of the id of a service port's listener for external traffic (externalTrafficPolicy Local). */
+const EXTERNAL_ID = '/external';
 const NO_ENDPOINTS: readonly Endpoint[] = Object.freeze([]);
 
 /** Same keys mapping to the very same (immutable) values. */
@@ -138,12 +173,22 @@ export class Proxier {
   private rulesGen = 0;
   /** Became ready once: from then on only a wrong kernel state takes readiness away. */
   private wasReady = false;
+  /** proxy.directCIDRs state (flat.ts), when ranges are configured. */
+  private readonly flat: { paths: FlatPaths; dialer: FlatDialer } | undefined;
+  /** Listener id -> the mesh IP it serves (per-endpoint listeners only). */
+  private readonly meshOf = new Map<string, EndpointIP>();
+  /** Synthetic service ports of mesh listeners, reused while unchanged (so an unchanged listener is skipped). */
+  private readonly meshPorts = new Map<string, ServicePort>();
 
   constructor(o: ProxierOptions) {
     this.o = o;
     this.metrics = createProxyMetrics(o.registry);
     this.limit = { active: 0, max: o.maxConnections ?? TCP_MAX_CONNECTIONS };
-    this.ctx = { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup: () => this.myGroup(o.model.snapshot()) };
+    if (o.directCIDRs?.length) {
+      const paths = new FlatPaths({ cidrs: o.directCIDRs, metrics: this.metrics, log: o.log });
+      this.flat = { paths, dialer: new FlatDialer(paths, () => o.dialers.tunnel) };
+    }
+    this.ctx = { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup: () => this.myGroup(o.model.snapshot()), flat: this.flat };
     this.runner = new BoundedRunner({
       retryMinMs: RECONCILE_RETRY_MS,
       retryMaxMs: RECONCILE_RETRY_MAX_MS,
@@ -209,34 +254,49 @@ export class Proxier {
     const o = this.o;
     if (this.stopped) return;
     const ipsVersion = this.ipsVersion();
-    const want = new Map<string, { svc: Service; sp: ServicePort }>();
+    const want = new Map<string, Wanted>();
     for (const [key] of o.serviceIPs.entries()) {
       const svc = snap.services.get(key);
       if (!svc || svc.headless || svc.type === 'ExternalName') continue;
-      for (const sp of svc.ports) if (sp.protocol === 'TCP' || sp.protocol === 'UDP') want.set(portId(svc, sp), { svc, sp });
+      const endpoints = snap.endpoints.get(svc.key) ?? NO_ENDPOINTS;
+      for (const sp of svc.ports) {
+        if (sp.protocol !== 'TCP' && sp.protocol !== 'UDP') continue;
+        want.set(portId(svc, sp), { svc, sp, endpoints });
+        // externalTrafficPolicy Local: traffic from outside gets a listener of its own, routed strictly to this node.
+        if (o.nodePorts && needsExternalListener(svc) && externalDestinations(svc, sp).length) want.set(portId(svc, sp) + EXTERNAL_ID, { svc, sp, endpoints, external: true });
+      }
     }
+    this.wantMesh(snap, want);
     const wantServices = new Set([...want.values()].map((w) => w.svc.key));
+    const wantMesh = new Set([...want.values()].flatMap((w) => (w.mesh ? [`${w.svc.key}/${w.mesh.label}`] : [])));
     const goneServices = new Set<string>();
+    const goneMesh = new Map<string, { service: string; label: string }>();
     for (const [id, l] of this.listeners) {
       if (want.has(id)) continue;
       this.listeners.delete(id);
       this.metrics.listeners.dec({ protocol: l instanceof TcpListener ? 'tcp' : 'udp' });
       if (!wantServices.has(l.state.service.key)) goneServices.add(l.state.service.key);
+      const mesh = this.meshOf.get(id);
+      if (mesh && !wantMesh.has(`${mesh.serviceKey}/${mesh.label}`)) goneMesh.set(`${mesh.serviceKey}/${mesh.label}`, { service: mesh.serviceKey, label: mesh.label });
+      this.meshOf.delete(id);
+      this.meshPorts.delete(id);
       o.ports?.delete(id);
       // Open TCP connections of a removed service port run to their end; the listener just stops accepting.
       void closeListener(l, false);
     }
     for (const key of goneServices) void forgetServiceSeries(this.metrics, key).catch(() => {});
+    for (const g of goneMesh.values()) if (!goneServices.has(g.service)) void forgetEndpointSeries(this.metrics, g.service, g.label).catch(() => {});
     const strictEmpty = new Set<string>();
     const srcGroup = () => this.myGroup(o.model.snapshot());
     const opened: Promise<unknown>[] = [];
     let failed = 0;
     // Only service ports whose Service, endpoints, nodes or DestinationRules changed are recomputed.
     const contextSame = sameEntries(this.prevNodes, snap.nodes) && sameEntries(this.prevRules, snap.destinationRules);
+    if (!contextSame) this.flat?.paths.retain(new Set(snap.nodes.keys()));
     this.prevNodes = snap.nodes;
     this.prevRules = snap.destinationRules;
-    for (const [id, { svc, sp }] of want) {
-      const endpoints = snap.endpoints.get(svc.key) ?? NO_ENDPOINTS;
+    for (const [id, { svc, sp, endpoints, mesh, external = false }] of want) {
+      if (mesh) this.meshOf.set(id, mesh);
       let l = this.listeners.get(id);
       if (l && contextSame && l.state.service === svc && l.state.port === sp && sameList(l.state.sourceEndpoints, endpoints)) {
         if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
@@ -244,7 +304,8 @@ export class Proxier {
       }
       const update = {
         service: svc, port: sp, endpoints, nodes: snap.nodes, thisNode: o.thisNode,
-        routingDefault: o.routingDefault, policy: policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'),
+        // One endpoint: nothing to balance (and no HTTP header to wait for before connecting).
+        routingDefault: o.routingDefault, policy: mesh ? DEFAULT_POLICY : policyFor(svc, snap.destinationRules, o.domain ?? 'cluster.local'), external,
       };
       if (l) {
         l.state.update(update);
@@ -252,8 +313,8 @@ export class Proxier {
       } else {
         const state = new PortState(update, { rng: o.rng, now: o.now });
         l = sp.protocol === 'TCP'
-          ? new TcpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, idleTimeoutMs: o.tcpIdleTimeoutMs ?? TCP_IDLE_TIMEOUT_MS, dialTimeoutMs: o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, limit: this.limit })
-          : new UdpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, idleMs: o.udpIdleMs ?? UDP_SESSION_IDLE_MS });
+          ? new TcpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, flat: this.flat, meshEndpoint: mesh?.label, idleTimeoutMs: o.tcpIdleTimeoutMs ?? TCP_IDLE_TIMEOUT_MS, dialTimeoutMs: o.dialTimeoutMs ?? DIAL_TIMEOUT_MS, limit: this.limit })
+          : new UdpListener(state, { log: o.log, metrics: this.metrics, dialers: o.dialers, thisNode: o.thisNode, srcGroup, flat: this.flat, meshEndpoint: mesh?.label, idleMs: o.udpIdleMs ?? UDP_SESSION_IDLE_MS });
         const lis = l;
         opened.push(this.open(id, lis).then(
           () => {
@@ -262,7 +323,7 @@ export class Proxier {
           },
           (e: Error) => {
             failed++;
-            o.log.error({ err: e.message, service: svc.key, port: sp.port }, 'cannot open a service-port listener');
+            o.log.error({ err: e.message, service: svc.key, port: sp.port, ...(mesh ? { endpoint: mesh.label } : {}) }, 'cannot open a service-port listener');
             // Its socket (and the UDP purge timer) would otherwise outlive it; the retry tries a new one.
             void closeListener(lis, true).catch(() => {});
           },
@@ -271,6 +332,7 @@ export class Proxier {
       if (l.state.plan.emptyScope) strictEmpty.add(svc.key);
     }
     await Promise.all(opened);
+    for (const id of this.meshOf.keys()) if (!want.has(id)) this.meshOf.delete(id); // never opened, now unwanted
     o.ports?.flush();
     this.metrics.strictEmpty.set(strictEmpty.size);
     // Before the cluster source has anything (no sync, no last good state) the rules would be empty: leave the
@@ -285,6 +347,31 @@ export class Proxier {
     }
     this.reconciled = { snap: snap.version, ips: ipsVersion, complete: failed === 0, rulesGen: this.rulesGen };
     if (failed) throw new Error(`${failed} service-port listener(s) could not be opened`);
+  }
+
+  /**
+   * The per-endpoint listeners: every TCP/UDP port of every headless endpoint that has a mesh IP. The endpoint is the
+   * one the table allocated for (labelOwners, the same rule); a table that follows another snapshot than ours for a
+   * moment is caught up by the next reconcile (a table change requests one).
+   */
+  private wantMesh(snap: Snapshot, want: Map<string, Wanted>): void {
+    for (const [key, m] of this.o.serviceIPs.endpointIPs()) {
+      const svc = snap.services.get(m.serviceKey);
+      if (!svc?.headless) continue;
+      const ep = labelOwners(snap.endpoints.get(svc.key) ?? NO_ENDPOINTS).get(m.label);
+      if (!ep || ep.address !== m.address) continue;
+      const endpoints = [ep];
+      for (const p of ep.ports) {
+        if (p.protocol !== 'TCP' && p.protocol !== 'UDP') continue;
+        const id = meshPortId(key, p);
+        let sp = this.meshPorts.get(id);
+        if (!sp || sp.name !== p.name) {
+          sp = Object.freeze({ name: p.name, protocol: p.protocol, port: p.port, targetPort: p.port });
+          this.meshPorts.set(id, sp);
+        }
+        want.set(id, { svc, sp, endpoints, mesh: m });
+      }
+    }
   }
 
   /**
@@ -307,14 +394,32 @@ export class Proxier {
     o.ports?.set(id, port);
   }
 
-  /** The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener. */
+  /**
+   * The interception rules for the current listeners: every IPv4 Service IP x service port -> its listener; every
+   * mesh IP x endpoint port -> its per-endpoint listener; with proxy.nodePorts also the service port's external
+   * destinations (nodePort, externalIPs, load-balancer IPs) -> its external listener (externalTrafficPolicy Local) or
+   * else its own listener.
+   */
   rules(): InterceptRule[] {
     const out: InterceptRule[] = [];
-    for (const l of this.listeners.values()) {
+    for (const [id, l] of this.listeners) {
       const { service: svc, port: sp } = l.state;
-      for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
-        if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
-        out.push({ ip, protocol: sp.protocol === 'UDP' ? 'udp' : 'tcp', port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+      const protocol = sp.protocol === 'UDP' ? 'udp' : 'tcp';
+      const mesh = this.meshOf.get(id);
+      if (mesh) {
+        out.push({ ip: mesh.ip, protocol, port: sp.port, comment: `${svc.key}/${mesh.label}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+        continue;
+      }
+      const external = id.endsWith(EXTERNAL_ID);
+      if (!external) {
+        for (const ip of this.o.serviceIPs.ipsFor(svc.key)) {
+          if (ip.includes(':')) continue; // IPv6 Service IPs are not intercepted (no ip6tables support yet)
+          out.push({ ip, protocol, port: sp.port, comment: `${svc.key}:${sp.port}`, toIP: this.o.bindAddress, toPort: l.port });
+        }
+      }
+      if (!this.o.nodePorts || external !== needsExternalListener(svc)) continue;
+      for (const d of externalDestinations(svc, sp)) {
+        out.push({ ip: d.ip, protocol, port: d.port, comment: `${svc.key}:${sp.port} ${d.kind}`, toIP: this.o.bindAddress, toPort: l.port });
       }
     }
     return out;
@@ -362,10 +467,43 @@ export class Proxier {
     }
   }
 
+  /** The local listener port for one port of a headless endpoint's mesh IP (tests, intercept: none users). */
+  meshListenerPort(serviceKey: string, label: string, port: number, protocol: 'TCP' | 'UDP' = 'TCP'): number | undefined {
+    return this.listeners.get(`${serviceKey}/${label}:${port}/${protocol}`)?.port;
+  }
+
+  /** Per headless endpoint with a mesh IP: its IP, the endpoint, its routing as seen from here, its listeners. */
+  meshStatus(): MeshEndpointStatus[] {
+    const out = new Map<string, MeshEndpointStatus>();
+    for (const [id, l] of this.listeners) {
+      const m = this.meshOf.get(id);
+      if (!m) continue;
+      const key = `${m.serviceKey}/${m.label}`;
+      let e = out.get(key);
+      if (!e) {
+        e = { service: m.serviceKey, name: m.label, ip: m.ip, address: m.address, node: m.nodeName, routing: l.state.plan.emptyScope ? 'out-of-scope' : l.state.plan.decision.label, listeners: [] };
+        out.set(key, e);
+      }
+      e.listeners.push({ port: l.state.port.port, protocol: l.state.port.protocol, proxyPort: l.port });
+    }
+    return [...out.values()];
+  }
+
+  /** proxy.directCIDRs and the nodes found not flat (undefined when no ranges are configured). */
+  flatStatus(): FlatStatus | undefined {
+    return this.flat?.paths.status();
+  }
+
   /** Per Service: routing mode, LB policy, endpoint counts per tier, listeners. */
   status(): Map<string, ServiceRouteStatus> {
     const out = new Map<string, ServiceRouteStatus>();
-    for (const l of this.listeners.values()) {
+    const externals: Listener[] = [];
+    for (const [id, l] of this.listeners) {
+      if (this.meshOf.has(id)) continue; // per-endpoint listeners: meshStatus()
+      if (id.endsWith(EXTERNAL_ID)) {
+        externals.push(l);
+        continue;
+      }
       const st = l.state;
       let s = out.get(st.service.key);
       if (!s) {
@@ -383,6 +521,12 @@ export class Proxier {
         for (const t of TIERS) s.tiers[t] = Math.max(s.tiers[t], st.plan.counts[t]);
       }
       s.listeners.push({ port: st.port.port, protocol: st.port.protocol, proxyPort: l.port });
+    }
+    for (const l of externals) {
+      const s = out.get(l.state.service.key);
+      if (!s) continue;
+      s.externalRouting = l.state.plan.decision.label;
+      s.listeners.push({ port: l.state.port.port, protocol: l.state.port.protocol, proxyPort: l.port, external: true });
     }
     return out;
   }

@@ -3,9 +3,11 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { listenReusePort } from '@edgemesh/common/reuseport';
+import { dialDeadline } from './dialer.ts';
 import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
 import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
+import { splice } from './splice.ts';
 
 export const DIAL_TIMEOUT_MS = 3000;
 /** Connect attempts per client connection, each to a different endpoint. */
@@ -30,12 +32,6 @@ const EMPTY = Buffer.alloc(0);
 function reset(sock: Socket): void {
   if (sock.destroyed) return;
   sock.resetAndDestroy();
-}
-
-function resetDuplex(d: Duplex): void {
-  const s = d as Partial<Socket> & Duplex;
-  if (typeof s.resetAndDestroy === 'function' && !d.destroyed) s.resetAndDestroy();
-  else d.destroy();
 }
 
 export class TcpListener {
@@ -146,13 +142,14 @@ export class TcpListener {
       const dialer = dialerFor(this.ctx, pick);
       st.balancer.started(pick.key);
       const target = targetOf(st, pick, 'tcp');
-      const signal = AbortSignal.timeout(this.ctx.dialTimeoutMs);
+      // The one deadline of this attempt: every layer below (the tunnel, the far agent) works within it.
+      const deadline = dialDeadline(this.ctx.dialTimeoutMs);
       try {
         if (dialer instanceof DirectDialer) {
-          upstream = await dialer.dialTcp(target, signal, client);
+          upstream = await dialer.dialTcp(target, deadline, client);
           relayed = true;
         } else {
-          upstream = await dialer.dialTcp(target, signal);
+          upstream = await dialer.dialTcp(target, deadline);
           relayed = false;
         }
         st.outliers.recordSuccess(pick.key);
@@ -178,52 +175,6 @@ export class TcpListener {
       upstream.destroy();
       return;
     }
-    this.splice(client, upstream, relayed, head, () => st.balancer.ended(key));
-  }
-
-  /** `relayed`: the upstream's reads already go to the client (DirectDialer relay); only client -> upstream is piped. */
-  private splice(client: Socket, upstream: Duplex, relayed: boolean, head: Buffer | undefined, onDone: () => void): void {
-    let finished = false;
-    const finish = () => {
-      if (finished) return;
-      finished = true;
-      onDone();
-    };
-    upstream.on('error', () => {
-      // The endpoint reset or failed: pass a reset on to the client.
-      reset(client);
-    });
-    client.on('error', () => resetDuplex(upstream));
-    client.once('close', () => {
-      finish();
-      // Both directions finished: the upstream closes itself once its last write is flushed. Otherwise (reset, idle
-      // timeout, closed by stop() even after the client's FIN) nothing more can reach the client or the endpoint.
-      if (!upstream.destroyed && !(upstream.writableEnded && upstream.readableEnded)) upstream.destroy();
-    });
-    upstream.once('close', () => {
-      finish();
-      if (client.destroyed) return;
-      // Flush what the endpoint sent, then close; if the client still had data to send, there is no one to take it.
-      if (!client.writableEnded) client.end();
-      if (!client.readableEnded) {
-        if (client.writableFinished) client.destroy();
-        else client.once('finish', () => client.destroy());
-      }
-    });
-    const idle = this.ctx.idleTimeoutMs;
-    client.setTimeout(idle, () => {
-      client.destroy();
-      upstream.destroy();
-    });
-    if (head?.length) upstream.write(head);
-    client.pipe(upstream);
-    if (relayed) {
-      // Half-close: the endpoint's FIN becomes ours to the client; flowing mode lets 'end' be emitted.
-      upstream.once('end', () => { if (!client.destroyed) client.end(); });
-      upstream.resume();
-    } else {
-      upstream.pipe(client);
-    }
-    client.resume();
+    splice(client, upstream, { relayed, head, idleMs: this.ctx.idleTimeoutMs, onDone: () => st.balancer.ended(key) });
   }
 }

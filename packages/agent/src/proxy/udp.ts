@@ -5,7 +5,7 @@ import { createSocket, type Socket as UdpSocket, type RemoteInfo } from 'node:dg
 import { LRUCache } from 'lru-cache';
 import { bindReusePort } from '@edgemesh/common/reuseport';
 import { detachUdp, localKey, registerUdp, type UdpRelay } from '../handoff/udp.ts';
-import type { DatagramChannel } from './dialer.ts';
+import { dialDeadline, type DatagramChannel } from './dialer.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import type { PortState } from './portstate.ts';
 
@@ -133,7 +133,7 @@ export class UdpListener {
     metrics.active.inc({ service: svc, protocol: 'udp' });
     metrics.udpSessions.inc();
     countOpened(this.ctx, st, pick, 'udp');
-    dialerFor(this.ctx, pick).openUdp(targetOf(st, pick, 'udp'), AbortSignal.timeout(UDP_OPEN_TIMEOUT_MS)).then(
+    dialerFor(this.ctx, pick).openUdp(targetOf(st, pick, 'udp'), dialDeadline(UDP_OPEN_TIMEOUT_MS)).then(
       (ch) => {
         if (session.closed) return ch.close();
         session.channel = ch;

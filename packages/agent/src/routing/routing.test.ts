@@ -163,3 +163,22 @@ test('unhealthy (ejected) endpoints: prefer spills past them, strict keeps its s
   assert.deepEqual(addrs(selectTier(strict, () => true, new Set([E.a1]))!.endpoints), ['10.1.0.2']);
   assert.equal(selectTier(strict, () => true, new Set([E.a1, E.a2])), undefined);
 });
+
+test('external traffic: externalTrafficPolicy Local is strict node before every other input; Cluster follows the Service', () => {
+  const local = svc({ 'apps.kubeedge.io/service-topology': 'range-nodegroup' }, { type: 'NodePort', externalTrafficPolicy: 'Local' });
+  assert.deepEqual([routingMode(local, 'prefer', true).label, routingMode(local, 'prefer', true).source], ['strict-node', 'spec.externalTrafficPolicy']);
+  // The same Service's in-cluster traffic (its Service IP) keeps its own routing.
+  assert.equal(routingMode(local, 'prefer').label, 'strict-group');
+  const cluster = svc({}, { type: 'NodePort', externalTrafficPolicy: 'Cluster', trafficDistribution: 'PreferSameNode' });
+  assert.equal(routingMode(cluster, 'prefer', true).label, 'prefer-node', 'externalTrafficPolicy Cluster: the Service\'s routing');
+  assert.equal(routingMode(svc(), 'cluster', true).label, 'cluster');
+  // Strict node from outside: only this node's endpoints, none here = empty scope (the caller resets).
+  const plan = planRoutes({ service: local, endpoints: all, nodes, thisNode: 'a1', routingDefault: 'prefer', external: true });
+  assert.deepEqual(addrs(plan.steps[0].endpoints), ['10.1.0.1']);
+  const away = planRoutes({ service: local, endpoints: [E.b1, E.c1], nodes, thisNode: 'a1', routingDefault: 'prefer', external: true });
+  assert.equal(away.emptyScope, true);
+  const plain = svc({}, { type: 'NodePort', externalTrafficPolicy: 'Local' });
+  const inside = planRoutes({ service: plain, endpoints: [E.b1, E.c1], nodes, thisNode: 'a1', routingDefault: 'prefer' });
+  assert.equal(inside.emptyScope, false, 'in-cluster callers of the same Service are not bound by externalTrafficPolicy');
+  assert.equal(inside.decision.label, 'prefer-group');
+});

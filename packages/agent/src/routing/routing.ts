@@ -2,6 +2,8 @@
 // list of endpoint tiers node -> group -> region -> cluster and a mode (strict or prefer). No I/O, no clock.
 //
 // Precedence (first input present wins; documented in README "Interception, proxy and routing"):
+//  0. external traffic (nodePorts, externalIPs, load-balancer IPs) to a Service with
+//     spec.externalTrafficPolicy: Local                           -> strict node (otherwise the list below decides)
 //  1. spec.internalTrafficPolicy: Local                          -> strict node
 //  2. apps.kubeedge.io/service-topology: range-nodegroup         -> strict group
 //  3. openyurt.io/topologyKeys: kubernetes.io/hostname           -> strict node
@@ -47,10 +49,14 @@ export interface RoutingDecision {
   readonly warning?: string;
 }
 
-/** Decides the routing mode of a Service from its fields and annotations. Pure. */
-export function routingMode(svc: Service, def: RoutingDefault): RoutingDecision {
+/**
+ * Decides the routing mode of a Service from its fields and annotations. `external`: for traffic that arrived from
+ * outside (a nodePort, an externalIP, a load-balancer IP), where spec.externalTrafficPolicy: Local comes first. Pure.
+ */
+export function routingMode(svc: Service, def: RoutingDefault, external = false): RoutingDecision {
   const a = svc.annotations;
   let warning: string | undefined;
+  if (external && svc.externalTrafficPolicy === 'Local') return decision({ mode: 'strict', scope: { kind: 'node' } }, 'spec.externalTrafficPolicy');
   if (svc.internalTrafficPolicy === 'Local') return decision({ mode: 'strict', scope: { kind: 'node' } }, 'spec.internalTrafficPolicy');
   const ke = a[KUBEEDGE_TOPOLOGY_ANNOTATION];
   if (ke !== undefined) {
@@ -134,6 +140,8 @@ export interface RoutingInput {
   readonly nodes: ReadonlyMap<string, NodeInfo>;
   readonly thisNode: string;
   readonly routingDefault: RoutingDefault;
+  /** Routing for traffic from outside (nodePorts, externalIPs, load-balancer IPs): see routingMode. */
+  readonly external?: boolean;
 }
 
 export interface TierSet {
@@ -165,7 +173,7 @@ function readyFirst(eps: readonly Endpoint[]): Endpoint[] {
 /** Computes the routing plan of one Service as seen from this node. Pure. */
 export function planRoutes(input: RoutingInput): RoutingPlan {
   const { service, nodes, thisNode } = input;
-  const decision = routingMode(service, input.routingDefault);
+  const decision = routingMode(service, input.routingDefault, input.external ?? false);
   const m = decision.mode;
   const me = nodes.get(thisNode);
   const scope = m.mode === 'strict' ? m.scope : undefined;

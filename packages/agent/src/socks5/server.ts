@@ -15,6 +15,7 @@
 // Refusals are counted in edgemesh_budget_refusals_total{budget=socks5_*} and logged rate-limited; per-connection
 // events are debug only.
 import { createServer, type Server, type Socket } from 'node:net';
+import { listenReusePort } from '@edgemesh/common/reuseport';
 import type { Duplex } from 'node:stream';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { Budgets } from '@edgemesh/common/budget';
@@ -79,6 +80,8 @@ export interface Socks5Options {
   /** The proxy's connect path (Proxier.connectTcp). */
   connectService: (serviceKey: string, port: number, from: ConnectFrom) => Promise<{ upstream: Duplex }>;
   nodeDialer: NodeDialer;
+  /** socks5.listen is held by the agent this one takes over from: bind alongside it (SO_REUSEPORT). */
+  shared?: boolean;
   /** Tests: shorter deadlines. */
   handshakeTimeoutMs?: number;
   connectTimeoutMs?: number;
@@ -130,17 +133,14 @@ export class Socks5Server {
     this.server.maxConnections = o.maxConnections + 16; // beyond the slots (eviction happens first): refused at accept
   }
 
-  /** Binds socks5.listen; resolves the bound address (port 0 picks one). */
+  /**
+   * Binds socks5.listen with SO_REUSEPORT (alongside the agent we take over from when `shared`; otherwise a port
+   * another program holds is refused); resolves the bound address (port 0 picks one).
+   */
   async start(): Promise<{ host: string; port: number }> {
     const hp = parseHostPort(this.o.listen, false);
     if (!hp) throw new Error(`socks5.listen: bad address ${this.o.listen}`);
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen({ host: hp.host, port: hp.port, backlog: SOCKS_LISTEN_BACKLOG }, () => {
-        this.server.removeListener('error', reject);
-        resolve();
-      });
-    });
+    await listenReusePort(this.server, hp.host || undefined, hp.port, { shared: this.o.shared ?? false, backlog: SOCKS_LISTEN_BACKLOG });
     const a = this.server.address();
     this.bound = typeof a === 'object' && a ? { host: a.address, port: a.port } : hp;
     this.o.log.info({ socks5: `${this.bound.host.includes(':') ? `[${this.bound.host}]` : this.bound.host}:${this.bound.port}`, auth: !!this.o.users }, 'socks5 listening');
@@ -158,6 +158,19 @@ export class Socks5Server {
   status(): Socks5Status {
     const b = this.bound;
     return { listen: b ? `${b.host.includes(':') ? `[${b.host}]` : b.host}:${b.port}` : this.o.listen, auth: !!this.o.users, connections: this.conns.size, relaying: this.relaying };
+  }
+
+  /**
+   * A takeover: stops accepting at once (with net.ipv4.tcp_migrate_req the kernel moves connections still queued
+   * on this listener to the successor's); handshakes under way and relaying connections carry on (the caller drains).
+   */
+  stopAccepting(): void {
+    if (this.server.listening) this.server.close();
+  }
+
+  /** Client connections open now, in their handshake or relaying (a draining agent waits for them). */
+  openConnections(): number {
+    return this.conns.size;
   }
 
   /** Stops accepting; with `all` (default) open connections are closed too. */

@@ -1,9 +1,10 @@
 // The Dialer the proxy uses for endpoints on other nodes: a stream through the tunnel (direct when punched, relay
-// otherwise), already answered OK by the remote agent.
+// otherwise), already answered OK by the remote agent, within the proxy's dial deadline.
 import type { Duplex } from 'node:stream';
-import { DialError, type DatagramChannel, type Dialer, type DialTarget } from '../proxy/dialer.ts';
+import { DialError, dialDeadline, type DatagramChannel, type Deadline, type Dialer, type DialTarget } from '../proxy/dialer.ts';
 import { streamDatagramChannel } from './datagram.ts';
 import type { Tunnel } from './tunnel.ts';
+import { DEFAULT_DIAL_MS } from './timers.ts';
 
 export class TunnelDialer implements Dialer {
   private readonly tunnel: Tunnel;
@@ -16,12 +17,11 @@ export class TunnelDialer implements Dialer {
     return t.nodeName;
   }
 
-  async dialTcp(t: DialTarget, signal?: AbortSignal): Promise<Duplex> {
-    return this.tunnel.open(this.node(t), { protocol: 'tcp', serviceKey: t.serviceKey, ip: t.ip, port: t.port }, signal);
+  async dialTcp(t: DialTarget, deadline: Deadline = dialDeadline(DEFAULT_DIAL_MS)): Promise<Duplex> {
+    return this.tunnel.open(this.node(t), { ...t, protocol: 'tcp' }, deadline);
   }
 
-  async openUdp(t: DialTarget, signal?: AbortSignal): Promise<DatagramChannel> {
-    const s = await this.tunnel.open(this.node(t), { protocol: 'udp', serviceKey: t.serviceKey, ip: t.ip, port: t.port }, signal);
-    return streamDatagramChannel(s);
+  async openUdp(t: DialTarget, deadline: Deadline = dialDeadline(DEFAULT_DIAL_MS)): Promise<DatagramChannel> {
+    return streamDatagramChannel(await this.tunnel.open(this.node(t), { ...t, protocol: 'udp' }, deadline));
   }
 }

@@ -1,78 +1,208 @@
-// A Noise-encrypted, mutually authenticated link to one peer over a raw duplex (a relay stream or a direct UDX
-// stream), carrying the stream multiplexer. The peer's static key must equal the key the server vouched for.
+// A link: one Noise (secret-stream, XX) channel to a peer over one transport (a relay stream, a UDX stream; later a
+// TCP/TLS stream), the peer's static key checked (identity.ts). It carries link frames (linkproto.ts): the HELLO
+// that binds it to a session, PING/PONG for its RTT, and the session's frames, which it hands to `onFrame`.
+// A link dies with its transport; the session's streams do not (mux.ts).
 import { EventEmitter } from 'node:events';
 import type { Duplex } from 'node:stream';
 import SecretStream from '@hyperswarm/secret-stream';
+import { FrameDecoder } from '@edgemesh/common/tunnel/frame';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
-import { Mux } from './mux.ts';
+import type { Clock, Timer } from './clock.ts';
+import { checkPeer } from './identity.ts';
+import { decodeHello, encodePingFrame, L, type Hello } from './linkproto.ts';
+import { HANDSHAKE_TIMEOUT_MS, LINK_PING_MS, LINK_PROBE_IDLE_MS } from './timers.ts';
 
-export const HANDSHAKE_TIMEOUT_MS = 10_000;
-export const LINK_PING_MS = 5_000;
-
+/** Which path a link is: through a server, or straight to the peer. */
 export type PathKind = 'relay' | 'direct';
+/** What carries it. */
+export type TransportKind = 'relay' | 'udx';
+
+export interface Transport {
+  stream: Duplex;
+  kind: TransportKind;
+  /** The peer's address (direct), or the server's (relay). */
+  remote: string | null;
+  /** The server a relay transport goes through. */
+  server?: string;
+}
+
+export interface LinkOptions {
+  keyPair: RawKeyPair;
+  /** The peer's node name and the key its identity must match. */
+  peer: string;
+  vouchedKey: Buffer;
+  initiator: boolean;
+  clock: Clock;
+  /** Our HELLO, made once the handshake hash is known (it binds the HELLO to this link). */
+  hello: (handshakeHash: Buffer) => Buffer;
+}
+
+let nextLinkId = 1;
 
 export class Link extends EventEmitter {
+  readonly id = nextLinkId++;
   readonly kind: PathKind;
+  readonly transport: TransportKind;
   readonly peer: string;
-  readonly mux: Mux;
-  readonly noise: SecretStream;
+  readonly server: string | undefined;
+  readonly handshakeHash: Buffer;
   remote: string | null;
   rttMs: number | null = null;
+  /** When the last frame arrived (clock ms). */
+  lastHeard: number;
+  private lastPing = -Infinity;
   bytesIn = 0;
   bytesOut = 0;
-  private closedFlag = false;
-  private pinger: NodeJS.Timeout | undefined;
+  /** Session frames (everything but HELLO, PING, PONG); held in `held` until start(). */
+  private onFrame: ((type: number, payload: Buffer) => void) | undefined;
+  private held: { type: number; payload: Buffer }[] = [];
+  private readonly noise: SecretStream;
+  private readonly decoder: FrameDecoder;
 
-  private constructor(noise: SecretStream, initiator: boolean, kind: PathKind, peer: string, remote: string | null, init?: (l: Link) => void) {
+  private readonly clock: Clock;
+  private closedFlag = false;
+  private pinger: Timer | undefined;
+
+  /** The peer's HELLO (its first frame), or an error when the link dies or times out before it. */
+  readonly hello: Promise<Hello>;
+  private helloDone: ((h: Hello | Error) => void) | undefined;
+
+  private constructor(noise: SecretStream, t: Transport, o: LinkOptions) {
     super();
     this.noise = noise;
-    this.kind = kind;
-    this.peer = peer;
-    this.remote = remote;
-    this.mux = new Mux((b) => {
-      if (this.closedFlag) return;
-      this.bytesOut += b.length;
-      this.emit('bytes', 'out', b.length);
-      noise.write(b);
-    }, initiator);
-    this.mux.onPong = (rtt) => { this.rttMs = Math.round(rtt * 100) / 100; };
-    this.mux.onProtocolError = (why) => this.close(new Error(`protocol error: ${why}`));
-    init?.(this);
-    noise.on('data', (b: Buffer) => {
-      this.bytesIn += b.length;
-      this.emit('bytes', 'in', b.length);
-      this.mux.push(b);
+    this.kind = t.kind === 'relay' ? 'relay' : 'direct';
+    this.transport = t.kind;
+    this.peer = o.peer;
+    this.server = t.server;
+    this.remote = t.remote;
+    this.clock = o.clock;
+    this.decoder = new FrameDecoder();
+    this.handshakeHash = Buffer.from(noise.handshakeHash!);
+    this.lastHeard = o.clock.now();
+    this.hello = new Promise((resolve, reject) => {
+      const timer = o.clock.setTimeout(() => this.close(new Error('no HELLO on the new link')), HANDSHAKE_TIMEOUT_MS);
+      this.helloDone = (h) => {
+        this.helloDone = undefined;
+        o.clock.clearTimeout(timer);
+        if (h instanceof Error) reject(h);
+        else resolve(h);
+      };
     });
+    this.hello.catch(() => {});
+    noise.on('data', (c: Buffer) => this.onData(c));
     noise.on('error', (e: Error) => this.close(e));
     noise.on('close', () => this.close());
     noise.on('end', () => noise.end());
-    this.pinger = setInterval(() => this.mux.ping(), LINK_PING_MS);
-    this.pinger.unref();
-    this.mux.ping();
+    this.schedulePing();
   }
 
-  /** Runs the Noise handshake over `raw`; resolves once the peer proved `expectedKey`. */
-  static establish(raw: Duplex, initiator: boolean, keyPair: RawKeyPair, expectedKey: Buffer, kind: PathKind, peer: string, remote: string | null, init?: (l: Link) => void): Promise<Link> {
+  /**
+   * Runs Noise over the transport (the peer must prove the vouched key) and sends our HELLO; resolves with the link
+   * once the handshake is done. The peer's HELLO follows in `link.hello` (for the responder it comes with the last
+   * handshake message; the initiator may use a fresh session's link before it arrives).
+   */
+  static establish(t: Transport, o: LinkOptions): Promise<Link> {
     return new Promise((resolve, reject) => {
-      const noise = new SecretStream(initiator, raw, { keyPair: { publicKey: keyPair.publicKey, secretKey: keyPair.secretKey } });
+      const noise = new SecretStream(o.initiator, t.stream, { keyPair: { publicKey: o.keyPair.publicKey, secretKey: o.keyPair.secretKey } });
+      let settled = false;
       const fail = (e: Error) => {
-        clearTimeout(timer);
+        if (settled) return;
+        settled = true;
+        o.clock.clearTimeout(timer);
         noise.destroy();
-        raw.destroy();
+        t.stream.destroy();
         reject(e);
       };
-      const timer = setTimeout(() => fail(new Error('Noise handshake timed out')), HANDSHAKE_TIMEOUT_MS);
-      noise.once('error', fail);
+      const timer = o.clock.setTimeout(() => fail(new Error('link handshake timed out')), HANDSHAKE_TIMEOUT_MS);
+      noise.on('error', fail);
+      noise.once('close', () => fail(new Error('transport closed during the link handshake')));
       noise.opened.then((ok) => {
-        clearTimeout(timer);
-        noise.off('error', fail);
+        if (settled) return;
         if (!ok) return fail(new Error('Noise handshake failed'));
-        if (!noise.remotePublicKey || !expectedKey.equals(noise.remotePublicKey)) {
-          return fail(new Error(`peer ${peer} presented a key the server did not vouch for`));
-        }
-        resolve(new Link(noise, initiator, kind, peer, remote, init));
-      }, fail);
+        const why = checkPeer(o.peer, o.vouchedKey, noise.remotePublicKey);
+        if (why) return fail(new Error(why));
+        settled = true;
+        o.clock.clearTimeout(timer);
+        noise.off('error', fail);
+        noise.removeAllListeners('close');
+        const link = new Link(noise, t, o);
+        link.send(o.hello(link.handshakeHash));
+        resolve(link);
+      }).catch((e: unknown) => {
+        settled = false;
+        fail(e instanceof Error ? e : new Error(String(e)));
+      });
     });
+  }
+
+  private onData(c: Buffer): void {
+    this.bytesIn += c.length;
+    this.lastHeard = this.clock.now();
+    let frames;
+    try {
+      frames = this.decoder.push(c);
+    } catch (e) {
+      this.close(new Error(`protocol error: ${(e as Error).message}`));
+      return;
+    }
+    for (const f of frames) {
+      if (this.closedFlag) return;
+      this.onLinkFrame(f.type, f.payload);
+    }
+  }
+
+  private onLinkFrame(type: number, p: Buffer): void {
+    if (type === L.PING && p.length === 8) return this.send(encodePingFrame(L.PONG, p.readDoubleBE(0)));
+    if (type === L.PONG && p.length === 8) {
+      this.rttMs = Math.round((this.clock.now() - p.readDoubleBE(0)) * 100) / 100;
+      this.emit('pong');
+      return;
+    }
+    if (this.helloDone) {
+      const h = type === L.HELLO ? decodeHello(p) : undefined;
+      if (!h) return this.close(new Error('protocol error: expected HELLO'));
+      return this.helloDone(h);
+    }
+    if (type === L.HELLO) return this.close(new Error('protocol error: second HELLO'));
+    if (this.onFrame) this.onFrame(type, p);
+    else this.held.push({ type, payload: p });
+  }
+
+  /** Hands session frames to `onFrame` from now on, starting with those that arrived before. */
+  start(onFrame: (type: number, payload: Buffer) => void): void {
+    this.onFrame = onFrame;
+    const held = this.held;
+    this.held = [];
+    for (const f of held) {
+      if (this.closedFlag) return;
+      onFrame(f.type, f.payload);
+    }
+  }
+
+  send(frame: Buffer): void {
+    if (this.closedFlag) return;
+    this.bytesOut += frame.length;
+    this.noise.write(frame);
+  }
+
+  ping(): void {
+    this.lastPing = this.clock.now();
+    this.send(encodePingFrame(L.PING, this.lastPing));
+  }
+
+  /** A dial is waiting on this link: make sure it will hear from the peer soon if the path is alive. */
+  probe(): void {
+    const now = this.clock.now();
+    if (now - this.lastHeard > LINK_PROBE_IDLE_MS && now - this.lastPing > LINK_PROBE_IDLE_MS) this.ping();
+  }
+
+  heardSince(t: number): boolean {
+    return this.lastHeard > t;
+  }
+
+  private schedulePing(): void {
+    this.ping();
+    this.pinger = this.clock.setTimeout(() => this.schedulePing(), LINK_PING_MS);
   }
 
   get closed(): boolean {
@@ -82,8 +212,8 @@ export class Link extends EventEmitter {
   close(err?: Error): void {
     if (this.closedFlag) return;
     this.closedFlag = true;
-    clearInterval(this.pinger);
-    this.mux.close(err);
+    this.clock.clearTimeout(this.pinger);
+    this.helloDone?.(err ?? new Error('link closed'));
     this.noise.destroy();
     this.emit('close', err);
   }

@@ -1,188 +1,388 @@
-// Stream multiplexer running inside one Noise link between two agents (over the relay or a direct UDX stream).
-// Frames as frame.ts; each stream opens with a header answered OK or an error code; then credit-flow-controlled
-// bytes. Ping/pong measure the link RTT.
-import { encodeFrame, encodeStreamFrame, FrameDecoder } from '@edgemesh/common/tunnel/frame';
-import { parseJson } from '@edgemesh/common/tunnel/protocol';
-import { DialError, type DialErrorCode } from '../proxy/dialer.ts';
-import { CreditStream, framedIO } from './credit.ts';
+// A session: the streams between two nodes, independent of the links (transports) that carry them. One link is
+// current (we send on it); frames are taken from any link of the session. When the session moves to another link
+// (the current one died, a better one came up, the peer moved), it sends ATTACH there with the state of every
+// stream (bytes received and acknowledged); the peer answers with its own, and each side resends from what the
+// other received (TunnelStream.resumeFrom) and repairs what was lost with the old link: an OPEN, OK or RESET.
+import type { DialErrorCode } from '../proxy/dialer.ts';
+import { DialError } from '../proxy/dialer.ts';
+import { decodeStreamFrame, encodeCredit, encodeData, encodeEnd, encodeReset } from '@edgemesh/common/tunnel/streams';
+import type { Clock } from './clock.ts';
+import {
+  ATTACH_REPLY, ATTACH_REQUEST, decodeAttach, decodeErr, decodeId, decodeOpen, encodeAttach, encodeErr, encodeOk, encodeOpen, L,
+  LINK_STREAM_TYPES, S, type AttachEntry, type StreamHeader,
+} from './linkproto.ts';
+import { TunnelStream, type StreamIO } from './stream.ts';
 
-export const M = { OPEN: 1, OK: 2, ERR: 3, DATA: 4, CREDIT: 5, END: 6, RESET: 7, PING: 8, PONG: 9 } as const;
-/** How many streams one link carries at once. */
-export const MAX_STREAMS_PER_LINK = 8192;
+/** How many streams one session carries at once (ours and the peer's, also while the peer's dial is under way). */
+export const MAX_STREAMS_PER_SESSION = 8192;
 
-export interface StreamHeader { protocol: 'tcp' | 'udp'; serviceKey: string; ip: string; port: number }
-
-export function parseHeader(b: Buffer): StreamHeader | undefined {
-  const m = parseJson(b);
-  if (!m) return undefined;
-  const { protocol, serviceKey, ip, port } = m;
-  if ((protocol !== 'tcp' && protocol !== 'udp') || typeof serviceKey !== 'string' || typeof ip !== 'string') return undefined;
-  if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) return undefined;
-  return { protocol, serviceKey, ip, port };
+/** What a session needs from a link. */
+export interface SessionLink {
+  readonly id: number;
+  readonly closed: boolean;
+  send(frame: Buffer): void;
 }
 
-export type IncomingHandler = (h: StreamHeader, accept: () => CreditStream, reject: (code: DialErrorCode, message: string) => void) => void;
+export type IncomingHandler = (h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void) => void;
 
-export class Mux {
-  private readonly sendRaw: (b: Buffer) => void;
-  private readonly decoder = new FrameDecoder();
-  private readonly streams = new Map<number, CreditStream>();
-  private readonly opening = new Map<number, { resolve: (s: CreditStream) => void; reject: (e: Error) => void; stream: CreditStream }>();
-  /** Ids of streams the peer opened that we have not answered yet (the local dial is under way). */
-  private readonly answering = new Set<number>();
+interface Opening {
+  stream: TunnelStream;
+  header: StreamHeader;
+  deadlineAt: number;
+  /** The link the OPEN last went out on (the path the stream was opened on). */
+  via: SessionLink | undefined;
+  resolve: (r: { stream: TunnelStream; via: SessionLink | undefined }) => void;
+  reject: (e: Error) => void;
+}
+
+export class Session {
+  readonly localSid: Buffer;
+  /** The peer's session id, from the first HELLO (a different one later means the peer lost this session). */
+  remoteSid: Buffer | undefined;
+  private readonly clock: Clock;
+  private link: SessionLink | undefined;
+  /** The peer's state arrived on the current link (its ATTACH): data may flow. */
+  private resumed = false;
+  private readonly streams = new Map<number, TunnelStream>();
+  private readonly opening = new Map<number, Opening>();
+  /** Streams the peer opened whose local dial is under way; true once the peer gave up on one. */
+  private readonly answering = new Map<number, boolean>();
   private nextId: number;
-  private closedFlag = false;
+  private seq = 0;
+  private peerSeq = 0;
+  private closedErr: Error | undefined;
   onIncoming: IncomingHandler = (_h, _a, reject) => reject('refused', 'no handler');
-  onPong: (rttMs: number) => void = () => {};
-  onProtocolError: (why: string) => void = () => {};
+  /** The session moved to `link` because the peer asked (its ATTACH request arrived there). */
+  onFollow: (link: SessionLink) => void = () => {};
+  /** The peer answered on the current link: streams flow again. */
+  onResumed: (link: SessionLink) => void = () => {};
+  onProtocolError: (link: SessionLink, why: string) => void = () => {};
 
-  constructor(sendRaw: (b: Buffer) => void, initiator: boolean) {
-    this.sendRaw = sendRaw;
-    this.nextId = initiator ? 1 : 2;
+  /** `odd`: this side numbers its streams 1, 3, 5... (the side with the smaller node name). `after`: a session this
+   *  one replaces; its numbers are not used again, so a late frame for an old stream cannot hit a new one. */
+  constructor(o: { localSid: Buffer; odd: boolean; clock: Clock; after?: Session }) {
+    this.localSid = o.localSid;
+    this.clock = o.clock;
+    this.nextId = o.after ? o.after.nextId : o.odd ? 1 : 2;
+  }
+
+  get current(): SessionLink | undefined {
+    return this.link;
+  }
+
+  get isResumed(): boolean {
+    return this.resumed && !!this.link && !this.link.closed;
   }
 
   get size(): number {
-    return this.streams.size;
-  }
-
-  private makeStream(id: number): CreditStream {
-    const s = new CreditStream(framedIO(this.sendRaw, M, id, () => this.streams.delete(id)));
-    this.streams.set(id, s);
-    // Accepted after the link died (the local dial was slow): nothing will ever close it, so close it now and let
-    // whoever holds the stream release its socket.
-    if (this.closedFlag) s.destroy();
-    return s;
-  }
-
-  open(h: StreamHeader): Promise<CreditStream> {
-    if (this.closedFlag) return Promise.reject(new DialError('unreachable', 'link closed'));
-    if (this.streams.size >= MAX_STREAMS_PER_LINK) return Promise.reject(new DialError('unreachable', 'too many streams on link'));
-    const id = this.nextId;
-    this.nextId += 2;
-    if (this.nextId > 0xfffffff0) this.nextId -= 0xfffffff0 - 2;
-    const stream = this.makeStream(id);
-    return new Promise((resolve, reject) => {
-      this.opening.set(id, { resolve, reject, stream });
-      this.sendRaw(encodeStreamFrame(M.OPEN, id, Buffer.from(JSON.stringify(h))));
-    });
-  }
-
-  /** Abandons a pending open (timeout or abort): resets the stream. */
-  cancel(s: CreditStream): void {
-    for (const [id, o] of this.opening) {
-      if (o.stream === s) {
-        this.opening.delete(id);
-        s.destroy();
-      }
-    }
-  }
-
-  ping(): void {
-    const b = Buffer.allocUnsafe(8);
-    b.writeDoubleBE(performance.now());
-    this.sendRaw(encodeFrame(M.PING, b));
-  }
-
-  push(chunk: Buffer): void {
-    let frames;
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (e) {
-      this.onProtocolError((e as Error).message);
-      return;
-    }
-    for (const f of frames) this.onFrame(f.type, f.payload);
-  }
-
-  private onFrame(type: number, p: Buffer): void {
-    if (type === M.PING && p.length === 8) return this.sendRaw(encodeFrame(M.PONG, p));
-    if (type === M.PONG && p.length === 8) return this.onPong(performance.now() - p.readDoubleBE(0));
-    if (p.length < 4) return this.onProtocolError('short frame');
-    const id = p.readUInt32BE(0);
-    const body = p.subarray(4);
-    switch (type) {
-      case M.OPEN: {
-        if (this.streams.has(id) || this.answering.has(id) || (id & 1) === (this.nextId & 1)) return this.onProtocolError('bad stream id');
-        const h = parseHeader(body);
-        if (!h) return this.sendErr(id, 'forbidden', 'bad header');
-        // The peer's streams count against the same limit as ours, also while their local dial is under way.
-        if (this.streams.size + this.answering.size >= MAX_STREAMS_PER_LINK) return this.sendErr(id, 'refused', 'too many streams on link');
-        this.answering.add(id);
-        this.onIncoming(
-          h,
-          () => {
-            this.answering.delete(id);
-            const s = this.makeStream(id);
-            this.sendRaw(encodeStreamFrame(M.OK, id));
-            return s;
-          },
-          (code, message) => {
-            if (!this.answering.delete(id)) return;
-            this.sendErr(id, code, message);
-          },
-        );
-        return;
-      }
-      case M.OK: {
-        const o = this.opening.get(id);
-        if (!o) return;
-        this.opening.delete(id);
-        o.resolve(o.stream);
-        return;
-      }
-      case M.ERR: {
-        const o = this.opening.get(id);
-        if (!o) return;
-        this.opening.delete(id);
-        this.streams.delete(id);
-        const m = parseJson(body);
-        const code = (['refused', 'timeout', 'unreachable', 'forbidden', 'no-route'] as const).find((c) => c === m?.code) ?? 'refused';
-        o.reject(new DialError(code, `remote agent: ${typeof m?.message === 'string' ? m.message : code}`));
-        return;
-      }
-      case M.DATA:
-        this.streams.get(id)?.onData(Buffer.from(body));
-        return;
-      case M.CREDIT:
-        if (body.length === 4) this.streams.get(id)?.onCredit(body.readUInt32BE(0));
-        return;
-      case M.END:
-        this.streams.get(id)?.onEnd();
-        return;
-      case M.RESET: {
-        const o = this.opening.get(id);
-        if (o) {
-          this.opening.delete(id);
-          o.reject(new DialError('refused', 'stream reset'));
-        }
-        this.streams.get(id)?.onReset();
-        return;
-      }
-      default:
-        this.onProtocolError(`unknown frame type ${type}`);
-    }
-  }
-
-  private sendErr(id: number, code: DialErrorCode, message: string): void {
-    this.sendRaw(encodeStreamFrame(M.ERR, id, Buffer.from(JSON.stringify({ code, message }))));
-  }
-
-  /** The link died: every stream is destroyed, pending opens fail. */
-  close(err?: Error): void {
-    if (this.closedFlag) return;
-    this.closedFlag = true;
-    for (const o of this.opening.values()) {
-      o.reject(new DialError('unreachable', err?.message ?? 'link closed'));
-      o.stream.destroy();
-    }
-    this.opening.clear();
-    // Streams nobody listens to for errors (never handed out, or already abandoned) close quietly: an 'error' event
-    // without a listener would take the process down.
-    for (const s of this.streams.values()) s.destroy(s.listenerCount('error') > 0 ? (err ?? new Error('link closed')) : undefined);
-    this.streams.clear();
+    return this.streams.size + this.opening.size + this.answering.size;
   }
 
   get closed(): boolean {
-    return this.closedFlag;
+    return this.closedErr !== undefined;
+  }
+
+  // ---------- links ----------
+
+  /** Moves the session to `link`: ATTACH with our state; data waits for the peer's. */
+  attach(link: SessionLink): void {
+    if (this.closedErr) return;
+    this.link = link;
+    this.resumed = false;
+    link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
+    // Opens that never went out go now, behind the ATTACH (the peer takes them in order).
+    for (const [id, o] of this.opening) if (!o.via) this.sendOpen(id);
+  }
+
+  /** `link` is gone (or any link, without an argument): nothing is sent until the next attach. Opens that went out
+   *  on it go again (at once on the current link; the peer ignores an OPEN it already has). */
+  detach(link?: SessionLink): void {
+    if (link) this.distrust(link);
+    if (link && this.link !== link) return;
+    this.link = undefined;
+    this.resumed = false;
+  }
+
+  /** What was sent on `link` may never arrive (it died, or stopped answering): resend its opens elsewhere. */
+  distrust(link: SessionLink): void {
+    for (const [id, o] of this.opening) {
+      if (o.via !== link) continue;
+      o.via = undefined;
+      if (this.link !== link) this.sendOpen(id);
+    }
+  }
+
+  private canSend(): boolean {
+    return this.resumed && !!this.link && !this.link.closed;
+  }
+
+  /** Control frames go on the current link as soon as our ATTACH went before them. */
+  private sendCtl(frame: Buffer): void {
+    if (this.link && !this.link.closed) this.link.send(frame);
+  }
+
+  private entries(): AttachEntry[] {
+    const out: AttachEntry[] = [];
+    for (const id of this.opening.keys()) out.push({ id, state: S.OPENING, recv: 0, ack: 0 });
+    for (const id of this.answering.keys()) out.push({ id, state: S.ANSWERING, recv: 0, ack: 0 });
+    for (const [id, s] of this.streams) {
+      if (this.opening.has(id)) continue;
+      const r = s.received;
+      out.push({ id, state: S.OPEN, recv: r.recv, ack: r.ack });
+    }
+    return out;
+  }
+
+  // ---------- streams ----------
+
+  private streamIO(id: number, self: () => TunnelStream): StreamIO {
+    const t = LINK_STREAM_TYPES;
+    return {
+      canSend: () => this.canSend() && !this.opening.has(id),
+      data: (off, b) => this.link!.send(encodeData(t, id, off, b)),
+      credit: (ack) => this.link!.send(encodeCredit(t, id, ack)),
+      end: (fin) => this.link!.send(encodeEnd(t, id, fin)),
+      reset: () => this.link!.send(encodeReset(t, id)),
+      closed: () => { if (this.streams.get(id) === self()) this.streams.delete(id); },
+    };
+  }
+
+  private makeStream(id: number): TunnelStream {
+    const s: TunnelStream = new TunnelStream(this.streamIO(id, () => s));
+    this.streams.set(id, s);
+    return s;
+  }
+
+  private allocId(): number {
+    const id = this.nextId;
+    this.nextId += 2;
+    if (this.nextId > 0xfffffff0) this.nextId -= 0xfffffff0 - 2;
+    return id;
+  }
+
+  /** The peer restarted before answering these opens: the next session (to the new peer) asks again. */
+  moveOpenings(next: Session): void {
+    for (const [id, o] of this.opening) {
+      this.streams.delete(id);
+      next.adoptOpening(o);
+    }
+    this.opening.clear();
+  }
+
+  private adoptOpening(o: Opening): void {
+    const id = this.allocId();
+    o.stream.rebind(this.streamIO(id, () => o.stream));
+    o.via = undefined;
+    this.streams.set(id, o.stream);
+    this.opening.set(id, o);
+    this.sendOpen(id);
+  }
+
+  /** Opens a stream; `answered` resolves once the far side said OK (over whichever link carries the session then). */
+  open(header: StreamHeader, deadlineAt: number): { stream: TunnelStream | undefined; answered: Promise<{ stream: TunnelStream; via: SessionLink | undefined }> } {
+    if (this.closedErr) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', this.closedErr.message)) };
+    if (this.size >= MAX_STREAMS_PER_SESSION) return { stream: undefined, answered: Promise.reject(new DialError('unreachable', 'too many streams to this peer')) };
+    const id = this.allocId();
+    const stream = this.makeStream(id);
+    const answered = new Promise<{ stream: TunnelStream; via: SessionLink | undefined }>((resolve, reject) => {
+      this.opening.set(id, { stream, header, deadlineAt, via: undefined, resolve, reject });
+      this.sendOpen(id);
+    });
+    return { stream, answered };
+  }
+
+  /** Whether the stream is still waiting for its OK. */
+  isOpening(s: TunnelStream): boolean {
+    for (const o of this.opening.values()) if (o.stream === s) return true;
+    return false;
+  }
+
+  private sendOpen(id: number): void {
+    const o = this.opening.get(id);
+    if (!o) return;
+    if (!this.link || this.link.closed) return;
+    // The far side may use what is left of the caller's time, as of now (a resent OPEN says less than the first).
+    o.via = this.link;
+    this.link.send(encodeOpen(id, { target: o.header.target, timeoutMs: Math.max(0, o.deadlineAt - this.clock.now()) }));
+  }
+
+  /** Abandons a pending open (deadline or abort): the far side is told, the stream closed. */
+  cancel(s: TunnelStream): void {
+    for (const [id, o] of this.opening) {
+      if (o.stream !== s) continue;
+      this.opening.delete(id);
+      this.streams.delete(id);
+      this.sendCtl(encodeReset(LINK_STREAM_TYPES, id));
+      s.abort();
+      o.reject(new DialError('timeout', 'the dial was abandoned'));
+    }
+  }
+
+  // ---------- frames ----------
+
+  onFrame(link: SessionLink, type: number, p: Buffer): void {
+    if (this.closedErr) return;
+    switch (type) {
+      case L.ATTACH: {
+        const a = decodeAttach(p, MAX_STREAMS_PER_SESSION * 2);
+        return a ? this.onAttach(link, a.flags, a.seq, a.entries) : this.onProtocolError(link, 'bad ATTACH');
+      }
+      case L.OPEN: return this.onOpen(p, link);
+      case L.OK: {
+        const id = decodeId(p);
+        if (id !== undefined) this.established(id);
+        return;
+      }
+      case L.ERR: {
+        const e = decodeErr(p);
+        const o = e && this.opening.get(e.id);
+        if (!e || !o) return;
+        this.opening.delete(e.id);
+        this.streams.delete(e.id);
+        o.stream.abort();
+        o.reject(new DialError(e.code, `remote agent: ${e.message || e.code}`));
+        return;
+      }
+      default: {
+        const f = decodeStreamFrame(LINK_STREAM_TYPES, type, p);
+        if (!f) return this.onProtocolError(link, `unknown or malformed frame type ${type}`);
+        if (f.kind === 'reset') return this.onReset(f.id);
+        // Data for a stream still opening: the peer accepted it (its OK went on another link, slower than this one).
+        if (this.opening.has(f.id)) this.established(f.id);
+        const s = this.streams.get(f.id);
+        if (!s) return;
+        if (f.kind === 'data') s.onData(f.offset, f.bytes);
+        else if (f.kind === 'credit') s.onCredit(f.ack);
+        else s.onEnd(f.fin);
+      }
+    }
+  }
+
+  private established(id: number): void {
+    const o = this.opening.get(id);
+    if (!o) return;
+    this.opening.delete(id);
+    o.resolve({ stream: o.stream, via: o.via });
+    o.stream.transmit();
+  }
+
+  private onReset(id: number): void {
+    const o = this.opening.get(id);
+    if (o) {
+      this.opening.delete(id);
+      this.streams.delete(id);
+      o.stream.abort();
+      o.reject(new DialError('refused', 'stream reset'));
+      return;
+    }
+    if (this.answering.has(id)) this.answering.set(id, true);
+    this.streams.get(id)?.onReset();
+  }
+
+  private onOpen(p: Buffer, link: SessionLink): void {
+    const m = decodeOpen(p);
+    if (!m) return this.onProtocolError(link, 'short OPEN');
+    const { id, header } = m;
+    // The answer goes back the way the OPEN came (it is quickest there: the session may just be moving to a link the
+    // opener cannot read yet), else on the current link.
+    const answer = (frame: Buffer) => (!link.closed ? link.send(frame) : this.sendCtl(frame));
+    if ((id & 1) === (this.nextId & 1)) return this.onProtocolError(link, 'bad stream id');
+    if (this.answering.has(id)) return; // the same OPEN again (resent after a move): the dial is under way
+    if (this.streams.has(id)) return answer(encodeOk(id)); // our OK was lost with the old link
+    if (!header) return answer(encodeErr(id, 'forbidden', 'bad header'));
+    if (this.size >= MAX_STREAMS_PER_SESSION) return answer(encodeErr(id, 'refused', 'too many streams to this peer'));
+    this.answering.set(id, false);
+    this.onIncoming(
+      header,
+      () => {
+        const gaveUp = this.answering.get(id) === true || this.closedErr !== undefined;
+        this.answering.delete(id);
+        const s = this.makeStream(id);
+        if (gaveUp) {
+          // Accepted after the caller gave up (or the session died): close at once, so whoever holds the stream
+          // releases its socket.
+          s.abort();
+          return s;
+        }
+        answer(encodeOk(id));
+        return s;
+      },
+      (code, message) => {
+        if (!this.answering.has(id)) return;
+        this.answering.delete(id);
+        answer(encodeErr(id, code, message));
+      },
+    );
+  }
+
+  private onAttach(link: SessionLink, flags: number, seq: number, entries: AttachEntry[]): void {
+    if (flags & ATTACH_REQUEST) {
+      if (seq <= this.peerSeq) return; // an old request arriving late over a slower link
+      this.peerSeq = seq;
+      if (this.link !== link) {
+        this.link = link;
+        this.onFollow(link);
+      }
+      link.send(encodeAttach({ flags: ATTACH_REPLY, seq, entries: this.entries() }));
+    } else if (!(flags & ATTACH_REPLY) || link !== this.link || seq !== this.seq) {
+      return; // a reply to an attach we have moved on from
+    }
+    this.resumed = true;
+    this.reconcile(entries);
+    this.onResumed(link);
+  }
+
+  /** Brings our streams in line with the peer's view (its ATTACH): resend, repair, or drop what it lost. */
+  private reconcile(entries: AttachEntry[]): void {
+    const peer = new Map(entries.map((e) => [e.id, e]));
+    for (const [id, o] of [...this.opening]) {
+      const pe = peer.get(id);
+      if (pe?.state === S.OPEN) {
+        this.established(id); // its OK was lost
+        o.stream.resumeFrom(pe.recv, pe.ack);
+      } else if (!pe && !o.via) {
+        this.sendOpen(id); // it never got our OPEN (not sent yet, or sent on a link that died); else it is on its way
+      }
+    }
+    for (const [id, gaveUp] of [...this.answering]) if (!gaveUp && !peer.has(id)) this.answering.set(id, true);
+    for (const [id, s] of [...this.streams]) {
+      if (this.opening.has(id)) continue;
+      const pe = peer.get(id);
+      if (!pe) {
+        // The peer no longer has it: both ENDs were exchanged and it finished, or it reset it (the RESET was lost).
+        if (s.bothEnded) s.abort(undefined, true);
+        else s.abort(new Error('stream lost by the peer'));
+        continue;
+      }
+      if (pe.state === S.OPENING) this.sendCtl(encodeOk(id)); // our OK was lost
+      s.resumeFrom(pe.recv, pe.ack);
+    }
+    for (const pe of entries) {
+      if (this.streams.has(pe.id) || this.opening.has(pe.id) || this.answering.has(pe.id)) continue;
+      // A stream of the peer's we never heard of (its OPEN will come again: our ATTACH does not list it), or one we
+      // dropped while it could not hear us: tell it now.
+      if (pe.state !== S.OPENING) this.sendCtl(encodeReset(LINK_STREAM_TYPES, pe.id));
+    }
+  }
+
+  /** Fails the opens still waiting when no link can be had (the peer is unreachable). */
+  failOpening(err: DialError): void {
+    for (const [id, o] of [...this.opening]) {
+      this.opening.delete(id);
+      this.streams.delete(id);
+      o.stream.abort();
+      o.reject(err);
+    }
+  }
+
+  /** The session is over (gave up re-attaching, the peer restarted, the node left): every stream ends. */
+  close(err: Error): void {
+    if (this.closedErr) return;
+    this.closedErr = err;
+    this.link = undefined;
+    this.failOpening(new DialError('unreachable', err.message));
+    for (const id of this.answering.keys()) this.answering.set(id, true);
+    for (const s of [...this.streams.values()]) s.abort(err);
+    this.streams.clear();
   }
 }

@@ -4,28 +4,32 @@
 //   [0] 0xE5 magic  [1] type  [2..10) sender key id  [10..22) txid  [22..30) counter u64  [30..34) udx stream id
 //   [34..50) HMAC-SHA256 truncated to 16 bytes over [0..34)
 import { createHmac } from 'node:crypto';
-import sodium from 'sodium-native';
 import { safeEqual } from '@edgemesh/common/tunnel/auth';
+import { pairKey } from './identity.ts';
 
 export const PING_MAGIC = 0xe5;
 export const PING_BYTES = 50;
 export const P = { PING: 1, PONG: 2 } as const;
+
+/** The packet's fields (docs/tunnel-protocol.md). */
+export const PING_FIELDS: readonly { offset: number; bytes: number; field: string }[] = [
+  { offset: 0, bytes: 1, field: 'magic 0xE5' },
+  { offset: 1, bytes: 1, field: 'type: 1 PING, 2 PONG' },
+  { offset: 2, bytes: 8, field: 'sender key id' },
+  { offset: 10, bytes: 12, field: 'txid (a PONG echoes it)' },
+  { offset: 22, bytes: 8, field: 'counter u64 (replay window)' },
+  { offset: 30, bytes: 4, field: 'the sender\'s UDX stream id for us' },
+  { offset: 34, bytes: 16, field: 'HMAC-SHA256 over bytes 0..34, truncated' },
+];
 const BODY = 34;
 
 export interface PingPacket { type: number; keyId: Buffer; txid: Buffer; counter: bigint; streamId: number }
 
 export const keyId = (publicKey: Buffer): Buffer => publicKey.subarray(0, 8);
 
-/** The pairwise ping key: X25519(our secret, their public) bound to both public keys. */
+/** The pairwise ping key: only the two peers can compute it (identity.ts). */
 export function pingKey(mySecret: Buffer, myPublic: Buffer, peerPublic: Buffer): Buffer {
-  const sk = Buffer.alloc(32);
-  const pk = Buffer.alloc(32);
-  const shared = Buffer.alloc(32);
-  sodium.crypto_sign_ed25519_sk_to_curve25519(sk, mySecret);
-  sodium.crypto_sign_ed25519_pk_to_curve25519(pk, peerPublic);
-  sodium.crypto_scalarmult(shared, sk, pk);
-  const [x, y] = Buffer.compare(myPublic, peerPublic) < 0 ? [myPublic, peerPublic] : [peerPublic, myPublic];
-  return createHmac('sha256', shared).update('edgemesh/ping/v1').update(x).update(y).digest();
+  return pairKey(mySecret, myPublic, peerPublic, 'edgemesh/ping/v1');
 }
 
 export function isPing(b: Buffer): boolean {

@@ -2,9 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import {
-  classifyNat, localCandidates, parseCandidates, pathAlive, punchPlan, punchSchedule, ReplayWindow, shouldTryUpgrade, startDelayMs,
-  PATH_TIMEOUT_MS, PUNCH_TIMEOUT_MS, REPUNCH_AFTER_FAILOVER_MS, UPGRADE_RETRY_MS, MAX_START_DELAY_MS,
+  choosePath, classifyNat, followUpMode, localCandidates, pathAlive, punchPlan, punchSchedule, ReplayWindow, shouldTryUpgrade, startDelayMs,
+  upgradeAfter, upgradeDelayMs, type UpgradeState,
 } from './punch.ts';
+import { MAX_START_DELAY_MS, PATH_TIMEOUT_MS, PUNCH_TIMEOUT_MS, REPUNCH_AFTER_FAILOVER_MS, SHORT_PUNCH_MS, UPGRADE_RETRY_MS } from './timers.ts';
 import { decodePing, encodePing, keyId, P, pingKey } from './ping.ts';
 import { generateKeyPair } from '@edgemesh/common/tunnel/ed25519';
 
@@ -45,14 +46,43 @@ test('path liveness and upgrade retries', () => {
   assert.equal(shouldTryUpgrade({ lastAttemptMs: 0, lastOutcome: 'lost' }, REPUNCH_AFTER_FAILOVER_MS), true);
 });
 
-test('candidates: LAN then STUN, deduplicated; wire candidates validated and bounded', () => {
+test('after losing a direct path, re-punching backs off from 1 s to the retry interval; a success resets it', () => {
+  let s: UpgradeState = upgradeAfter({ lastAttemptMs: 0, lastOutcome: 'direct' }, 'lost', 0);
+  assert.equal(upgradeDelayMs(s), REPUNCH_AFTER_FAILOVER_MS);
+  const delays: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    s = upgradeAfter(s, 'failed', 0);
+    delays.push(upgradeDelayMs(s));
+  }
+  assert.deepEqual(delays.slice(0, 4), [2000, 4000, 8000, 16000]);
+  assert.equal(delays.at(-1), UPGRADE_RETRY_MS);
+  assert.ok(delays.every((d, i) => i === 0 || d >= delays[i - 1]));
+  s = upgradeAfter(s, 'direct', 0);
+  assert.equal(upgradeAfter(s, 'failed', 0).sinceLost, undefined, 'a plain failure after a success waits the full interval');
+  assert.equal(upgradeDelayMs(upgradeAfter({ lastAttemptMs: 0, lastOutcome: 'never' }, 'failed', 0)), UPGRADE_RETRY_MS);
+  assert.equal(upgradeDelayMs(s, 3000), 3000, 'the retry override caps every delay');
+});
+
+test('birthday mode follows only a failed normal punch we asked for, with exactly one symmetric side', () => {
+  assert.equal(followUpMode('failed', 'normal', true, 'cone', 'symmetric'), 'birthday');
+  assert.equal(followUpMode('failed', 'normal', false, 'cone', 'symmetric'), undefined);
+  assert.equal(followUpMode('failed', 'birthday', true, 'cone', 'symmetric'), undefined);
+  assert.equal(followUpMode('relay-only', 'normal', true, 'symmetric', 'symmetric'), undefined);
+  assert.equal(followUpMode('failed', 'normal', true, 'cone', 'cone'), undefined);
+});
+
+test('path choice: direct unless suspected dead while a relay is there', () => {
+  assert.equal(choosePath({ direct: true, directSuspect: false, relay: true }), 'direct');
+  assert.equal(choosePath({ direct: true, directSuspect: true, relay: true }), 'relay');
+  assert.equal(choosePath({ direct: true, directSuspect: true, relay: false }), 'direct');
+  assert.equal(choosePath({ direct: false, directSuspect: false, relay: true }), 'relay');
+  assert.equal(choosePath({ direct: false, directSuspect: false, relay: false }), 'none');
+});
+
+test('candidates: LAN then STUN, deduplicated', () => {
   assert.deepEqual(localCandidates(['198.18.1.2'], 20006, { host: '203.0.113.9', port: 1234 }).map((c) => c.kind), ['lan', 'stun']);
   assert.equal(localCandidates(['203.0.113.9'], 1234, { host: '203.0.113.9', port: 1234 }).length, 1);
   assert.deepEqual(localCandidates(['169.254.96.16', '127.0.0.1', '198.18.1.10'], 1, undefined).map((c) => c.host), ['198.18.1.10']);
-  const parsed = parseCandidates([{ host: '1.2.3.4', port: 5, kind: 'lan' }, { host: 'evil.example', port: 5 }, { host: '1.2.3.4', port: 0 }, 'x', ...Array(40).fill({ host: '1.1.1.1', port: 1 })]);
-  assert.equal(parsed[0].kind, 'lan');
-  assert.ok(parsed.length <= 16);
-  assert.ok(parsed.every((c) => c.host !== 'evil.example' && c.port > 0));
 });
 
 test('replay window: fresh counters pass once, old or repeated ones are dropped', () => {
@@ -94,9 +124,23 @@ test('birthday roles: only when exactly one side is symmetric and the other answ
 });
 
 test('the normal punch is cut short when birthday mode can follow', async () => {
-  const { punchTimeoutMs, SHORT_PUNCH_MS } = await import('./punch.ts');
+  const { punchTimeoutMs } = await import('./punch.ts');
   assert.equal(punchTimeoutMs('cone', 'symmetric'), SHORT_PUNCH_MS);
   assert.equal(punchTimeoutMs('cone', 'cone'), PUNCH_TIMEOUT_MS);
   assert.equal(punchTimeoutMs('unknown', 'symmetric'), PUNCH_TIMEOUT_MS);
   assert.ok(punchSchedule(SHORT_PUNCH_MS).every((t) => t < SHORT_PUNCH_MS));
+});
+
+test('the frame tables describe every type the codecs know, without gaps or overlaps', async () => {
+  const { PING_FIELDS, PING_BYTES } = await import('./ping.ts');
+  let at = 0;
+  for (const f of PING_FIELDS) {
+    assert.equal(f.offset, at, f.field);
+    at += f.bytes;
+  }
+  assert.equal(at, PING_BYTES);
+  const { L, LINK_FRAMES } = await import('./linkproto.ts');
+  assert.deepEqual(LINK_FRAMES.map((f) => f.type).sort((a, b) => a - b), Object.values(L).sort((a, b) => a - b));
+  const { T, SERVER_FRAMES } = await import('@edgemesh/common/tunnel/protocol');
+  assert.deepEqual(SERVER_FRAMES.map((f) => f.type).sort((a, b) => a - b), Object.values(T).sort((a, b) => a - b));
 });

@@ -1,22 +1,14 @@
-// Pure decisions for the direct path: NAT type from STUN results, whether to punch, when both sides start, the
-// ping schedule, when a direct path is dead, when to retry the upgrade. No sockets here.
+// Pure decisions for the paths to a peer: NAT type from STUN results, whether to punch, when both sides start, the
+// ping schedule, when a direct path is dead, when to retry the upgrade, which path carries the session. No sockets
+// and no timers here (durations are timers.ts's).
+import type { NatType } from '@edgemesh/common/tunnel/protocol';
+import {
+  MAX_START_DELAY_MS, PATH_TIMEOUT_MS, PUNCH_TIMEOUT_MS, REPUNCH_AFTER_FAILOVER_MS, SHORT_PUNCH_MS, UPGRADE_RETRY_MS,
+} from './timers.ts';
 
-export type NatType = 'open' | 'cone' | 'symmetric' | 'unknown';
+export type { NatType };
 export interface Addr { host: string; port: number }
 export interface Candidate extends Addr { kind: 'lan' | 'stun' | 'prflx' }
-
-/** Tailscale's numbers: heartbeat on the active path, path trusted this long after the last authenticated answer. */
-export const HEARTBEAT_MS = 2_000;
-export const PATH_TIMEOUT_MS = 6_500;
-/** Pinging every candidate stops after this long without a pong: the peer stays on the relay. */
-export const PUNCH_TIMEOUT_MS = 6_000;
-/** Try to upgrade a relayed peer again this often (Tailscale: 60 s); sooner right after losing a direct path. */
-export const UPGRADE_RETRY_MS = 60_000;
-export const REPUNCH_AFTER_FAILOVER_MS = 1_000;
-/** The responder never waits longer than this for the synchronised start. */
-export const MAX_START_DELAY_MS = 1_000;
-/** STUN answers older than this are refreshed (Tailscale: 27 s). */
-export const STUN_FRESH_MS = 27_000;
 
 export const sameAddr = (a: Addr | undefined, b: Addr | undefined): boolean => !!a && !!b && a.host === b.host && a.port === b.port;
 export const addrKey = (a: Addr): string => `${a.host}:${a.port}`;
@@ -50,10 +42,6 @@ export function startDelayMs(role: 'initiator' | 'responder', rttFromMs: number,
   return Math.min(MAX_START_DELAY_MS, Math.round(d));
 }
 
-/** With exactly one symmetric side, peer-reflexive learning works within a few RTTs or not at all (port-restricted
- *  filtering): the normal punch is cut short and birthday mode follows. */
-export const SHORT_PUNCH_MS = 1_500;
-
 export function punchTimeoutMs(mine: NatType, peer: NatType): number {
   return birthdayRole(mine, peer) ? SHORT_PUNCH_MS : PUNCH_TIMEOUT_MS;
 }
@@ -77,37 +65,51 @@ export function localCandidates(lanHosts: readonly string[], port: number, mappe
   return out;
 }
 
-/** Validates candidates from the wire (bounded count, IPv4/6 literal hosts, real ports). */
-export function parseCandidates(v: unknown, max = 16): Candidate[] {
-  if (!Array.isArray(v)) return [];
-  const out: Candidate[] = [];
-  for (const c of v.slice(0, max)) {
-    if (!c || typeof c !== 'object') continue;
-    const { host, port, kind } = c as Record<string, unknown>;
-    if (typeof host !== 'string' || !/^[0-9a-fA-F.:]{2,45}$/.test(host)) continue;
-    if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) continue;
-    out.push({ host, port, kind: kind === 'lan' || kind === 'stun' ? kind : 'prflx' });
-  }
-  return out;
-}
-
 /** The direct path is dead when nothing authenticated came from the peer for PATH_TIMEOUT_MS. */
 export function pathAlive(lastHeardMs: number, nowMs: number, timeoutMs = PATH_TIMEOUT_MS): boolean {
   return nowMs - lastHeardMs <= timeoutMs;
 }
 
-export interface UpgradeState { lastAttemptMs: number; lastOutcome: 'never' | 'direct' | 'failed' | 'lost' | 'relay-only' }
+export type PunchOutcome = 'direct' | 'failed' | 'relay-only';
+
+export interface UpgradeState {
+  lastAttemptMs: number;
+  lastOutcome: 'never' | 'lost' | PunchOutcome;
+  /** Failed attempts since the direct path was lost (undefined: not recovering from a loss). */
+  sinceLost?: number;
+}
+
+/** The upgrade state after an attempt ended (or the direct path was lost) at `nowMs`. */
+export function upgradeAfter(s: UpgradeState, outcome: UpgradeState['lastOutcome'], nowMs: number): UpgradeState {
+  if (outcome === 'lost') return { lastAttemptMs: nowMs, lastOutcome: 'lost', sinceLost: 0 };
+  if (outcome === 'direct') return { lastAttemptMs: nowMs, lastOutcome: 'direct' };
+  return { lastAttemptMs: nowMs, lastOutcome: outcome, sinceLost: s.sinceLost === undefined ? undefined : s.sinceLost + 1 };
+}
+
+/** How long after the last attempt to punch again: at once the first time; right after losing a direct path
+ *  REPUNCH_AFTER_FAILOVER_MS, doubling with each failure up to `retryMs`; otherwise `retryMs`. */
+export function upgradeDelayMs(s: UpgradeState, retryMs = UPGRADE_RETRY_MS): number {
+  if (s.lastOutcome === 'never') return 0;
+  if (s.lastOutcome === 'lost') return Math.min(retryMs, REPUNCH_AFTER_FAILOVER_MS);
+  if (s.sinceLost !== undefined) return Math.min(retryMs, REPUNCH_AFTER_FAILOVER_MS * 2 ** s.sinceLost);
+  return retryMs;
+}
 
 /** Whether to (re)try punching to a peer that is on the relay now. */
 export function shouldTryUpgrade(s: UpgradeState, nowMs: number, retryMs = UPGRADE_RETRY_MS): boolean {
-  switch (s.lastOutcome) {
-    case 'never':
-      return true;
-    case 'lost':
-      return nowMs - s.lastAttemptMs >= REPUNCH_AFTER_FAILOVER_MS;
-    default:
-      return nowMs - s.lastAttemptMs >= retryMs;
-  }
+  return nowMs - s.lastAttemptMs >= upgradeDelayMs(s, retryMs);
+}
+
+/** After an attempt ended: the mode of the one to follow at once, if any. A normal punch we asked for that failed
+ *  with exactly one symmetric side goes on with birthday mode. */
+export function followUpMode(outcome: PunchOutcome, mode: 'normal' | 'birthday', requested: boolean, mine: NatType, peer: NatType): 'birthday' | undefined {
+  return outcome === 'failed' && mode === 'normal' && requested && birthdayRole(mine, peer) ? 'birthday' : undefined;
+}
+
+/** Which link carries the session: the direct one when it is up and not suspected dead, else a relay link. */
+export function choosePath(s: { direct: boolean; directSuspect: boolean; relay: boolean }): 'direct' | 'relay' | 'none' {
+  if (s.direct && (!s.directSuspect || !s.relay)) return 'direct';
+  return s.relay ? 'relay' : s.direct ? 'direct' : 'none';
 }
 
 /** Anti-replay window over a 64-bit counter (as WireGuard): newer than the highest, or unseen within 64 below. */
@@ -138,12 +140,10 @@ export class ReplayWindow {
 export const BIRTHDAY_SOCKETS = 256;
 /** The easy side probes at most this many random ports on the hard side's public address (~1000 ≈ 98 % hit). */
 export const BIRTHDAY_PROBES = 1600;
-/** Probes are sent in batches: BIRTHDAY_BATCH every BIRTHDAY_BATCH_MS. */
+/** Probes are sent in batches: BIRTHDAY_BATCH every BIRTHDAY_BATCH_MS (timers.ts). */
 export const BIRTHDAY_BATCH = 8;
-export const BIRTHDAY_BATCH_MS = 40;
 /** First round from the hard side with a low TTL: opens its own NAT without the far NAT seeing the packets. */
 export const BIRTHDAY_LOW_TTL = 5;
-export const BIRTHDAY_TIMEOUT_MS = 12_000;
 /** Ports a NAT hands out (MASQUERADE --random-fully picks from here). */
 export const EPHEMERAL_MIN_PORT = 1024;
 

@@ -1,22 +1,24 @@
 // One agent -> server connection: mutual authentication, reconnect with backoff, relay streams, rendezvous
-// messages. Emits 'incoming' (relay stream opened by a peer) and 'rendezvous'.
+// messages. Emits 'up', 'down', 'incoming' (relay stream opened by a peer: from, key, stream) and 'rendezvous'
+// (a validated Rendezvous). Frames and messages are the server protocol (common/tunnel/protocol.ts); relay streams
+// are TunnelStreams over the shared stream frames (common/tunnel/streams.ts).
 import { EventEmitter } from 'node:events';
 import { connect, type Socket } from 'node:net';
 import type { Logger } from '@edgemesh/common/log';
 import { backoff } from '@edgemesh/common/backoff';
 import { encodeFrame, FrameDecoder, type Frame } from '@edgemesh/common/tunnel/frame';
-import { agentProof, ControlMac, keyTranscript, newNonce, PROTOCOL_VERSION, safeEqual, serverProof, sessionKey } from '@edgemesh/common/tunnel/auth';
+import { agentProof, ControlMac, keyTranscript, newNonce, safeEqual, serverProof, sessionKey } from '@edgemesh/common/tunnel/auth';
 import { signRaw, type RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
-import { CONTROL_TYPES, parseJson, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
+import {
+  CONTROL_TYPES, decodeControl, encodeControl, PROTOCOL_VERSION, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T,
+  type ControlInput, type ControlType,
+} from '@edgemesh/common/tunnel/protocol';
+import { decodeStreamFrame, encodeCredit, encodeData, encodeEnd, encodeReset, isStreamType } from '@edgemesh/common/tunnel/streams';
 import { DialError } from '../proxy/dialer.ts';
-import { CreditStream, framedIO } from './credit.ts';
+import { TunnelStream } from './stream.ts';
+import { CONNECT_TIMEOUT_MS, OPEN_TIMEOUT_MS, RECONNECT_MAX_MS, RECONNECT_MIN_MS, SERVER_IDLE_MS, SERVER_KEEPALIVE_MS } from './timers.ts';
 
-export const RECONNECT_MIN_MS = 500;
-export const RECONNECT_MAX_MS = 30_000;
-export const CONNECT_TIMEOUT_MS = 10_000;
-/** Server silent this long (it pings every 10 s) = connection dead. */
-export const SERVER_IDLE_MS = 35_000;
-export const OPEN_TIMEOUT_MS = 10_000;
+export interface RelayOpened { key: Buffer; stream: TunnelStream; server: string }
 
 export interface ServerConnOptions {
   host: string;
@@ -37,8 +39,8 @@ export class ServerConn extends EventEmitter {
   private state: 'idle' | 'hello' | 'auth' | 'ready' = 'idle';
   private stopped = false;
   private readonly bo = backoff(RECONNECT_MIN_MS, RECONNECT_MAX_MS);
-  private readonly streams = new Map<number, CreditStream>();
-  private readonly opens = new Map<number, { resolve: (v: { rid: number; key: Buffer; stream: CreditStream }) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
+  private readonly streams = new Map<number, TunnelStream>();
+  private readonly opens = new Map<number, { resolve: (v: RelayOpened) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private nextReq = 1;
   private retryTimer: NodeJS.Timeout | undefined;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -83,9 +85,9 @@ export class ServerConn extends EventEmitter {
       this.lastError = 'connect/handshake timeout';
       sock.destroy();
     }, CONNECT_TIMEOUT_MS);
-    sock.setKeepAlive(true, 15_000);
+    sock.setKeepAlive(true, SERVER_KEEPALIVE_MS);
     sock.on('connect', () => {
-      sock.write(encodeFrame(T.HELLO, Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, nonce: agentNonce.toString('base64') }))));
+      sock.write(encodeFrame(T.HELLO, encodeControl(T.HELLO, { v: PROTOCOL_VERSION, nonce: agentNonce })));
     });
     sock.on('data', (chunk: Buffer) => {
       this.touch();
@@ -101,22 +103,21 @@ export class ServerConn extends EventEmitter {
         if (sock.destroyed) return;
         if (this.state === 'hello') {
           if (f.type === T.ERROR) return this.onError(f.payload, sock);
-          const m = f.type === T.CHALLENGE ? parseJson(f.payload) : undefined;
-          const nonce = typeof m?.nonce === 'string' ? Buffer.from(m.nonce, 'base64') : Buffer.alloc(0);
-          const proof = typeof m?.proof === 'string' ? Buffer.from(m.proof, 'base64') : Buffer.alloc(0);
-          if (!m || nonce.length !== 32 || !safeEqual(proof, serverProof(this.opts.token, agentNonce, nonce))) {
+          const m = f.type === T.CHALLENGE ? decodeControl(T.CHALLENGE, f.payload) : undefined;
+          if (!m || !safeEqual(m.proof, serverProof(this.opts.token, agentNonce, m.nonce))) {
             this.lastError = 'server failed to prove it holds the cluster token';
             this.opts.log.error({ server: this.address }, 'server failed authentication (wrong token on either side?)');
             sock.destroy();
             return;
           }
           const key = this.opts.keyPair.publicKey;
-          sock.write(encodeFrame(T.AUTH, Buffer.from(JSON.stringify({
+          const nonce = m.nonce;
+          sock.write(encodeFrame(T.AUTH, encodeControl(T.AUTH, {
             node: this.opts.node,
-            key: key.toString('base64'),
-            proof: agentProof(this.opts.token, agentNonce, nonce, this.opts.node, key).toString('base64'),
-            sig: signRaw(this.opts.keyPair.secretKey, keyTranscript(agentNonce, nonce, this.opts.node)).toString('base64'),
-          }))));
+            key,
+            proof: agentProof(this.opts.token, agentNonce, nonce, this.opts.node, key),
+            sig: signRaw(this.opts.keyPair.secretKey, keyTranscript(agentNonce, nonce, this.opts.node)),
+          })));
           this.mac = new ControlMac(sessionKey(this.opts.token, agentNonce, nonce), 'agent');
           this.state = 'auth';
           continue;
@@ -124,14 +125,14 @@ export class ServerConn extends EventEmitter {
         if (this.state === 'auth') {
           if (f.type === T.ERROR) return this.onError(f.payload, sock);
           const body = f.type === T.WELCOME ? this.mac!.open(f.type, f.payload) : undefined;
-          const m = body ? parseJson(body) : undefined;
+          const m = body ? decodeControl(T.WELCOME, body) : undefined;
           if (!m) {
             this.lastError = 'bad WELCOME';
             sock.destroy();
             return;
           }
           clearTimeout(connectTimer);
-          this.stunAltPort = typeof m.stunAltPort === 'number' ? m.stunAltPort : 0;
+          this.stunAltPort = m.stunAltPort;
           this.state = 'ready';
           this.lastError = null;
           this.bo.reset();
@@ -151,7 +152,7 @@ export class ServerConn extends EventEmitter {
       const wasReady = this.state === 'ready';
       this.state = 'idle';
       this.sock = undefined;
-      for (const s of this.streams.values()) s.destroy(s.listenerCount('error') > 0 ? new Error('server connection lost') : undefined);
+      for (const s of this.streams.values()) s.abort(new Error('server connection lost'));
       this.streams.clear();
       for (const o of this.opens.values()) {
         clearTimeout(o.timer);
@@ -182,28 +183,28 @@ export class ServerConn extends EventEmitter {
 
   /** `body`: the ERROR's JSON (sent in the clear during the handshake, MAC'd and already checked after it). */
   private onError(body: Buffer, sock: Socket): void {
-    const m = parseJson(body);
-    this.lastError = `server refused: ${String(m?.code ?? '?')}: ${String(m?.message ?? '')}`;
+    const m = decodeControl(T.ERROR, body);
+    this.lastError = `server refused: ${m?.code ?? '?'}: ${m?.message ?? ''}`;
     this.opts.log.error({ server: this.address, code: m?.code, reason: m?.message }, 'server refused the agent');
     sock.destroy();
   }
 
-  private sendControl(type: number, body: Record<string, unknown>): boolean {
+  private sendControl<K extends ControlType>(type: K, body: ControlInput<K>): boolean {
     if (this.state !== 'ready' || !this.sock || !this.mac) return false;
-    this.sock.write(encodeFrame(type, this.mac.seal(type, Buffer.from(JSON.stringify(body)))));
+    this.sock.write(encodeFrame(type, this.mac.seal(type, encodeControl(type, body))));
     return true;
   }
 
   private onFrame(f: Frame): void {
     const p = f.payload;
-    if (f.type === T.DATA || f.type === T.CREDIT || f.type === T.END || f.type === T.RESET) {
-      if (p.length < 4) return;
-      const s = this.streams.get(p.readUInt32BE(0));
-      if (!s) return;
-      if (f.type === T.DATA) s.onData(Buffer.from(p.subarray(4)));
-      else if (f.type === T.CREDIT && p.length === 8) s.onCredit(p.readUInt32BE(4));
-      else if (f.type === T.END) s.onEnd();
-      else if (f.type === T.RESET) s.onReset();
+    if (isStreamType(RELAY_STREAM_TYPES, f.type)) {
+      const sf = decodeStreamFrame(RELAY_STREAM_TYPES, f.type, p);
+      const s = sf && this.streams.get(sf.id);
+      if (!sf || !s) return;
+      if (sf.kind === 'data') s.onData(sf.offset, sf.bytes);
+      else if (sf.kind === 'credit') s.onCredit(sf.ack);
+      else if (sf.kind === 'end') s.onEnd(sf.fin);
+      else s.onReset();
       return;
     }
     if (!CONTROL_TYPES.has(f.type)) return;
@@ -213,54 +214,65 @@ export class ServerConn extends EventEmitter {
       this.sock?.destroy();
       return;
     }
-    const m = parseJson(body);
-    if (!m) return;
     switch (f.type) {
-      case T.PING:
-        this.sendControl(T.PONG, { t: m.t });
+      case T.PING: {
+        const m = decodeControl(T.PING, body);
+        if (m) this.sendControl(T.PONG, { t: m.t });
         return;
+      }
       case T.ERROR:
         this.onError(body, this.sock!);
         return;
       case T.OPENED: {
-        const o = typeof m.req === 'number' ? this.opens.get(m.req) : undefined;
-        if (!o || typeof m.rid !== 'number' || typeof m.key !== 'string') return;
-        this.opens.delete(m.req as number);
+        const m = decodeControl(T.OPENED, body);
+        const o = m && this.opens.get(m.req);
+        if (!m || !o) return;
+        this.opens.delete(m.req);
         clearTimeout(o.timer);
-        o.resolve({ rid: m.rid, key: Buffer.from(m.key, 'base64'), stream: this.makeStream(m.rid) });
+        o.resolve({ key: m.key, stream: this.makeStream(m.rid), server: this.address });
         return;
       }
       case T.OPEN_FAIL: {
-        const o = typeof m.req === 'number' ? this.opens.get(m.req) : undefined;
-        if (!o) return;
-        this.opens.delete(m.req as number);
+        const m = decodeControl(T.OPEN_FAIL, body);
+        const o = m && this.opens.get(m.req);
+        if (!m || !o) return;
+        this.opens.delete(m.req);
         clearTimeout(o.timer);
-        o.reject(new DialError('unreachable', `server ${this.address}: ${String(m.code)}`));
+        o.reject(new DialError('unreachable', `server ${this.address}: ${m.code}`));
         return;
       }
       case T.INCOMING: {
-        if (typeof m.rid !== 'number' || typeof m.from !== 'string' || typeof m.key !== 'string') return;
-        const key = Buffer.from(m.key, 'base64');
-        if (key.length !== 32) return;
-        this.emit('incoming', m.from, key, this.makeStream(m.rid));
+        const m = decodeControl(T.INCOMING, body);
+        if (m) this.emit('incoming', m.from, m.key, this.makeStream(m.rid), this.address);
         return;
       }
-      case T.RENDEZVOUS:
-        if (typeof m.from === 'string' && typeof m.key === 'string') this.emit('rendezvous', m);
+      case T.RENDEZVOUS: {
+        const m = decodeControl(T.RENDEZVOUS, body);
+        if (m?.from !== undefined && m.key !== undefined) this.emit('rendezvous', m);
         return;
+      }
       default:
         return;
     }
   }
 
-  private makeStream(rid: number): CreditStream {
-    const s = new CreditStream(framedIO((b) => this.sock?.write(b), T, rid, () => this.streams.delete(rid)), RELAY_WINDOW_BYTES);
+  private makeStream(rid: number): TunnelStream {
+    const T_ = RELAY_STREAM_TYPES;
+    const write = (b: Buffer) => { this.sock?.write(b); };
+    const s = new TunnelStream({
+      canSend: () => this.state === 'ready' && !!this.sock,
+      data: (off, bytes) => write(encodeData(T_, rid, off, bytes)),
+      credit: (ack) => write(encodeCredit(T_, rid, ack)),
+      end: (fin) => write(encodeEnd(T_, rid, fin)),
+      reset: () => write(encodeReset(T_, rid)),
+      closed: () => { if (this.streams.get(rid) === s) this.streams.delete(rid); },
+    }, RELAY_WINDOW_BYTES);
     this.streams.set(rid, s);
     return s;
   }
 
   /** Opens a relay stream to `node` (the server answers with the node's vouched key). */
-  openRelay(node: string): Promise<{ rid: number; key: Buffer; stream: CreditStream }> {
+  openRelay(node: string): Promise<RelayOpened> {
     const req = this.nextReq++;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -283,7 +295,7 @@ export class ServerConn extends EventEmitter {
     return true;
   }
 
-  rendezvous(body: Record<string, unknown>): boolean {
+  rendezvous(body: ControlInput<typeof T.RENDEZVOUS>): boolean {
     return this.sendControl(T.RENDEZVOUS, body);
   }
 }

@@ -1,11 +1,11 @@
 // Which endpoints a remote agent may make us dial: only ip:port of an endpoint of a Service in our snapshot, with a
 // matching port and protocol (no open proxy). Pure.
 import type { Snapshot } from '../cluster/types.ts';
-import type { StreamHeader } from './mux.ts';
+import type { DialTarget } from '../proxy/dialer.ts';
 
 export type TargetDecision = { ok: true } | { ok: false; reason: string };
 
-export function checkTarget(snap: Snapshot, h: StreamHeader): TargetDecision {
+export function checkTarget(snap: Snapshot, h: Pick<DialTarget, 'serviceKey' | 'protocol' | 'ip' | 'port'>): TargetDecision {
   const svc = snap.services.get(h.serviceKey);
   if (!svc) return { ok: false, reason: `unknown service ${h.serviceKey}` };
   const proto = h.protocol === 'tcp' ? 'TCP' : 'UDP';

@@ -1,23 +1,24 @@
-// The agent's tunnel: connections to every server, links to peers (relay at once, direct when punched), the
-// Dialer the proxy uses for endpoints on other nodes, and the serving side for streams peers open to us.
+// The agent's tunnel: connections to every server, the UDP socket, one PeerPaths per peer, the serving side for
+// streams peers open to us, and what the proxy's Dialer (dialer.ts) and /status use. Per-peer state lives in
+// PeerPaths only; this file routes server events and packets to them.
 import type { Registry } from 'prom-client';
-import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
 import { parseHostPort } from '@edgemesh/common/config';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
+import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
 import type { Snapshot } from '../cluster/types.ts';
-import { DialError } from '../proxy/dialer.ts';
-import type { CreditStream } from './credit.ts';
-import { Link, type PathKind } from './link.ts';
-import type { StreamHeader } from './mux.ts';
-import { serveIncoming } from './serve.ts';
+import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
+import { DirectDialer } from '../proxy/direct.ts';
+import { makeRealClock, type Clock } from './clock.ts';
+import type { Link } from './link.ts';
+import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
+import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
+import { PeerPaths } from './peerpaths.ts';
+import { serveStream } from './serve.ts';
 import { ServerConn } from './serverconn.ts';
-import { DirectManager } from './direct.ts';
-
-export const DIAL_TIMEOUT_MS = 10_000;
-/** A stream opened on the direct link with no answer this long is retried on the relay (the direct path may have
- *  died and heartbeats have not noticed yet). */
-export const DIRECT_OPEN_FALLBACK_MS = 3_000;
+import { TunnelSocket } from './socket.ts';
+import type { TunnelStream } from './stream.ts';
+import { STUN_FRESH_MS } from './timers.ts';
 
 export interface TunnelOptions {
   node: string;
@@ -31,162 +32,129 @@ export interface TunnelOptions {
   log: Logger;
   registry: Registry;
   snapshot: () => Snapshot;
+  clock?: Clock;
 }
 
-export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; remote: string | null; rttMs: number | null }
-
-/** Hooks the direct-path manager (direct.ts) implements. */
-export interface DirectPaths {
-  start(): Promise<void>;
-  stop(): Promise<void>;
-  /** A stream to `node` is wanted: start punching if not yet tried recently. */
-  want(node: string): void;
-  /** The server passed on a peer's rendezvous message. */
-  onRendezvous(conn: ServerConn, m: Record<string, unknown>): void;
-  nat(): { type: string; mapped: string | null };
-  /** Drops the direct path state for a node. */
-  forget(node: string): void;
-  /** State of the direct path to a node, for status. */
-  state(node: string): 'direct' | 'punching' | 'none';
-}
-
-export class Peer {
-  readonly node: string;
-  readonly relays = new Set<Link>();
-  direct: Link | undefined;
-  relayPending: Promise<Link> | undefined;
-  constructor(node: string) {
-    this.node = node;
-  }
-  best(): Link | undefined {
-    if (this.direct && !this.direct.closed) return this.direct;
-    for (const l of this.relays) if (!l.closed) return l;
-    return undefined;
-  }
-}
+export type { PeerStatus };
 
 export class Tunnel {
   readonly opts: TunnelOptions;
   readonly log: Logger;
   readonly servers: ServerConn[];
-  readonly peers = new Map<string, Peer>();
-  direct: DirectPaths | undefined;
+  readonly peers = new Map<string, PeerPaths>();
+  /** The UDP socket (STUN, pings, UDX streams); undefined when the direct path is disabled. */
+  readonly udp: TunnelSocket | undefined;
+  readonly m: TunnelMetrics;
+  private readonly clock: Clock;
+  private readonly env: Omit<PeerEnv, 'log'>;
   private stopped = false;
+  private natTimer: NodeJS.Timeout | undefined;
   /** Nodes in the last cluster snapshot seen (onSnapshot), to notice the ones that leave. */
   private knownNodes = new Set<string>();
-  readonly m: {
-    streams: Counter; bytes: Counter; served: Counter; servers: Gauge; peers: Gauge; links: Counter; failovers: Counter;
-  };
 
   constructor(opts: TunnelOptions) {
     this.opts = opts;
     this.log = opts.log;
+    this.clock = opts.clock ?? makeRealClock((e) => this.log.error({ err: e }, 'tunnel timer failed'));
     if (!opts.servers.length) throw new Error('tunnel.servers: at least one server is required');
     this.servers = opts.servers.map((s) => {
       const hp = parseHostPort(s, false);
       if (!hp) throw new Error(`tunnel.servers: bad address ${s}`);
       return new ServerConn({ host: hp.host, port: hp.port, node: opts.node, token: opts.token, keyPair: opts.keyPair, log: opts.log });
     });
+    this.m = createTunnelMetrics(opts.registry);
+    this.m.serversConnected = () => this.servers.filter((s) => s.connected).length;
+    this.m.peerPaths = () => this.peerStatus().map((p) => p.path);
     if (opts.listenPort !== undefined) {
-      this.direct = new DirectManager({ tunnel: this, node: opts.node, listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, registry: opts.registry, upgradeRetryMs: opts.upgradeRetryMs });
+      this.udp = new TunnelSocket({
+        listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, metrics: this.m,
+        stunServers: () => this.servers.filter((s) => s.connected).map((s) => ({ host: s.host, port: s.port, altPort: s.stunAltPort })),
+      });
     }
-    const r = [opts.registry];
-    const self = this;
-    this.m = {
-      streams: new Counter({ name: 'edgemesh_tunnel_streams_opened_total', help: 'Streams opened to peers by path and outcome', labelNames: ['path', 'outcome'], registers: r }),
-      bytes: new Counter({ name: 'edgemesh_tunnel_bytes_total', help: 'Bytes on peer links (inside Noise) by path and direction', labelNames: ['path', 'direction'], registers: r }),
-      served: new Counter({ name: 'edgemesh_tunnel_streams_served_total', help: 'Streams peers opened to us by outcome', labelNames: ['outcome'], registers: r }),
-      servers: new Gauge({ name: 'edgemesh_tunnel_servers_connected', help: 'Servers this agent is connected to', registers: r, collect() { this.set(self.servers.filter((s) => s.connected).length); } }),
-      peers: new Gauge({
-        name: 'edgemesh_tunnel_peers', help: 'Peers by current path', labelNames: ['path'], registers: r,
-        collect() {
-          const counts: Record<string, number> = { direct: 0, relay: 0, connecting: 0 };
-          for (const p of self.peerStatus()) counts[p.path]++;
-          for (const [k, v] of Object.entries(counts)) this.set({ path: k }, v);
-        },
-      }),
-      links: new Counter({ name: 'edgemesh_tunnel_links_total', help: 'Peer links established by path and side', labelNames: ['path', 'side'], registers: r }),
-      failovers: new Counter({ name: 'edgemesh_tunnel_failovers_total', help: 'Direct paths given up (peer unanswered) - traffic back on the relay', registers: r }),
+    const direct = new DirectDialer();
+    const served = (o: string) => this.m.served.inc({ outcome: o });
+    this.env = {
+      self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs,
+      openRelay: (node) => this.openRelay(node),
+      rendezvous: (msg: RendezvousOut) => this.servers.filter((s) => s.connected && s.rendezvous(msg)).length > 0,
+      serve: (h, accept, reject, rttMs) => serveStream({ snapshot: opts.snapshot, dialer: direct, log: this.log, onOutcome: served }, h, rttMs, accept, reject),
     };
   }
 
   async start(): Promise<void> {
     this.knownNodes = new Set(this.opts.snapshot().nodes.keys());
     for (const s of this.servers) {
-      s.on('incoming', (from: string, key: Buffer, raw: CreditStream) => void this.onIncomingRelay(from, key, raw));
-      s.on('rendezvous', (m: Record<string, unknown>) => this.direct?.onRendezvous(s, m));
+      s.on('incoming', (from: string, key: Buffer, stream: TunnelStream, server: string) => {
+        if (this.stopped || from === this.opts.node) return void stream.destroy();
+        this.peer(from).onIncomingRelay(stream, key, server);
+      });
+      s.on('rendezvous', (m: Rendezvous) => {
+        if (!this.stopped && m.from && m.from !== this.opts.node) this.peer(m.from).onRendezvous(m, (msg) => s.rendezvous(msg));
+      });
+      s.on('up', () => void this.udp?.freshNat(true));
       s.start();
     }
-    if (this.direct) await this.direct.start();
+    if (this.udp) {
+      this.udp.start();
+      this.natTimer = setInterval(() => void this.udp?.freshNat(), STUN_FRESH_MS);
+      this.natTimer.unref();
+    }
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.natTimer);
     for (const s of this.servers) s.stop();
-    for (const p of this.peers.values()) {
-      p.direct?.close();
-      for (const l of p.relays) l.close();
-    }
-    if (this.direct) await this.direct.stop();
+    for (const p of this.peers.values()) p.close();
+    this.peers.clear();
+    await this.udp?.stop();
   }
 
-  peer(node: string): Peer {
+  private peer(node: string): PeerPaths {
     let p = this.peers.get(node);
     if (!p) {
-      p = new Peer(node);
+      p = new PeerPaths(node, { ...this.env, log: this.log });
       this.peers.set(node, p);
     }
     return p;
   }
 
-  /** Makes a link serve streams the peer opens (installed before the first frame is read). */
-  readonly initLink = (link: Link): void => {
-    link.on('bytes', (dir: string, n: number) => this.m.bytes.inc({ path: link.kind, direction: dir }, n));
-    link.mux.onIncoming = (h, accept, reject) => serveIncoming(this.opts.snapshot, this.log, h, accept, reject, (o) => this.m.served.inc({ outcome: o }));
-  };
-
-  private watch(link: Link, side: 'out' | 'in'): void {
-    this.m.links.inc({ path: link.kind, side });
-  }
-
-  private async onIncomingRelay(from: string, key: Buffer, raw: CreditStream): Promise<void> {
-    try {
-      const link = await Link.establish(raw, false, this.opts.keyPair, key, 'relay', from, null, this.initLink);
-      if (this.stopped) return link.close();
-      this.addRelay(from, link, 'in');
-    } catch (e) {
-      this.log.warn({ peer: from, err: (e as Error).message }, 'incoming relay link failed');
+  /** A relay stream to `node` through the first connected server that has it. */
+  private async openRelay(node: string): Promise<{ key: Buffer; stream: TunnelStream; server: string }> {
+    const errors: string[] = [];
+    for (const s of this.servers) {
+      if (!s.connected) {
+        errors.push(`${s.address}: not connected`);
+        continue;
+      }
+      try {
+        return await s.openRelay(node);
+      } catch (e) {
+        errors.push((e as Error).message);
+      }
     }
+    throw new DialError('unreachable', `no path to node ${node}: ${errors.join('; ') || 'no servers'}`);
   }
 
-  private addRelay(node: string, link: Link, side: 'in' | 'out'): void {
-    const p = this.peer(node);
-    p.relays.add(link);
-    this.watch(link, side);
-    link.on('close', () => p.relays.delete(link));
-    this.log.debug({ peer: node, side }, 'relay link up');
+  /** Opens a stream to an endpoint on `node`; resolves once the remote agent answered OK, within `deadline`. */
+  async open(node: string, target: DialTarget, deadline: Deadline): Promise<TunnelStream> {
+    if (node === this.opts.node) throw new DialError('no-route', 'the tunnel does not dial this node');
+    if (this.stopped) throw new DialError('unreachable', 'the tunnel is stopped');
+    return this.peer(node).open(target, deadline);
   }
 
-  /** Installs a punched direct link (called by the direct-path manager). */
-  addDirect(node: string, link: Link, side: 'in' | 'out'): void {
-    const p = this.peer(node);
-    const old = p.direct;
-    p.direct = link;
-    this.watch(link, side);
-    link.on('close', () => {
-      if (p.direct === link) p.direct = undefined;
-    });
-    if (old && old !== link) old.close();
+  /** Brings up a link to `node` without a stream (a successor warming its predecessor's links before it is ready). */
+  link(node: string): Promise<void> {
+    if (node === this.opts.node) return Promise.reject(new DialError('no-route', 'the tunnel does not link to this node'));
+    if (this.stopped) return Promise.reject(new DialError('unreachable', 'the tunnel is stopped'));
+    return this.peer(node).connect();
   }
 
   /** Drops every link to `node` and all path state (a node left the cluster; benchmarks start fresh with it). */
   forget(node: string): void {
     const p = this.peers.get(node);
-    this.direct?.forget(node);
-    if (!p) return;
     this.peers.delete(node);
-    p.direct?.close();
-    for (const l of p.relays) l.close();
+    p?.close();
   }
 
   /** Follows the cluster: a node that left the snapshot has its links and path state dropped (forget). */
@@ -198,119 +166,16 @@ export class Tunnel {
     this.knownNodes = new Set(snap.nodes.keys());
   }
 
-  /** The direct path to `node` stopped answering: drop it, new streams go to the relay. */
-  failDirect(node: string, why: string): void {
-    const p = this.peers.get(node);
-    if (!p?.direct) return;
-    this.m.failovers.inc();
-    this.log.info({ peer: node, why }, 'direct path lost, falling back to relay');
-    p.direct.close(new Error(why));
-    p.direct = undefined;
-    // Have the relay ready for the next stream (Tailscale keeps its DERP path the same way).
-    if (!this.stopped) this.link(node).catch((e: Error) => this.log.debug({ peer: node, err: e.message }, 'no relay link after failover'));
-  }
-
+  /** The direct link to `node` when one is up. */
   directLink(node: string): Link | undefined {
-    const d = this.peers.get(node)?.direct;
-    return d && !d.closed ? d : undefined;
-  }
-
-  /** A link to the peer: the direct one when up, else a relay link (established through the first server that has the peer). */
-  async link(node: string): Promise<Link> {
-    const best = this.peer(node).best();
-    return best ?? this.relayLink(node);
-  }
-
-  /** A relay link to the peer, reusing one that is up. */
-  async relayLink(node: string): Promise<Link> {
-    const p = this.peer(node);
-    for (const l of p.relays) if (!l.closed) return l;
-    if (!p.relayPending) {
-      p.relayPending = this.openRelayLink(p).finally(() => { p.relayPending = undefined; });
-    }
-    return p.relayPending;
-  }
-
-  private async openRelayLink(p: Peer): Promise<Link> {
-    const errors: string[] = [];
-    for (const s of this.servers) {
-      if (!s.connected) {
-        errors.push(`${s.address}: not connected`);
-        continue;
-      }
-      let link: Link;
-      try {
-        const { key, stream } = await s.openRelay(p.node);
-        link = await Link.establish(stream, true, this.opts.keyPair, key, 'relay', p.node, null, this.initLink);
-      } catch (e) {
-        errors.push((e as Error).message);
-        continue;
-      }
-      // Forgotten (the node left the cluster) or stopped while the link was being made: do not bring it back.
-      if (this.stopped || this.peers.get(p.node) !== p) {
-        link.close();
-        throw new DialError('unreachable', `node ${p.node} was forgotten while its link was being set up`);
-      }
-      this.addRelay(p.node, link, 'out');
-      return link;
-    }
-    throw new DialError('unreachable', `no path to node ${p.node}: ${errors.join('; ') || 'no servers'}`);
-  }
-
-  /** Opens a stream to an endpoint on `node`; resolves once the remote agent answered OK. */
-  async open(node: string, h: StreamHeader, signal?: AbortSignal): Promise<CreditStream> {
-    if (node === this.opts.node) throw new DialError('no-route', 'the tunnel does not dial this node');
-    this.direct?.want(node);
-    const deadline = AbortSignal.timeout(DIAL_TIMEOUT_MS);
-    const sig = signal ? AbortSignal.any([signal, deadline]) : deadline;
-    let path: PathKind = 'relay';
-    const attempt = async (link: Link, limit: AbortSignal): Promise<CreditStream> => {
-      const pending = link.mux.open(h);
-      try {
-        return await raceAbort(pending, limit);
-      } catch (e) {
-        pending.then((s) => s.destroy(), () => {});
-        throw e;
-      }
-    };
-    try {
-      const link = await raceAbort(this.link(node), sig);
-      path = link.kind;
-      let s: CreditStream;
-      if (link.kind === 'direct') {
-        const fallback = AbortSignal.timeout(DIRECT_OPEN_FALLBACK_MS);
-        try {
-          s = await attempt(link, AbortSignal.any([sig, fallback]));
-        } catch (e) {
-          if (!fallback.aborted || sig.aborted) throw e;
-          this.log.debug({ peer: node }, 'no answer on the direct path, opening the stream on the relay');
-          path = 'relay';
-          s = await attempt(await raceAbort(this.relayLink(node), sig), sig);
-        }
-      } else {
-        s = await attempt(link, sig);
-      }
-      s.path = path;
-      this.m.streams.inc({ path, outcome: 'ok' });
-      return s;
-    } catch (e) {
-      const err = e instanceof DialError ? e : sig.aborted ? new DialError('timeout', `dial ${node} ${h.ip}:${h.port}: ${signal?.aborted ? 'aborted' : 'timed out'}`) : new DialError('unreachable', (e as Error).message);
-      this.m.streams.inc({ path, outcome: err.code });
-      throw err;
-    }
+    return this.peers.get(node)?.directLink();
   }
 
   peerStatus(): PeerStatus[] {
     const out: PeerStatus[] = [];
     for (const p of this.peers.values()) {
-      const d = this.directLink(p.node);
-      if (d) {
-        out.push({ node: p.node, path: 'direct', remote: d.remote, rttMs: d.rttMs });
-        continue;
-      }
-      const r = p.best();
-      if (r) out.push({ node: p.node, path: 'relay', remote: null, rttMs: r.rttMs });
-      else if (p.relayPending || this.direct?.state(p.node) === 'punching') out.push({ node: p.node, path: 'connecting', remote: null, rttMs: null });
+      const s = p.status();
+      if (s) out.push(s);
     }
     return out;
   }
@@ -318,7 +183,7 @@ export class Tunnel {
   status(): { servers: { address: string; connected: boolean }[]; nat: { type: string; mapped: string | null }; peers: PeerStatus[] } {
     return {
       servers: this.servers.map((s) => ({ address: s.address, connected: s.connected })),
-      nat: this.direct?.nat() ?? { type: 'unknown', mapped: null },
+      nat: this.udp?.status() ?? { type: 'unknown', mapped: null },
       peers: this.peerStatus(),
     };
   }
@@ -330,13 +195,4 @@ export function departedNodes(prev: Iterable<string>, next: ReadonlyMap<string, 
   const out: string[] = [];
   for (const n of prev) if (!next.has(n)) out.push(n);
   return out;
-}
-
-function raceAbort<T>(p: Promise<T>, sig: AbortSignal): Promise<T> {
-  if (sig.aborted) return Promise.reject(new DialError('timeout', 'aborted'));
-  return new Promise<T>((resolve, reject) => {
-    const on = () => reject(new DialError('timeout', 'dial timed out or was aborted'));
-    sig.addEventListener('abort', on, { once: true });
-    p.then((v) => { sig.removeEventListener('abort', on); resolve(v); }, (e) => { sig.removeEventListener('abort', on); reject(e); });
-  });
 }

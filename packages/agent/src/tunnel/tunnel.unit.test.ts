@@ -6,9 +6,10 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { checkTarget } from './target.ts';
 import { DatagramDecoder, encodeDatagram } from './datagram.ts';
-import { CreditStream } from './credit.ts';
+import { FrameDecoder } from '@edgemesh/common/tunnel/frame';
+import { TunnelStream, type StreamIO } from './stream.ts';
 import { loadOrCreateKeyPair, KEY_FILE } from './keys.ts';
-import { parseHeader } from './mux.ts';
+import { decodeOpen, encodeOpen } from './linkproto.ts';
 import { departedNodes } from './tunnel.ts';
 import type { Snapshot } from '../cluster/types.ts';
 
@@ -35,11 +36,16 @@ test('checkTarget allows only endpoints of known Services with matching port and
   assert.equal(checkTarget(snap, { protocol: 'tcp', serviceKey: 'ns/other', ip: '10.1.0.5', port: 8080 }).ok, false);
 });
 
-test('stream headers are validated', () => {
-  assert.ok(parseHeader(Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 }))));
-  assert.equal(parseHeader(Buffer.from(JSON.stringify({ protocol: 'sctp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 }))), undefined);
-  assert.equal(parseHeader(Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 70000 }))), undefined);
-  assert.equal(parseHeader(Buffer.from('not json')), undefined);
+test('stream headers (OPEN) carry a DialTarget and the caller\'s remaining time; bad ones are refused', () => {
+  const target = { protocol: 'tcp' as const, serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 };
+  const [f] = new FrameDecoder().push(encodeOpen(4, { target, timeoutMs: 2750 }));
+  assert.deepEqual(decodeOpen(f.payload), { id: 4, header: { target, timeoutMs: 2750 } });
+  const bad = Buffer.from(f.payload);
+  bad[4] = 9; // no such protocol
+  assert.deepEqual(decodeOpen(bad), { id: 4, header: undefined });
+  assert.equal(decodeOpen(Buffer.alloc(2)), undefined);
+  const [g] = new FrameDecoder().push(encodeOpen(6, { target: { ...target, ip: 'not-an-ip' }, timeoutMs: 1 }));
+  assert.equal(decodeOpen(g.payload)?.header, undefined);
 });
 
 test('datagrams keep their boundaries across any chunking', () => {
@@ -52,47 +58,110 @@ test('datagrams keep their boundaries across any chunking', () => {
   assert.throws(() => encodeDatagram(Buffer.alloc(65536)));
 });
 
-test('CreditStream sends no more than its window until credit comes back', async () => {
-  const sent: Buffer[] = [];
-  const s = new CreditStream({ data: (c) => sent.push(c), credit: () => {}, end: () => {}, reset: () => {}, closed: () => {} }, 1000);
+const io = (o: Partial<StreamIO> = {}): StreamIO => ({ canSend: () => true, data: () => {}, credit: () => {}, end: () => {}, reset: () => {}, closed: () => {}, ...o });
+
+test('TunnelStream sends no more than its window beyond the acknowledgement', async () => {
+  const sent: [number, number][] = [];
+  const s = new TunnelStream(io({ data: (off, c) => sent.push([off, c.length]) }), 1000);
   s.write(Buffer.alloc(2500));
   await new Promise((r) => setImmediate(r));
-  assert.equal(sent.reduce((n, c) => n + c.length, 0), 1000);
+  const total = () => sent.reduce((n, [, l]) => n + l, 0);
+  assert.equal(total(), 1000);
   s.onCredit(1000);
-  assert.equal(sent.reduce((n, c) => n + c.length, 0), 2000);
-  s.onCredit(5000);
-  assert.equal(sent.reduce((n, c) => n + c.length, 0), 2500);
+  assert.equal(total(), 2000);
+  s.onCredit(6000); // beyond what was written: ignored
+  assert.equal(total(), 2000);
+  s.onCredit(2000);
+  assert.equal(total(), 2500);
+  assert.deepEqual(sent.map(([o]) => o), [0, 1000, 2000], 'every frame names its offset');
   s.destroy();
 });
 
-test('CreditStream grants credit as its reader consumes', async () => {
-  const credits: number[] = [];
-  const s = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 4000);
-  s.onData(Buffer.alloc(1500));
-  assert.deepEqual(credits, [1500]);
+test('TunnelStream acknowledges as its reader consumes', async () => {
+  const acks: number[] = [];
+  const s = new TunnelStream(io({ credit: (n) => acks.push(n) }), 4000);
+  s.onData(0, Buffer.alloc(1500));
+  assert.deepEqual(acks, [1500]);
   s.destroy();
-  // A window larger than the readable buffer: a reader that stops holds the credit back until it reads again.
-  const slow = new CreditStream({ data: () => {}, credit: (n) => credits.push(n), end: () => {}, reset: () => {}, closed: () => {} }, 400_000);
+  // A window larger than the readable buffer: a reader that stops holds the acknowledgement back until it reads again.
+  const slow = new TunnelStream(io({ credit: (n) => acks.push(n) }), 400_000);
   slow.pause();
-  slow.onData(Buffer.alloc(100_000));
-  const before = credits.length;
+  slow.onData(0, Buffer.alloc(100_000));
+  const before = acks.length;
   slow.read();
   slow.resume();
   await new Promise((r) => setImmediate(r));
-  assert.ok(credits.length > before);
+  assert.ok(acks.length > before);
   slow.destroy();
 });
 
-test('CreditStream resets a stream whose peer sends beyond the credit it was granted (bounded buffering)', () => {
+test('TunnelStream resets a stream whose peer sends beyond its window (bounded buffering); repeats are trimmed', () => {
   let resets = 0;
-  const s = new CreditStream({ data: () => {}, credit: () => {}, end: () => {}, reset: () => { resets++; }, closed: () => {} }, 400_000);
+  const s = new TunnelStream(io({ reset: () => { resets++; } }), 400_000);
+  const got: Buffer[] = [];
+  s.on('data', (c: Buffer) => got.push(c));
   s.on('error', () => {});
   s.pause();
-  s.onData(Buffer.alloc(300_000));
+  s.onData(0, Buffer.from('abcdef'));
+  s.onData(3, Buffer.from('defgh'));
+  s.onData(20, Buffer.from('gap'));
+  assert.equal(s.readableLength, 8, 'repeated bytes trimmed, the gap dropped');
+  s.onData(8, Buffer.alloc(300_000));
   assert.equal(s.destroyed, false, 'within the window');
-  s.onData(Buffer.alloc(100_001));
+  s.onData(300_008, Buffer.alloc(100_001));
   assert.equal(s.destroyed, true);
   assert.equal(resets, 1, 'the peer is told');
+});
+
+test('TunnelStream resends from the offset the peer reports after a move, and keeps only unacknowledged bytes', async () => {
+  const sent: [number, string][] = [];
+  let up = true;
+  const s = new TunnelStream(io({ canSend: () => up, data: (off, c) => sent.push([off, c.toString()]) }), 1000);
+  s.write('hello ');
+  s.write('world');
+  await new Promise((r) => setImmediate(r));
+  assert.deepEqual(sent, [[0, 'hello '], [6, 'world']]);
+  up = false; // the transport died; the peer had received 'hel' and acknowledged 2 bytes
+  s.write('!');
+  await new Promise((r) => setImmediate(r));
+  assert.equal(sent.length, 2, 'nothing is sent without a transport');
+  up = true;
+  sent.length = 0;
+  s.resumeFrom(3, 2);
+  assert.deepEqual(sent, [[3, 'lo '], [6, 'world'], [11, '!']]);
+  s.destroy();
+});
+
+test('a stream destroyed after its END lingers until the END is acknowledged, then resets (the reply is never cut)', async () => {
+  const frames: string[] = [];
+  let closed = false;
+  const s = new TunnelStream(io({ data: (o, c) => frames.push(`data ${o} ${c.length}`), end: (f) => frames.push(`end ${f}`), reset: () => frames.push('reset'), closed: () => { closed = true; } }));
+  s.end(Buffer.alloc(10));
+  await new Promise((r) => s.once('finish', r));
+  s.destroy();
+  assert.deepEqual(frames, ['data 0 10', 'end 10']);
+  assert.equal(closed, false, 'kept for resumption');
+  s.resumeFrom(4, 0);
+  assert.deepEqual(frames.slice(2), ['data 4 6', 'end 10'], 'still resent after a move');
+  s.onCredit(11);
+  assert.deepEqual(frames.slice(-1), ['reset']);
+  assert.equal(closed, true);
+});
+
+test('a reset after the peer ended is not an error: the reader gets every byte, then the stream closes', async () => {
+  const s = new TunnelStream(io());
+  let err: Error | undefined;
+  s.on('error', (e) => { err = e; });
+  s.pause();
+  s.onData(0, Buffer.from('the whole reply'));
+  s.onEnd(15);
+  s.onReset();
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.resume();
+  await new Promise((r) => s.once('close', r));
+  assert.equal(Buffer.concat(chunks).toString(), 'the whole reply');
+  assert.equal(err, undefined);
 });
 
 test('the node key is created once with mode 0600 and reloaded', () => {
@@ -109,19 +178,6 @@ test('the node key is created once with mode 0600 and reloaded', () => {
   }
 });
 
-test('a link dying under an abandoned stream (no error listener) does not throw', async () => {
-  const { Mux } = await import('./mux.ts');
-  const m = new Mux(() => {}, true);
-  const pending = m.open({ protocol: 'tcp', serviceKey: 'a/b', ip: '1.2.3.4', port: 80 });
-  pending.catch(() => {});
-  m.close(new Error('path died'));
-  await assert.rejects(pending);
-  const s = new CreditStream({ data: () => {}, credit: () => {}, end: () => {}, reset: () => {}, closed: () => {} });
-  s.onReset();
-  await new Promise((r) => setImmediate(r));
-  assert.equal(s.destroyed, true);
-});
-
 test('departedNodes: only nodes that were listed and are gone', () => {
   const next = new Map([['a', 1], ['c', 1]]);
   assert.deepEqual(departedNodes(['a', 'b'], next), ['b']);
@@ -129,32 +185,3 @@ test('departedNodes: only nodes that were listed and are gone', () => {
   assert.deepEqual(departedNodes(['a', 'c'], next), []);
 });
 
-test('a stream accepted after its link died is closed at once (the local socket it is spliced to is released)', async () => {
-  const { Mux, M } = await import('./mux.ts');
-  const { encodeStreamFrame } = await import('@edgemesh/common/tunnel/frame');
-  const m = new Mux(() => {}, true);
-  let accept: (() => CreditStream) | undefined;
-  m.onIncoming = (_h, a) => { accept = a; };
-  m.push(encodeStreamFrame(M.OPEN, 2, Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }))));
-  assert.ok(accept, 'incoming stream offered');
-  m.close(new Error('path died'));
-  const s = accept();
-  const closed = new Promise((r) => s.on('close', r));
-  assert.equal(s.destroyed, true);
-  await closed;
-});
-
-test('streams the peer opens count against the per-link limit, also while their dial is under way', async () => {
-  const { Mux, M, MAX_STREAMS_PER_LINK } = await import('./mux.ts');
-  const { encodeStreamFrame, FrameDecoder } = await import('@edgemesh/common/tunnel/frame');
-  const out = new FrameDecoder();
-  const answers: number[] = [];
-  const m = new Mux((b) => { for (const f of out.push(b)) answers.push(f.type); }, true);
-  let offered = 0;
-  m.onIncoming = () => { offered++; }; // never answered: every dial hangs
-  const header = Buffer.from(JSON.stringify({ protocol: 'tcp', serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }));
-  for (let i = 0; i <= MAX_STREAMS_PER_LINK; i++) m.push(encodeStreamFrame(M.OPEN, 2 + 2 * i, header));
-  assert.equal(offered, MAX_STREAMS_PER_LINK);
-  assert.deepEqual(answers, [M.ERR]);
-  m.close();
-});

@@ -40,6 +40,8 @@ declare module '@hyperswarm/secret-stream' {
   export default class NoiseSecretStream extends Duplex {
     constructor(isInitiator: boolean, rawStream: Duplex, opts?: { keyPair?: KeyPair; remotePublicKey?: Buffer; keepAlive?: number });
     readonly remotePublicKey: Buffer | null;
+    /** The Noise handshake hash (same on both sides, fresh for every handshake); set once opened. */
+    readonly handshakeHash: Buffer | null;
     readonly publicKey: Buffer;
     readonly rawStream: Duplex;
     readonly opened: Promise<boolean>;

@@ -91,3 +91,56 @@ test('ed25519 raw keys sign, verify and round-trip', () => {
   broken[40] ^= 1;
   assert.equal(keyPairFromSecret(broken), undefined);
 });
+
+test('stream frames: the same layout for every layer, decoded only when well-formed', async () => {
+  const { decodeStreamFrame, encodeCredit, encodeData, encodeEnd, encodeReset } = await import('./streams.ts');
+  const t = { DATA: 20, CREDIT: 21, END: 22, RESET: 23 };
+  const dec = new FrameDecoder();
+  const big = 2 ** 40 + 5;
+  const frames = dec.push(Buffer.concat([encodeData(t, 7, big, Buffer.from('abc')), encodeCredit(t, 7, big + 3), encodeEnd(t, 7, big + 3), encodeReset(t, 7)]));
+  assert.deepEqual(frames.map((f) => decodeStreamFrame(t, f.type, f.payload)), [
+    { kind: 'data', id: 7, offset: big, bytes: Buffer.from('abc') },
+    { kind: 'credit', id: 7, ack: big + 3 },
+    { kind: 'end', id: 7, fin: big + 3 },
+    { kind: 'reset', id: 7 },
+  ]);
+  assert.equal(decodeStreamFrame(t, t.CREDIT, Buffer.alloc(8)), undefined, 'old 8-byte credit');
+  assert.equal(decodeStreamFrame(t, t.DATA, Buffer.alloc(11)), undefined);
+  assert.equal(decodeStreamFrame(t, 99, Buffer.alloc(12)), undefined);
+});
+
+test('FlowWindow: in-order bytes within the window; repeats trimmed, gaps and overflow refused', async () => {
+  const { FlowWindow } = await import('./streams.ts');
+  const w = new FlowWindow(100);
+  assert.deepEqual(w.data(0, 60), { ok: true, skip: 0 });
+  assert.deepEqual(w.data(50, 20), { ok: true, skip: 10 }, 'overlap: only the new bytes');
+  assert.deepEqual(w.data(0, 30), { ok: false, why: 'duplicate' });
+  assert.deepEqual(w.data(80, 5), { ok: false, why: 'gap' });
+  assert.deepEqual(w.data(70, 31), { ok: false, why: 'overflow' }, 'beyond ack + window');
+  assert.equal(w.acknowledge(71), false, 'cannot acknowledge bytes not taken');
+  assert.equal(w.acknowledge(70), true);
+  assert.equal(w.acknowledge(60), false, 'acknowledgements only grow');
+  assert.deepEqual(w.data(70, 100), { ok: true, skip: 0 });
+  assert.equal(w.end(169), false, 'END only at the next position');
+  assert.equal(w.end(170), true);
+  assert.equal(w.next, 171, 'END takes one position');
+  assert.equal(w.acknowledge(171), true);
+});
+
+test('control messages are validated into typed values; candidates bounded, bad ones dropped', async () => {
+  const { decodeControl, encodeControl, MAX_CANDIDATES, T } = await import('./protocol.ts');
+  const key = randomBytes(32);
+  const cand = [{ host: '1.2.3.4', port: 5, kind: 'lan' }, { host: 'evil.example', port: 5 }, { host: '1.2.3.4', port: 0 }, 'x', ...Array(40).fill({ host: '1.1.1.1', port: 1 })];
+  const body = Buffer.from(JSON.stringify({ to: 'b', sid: '0123456789abcdef', mode: 'weird', cand, nat: 'cone', streamId: 9, key: key.toString('base64') }));
+  const m = decodeControl(T.RENDEZVOUS, body)!;
+  assert.equal(m.cand[0].kind, 'lan');
+  assert.ok(m.cand.length <= MAX_CANDIDATES);
+  assert.ok(m.cand.every((c) => c.host !== 'evil.example' && c.port > 0));
+  assert.equal(m.mode, 'normal', 'an unknown mode falls back');
+  assert.deepEqual(m.key, key, 'base64 fields arrive as Buffers');
+  assert.equal(decodeControl(T.RENDEZVOUS, Buffer.from(JSON.stringify({ sid: 'x', cand: [], streamId: 1 }))), undefined, 'bad sid');
+  assert.equal(decodeControl(T.OPENED, Buffer.from(JSON.stringify({ req: 1, rid: 2, key: 'AAAA' }))), undefined, 'short key');
+  const again = decodeControl(T.OPENED, encodeControl(T.OPENED, { req: 1, rid: 2, key }));
+  assert.deepEqual(again, { req: 1, rid: 2, key });
+  assert.equal(decodeControl(T.PING, Buffer.from('not json')), undefined);
+});

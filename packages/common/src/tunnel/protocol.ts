@@ -1,25 +1,57 @@
-// Message types of the agent<->server protocol (frames, see frame.ts). Control messages carry JSON followed by a
-// ControlMac trailer once authenticated; relay data frames are [rid u32][bytes] and carry only ciphertext.
+// Server frames: the agent<->server protocol on the TCP connection (frames as frame.ts: [type u8][length u32][payload]).
+// Every frame type is in SERVER_FRAMES with its direction and payload. Control messages are JSON (validated here into
+// typed values, base64 fields already decoded) followed, once authenticated, by a ControlMac trailer (auth.ts).
+// Relay stream frames (DATA/CREDIT/END/RESET) carry only Noise ciphertext; their layout is streams.ts's.
+import { z } from 'zod';
+import type { StreamTypes } from './streams.ts';
 
 export const T = {
-  HELLO: 1, // agent -> server {v, nonce}
-  CHALLENGE: 2, // server -> agent {nonce, proof}
-  AUTH: 3, // agent -> server {node, key, proof, sig}
-  WELCOME: 4, // server -> agent {stunAltPort}
-  ERROR: 5, // either way {code, message}; the sender closes
-  PING: 6, // {t}
-  PONG: 7, // {t}
-  OPEN: 10, // agent -> server {req, to}: open a relay stream to node `to`
-  OPENED: 11, // server -> opener {req, rid, key}
-  OPEN_FAIL: 12, // server -> opener {req, code}
-  INCOMING: 13, // server -> target {rid, from, key}
-  RENDEZVOUS: 14, // agent -> server {to, sid, cand}; server -> peer {from, key, sid, cand, delayMs}
-  REPORT: 15, // agent -> server: the fleet report (common/src/fleet/report.ts), at most MAX_REPORT_BYTES of JSON
-  DATA: 20, // [rid][bytes]
-  CREDIT: 21, // [rid][bytes u32]
-  END: 22, // [rid]
-  RESET: 23, // [rid]
+  HELLO: 1,
+  CHALLENGE: 2,
+  AUTH: 3,
+  WELCOME: 4,
+  ERROR: 5,
+  PING: 6,
+  PONG: 7,
+  OPEN: 10,
+  OPENED: 11,
+  OPEN_FAIL: 12,
+  INCOMING: 13,
+  RENDEZVOUS: 14,
+  REPORT: 15,
+  DATA: 20,
+  CREDIT: 21,
+  END: 22,
+  RESET: 23,
 } as const;
+
+/** v2: relay stream frames carry absolute offsets and acknowledgements (streams.ts). */
+export const PROTOCOL_VERSION = 2;
+
+export interface FrameSpec { type: number; name: string; dir: 'a->s' | 's->a' | 'both'; payload: string }
+
+/** The table of server frames (docs/tunnel-protocol.md explains each). */
+export const SERVER_FRAMES: readonly FrameSpec[] = [
+  { type: T.HELLO, name: 'HELLO', dir: 'a->s', payload: 'JSON {v, nonce} (clear)' },
+  { type: T.CHALLENGE, name: 'CHALLENGE', dir: 's->a', payload: 'JSON {nonce, proof} (clear)' },
+  { type: T.AUTH, name: 'AUTH', dir: 'a->s', payload: 'JSON {node, key, proof, sig} (clear)' },
+  { type: T.WELCOME, name: 'WELCOME', dir: 's->a', payload: 'JSON {stunAltPort, observed} + MAC' },
+  { type: T.ERROR, name: 'ERROR', dir: 'both', payload: 'JSON {code, message} (+ MAC once authenticated); the sender closes' },
+  { type: T.PING, name: 'PING', dir: 'both', payload: 'JSON {t} + MAC' },
+  { type: T.PONG, name: 'PONG', dir: 'both', payload: 'JSON {t} + MAC' },
+  { type: T.OPEN, name: 'OPEN', dir: 'a->s', payload: 'JSON {req, to} + MAC: open a relay stream to node `to`' },
+  { type: T.OPENED, name: 'OPENED', dir: 's->a', payload: 'JSON {req, rid, key} + MAC: the stream, and the key the server vouches for' },
+  { type: T.OPEN_FAIL, name: 'OPEN_FAIL', dir: 's->a', payload: 'JSON {req, code} + MAC' },
+  { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from, key} + MAC: a peer opened a relay stream to us' },
+  { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous + MAC (the server adds from, key, RTTs)' },
+  { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES) + MAC' },
+  { type: T.DATA, name: 'DATA', dir: 'both', payload: '[rid u32][offset u64][ciphertext]' },
+  { type: T.CREDIT, name: 'CREDIT', dir: 'both', payload: '[rid u32][ack u64]' },
+  { type: T.END, name: 'END', dir: 'both', payload: '[rid u32][fin u64]' },
+  { type: T.RESET, name: 'RESET', dir: 'both', payload: '[rid u32]' },
+];
+
+export const RELAY_STREAM_TYPES: StreamTypes = { DATA: T.DATA, CREDIT: T.CREDIT, END: T.END, RESET: T.RESET };
 
 /** Types whose payload is JSON + MAC (after the handshake). */
 export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
@@ -29,11 +61,92 @@ export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T
 export const RELAY_WINDOW_BYTES = 8 * 1024 * 1024;
 /** Data frames are cut to at most this many bytes. */
 export const MAX_DATA_CHUNK = 64 * 1024;
+/** Candidates a rendezvous may carry (each side's LAN addresses + its STUN address). */
+export const MAX_CANDIDATES = 16;
 
 export const NODE_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 
-export interface Candidate { host: string; port: number; kind: 'lan' | 'stun' }
-export interface RendezvousInfo { cand: Candidate[]; nat: 'cone' | 'symmetric' | 'open' | 'unknown'; port: number }
+// ---------- typed control messages ----------
+
+const b64 = (len?: number) => z.string().max(4096).transform((s, ctx) => {
+  const b = Buffer.from(s, 'base64');
+  if (len !== undefined && b.length !== len) {
+    ctx.addIssue({ code: 'custom', message: `expected ${len} bytes` });
+    return z.NEVER;
+  }
+  return b;
+});
+const u32 = z.number().int().min(0).max(0xffffffff);
+const nodeName = z.string().regex(NODE_NAME_RE);
+const hostPort = z.object({ host: z.string().max(64), port: z.number().int().min(0).max(65535).optional() });
+
+export const NAT_TYPES = ['open', 'cone', 'symmetric', 'unknown'] as const;
+export type NatType = (typeof NAT_TYPES)[number];
+
+const candidate = z.object({
+  host: z.string().regex(/^[0-9a-fA-F.:]{2,45}$/),
+  port: z.number().int().min(1).max(65535),
+  kind: z.enum(['lan', 'stun', 'prflx']).catch('prflx'),
+});
+/** Candidates beyond MAX_CANDIDATES and malformed ones are dropped, never the whole message. */
+const candidates = z.array(z.unknown()).max(256).transform((xs) => xs.slice(0, MAX_CANDIDATES).flatMap((c) => {
+  const r = candidate.safeParse(c);
+  return r.success ? [r.data] : [];
+}));
+
+const rendezvousBody = {
+  sid: z.string().regex(/^[0-9a-f]{16}$/),
+  reply: z.boolean().optional(),
+  mode: z.enum(['normal', 'birthday']).catch('normal'),
+  cand: candidates,
+  nat: z.enum(NAT_TYPES).catch('unknown'),
+  streamId: u32,
+};
+
+const SCHEMAS = {
+  [T.HELLO]: z.object({ v: z.number(), nonce: b64(32) }),
+  [T.CHALLENGE]: z.object({ nonce: b64(32), proof: b64() }),
+  [T.AUTH]: z.object({ node: z.string().max(253), key: b64(32), proof: b64(), sig: b64() }),
+  [T.WELCOME]: z.object({ stunAltPort: z.number().int().min(0).max(65535).catch(0), observed: hostPort.optional() }),
+  [T.ERROR]: z.object({ code: z.string().max(64), message: z.string().max(1024).catch('') }),
+  [T.PING]: z.object({ t: z.number() }),
+  [T.PONG]: z.object({ t: z.number() }),
+  [T.OPEN]: z.object({ req: u32, to: z.string().max(253) }),
+  [T.OPENED]: z.object({ req: u32, rid: u32, key: b64(32) }),
+  [T.OPEN_FAIL]: z.object({ req: u32, code: z.string().max(64) }),
+  [T.INCOMING]: z.object({ rid: u32, from: nodeName, key: b64(32) }),
+  /** Agent -> server: `to` names the peer. */
+  [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(), key: b64(32).optional(),
+    rttFromMs: z.number().min(0).max(60_000).catch(0).optional(), rttToMs: z.number().min(0).max(60_000).catch(0).optional() }),
+  /** Any JSON object here: the server's fleet store validates it against the report schema (and counts what fails). */
+  [T.REPORT]: z.record(z.string(), z.unknown()),
+} as const;
+
+type Schemas = typeof SCHEMAS;
+/** Frame types whose payload is a JSON control message. */
+export type ControlType = keyof Schemas;
+/** The decoded (typed) control message of a frame type. */
+export type ControlMessage<K extends keyof Schemas> = z.output<Schemas[K]>;
+/** What a control message of a type is encoded from (Buffers as base64 by encodeControl). */
+export type ControlInput<K extends keyof Schemas> = { [F in keyof z.input<Schemas[K]>]: NonNullable<z.input<Schemas[K]>[F]> extends string ? z.input<Schemas[K]>[F] | Buffer : z.input<Schemas[K]>[F] };
+
+/** A rendezvous as an agent sends it (to the server: `to`) or receives it (from the server: `from`, `key`, RTTs). */
+export type Rendezvous = ControlMessage<typeof T.RENDEZVOUS>;
+export interface RendezvousCandidate { host: string; port: number; kind: 'lan' | 'stun' | 'prflx' }
+
+export function encodeControl<K extends keyof Schemas>(_type: K, msg: ControlInput<K>): Buffer {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(msg)) out[k] = Buffer.isBuffer(v) ? v.toString('base64') : v;
+  return Buffer.from(JSON.stringify(out));
+}
+
+/** Validates a control message; undefined when the JSON or any field is wrong. */
+export function decodeControl<K extends keyof Schemas>(type: K, body: Buffer): ControlMessage<K> | undefined {
+  const raw = parseJson(body);
+  if (!raw) return undefined;
+  const r = SCHEMAS[type].safeParse(raw);
+  return r.success ? (r.data as ControlMessage<K>) : undefined;
+}
 
 export function parseJson(b: Buffer): Record<string, unknown> | undefined {
   try {

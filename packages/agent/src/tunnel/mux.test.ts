@@ -1,0 +1,206 @@
+// Sessions over fake links (frames queued and delivered on demand, a link can lose everything in flight): streams
+// resume from the acknowledged offsets on another link, and an OPEN, OK or RESET lost with a link is repaired.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { FrameDecoder } from '@edgemesh/common/tunnel/frame';
+import { ManualClock } from './clock.ts';
+import { encodeOpen, L } from './linkproto.ts';
+import { MAX_STREAMS_PER_SESSION, Session, type SessionLink } from './mux.ts';
+import type { TunnelStream } from './stream.ts';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const HEADER = { target: { protocol: 'tcp' as const, serviceKey: 'ns/web', ip: '10.1.0.5', port: 8080 }, timeoutMs: 3000 };
+
+interface FakeLink extends SessionLink { closed: boolean; lost: boolean; peer?: FakeLink; queue: Buffer[]; owner: Session }
+
+let ids = 1;
+function linkPair(a: Session, b: Session): [FakeLink, FakeLink] {
+  const mk = (owner: Session): FakeLink => {
+    const l: FakeLink = { id: ids++, closed: false, lost: false, queue: [], owner, send: (f) => { if (!l.lost) l.queue.push(f); } };
+    return l;
+  };
+  const x = mk(a), y = mk(b);
+  x.peer = y;
+  y.peer = x;
+  return [x, y];
+}
+
+/** Delivers everything queued on the links (both ways) until quiet; `rounds` lets streams react in between. */
+async function pump(links: FakeLink[], rounds = 20): Promise<void> {
+  for (let i = 0; i < rounds; i++) {
+    let moved = false;
+    for (const l of links) {
+      const frames = l.queue.splice(0);
+      const dec = new FrameDecoder();
+      for (const f of dec.push(Buffer.concat(frames))) {
+        moved = true;
+        if (!l.lost) l.peer!.owner.onFrame(l.peer!, f.type, f.payload);
+      }
+    }
+    await new Promise((r) => setImmediate(r));
+    if (!moved && i > 2) return;
+  }
+}
+
+function pair() {
+  const clock = new ManualClock();
+  const a = new Session({ localSid: randomBytes(16), odd: true, clock });
+  const b = new Session({ localSid: randomBytes(16), odd: false, clock });
+  const served: string[] = [];
+  const bStreams: TunnelStream[] = [];
+  b.onIncoming = (_h, accept) => {
+    const s = accept();
+    bStreams.push(s);
+    const h = createHash('sha256');
+    s.on('data', (c: Buffer) => h.update(c));
+    s.on('end', () => { const d = h.digest('hex'); served.push(d); s.end(d); });
+    s.on('error', () => {});
+  };
+  return { clock, a, b, served, bStreams };
+}
+
+async function attachBoth(a: Session, b: Session, x: FakeLink, y: FakeLink): Promise<void> {
+  a.attach(x);
+  b.attach(y);
+  await pump([x, y]);
+  assert.ok(a.isResumed && b.isResumed, 'both sides resumed');
+}
+
+function reader(s: TunnelStream): () => string {
+  const chunks: Buffer[] = [];
+  s.on('data', (c: Buffer) => chunks.push(c));
+  s.on('error', () => {});
+  return () => Buffer.concat(chunks).toString();
+}
+
+test('a stream resumes on a new link from the acknowledged offsets: every byte arrives once, in order', async () => {
+  const { a, b, served } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  const { answered } = a.open(HEADER, 3000);
+  await pump([x1, y1]);
+  const { stream: s } = await answered;
+  const got = reader(s);
+  const one = randomBytes(400_000), two = randomBytes(400_000);
+  s.write(one);
+  await pump([x1, y1], 3);
+  // The link dies with frames in flight both ways.
+  x1.lost = y1.lost = true;
+  a.detach(x1);
+  b.detach(y1);
+  s.end(two);
+  await pump([x1, y1]);
+  const [x2, y2] = linkPair(a, b);
+  a.attach(x2); // only one side decides; the other follows
+  await pump([x2, y2]);
+  assert.ok(b.isResumed, 'b followed a to the new link');
+  assert.equal(b.current, y2);
+  assert.deepEqual(served, [sha(Buffer.concat([one, two]))]);
+  assert.equal(got(), served[0], 'the reply came back too');
+});
+
+test('an OPEN lost with its link is sent again after the move', async () => {
+  const { a, b, served } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  x1.lost = true; // the OPEN goes nowhere
+  const { answered } = a.open(HEADER, 3000);
+  let ok: TunnelStream | undefined;
+  answered.then((r) => { ok = r.stream; });
+  await pump([x1, y1]);
+  assert.equal(ok === undefined, true, "not answered yet");
+  a.detach(x1);
+  const [x2, y2] = linkPair(a, b);
+  a.attach(x2);
+  await pump([x2, y2]);
+  assert.ok(ok, 'answered over the new link');
+  ok.end('hi');
+  await pump([x2, y2]);
+  assert.deepEqual(served, [sha(Buffer.from('hi'))]);
+});
+
+test('an OK lost with its link: the opener learns from the peer\'s ATTACH that the stream is open', async () => {
+  const { a, b, served } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  const { answered } = a.open(HEADER, 3000);
+  let ok: TunnelStream | undefined;
+  answered.then((r) => { ok = r.stream; });
+  // Deliver a's OPEN, then lose b's answer.
+  await pump([x1], 2);
+  y1.lost = true;
+  await pump([x1, y1]);
+  assert.equal(ok === undefined, true, "not answered yet");
+  b.detach(y1);
+  a.detach(x1);
+  const [x2, y2] = linkPair(a, b);
+  b.attach(y2);
+  await pump([x2, y2]);
+  assert.ok(ok, 'the open completed through the ATTACH exchange');
+  ok.end('yo');
+  await pump([x2, y2]);
+  assert.deepEqual(served, [sha(Buffer.from('yo'))]);
+});
+
+test('a RESET lost with its link is repaired: the side that still has the stream gets it reset', async () => {
+  const { a, b, bStreams } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  const { answered } = a.open(HEADER, 3000);
+  await pump([x1, y1]);
+  const { stream: s } = await answered;
+  s.on('error', () => {});
+  x1.lost = true;
+  s.destroy(new Error('client went away'));
+  await pump([x1, y1]);
+  assert.equal(bStreams[0].destroyed, false, 'b never heard');
+  a.detach(x1);
+  b.detach(y1);
+  const [x2, y2] = linkPair(a, b);
+  a.attach(x2);
+  await pump([x2, y2]);
+  assert.equal(bStreams[0].destroyed, true);
+});
+
+test('an old ATTACH arriving late over a slower link does not pull the session back', async () => {
+  const { a, b } = pair();
+  const [x1, y1] = linkPair(a, b);
+  const [x2, y2] = linkPair(a, b);
+  a.attach(x1);
+  const stale = x1.queue.splice(0); // held back on the slow link
+  a.attach(x2);
+  await pump([x2, y2]);
+  assert.equal(b.current, y2);
+  for (const f of new FrameDecoder().push(Buffer.concat(stale))) b.onFrame(y1, f.type, f.payload);
+  assert.equal(b.current, y2, 'the stale request was ignored');
+});
+
+test('streams the peer opens count against the session limit, also while their dial is under way', async () => {
+  const { a, b } = pair();
+  const [x, y] = linkPair(a, b);
+  await attachBoth(a, b, x, y);
+  let offered = 0;
+  b.onIncoming = () => { offered++; }; // never answered: every dial hangs
+  for (let i = 0; i <= MAX_STREAMS_PER_SESSION; i++) x.send(encodeOpen(1 + 2 * i, HEADER));
+  const answers: number[] = [];
+  y.send = (f) => { answers.push(f[0]); };
+  await pump([x]);
+  assert.equal(offered, MAX_STREAMS_PER_SESSION);
+  assert.deepEqual(answers, [L.ERR]);
+});
+
+test('a stream accepted after the session ended is closed at once (its local socket is released)', async () => {
+  const { a, b } = pair();
+  const [x, y] = linkPair(a, b);
+  await attachBoth(a, b, x, y);
+  let accept: (() => TunnelStream) | undefined;
+  b.onIncoming = (_h, acc) => { accept = acc; };
+  a.open(HEADER, 3000).answered.catch(() => {});
+  await pump([x, y]);
+  assert.ok(accept);
+  b.close(new Error('gone'));
+  const s = accept();
+  await new Promise((r) => s.once('close', r));
+  assert.equal(s.destroyed, true);
+});

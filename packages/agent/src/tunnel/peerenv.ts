@@ -1,0 +1,33 @@
+// What a PeerPaths is given and what it reports: the seams between one peer's state and the rest of the tunnel
+// (types only; tunnel.ts provides the real ones, unit tests fakes).
+import type { Logger } from '@edgemesh/common/log';
+import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
+import type { ControlInput, T } from '@edgemesh/common/tunnel/protocol';
+import type { DialErrorCode } from '../proxy/dialer.ts';
+import type { Clock } from './clock.ts';
+import type { Transport } from './link.ts';
+import type { StreamHeader } from './linkproto.ts';
+import type { TunnelMetrics } from './metrics.ts';
+import type { TunnelStream } from './stream.ts';
+import type { DirectEnv } from './udptypes.ts';
+
+export type RendezvousOut = ControlInput<typeof T.RENDEZVOUS>;
+
+export interface PeerEnv {
+  self: string;
+  keyPair: RawKeyPair;
+  clock: Clock;
+  log: Logger;
+  metrics: TunnelMetrics;
+  /** A relay stream to the peer through the first connected server that has it, with the key the server vouches for. */
+  openRelay(node: string): Promise<{ key: Buffer; stream: Transport['stream']; server: string }>;
+  /** Sends a rendezvous request through every connected server (the peer answers the first copy); false if none. */
+  rendezvous(msg: RendezvousOut): boolean;
+  /** The serving side for streams the peer opens (`rttMs`: the link's, so the answer comes back in time). */
+  serve: (h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
+  /** The UDP side; absent = relay only. */
+  direct?: DirectEnv;
+  upgradeRetryMs?: number;
+}
+
+export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'relay' | null; remote: string | null; rttMs: number | null }

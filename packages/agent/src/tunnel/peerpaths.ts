@@ -1,0 +1,394 @@
+// Everything about one peer (the shape of Tailscale magicsock's endpoint): its relay links, its direct link and the
+// heartbeats on it, the punch attempt under way, the upgrade policy, the choice of path, and the session whose
+// streams ride on whichever link is chosen. Nothing else keeps per-peer state. Transports, sockets and time come from
+// PeerEnv, so this runs with fakes in unit tests; decisions are punch.ts's.
+import { randomBytes } from 'node:crypto';
+import type { Logger } from '@edgemesh/common/log';
+import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
+import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
+import type { Clock, Timer } from './clock.ts';
+import { attachProof, checkAttachProof, checkIdentity, ourIdentity, pairKey, SESSION_KEY_LABEL } from './identity.ts';
+import { Link, type Transport } from './link.ts';
+import { encodeHello, SID_BYTES, type Hello } from './linkproto.ts';
+import { Session } from './mux.ts';
+import { PeerDirect, type DirectHost } from './peerdirect.ts';
+import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
+import { choosePath } from './punch.ts';
+import type { TunnelStream } from './stream.ts';
+import { ATTACH_TIMEOUT_MS, directFallbackMs, RELINK_RETRY_MS, SESSION_RESUME_MS, TICK_MS } from './timers.ts';
+
+const NO_SID = Buffer.alloc(SID_BYTES);
+
+export class PeerPaths implements DirectHost {
+  readonly node: string;
+  readonly env: PeerEnv;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private key: Buffer | undefined;
+  private sessionKey: Buffer | undefined;
+  /** The direct half (punching, upgrade policy, heartbeats); undefined when the tunnel has no UDP socket. */
+  private readonly d: PeerDirect | undefined;
+  private session: Session;
+  private readonly links = new Set<Link>();
+  private direct: Link | undefined;
+  private relayPending = false;
+  /** When the direct path stopped answering a dial (its streams moved to the relay until it answers again). */
+  private suspectAt: number | undefined;
+  private timers: Partial<Record<'suspect' | 'resume' | 'attach' | 'relink', Timer>> = {};
+  private closed = false;
+  private resetting = false;
+  /** Settled when the session is next on a link, or nothing can carry it (connect()). */
+  private linked: PromiseWithResolvers<void> | undefined;
+
+  constructor(node: string, env: PeerEnv) {
+    this.node = node;
+    this.env = env;
+    this.clock = env.clock;
+    this.log = env.log.child({ peer: node });
+    this.session = this.newSession(randomBytes(SID_BYTES));
+    this.d = env.direct ? new PeerDirect(this, env.direct) : undefined;
+  }
+
+  private newSession(localSid: Buffer, after?: Session): Session {
+    const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock, after });
+    s.onIncoming = (h, accept, reject) => this.env.serve(h, accept, reject, (s.current as Link | undefined)?.rttMs ?? null);
+    s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
+    s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
+    s.onProtocolError = (l, why) => (l as Link).close(new Error(`protocol error: ${why}`));
+    return s;
+  }
+
+  private set(name: keyof PeerPaths['timers'], ms: number, fn: () => void): void {
+    this.clear(name);
+    this.timers[name] = this.clock.setTimeout(() => { this.timers[name] = undefined; if (!this.closed) fn(); }, ms);
+  }
+
+  private clear(name: keyof PeerPaths['timers']): void {
+    this.clock.clearTimeout(this.timers[name]);
+    this.timers[name] = undefined;
+  }
+
+  /** The key a server vouched for (every OPENED, INCOMING and RENDEZVOUS names it). */
+  setKey(key: Buffer): void {
+    if (this.key?.equals(key)) return;
+    this.key = key;
+    this.sessionKey = pairKey(this.env.keyPair.secretKey, this.env.keyPair.publicKey, key, SESSION_KEY_LABEL);
+    this.d?.setKey(key);
+  }
+
+  // ---------- dialing ----------
+
+  /** A stream to `target` on the peer, answered OK within `deadline` (the relay takes over a silent direct path). */
+  async open(target: DialTarget, deadline: Deadline): Promise<TunnelStream> {
+    if (this.closed) throw new DialError('unreachable', `node ${this.node} was forgotten`);
+    const { protocol, serviceKey, ip, port } = target;
+    const remaining = deadline.remaining();
+    if (deadline.signal.aborted || remaining <= 0) throw new DialError('timeout', `dial ${this.node} ${ip}:${port}: no time left`);
+    this.want();
+    const { stream, answered } = this.session.open({ target: { protocol, serviceKey, ip, port }, timeoutMs: remaining }, this.clock.now() + remaining);
+    let path = (this.session.current as Link | undefined)?.kind ?? 'relay';
+    const sentAt = this.clock.now();
+    if (!this.session.current) this.reselect();
+    else (this.session.current as Link).probe();
+    const fallback = this.clock.setTimeout(() => {
+      const cur = this.session.current as Link | undefined;
+      if (stream && this.session.isOpening(stream) && cur?.kind === 'direct' && !cur.heardSince(sentAt)) this.suspectDirect();
+    }, directFallbackMs(remaining));
+    const onAbort = () => { if (stream) this.session.cancel(stream); };
+    deadline.signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      const { stream: s, via } = await answered;
+      path = (via as Link | undefined)?.kind ?? path;
+      s.path = path;
+      this.env.metrics.streams.inc({ path, outcome: 'ok' });
+      return s;
+    } catch (e) {
+      const err = deadline.signal.aborted ? new DialError('timeout', `dial ${this.node} ${ip}:${port}: timed out`) : e instanceof DialError ? e : new DialError('unreachable', (e as Error).message);
+      this.env.metrics.streams.inc({ path, outcome: err.code });
+      throw err;
+    } finally {
+      this.clock.clearTimeout(fallback);
+      deadline.signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /** Brings a link up without a stream (a successor warming its predecessor's links, handoff/takeover.ts): a relay
+   *  link at once, punching in parallel. Resolves once the session is on a link. */
+  connect(): Promise<void> {
+    if (this.closed) return Promise.reject(new DialError('unreachable', `node ${this.node} was forgotten`));
+    this.want();
+    if (this.current) return Promise.resolve();
+    if (!this.linked) (this.linked = Promise.withResolvers<void>()).promise.catch(() => {});
+    this.ensureRelay();
+    return this.linked.promise;
+  }
+
+  private settleLinked(err?: Error): void {
+    const l = this.linked;
+    this.linked = undefined;
+    if (err) l?.reject(err); else l?.resolve();
+  }
+
+  /** A dial got no answer on the direct path within its share of the deadline: move the session to the relay until
+   *  the direct link is heard from again. */
+  private suspectDirect(): void {
+    if (this.suspectAt !== undefined) return;
+    this.suspectAt = this.clock.now();
+    this.log.debug('no answer on the direct path, moving to the relay');
+    this.direct?.ping();
+    if (this.direct) this.session.distrust(this.direct);
+    this.ensureRelay();
+    this.reselect();
+    this.watchSuspect();
+  }
+
+  // ---------- links ----------
+
+  private hello(handshakeHash: Buffer): Buffer {
+    const peerSid = this.session.remoteSid ?? NO_SID;
+    const sid = this.session.localSid;
+    return encodeHello({ sid, peerSid, proof: attachProof(this.sessionKey!, handshakeHash, sid, peerSid), identity: ourIdentity() });
+  }
+
+  private async establish(t: Transport, initiator: boolean, side: 'in' | 'out'): Promise<Link> {
+    if (!this.key) throw new DialError('unreachable', `no key for ${this.node}`);
+    const link = await Link.establish(t, {
+      keyPair: this.env.keyPair, peer: this.node, vouchedKey: this.key, initiator, clock: this.clock, hello: (hh) => this.hello(hh),
+    });
+    // The Noise handshake proved the peer's key: use the link at once (a first stream goes out with the last handshake
+    // message, a move does not wait a round trip) and check the HELLO when it comes. If it names another session
+    // (the peer restarted), what we sent there meant nothing to the peer and the session starts over below.
+    this.adopt(link, side);
+    let hello: Hello;
+    try {
+      hello = await link.hello;
+    } catch (e) {
+      link.close();
+      throw e;
+    }
+    if (this.closed) {
+      link.close();
+      return link;
+    }
+    const bad = !this.sessionKey || !checkAttachProof(this.sessionKey, link.handshakeHash, hello.sid, hello.peerSid, hello.proof)
+      ? 'bad session proof' : checkIdentity(this.node, this.key, hello.identity);
+    if (bad) {
+      this.log.warn({ transport: link.transport, why: bad }, 'link HELLO refused, dropping the link');
+      link.close();
+      throw new DialError('unreachable', bad);
+    }
+    if (this.session.remoteSid && !this.session.remoteSid.equals(hello.sid)) {
+      // The peer restarted, or gave this session up: our streams cannot resume. Keep our id (see docs).
+      this.resetSession('peer-restarted', this.session.localSid, link);
+      this.session.remoteSid = hello.sid;
+      this.reselect();
+    }
+    this.session.remoteSid = hello.sid;
+    return link;
+  }
+
+  /** A link whose peer proved its key: it joins the session, which may move onto it. */
+  private adopt(link: Link, side: 'in' | 'out'): void {
+    if (this.closed || link.closed) return link.close();
+    this.links.add(link);
+    if (link.kind === 'direct') this.direct = link;
+    const bytesIn = this.env.metrics.bytes.labels({ path: link.kind, direction: 'in' });
+    const bytesOut = this.env.metrics.bytes.labels({ path: link.kind, direction: 'out' });
+    let seenIn = 0, seenOut = 0;
+    const count = () => { bytesIn.inc(link.bytesIn - seenIn); bytesOut.inc(link.bytesOut - seenOut); seenIn = link.bytesIn; seenOut = link.bytesOut; };
+    link.on('pong', count);
+    link.once('close', (err?: Error) => {
+      count();
+      if (link === this.direct) this.log.info({ err: err?.message }, 'direct link closed, the session moves to another link');
+      else this.log.debug({ transport: link.transport, server: link.server, err: err?.message }, 'link closed');
+      this.onLinkClose(link);
+    });
+    link.start((type, p) => this.session.onFrame(link, type, p));
+    this.env.metrics.links.inc({ path: link.kind, side });
+    this.log.debug({ transport: link.transport, server: link.server, side }, 'link up');
+    this.reselect();
+    if (link.kind === 'relay') this.want();
+  }
+
+  private onLinkClose(link: Link): void {
+    this.links.delete(link);
+    if (link === this.direct) {
+      // The direct link died under us (not a failover we decided): re-punch soon.
+      this.direct = undefined;
+      this.suspectAt = undefined;
+      this.d?.lost();
+    }
+    this.session.detach(link);
+    if (!this.closed && !this.resetting) this.reselect();
+  }
+
+  /** Puts the session on the best link, opening a relay link when there is none. */
+  private reselect(): void {
+    if (this.closed) return;
+    const direct = this.direct && !this.direct.closed ? this.direct : undefined;
+    const cur = this.session.current as Link | undefined;
+    let relay = cur?.kind === 'relay' && !cur.closed ? cur : undefined;
+    for (const l of this.links) if (!relay && l.kind === 'relay' && !l.closed) relay = l;
+    const want = choosePath({ direct: !!direct, directSuspect: this.suspectAt !== undefined, relay: !!relay });
+    const link = want === 'direct' ? direct : want === 'relay' ? relay : undefined;
+    if (this.suspectAt !== undefined && !relay) this.ensureRelay();
+    if (!link) {
+      this.session.detach();
+      // Streams (or opens) waiting: find them a transport, within the resume bound. An idle session waits for the
+      // next dial (a peer that went away must not be chased).
+      if (this.session.size === 0) return;
+      this.ensureRelay();
+      if (!this.timers.resume) this.set('resume', SESSION_RESUME_MS, () => this.resetSession('timeout', randomBytes(SID_BYTES)));
+      return;
+    }
+    this.clear('resume');
+    this.settleLinked();
+    if (this.session.current === link) return;
+    // Leaving a direct link suspected dead: opens sent there since are asked again on the new link.
+    if (this.direct && link !== this.direct && this.suspectAt !== undefined) this.session.distrust(this.direct);
+    this.session.attach(link);
+    this.env.metrics.resumes.inc({ path: link.kind });
+    this.set('attach', ATTACH_TIMEOUT_MS, () => {
+      if (this.session.current === link && !this.session.isResumed) link.close(new Error('the peer did not answer ATTACH'));
+    });
+  }
+
+  /** Opens a relay link unless one is up or on its way. */
+  private ensureRelay(): void {
+    if (this.closed || this.relayPending) return;
+    for (const l of this.links) if (l.kind === 'relay' && !l.closed) return;
+    this.relayPending = true;
+    this.env.openRelay(this.node).then(
+      (r) => {
+        this.setKey(r.key);
+        return this.establish({ stream: r.stream, kind: 'relay', remote: r.server, server: r.server }, true, 'out');
+      },
+    ).then(() => { this.relayPending = false; }, (e: Error) => {
+      this.relayPending = false;
+      if (this.closed) return;
+      this.log.debug({ err: e.message }, 'no relay link');
+      const current = this.session.current;
+      // Nothing else can carry a new stream now: the opens waiting fail at once (the proxy tries another endpoint).
+      if (!current && !this.direct && !this.d?.punching) {
+        const err = e instanceof DialError ? e : new DialError('unreachable', e.message);
+        this.session.failOpening(err);
+        this.settleLinked(err);
+      }
+      if (!current && this.session.size > 0) this.set('relink', RELINK_RETRY_MS, () => this.reselect());
+    }).catch((e: unknown) => this.log.error({ err: e }, 'relay link setup failed unexpectedly'));
+  }
+
+  /** A relay stream the peer opened to us through a server. */
+  onIncomingRelay(stream: Transport['stream'], key: Buffer, server: string): void {
+    if (this.closed) return void stream.destroy();
+    this.setKey(key);
+    this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log.warn({ err: e.message }, 'incoming relay link failed'));
+  }
+
+  private resetSession(reason: 'timeout' | 'peer-restarted', localSid: Buffer, keep?: Link): void {
+    const old = this.session;
+    if (old.size > 0) {
+      this.env.metrics.sessionsReset.inc({ reason });
+      this.log.info({ reason, streams: old.size }, 'peer session reset, its streams end');
+    }
+    this.session = this.newSession(localSid, old);
+    // Opens the old peer never answered are asked again of the new one (a dial does not fail because of a restart).
+    if (reason === 'peer-restarted') old.moveOpenings(this.session);
+    old.close(new Error(reason === 'timeout' ? 'no path to the peer within the resume bound' : 'the peer restarted'));
+    this.clear('resume');
+    this.clear('attach');
+    // Links of the old session carry nothing that can be resumed; the new session starts on `keep` (the caller
+    // adopts it next, so closing the others must not go looking for a path meanwhile).
+    this.resetting = true;
+    try {
+      for (const l of [...this.links]) if (l !== keep) l.close();
+    } finally {
+      this.resetting = false;
+    }
+  }
+
+  // ---------- direct path ----------
+
+  private want(): void {
+    this.d?.want();
+  }
+
+  /** A punched stream: the link handshake over it; the session moves onto it (reselect). */
+  establishDirect(t: Transport, initiator: boolean): Promise<Link> {
+    return this.establish(t, initiator, initiator ? 'out' : 'in');
+  }
+
+  /** Bytes (inside Noise) on the peer's open links (the fleet report's per-peer traffic). */
+  linkBytes(): { bytesIn: number; bytesOut: number } {
+    const open = [...this.links].filter((l) => !l.closed);
+    return { bytesIn: open.reduce((n, l) => n + l.bytesIn, 0), bytesOut: open.reduce((n, l) => n + l.bytesOut, 0) };
+  }
+
+  directLink(): Link | undefined {
+    return this.direct && !this.direct.closed ? this.direct : undefined;
+  }
+
+  inUse(): boolean {
+    return this.links.size > 0 || this.session.size > 0;
+  }
+
+  onRendezvous(m: Rendezvous, reply: (msg: RendezvousOut) => boolean): void {
+    if (this.closed || !this.d || !m.key) return;
+    this.setKey(m.key);
+    this.d.onRendezvous(m, reply);
+  }
+
+  /** The direct path stopped answering: drop it; the session moves to the relay, re-punching follows. */
+  failDirect(why: string): void {
+    const l = this.direct;
+    if (!l) return;
+    this.env.metrics.failovers.inc();
+    this.log.info({ why }, 'direct path lost, falling back to relay');
+    this.direct = undefined;
+    this.suspectAt = undefined;
+    this.d?.lost();
+    // Have the relay ready (Tailscale keeps its DERP path the same way).
+    this.ensureRelay();
+    l.close(new Error(why));
+  }
+
+  private watchSuspect(): void {
+    this.set('suspect', TICK_MS, () => {
+      if (this.suspectAt === undefined) return;
+      if (!this.direct || this.direct.heardSince(this.suspectAt)) {
+        this.suspectAt = undefined;
+        return this.reselect();
+      }
+      this.watchSuspect();
+    });
+  }
+
+  // ---------- state ----------
+
+  /** The link the session sends on now. */
+  get current(): Link | undefined {
+    const l = this.session.current as Link | undefined;
+    return l && !l.closed ? l : undefined;
+  }
+
+  status(): PeerStatus | undefined {
+    const cur = this.session.current as Link | undefined;
+    if (cur && !cur.closed) {
+      const remote = cur.kind === 'direct' ? (this.d?.remote ?? cur.remote) : (cur.server ?? null);
+      return { node: this.node, path: cur.kind, transport: cur.transport, remote, rttMs: cur.rttMs };
+    }
+    if (this.relayPending || this.d?.punching || this.links.size) return { node: this.node, path: 'connecting', transport: null, remote: null, rttMs: null };
+    return undefined;
+  }
+
+  /** Drops every link, the punch attempt and the session (the node left the cluster, or we stop). Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const k of Object.keys(this.timers) as (keyof PeerPaths['timers'])[]) this.clear(k);
+    this.d?.close();
+    this.settleLinked(new DialError('unreachable', `node ${this.node} was forgotten`));
+    this.session.close(new Error(`node ${this.node} was forgotten`));
+    for (const l of [...this.links]) l.close();
+  }
+}
