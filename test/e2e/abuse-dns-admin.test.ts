@@ -63,7 +63,11 @@ describe('abuse: DNS and admin ports under a low descriptor limit', { skip: !isR
     assert.ok(a.sent > 10_000);
     assert.ok(a.full < a.sent / 4, `most answers limited (${a.full} of ${a.sent} whole)`);
     assert.ok(a.truncated > 0, 'slipped answers (TC) sent');
-    assert.ok(a.amplification < 2, `amplification ${a.amplification}`);
+    // The attacker's achieved rate varies with the machine's load, so the bound is on what RRL lets out, not on the
+    // ratio: whole answers at most dns.rrl.responsesPerSecond (default 1,000) per second, slipped answers no larger
+    // than a query (the question echoed, no records).
+    assert.ok(a.full / a.seconds <= 1000, `whole answers ${a.full} in ${a.seconds} s`);
+    assert.ok(a.truncatedBytes / a.truncated <= a.largestQuery, `slipped answers ${a.truncatedBytes / a.truncated} B on average`);
     assert.ok((r.metrics['agent:edgemesh_dns_rrl_total{action="dropped"}'] ?? 0) > 0, JSON.stringify(r.metrics));
     assert.ok((r.metrics['agent:edgemesh_dns_rrl_total{action="slipped"}'] ?? 0) > 0);
   });

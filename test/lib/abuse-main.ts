@@ -191,18 +191,22 @@ async function slowloris(c: Extract<Mode, { mode: 'slowloris' }>): Promise<void>
 async function flood(c: Extract<Mode, { mode: 'flood' }>): Promise<void> {
   const s = createSocket('udp4');
   await new Promise<void>((r) => s.bind(0, c.source, () => r()));
-  const counts = { sent: 0, replies: 0, full: 0, truncated: 0, refused: 0, other: 0, bytesSent: 0, bytesReceived: 0, largestReply: 0, largestQuery: 0 };
+  const counts = { sent: 0, replies: 0, full: 0, truncated: 0, refused: 0, other: 0, bytesSent: 0, bytesReceived: 0, truncatedBytes: 0, largestReply: 0, largestQuery: 0, seconds: 0 };
   s.on('message', (m) => {
     counts.replies++;
     counts.bytesReceived += m.length;
     counts.largestReply = Math.max(counts.largestReply, m.length);
     if (rcode(m) === 5) counts.refused++;
-    else if (tc(m)) counts.truncated++;
+    else if (tc(m)) {
+      counts.truncated++;
+      counts.truncatedBytes += m.length;
+    }
     else if (rcode(m) === 0 && ancount(m) > 0) counts.full++;
     else counts.other++;
   });
   s.on('error', () => {});
-  const end = Date.now() + c.durationMs;
+  const started = Date.now();
+  const end = started + c.durationMs;
   const perTick = Math.max(1, Math.round(c.qps / 100));
   while (Date.now() < end) {
     for (let k = 0; k < perTick; k++) {
@@ -214,6 +218,7 @@ async function flood(c: Extract<Mode, { mode: 'flood' }>): Promise<void> {
     }
     await sleep(10);
   }
+  counts.seconds = (Date.now() - started) / 1000;
   await sleep(500);
   s.close();
   out({ ev: 'summary', mode: 'flood', ...counts, amplification: counts.bytesSent ? +(counts.bytesReceived / counts.bytesSent).toFixed(2) : 0 });
