@@ -22,11 +22,15 @@ export interface ProxyRow {
   haproxyRuns: number[];
 }
 
+export interface LatencyRun { p50: number; p99: number }
+
 export interface ProxyData {
   seconds: number;
   wrkConns: number;
   haproxy: string;
   rows: ProxyRow[];
+  /** Keep-alive request latency (µs, wrk -c1), direct to the backend and through each proxy, runs in turn. */
+  latency?: { direct: LatencyRun[]; agent: LatencyRun[]; haproxy: LatencyRun[] };
   sync: { ports: number; agentSyncMsAvg: number; syncs: number; restoreMs: number; rules: number; listeners: number; startMs: number; rulesLeftAfterStop: boolean; rssMiB: number };
 }
 

@@ -2,31 +2,46 @@
 //   - bulk:       iperf3 -c through each proxy to an iperf3 server (Gbit/s), client->server and (-R) server->client
 //   - keep-alive: wrk (1 thread, 32 connections) HTTP requests/s through each proxy
 //   - new conns:  the same with `Connection: close` (one TCP connection per request)
+//   - latency:    wrk -c1 (one keep-alive connection, one request at a time: a ping-pong client) to the backend
+//                 directly and through each proxy; the added latency is the median through a proxy minus the
+//                 median direct
+// Pinning (two cores or more, taskset present): both proxies on CPU 0, the backends and load generators on CPU 1, so
+// the proxy under test always has a core of its own and the generators never compete with it.
 // Backend for HTTP: a haproxy instance answering 200 itself (`http-request return`), so the backend is never the
 // bottleneck. Plus: interception rule sync time and agent RSS with 5,000 service ports (iptables-restore inside a
 // scratch network namespace — never in the root namespace).
-// Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000]
+// Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000] [--only bulk-up,new-conns,...] [--no-sync]
+//   [--runner PATH]  another checkout's test/e2e/helpers/agent-runner.ts (before/after comparisons in one setup)
+//   [--out FILE]  with --no-sync: where the rows go (default bench/results/proxy-nosync.json; not a README source)
+//   [--agent-node-args '--cpu-prof --cpu-prof-dir=/tmp/prof']  extra node flags for the agent (profiling)
 // Writes bench/results/proxy.json (README tables: node bench/readme.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { execa } from 'execa';
 import { stringify } from 'yaml';
 import { node, service, slice } from '../../test/lib/proxyfixtures.ts';
-import { writeResult } from '../results.ts';
+import { resultsDir, writeResult } from '../results.ts';
 import type { ProxyData, ProxyRow } from '../shapes.ts';
 
 const ROOT = resolve(import.meta.dirname, '../..');
-const RUNNER = join(ROOT, 'test/e2e/helpers/agent-runner.ts');
-const arg = (name: string, def: number) => {
+const strArg = (name: string) => {
   const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
+  return i > 0 ? process.argv[i + 1] : undefined;
 };
+const arg = (name: string, def: number) => Number(strArg(name) ?? def);
+const RUNNER = resolve(strArg('runner') ?? join(ROOT, 'test/e2e/helpers/agent-runner.ts'));
+const AGENT_NODE_ARGS = (strArg('agent-node-args') ?? '').split(' ').filter(Boolean);
 const SECONDS = arg('seconds', 5);
 const SYNC_PORTS = arg('ports', 5000);
+const ONLY = strArg('only')?.split(',');
+const NO_SYNC = process.argv.includes('--no-sync');
 const WRK_CONNS = 32;
+/** The proxies' CPU, and the one of everything else (backends, iperf3, wrk). */
+const PROXY_CPU = 0;
+const LOAD_CPU = 1;
 
 const dir = mkdtempSync(join(tmpdir(), 'embench-'));
 const procs: ChildProcess[] = [];
@@ -57,7 +72,11 @@ async function freePort(): Promise<number> {
   return p;
 }
 
-function start(cmd: string, args: string[], readyLine?: string): Promise<{ p: ChildProcess; line: string }> {
+let pin = false;
+const pinned = (cpu: number, cmd: string, args: string[]): [string, string[]] => (pin ? ['taskset', ['-c', String(cpu), cmd, ...args]] : [cmd, args]);
+
+function start(cpu: number, cmd0: string, args0: string[], readyLine?: string): Promise<{ p: ChildProcess; line: string }> {
+  const [cmd, args] = pinned(cpu, cmd0, args0);
   const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   procs.push(p);
   if (!readyLine) return Promise.resolve({ p, line: '' });
@@ -91,7 +110,7 @@ async function iperf(port: number, reverse = false): Promise<number> {
   // iperf3's server takes one test at a time and can be briefly busy after the previous one: retry a little.
   let last = '';
   for (let i = 0; i < 5; i++) {
-    const r = await execa('iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J', ...(reverse ? ['-R'] : [])], { reject: false });
+    const r = await execa(...pinned(LOAD_CPU, 'iperf3', ['-c', '127.0.0.1', '-p', String(port), '-t', String(SECONDS), '-J', ...(reverse ? ['-R'] : [])]), { reject: false });
     const j = JSON.parse(r.stdout || '{}') as { error?: string; end?: { sum_received?: { bits_per_second: number } } };
     if (j.end?.sum_received) return j.end.sum_received.bits_per_second / 1e9;
     last = j.error ?? r.stderr;
@@ -102,12 +121,26 @@ async function iperf(port: number, reverse = false): Promise<number> {
 
 async function wrk(port: number, close: boolean): Promise<number> {
   const args = ['-t1', `-c${WRK_CONNS}`, `-d${SECONDS}s`, ...(close ? ['-H', 'Connection: close'] : []), `http://127.0.0.1:${port}/`];
-  const r = await execa('wrk', args);
+  const r = await execa(...pinned(LOAD_CPU, 'wrk', args));
   const m = /Requests\/sec:\s+([\d.]+)/.exec(r.stdout);
   if (!m) throw new Error(`wrk output: ${r.stdout}`);
   const errs = /Non-2xx|Socket errors: (.*)/.exec(r.stdout);
   if (errs) console.log(`   wrk (${close ? 'close' : 'keep-alive'}) on ${port}: ${errs[0]}`);
   return Number(m[1]);
+}
+
+/** wrk's latency unit to microseconds. */
+const US: Record<string, number> = { us: 1, ms: 1000, s: 1e6 };
+
+/** Median and p99 request latency (µs) over one keep-alive connection, one request at a time. */
+async function pingPong(port: number): Promise<{ p50: number; p99: number }> {
+  const r = await execa(...pinned(LOAD_CPU, 'wrk', ['-t1', '-c1', `-d${SECONDS}s`, '--latency', `http://127.0.0.1:${port}/`]));
+  const at = (p: string) => {
+    const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(r.stdout);
+    if (!m) throw new Error(`wrk latency output: ${r.stdout}`);
+    return Number(m[1]) * US[m[2]];
+  };
+  return { p50: at('50'), p99: at('99') };
 }
 
 function writeManifests(name: string, objects: object[]): string {
@@ -120,19 +153,20 @@ function writeManifests(name: string, objects: object[]): string {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('run as root (network namespace for the sync measurement; apt-get)');
   await ensureTools();
+  pin = availableParallelism() >= 2 && (await execa('sh', ['-c', 'command -v taskset'], { reject: false })).exitCode === 0;
   const [iperfPort, httpPort, haBulk, haHttp] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
 
   // Backends.
-  await start('iperf3', ['-s', '-B', '127.0.0.1', '-p', String(iperfPort)]);
+  await start(LOAD_CPU, 'iperf3', ['-s', '-B', '127.0.0.1', '-p', String(iperfPort)]);
   const haCfg = (lines: string[]) => ['global', '  nbthread 1', '  maxconn 4000', 'defaults', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s', ...lines].join('\n') + '\n';
   writeFileSync(join(dir, 'backend.cfg'), haCfg(['frontend be', '  mode http', `  bind 127.0.0.1:${httpPort}`, '  http-request return status 200 content-type text/plain string "hello from the backend\\n"']));
-  await start('haproxy', ['-f', join(dir, 'backend.cfg'), '-db']);
+  await start(LOAD_CPU, 'haproxy', ['-f', join(dir, 'backend.cfg'), '-db']);
   // haproxy as the proxy under comparison: L4 (mode tcp), one thread, like the agent's single event loop.
   writeFileSync(join(dir, 'proxy.cfg'), haCfg([
     'listen bulk', '  mode tcp', `  bind 127.0.0.1:${haBulk}`, `  server s1 127.0.0.1:${iperfPort}`,
     'listen http', '  mode tcp', `  bind 127.0.0.1:${haHttp}`, `  server s1 127.0.0.1:${httpPort}`,
   ]));
-  await start('haproxy', ['-f', join(dir, 'proxy.cfg'), '-db']);
+  await start(PROXY_CPU, 'haproxy', ['-f', join(dir, 'proxy.cfg'), '-db']);
 
   // The agent: real Agent, intercept none, listeners on 127.0.0.1, Services pointing at the same backends.
   const objects = [
@@ -150,7 +184,7 @@ async function main(): Promise<void> {
   });
   writeFileSync(join(dir, 'agent.yaml'), agentCfg('none', '127.0.0.1', writeManifests('m1', objects)));
   writeFileSync(join(dir, 'objects.json'), JSON.stringify(objects));
-  const agent = await start(process.execPath, [RUNNER, join(dir, 'agent.yaml'), join(dir, 'objects.json')], 'READY');
+  const agent = await start(PROXY_CPU, process.execPath, [...AGENT_NODE_ARGS, RUNNER, join(dir, 'agent.yaml'), join(dir, 'objects.json')], 'READY');
   const ports = JSON.parse(agent.line.slice('READY '.length)).ports as Record<string, number>;
   const agBulk = ports['default/bulk:5201/TCP'];
   const agHttp = ports['default/http:80/TCP'];
@@ -160,6 +194,7 @@ async function main(): Promise<void> {
 
   const rows: ProxyRow[] = [];
   const measure = async (key: ProxyRow['key'], name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
+    if (ONLY && !ONLY.includes(key)) return;
     // Alternate agent / haproxy / agent / haproxy and keep each one's best, to soften the noise of a shared machine.
     const ag = await fn(a);
     const ha = await fn(h);
@@ -171,12 +206,35 @@ async function main(): Promise<void> {
     console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}`);
   };
   const haproxyVersion = (await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ');
-  console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${haproxyVersion} nbthread 1, mode tcp`);
+  console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${haproxyVersion} nbthread 1, mode tcp; ${pin ? `proxies on CPU ${PROXY_CPU}, the rest on CPU ${LOAD_CPU}` : 'not pinned'}`);
   await measure('bulk-up', 'bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
   await measure('bulk-down', 'bulk download (iperf3 -R)', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
   await measure('keep-alive', 'keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
   await measure('new-conns', 'new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
+  // Added latency: direct, agent, haproxy, twice in turn; each side's smaller median (the less disturbed run).
+  let latency: ProxyData['latency'];
+  if (!ONLY || ONLY.includes('latency')) {
+    const runs = { direct: [] as { p50: number; p99: number }[], agent: [] as { p50: number; p99: number }[], haproxy: [] as { p50: number; p99: number }[] };
+    for (let i = 0; i < 2; i++) {
+      runs.direct.push(await pingPong(httpPort));
+      runs.agent.push(await pingPong(agHttp));
+      runs.haproxy.push(await pingPong(haHttp));
+    }
+    latency = runs;
+    const best = (xs: { p50: number }[]) => Math.min(...xs.map((x) => x.p50));
+    const [d, a, h] = [best(runs.direct), best(runs.agent), best(runs.haproxy)];
+    console.log(`${'added latency (wrk -c1 p50)'.padEnd(26)} agent ${(a - d).toFixed(1).padStart(10)} µs       haproxy ${(h - d).toFixed(1).padStart(10)} µs       ratio ${((a - d) / (h - d)).toFixed(2)}   (direct ${d.toFixed(1)} µs)`);
+  }
+  const agentExit = new Promise((r) => agent.p.once('exit', r));
   agent.p.kill('SIGTERM');
+  await agentExit; // (a --cpu-prof profile is written on exit)
+  if (NO_SYNC) {
+    for (const r of rows) console.log(`| ${r.name} | ${Math.max(...r.agentRuns).toFixed(2)} ${r.unit} | ${Math.max(...r.haproxyRuns).toFixed(2)} ${r.unit} | ${(Math.max(...r.agentRuns) / Math.max(...r.haproxyRuns)).toFixed(2)} |`);
+    const out = resolve(strArg('out') ?? join(resultsDir(), 'proxy-nosync.json'));
+    mkdirSync(resolve(out, '..'), { recursive: true });
+    writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), runner: RUNNER, rows, latency }, null, 2) + '\n');
+    return;
+  }
 
   // Rule sync and RSS with many service ports: the real agent with iptables interception in a scratch namespace.
   await execa('ip', ['netns', 'add', SCRATCH]);
@@ -191,7 +249,7 @@ async function main(): Promise<void> {
   writeFileSync(join(dir, 'many.json'), JSON.stringify(many));
   writeFileSync(join(dir, 'agent-ipt.yaml'), agentCfg('iptables', '169.254.96.16', writeManifests('m2', many)));
   const t0 = performance.now();
-  const big = await start('ip', ['netns', 'exec', SCRATCH, process.execPath, RUNNER, join(dir, 'agent-ipt.yaml'), join(dir, 'many.json')], 'READY');
+  const big = await start(PROXY_CPU, 'ip', ['netns', 'exec', SCRATCH, process.execPath, RUNNER, join(dir, 'agent-ipt.yaml'), join(dir, 'many.json')], 'READY');
   const startMs = performance.now() - t0;
   const info = JSON.parse(big.line.slice('READY '.length)) as { ports: Record<string, number>; syncMsAvg: number; syncs: number; rssBytes: number };
   const rules = (await execa('ip', ['netns', 'exec', SCRATCH, 'iptables-save', '-t', 'nat'])).stdout.split('\n').filter((l) => l.startsWith('-A EDGEMESH-SERVICES')).length;
@@ -215,7 +273,7 @@ async function main(): Promise<void> {
     console.log(`| ${r.name} | ${a.toFixed(2)} ${r.unit} | ${h.toFixed(2)} ${r.unit} | ${(a / h).toFixed(2)} |`);
   }
   writeResult<ProxyData>('proxy', {
-    seconds: SECONDS, wrkConns: WRK_CONNS, haproxy: haproxyVersion, rows,
+    seconds: SECONDS, wrkConns: WRK_CONNS, haproxy: haproxyVersion, rows, latency,
     sync: {
       ports: SYNC_PORTS, agentSyncMsAvg: info.syncMsAvg, syncs: info.syncs, restoreMs: resyncMs, rules, listeners: Object.keys(info.ports).length,
       startMs, rulesLeftAfterStop: left, rssMiB: info.rssBytes / 2 ** 20,

@@ -34,6 +34,11 @@ export class Balancer {
     this.affinity = opts.affinitySeconds !== undefined && opts.affinitySeconds > 0 ? new AffinityTable(opts.affinitySeconds, opts.now) : undefined;
   }
 
+  /** Whether picks depend on the caller's address (ClientIP affinity, or a hash that falls back to it). */
+  get usesClientIP(): boolean {
+    return this.affinity !== undefined || this.policy.kind === 'maglev';
+  }
+
   /** Picks one of `keys` (non-empty, in a stable order). */
   pick(keys: readonly string[], ctx: PickContext): string {
     if (keys.length === 0) throw new Error('Balancer.pick: no candidates');

@@ -1,6 +1,6 @@
 // DirectDialer: reaches an endpoint with plain net/dgram from this host (same-node endpoints, and the fallback when
 // no tunnel is configured). Errors map onto DialError codes.
-import { connect, isIPv6, type Socket } from 'node:net';
+import { connect, isIPv6, Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import { DialError, type DatagramChannel, type Deadline, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
@@ -30,9 +30,10 @@ const pool: Buffer[] = [];
  * fresh buffer per read: reads land in pooled 64 KiB buffers, and a buffer goes back to the pool as soon as its write
  * has reached the kernel (at once when the write completed synchronously — the common case — else from the write
  * callback). Backpressure: reading pauses until `sink` drains. About a quarter less CPU per byte than `pipe` on
- * loopback. The socket still emits 'end', 'error' and 'close'.
+ * loopback. The socket still emits 'end', 'error' and 'close'. `sinkOf` is asked on every read: the sink may be
+ * replaced by another object for the same connection (adoptRelayed).
  */
-export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
+export function relayReads(sinkOf: () => RelaySink, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
   // The buffer handed out for the next read; a read that brought no data (EAGAIN, EOF) leaves it here for the next.
   let next: Buffer | undefined;
   return {
@@ -44,6 +45,7 @@ export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'dest
     },
     callback: (n, buf) => {
       if (buf === next) next = undefined;
+      const sink = sinkOf();
       if (sink.destroyed) return false;
       let released = false;
       const release = () => {
@@ -63,19 +65,58 @@ export function relayReads(sink: Pick<Socket, 'write' | 'writableLength' | 'dest
   };
 }
 
+/** Where relayed reads are written: a socket (the kernel has copied a write once it completes). */
+export type RelaySink = Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>;
+/** The socket a dial's reads are relayed into, or a getter for it (the client socket may be re-made, adoptRelayed). */
+export type RelayTarget = Socket | (() => Socket);
+
+/** What Node's net.Socket keeps privately and `adoptRelayed` moves: the libuv handle and the server it counts in. */
+interface SocketInternals {
+  _handle: object | null;
+  _server: unknown;
+  server: unknown;
+}
+
+/**
+ * The upload direction's counterpart of `relayTo`: Node gives an accepted socket no `onread` option, so the paused,
+ * never-read socket's handle moves into a new Socket made with one, whose reads go straight into `sink` through the
+ * same pooled buffers (relayReads). The new socket stands in for `accepted` everywhere (it counts in the same server's
+ * connections, so server.close() still waits for it); `accepted` is left without a handle and destroyed — remove
+ * your own listeners from it first. Returns undefined (use `pipe`) when `accepted` has already read or buffered
+ * anything, has a write in flight, has no handle, or Node's internals do not look as expected.
+ */
+export function adoptRelayed(accepted: Socket, sink: RelaySink): Socket | undefined {
+  const raw = accepted as unknown as SocketInternals;
+  const handle = raw._handle;
+  if (!handle || typeof (handle as { useUserBuffer?: unknown }).useUserBuffer !== 'function') return undefined;
+  if (accepted.destroyed || accepted.readableFlowing !== false || accepted.readableLength !== 0 || accepted.bytesRead !== 0 || accepted.writableLength !== 0) return undefined;
+  let adopted: Socket | undefined;
+  const relay = relayReads(() => sink, () => adopted!);
+  raw._handle = null;
+  adopted = new Socket({ handle: handle as never, allowHalfOpen: accepted.allowHalfOpen, readable: true, writable: true, pauseOnCreate: true, onread: { buffer: relay.buffer, callback: relay.callback } } as ConstructorParameters<typeof Socket>[0]);
+  adopted.once('close', relay.dispose);
+  const to = adopted as unknown as SocketInternals;
+  to._server = raw._server;
+  to.server = raw.server;
+  raw._server = null;
+  raw.server = null;
+  accepted.destroy();
+  return adopted;
+}
+
 export class DirectDialer implements Dialer {
   /**
    * Connects to the endpoint. With `relayTo`, everything the endpoint sends is written to that socket directly
    * (see relayReads) — the caller must then not read the returned stream itself, only watch its events.
    */
-  dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: Socket): Promise<Duplex> {
+  dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: RelayTarget): Promise<Duplex> {
     const signal = deadline?.signal;
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
       let sock: Socket;
       const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS };
       if (relayTo) {
-        const relay = relayReads(relayTo, () => sock);
+        const relay = relayReads(typeof relayTo === 'function' ? relayTo : () => relayTo, () => sock);
         sock = connect({ ...opts, onread: { buffer: relay.buffer, callback: relay.callback } });
         sock.once('close', relay.dispose);
       } else {

@@ -4,12 +4,11 @@
 // an endpoint that times out or finds no route marks its node "not flat" for NOT_FLAT_HOLD_MS, and the same connect
 // attempt goes on over the tunnel at once; after the hold the next dial tries directly again. A refused connection
 // proves the route (the pod's host answered with a RST) and is passed on as it is.
-import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from '@edgemesh/common/log';
 import { DirectRanges } from './choose.ts';
 import { DialError, dialDeadline, type DatagramChannel, type Deadline, type DialTarget, type Dialer } from './dialer.ts';
-import { DirectDialer } from './direct.ts';
+import { DirectDialer, type RelayTarget } from './direct.ts';
 import type { ProxyMetrics } from './metrics.ts';
 
 /**
@@ -117,14 +116,17 @@ export class FlatDialer extends DirectDialer {
     this.base = o.base ?? new DirectDialer();
   }
 
-  override async dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: Socket): Promise<Duplex> {
+  override async dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: RelayTarget): Promise<Duplex> {
+    const short = this.short(deadline);
     try {
-      return await this.base.dialTcp(target, this.short(deadline), relayTo);
+      return await this.base.dialTcp(target, short, relayTo);
     } catch (e) {
       const tunnel = this.fallback(target, e, deadline);
       const stream = await tunnel.dialTcp(target, deadline);
-      if (relayTo) stream.pipe(relayTo, { end: false });
+      if (relayTo) stream.pipe(typeof relayTo === 'function' ? relayTo() : relayTo, { end: false });
       return stream;
+    } finally {
+      short.release?.();
     }
   }
 

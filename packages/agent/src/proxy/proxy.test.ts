@@ -38,7 +38,7 @@ test('relay buffers: a read buffer is never handed out again while a write of it
     },
     once(_ev: string, fn: () => void) { drainFn = fn; return this; },
   };
-  const r = relayReads(sink as never, () => ({ resume: () => { resumed++; } }) as never);
+  const r = relayReads(() => sink as never, () => ({ resume: () => { resumed++; } }) as never);
   const read = (text: string) => {
     const buf = r.buffer();
     const n = buf.write(text);
@@ -63,7 +63,7 @@ test('relay buffers: a read buffer is never handed out again while a write of it
   // A write completed synchronously (nothing left pending) frees the buffer at once.
   pending.length = 0;
   const syncSink = { destroyed: false, writableLength: 0, write: () => true, once() { return this; } };
-  const r2 = relayReads(syncSink as never, () => ({ resume() {} }) as never);
+  const r2 = relayReads(() => syncSink as never, () => ({ resume() {} }) as never);
   const x = r2.buffer();
   r2.callback(3, x);
   assert.equal(r2.buffer(), x);
@@ -106,4 +106,51 @@ test('a Service that left the cluster has its metric series dropped; other Servi
     assert.match(text, new RegExp(`edgemesh_proxy_${name}\\{[^}]*service="shop/api"`), name);
   }
   assert.match(text, /edgemesh_proxy_listeners\{protocol="tcp"\} 1/);
+});
+
+test('adoptRelayed: the accepted socket\'s reads go into the sink; the new socket counts in the server until it closes', async () => {
+  const { adoptRelayed } = await import('./direct.ts');
+  const { createServer, connect } = await import('node:net');
+  const { PassThrough } = await import('node:stream');
+  const sink = new PassThrough();
+  const got: Buffer[] = [];
+  sink.on('data', (b: Buffer) => got.push(Buffer.from(b)));
+  let adopted: import('node:net').Socket | undefined;
+  const server = createServer({ pauseOnConnect: true, allowHalfOpen: true }, (raw) => {
+    adopted = adoptRelayed(raw, sink as never);
+    assert.ok(adopted, 'a paused, unread socket is adopted');
+    assert.equal(raw.destroyed, true);
+    adopted.resume();
+    adopted.once('end', () => adopted!.end('bye'));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const c = connect((server.address() as import('node:net').AddressInfo).port, '127.0.0.1');
+  const reply: Buffer[] = [];
+  c.on('data', (b) => reply.push(b));
+  c.write(Buffer.alloc(200_000, 7));
+  const until = async (cond: () => boolean) => {
+    for (let i = 0; i < 1000 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
+  };
+  await until(() => got.reduce((n, b) => n + b.length, 0) >= 200_000);
+  assert.equal(Buffer.concat(got).length, 200_000);
+  assert.ok(Buffer.concat(got).every((x) => x === 7));
+  // The server's close waits for the adopted connection (drain/takeover count on it).
+  let closed = false;
+  const serverClosed = new Promise<void>((r) => server.close(() => { closed = true; r(); }));
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(closed, false);
+  c.end();
+  await new Promise((r) => c.once('close', r));
+  assert.equal(Buffer.concat(reply).toString(), 'bye');
+  await serverClosed;
+  // A socket that has read already is not adopted.
+  const s2 = createServer((raw) => {
+    raw.once('data', () => { assert.equal(adoptRelayed(raw, sink as never), undefined); raw.destroy(); });
+  });
+  await new Promise<void>((r) => s2.listen(0, '127.0.0.1', () => r()));
+  const c2 = connect((s2.address() as import('node:net').AddressInfo).port, '127.0.0.1');
+  c2.on('error', () => {});
+  c2.write('x');
+  await new Promise((r) => c2.once('close', r));
+  await new Promise<void>((r) => s2.close(() => r()));
 });

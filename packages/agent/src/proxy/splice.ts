@@ -7,6 +7,8 @@ import type { Duplex } from 'node:stream';
 export interface SpliceOptions {
   /** The upstream's reads already go to the client (DirectDialer's relayTo): only client -> upstream is piped. */
   relayed?: boolean;
+  /** The client's reads already go to the upstream (adoptRelayed): only its end is passed on. */
+  clientRelayed?: boolean;
   /** Bytes already read from the client (a peeked request head), written to the upstream first. */
   head?: Buffer;
   /** No traffic either way for this long closes both (on whichever side is a socket; 0 = none). */
@@ -58,7 +60,8 @@ export function splice(client: Duplex, upstream: Duplex, o: SpliceOptions = {}):
     });
   }
   if (o.head?.length) upstream.write(o.head);
-  client.pipe(upstream);
+  if (o.clientRelayed) client.once('end', () => { if (!upstream.destroyed) upstream.end(); });
+  else client.pipe(upstream);
   if (o.relayed) {
     // Half-close: the endpoint's FIN becomes ours to the client; flowing mode lets 'end' be emitted.
     upstream.once('end', () => { if (!client.destroyed) client.end(); });

@@ -1,10 +1,10 @@
 // TCP proxy for one service port: accept -> route -> connect (bounded retries, each to a different endpoint) ->
 // pipe both ways with backpressure and half-close. A reset, not a hang, when no endpoint is allowed.
-import { createServer, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type Server } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { listenReusePort } from '@edgemesh/common/reuseport';
 import { dialDeadline } from './dialer.ts';
-import { DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
+import { adoptRelayed, DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
 import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import { splice } from './splice.ts';
@@ -71,32 +71,22 @@ export class TcpListener {
   private accept(client: Socket): void {
     const svc = this.state.service.key;
     const { metrics, limit } = this.ctx;
-    client.on('error', () => {});
+    client.on('error', ignore);
     if (limit.active >= limit.max) {
       metrics.refused.inc({ service: svc, protocol: 'tcp', reason: 'limit' });
       return reset(client);
     }
     limit.active++;
-    this.conns.add(client);
     metrics.active.inc({ service: svc, protocol: 'tcp' });
-    let released = false;
-    client.once('close', () => {
-      if (released) return;
-      released = true;
-      limit.active--;
-      this.conns.delete(client);
-      metrics.active.dec({ service: svc, protocol: 'tcp' });
-      metrics.bytes.inc({ service: svc, direction: 'in' }, client.bytesRead);
-      metrics.bytes.inc({ service: svc, direction: 'out' }, client.bytesWritten);
-    });
+    const conn = new Tracked(this.conns, limit, metrics, svc, client);
     const header = this.state.hashHeader;
     const started = header
-      ? this.peekHead(client).then((head) => this.connect(client, head, head.length ? headerFromRequestHead(head, header) : undefined))
-      : this.connect(client, undefined, undefined);
+      ? this.peekHead(client).then((head) => this.connect(conn, head, head.length ? headerFromRequestHead(head, header) : undefined))
+      : this.connect(conn, undefined, undefined);
     // A bug in the per-connection path costs this connection (reset), never the process.
     started.catch((e: unknown) => {
       this.ctx.log.error({ err: e, service: svc }, 'proxying a connection failed');
-      reset(client);
+      reset(conn.sock);
     });
   }
 
@@ -127,17 +117,20 @@ export class TcpListener {
     });
   }
 
-  private async connect(client: Socket, head: Buffer | undefined, headerValue: string | undefined): Promise<void> {
+  private async connect(conn: Tracked, head: Buffer | undefined, headerValue: string | undefined): Promise<void> {
     const st = this.state;
     const svc = st.service.key;
     const { metrics } = this.ctx;
-    const clientIP = (client.remoteAddress ?? '').replace(/^::ffff:/, '');
+    const client = conn.sock;
+    // The client's address is a getpeername() call: made only when the policy balances on it (affinity, hashing).
+    let clientIP: string | undefined;
     const tried = new Set<string>();
     let upstream: Duplex | undefined;
     let relayed = false;
     let pick: ReturnType<PortState['pick']>;
     for (let attempt = 0; attempt < MAX_DIAL_ATTEMPTS && !client.destroyed; attempt++) {
-      pick = st.pick(clientIP, headerValue, tried);
+      if (st.balancer.usesClientIP) clientIP ??= (client.remoteAddress ?? '').replace(/^::ffff:/, '');
+      pick = st.pick(clientIP ?? '', headerValue, tried);
       if (!pick) break;
       const dialer = dialerFor(this.ctx, pick);
       st.balancer.started(pick.key);
@@ -146,7 +139,7 @@ export class TcpListener {
       const deadline = dialDeadline(this.ctx.dialTimeoutMs);
       try {
         if (dialer instanceof DirectDialer) {
-          upstream = await dialer.dialTcp(target, deadline, client);
+          upstream = await dialer.dialTcp(target, deadline, conn.current);
           relayed = true;
         } else {
           upstream = await dialer.dialTcp(target, deadline);
@@ -159,6 +152,8 @@ export class TcpListener {
         tried.add(pick.key);
         recordFailure(this.ctx, st, pick.key, e);
         pick = undefined;
+      } finally {
+        deadline.release();
       }
     }
     if (!upstream && client.destroyed) return; // the client gave up while we were dialing
@@ -175,6 +170,65 @@ export class TcpListener {
       upstream.destroy();
       return;
     }
-    splice(client, upstream, { relayed, head, idleMs: this.ctx.idleTimeoutMs, onDone: () => st.balancer.ended(key) });
+    // Client -> endpoint through pooled buffers too (as the endpoint's reads already go to the client), when the
+    // client socket has not been read yet (no header peek) and the upstream is a socket.
+    const adopted = !head && upstream instanceof Socket ? conn.adopt(upstream) : undefined;
+    splice(adopted ?? client, upstream, { relayed, clientRelayed: !!adopted, head, idleMs: this.ctx.idleTimeoutMs, onDone: () => st.balancer.ended(key) });
+  }
+}
+
+const ignore = () => {};
+
+/**
+ * One proxied connection's share of the listener's bookkeeping (budget, open set, metrics), released once when its
+ * client socket closes — also after `adopt` moved the connection into another Socket object.
+ */
+class Tracked {
+  sock: Socket;
+  private readonly conns: Set<Socket>;
+  private readonly limit: { active: number };
+  private readonly metrics: TcpContext['metrics'];
+  private readonly service: string;
+  private released = false;
+  private readonly onClose = () => this.release();
+  /** The client socket now (relayed reads of a direct upstream go wherever the connection lives). */
+  readonly current = (): Socket => this.sock;
+
+  constructor(conns: Set<Socket>, limit: { active: number }, metrics: TcpContext['metrics'], service: string, sock: Socket) {
+    this.conns = conns;
+    this.limit = limit;
+    this.metrics = metrics;
+    this.service = service;
+    this.sock = sock;
+    conns.add(sock);
+    sock.once('close', this.onClose);
+  }
+
+  /** Re-makes the client socket with its reads relayed into `upstream` (adoptRelayed); undefined when it cannot. */
+  adopt(upstream: Socket): Socket | undefined {
+    const old = this.sock;
+    old.removeListener('close', this.onClose);
+    const s = adoptRelayed(old, upstream);
+    if (!s) {
+      old.once('close', this.onClose);
+      return undefined;
+    }
+    s.on('error', ignore);
+    this.conns.delete(old);
+    this.conns.add(s);
+    this.sock = s;
+    s.once('close', this.onClose);
+    return s;
+  }
+
+  private release(): void {
+    if (this.released) return;
+    this.released = true;
+    const { sock, service } = this;
+    this.limit.active--;
+    this.conns.delete(sock);
+    this.metrics.active.dec({ service, protocol: 'tcp' });
+    this.metrics.bytes.inc({ service, direction: 'in' }, sock.bytesRead);
+    this.metrics.bytes.inc({ service, direction: 'out' }, sock.bytesWritten);
   }
 }
