@@ -238,6 +238,7 @@ export class Agent {
       this.tunnel = new Tunnel({
         node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
+        budgets: this.budgets, fds: this.fds, limits: this.cfg.tunnel.limits, routingDefault: this.cfg.routing.default,
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
       this.dialers.tunnel = this.tunnelDialer;

@@ -51,7 +51,7 @@ export class PeerPaths implements DirectHost {
 
   private newSession(localSid: Buffer, after?: Session): Session {
     const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock, after });
-    s.onIncoming = (h, accept, reject) => this.env.serve(h, accept, reject, (s.current as Link | undefined)?.rttMs ?? null);
+    s.onIncoming = (h, accept, reject) => this.env.serve(this.node, h, accept, reject, (s.current as Link | undefined)?.rttMs ?? null);
     s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
     s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
     s.onProtocolError = (l, why) => (l as Link).close(new Error(`protocol error: ${why}`));
@@ -152,9 +152,12 @@ export class PeerPaths implements DirectHost {
 
   private async establish(t: Transport, initiator: boolean, side: 'in' | 'out'): Promise<Link> {
     if (!this.key) throw new DialError('unreachable', `no key for ${this.node}`);
+    // Links per peer (limits.ts): held until the transport closes (handshake failure, link close, peer gone).
+    const lease = this.env.budgets?.linkLease(this.node, t.stream);
     const link = await Link.establish(t, {
       keyPair: this.env.keyPair, peer: this.node, vouchedKey: this.key, initiator, clock: this.clock, hello: (hh) => this.hello(hh),
-    });
+    }).finally(() => { if (lease && t.stream.destroyed) lease.release(); });
+    link.once('close', () => lease?.release());
     // The Noise handshake proved the peer's key: use the link at once (a first stream goes out with the last handshake
     // message, a move does not wait a round trip) and check the HELLO when it comes. If it names another session
     // (the peer restarted), what we sent there meant nothing to the peer and the session starts over below.
@@ -282,7 +285,8 @@ export class PeerPaths implements DirectHost {
   onIncomingRelay(stream: Transport['stream'], key: Buffer, server: string): void {
     if (this.closed) return void stream.destroy();
     this.setKey(key);
-    this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log.warn({ err: e.message }, 'incoming relay link failed'));
+    // A links budget refusal is counted and logged rate-limited there (the peer decides how often): debug here.
+    this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log[e instanceof DialError && e.code === 'refused' ? 'debug' : 'warn']({ err: e.message }, 'incoming relay link failed'));
   }
 
   private resetSession(reason: 'timeout' | 'peer-restarted', localSid: Buffer, keep?: Link): void {

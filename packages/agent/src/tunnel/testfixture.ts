@@ -252,7 +252,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
         deliverRendezvous(side, peer, msg);
         return true;
       },
-      serve: (_h, accept) => {
+      serve: (_peer, _h, accept) => {
         const s = accept();
         const h = createHash('sha256');
         s.on('data', (c: Buffer) => h.update(c));
