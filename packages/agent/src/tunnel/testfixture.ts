@@ -8,6 +8,7 @@ import { silentLogger } from '@edgemesh/common/log';
 import { generateKeyPair, type RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import type { Deadline } from '../proxy/dialer.ts';
 import { ManualClock } from './clock.ts';
+import type { TunnelBudgets } from './limits.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
 import type { PeerEnv, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
@@ -225,7 +226,7 @@ export interface Side { name: string; keys: RawKeyPair; paths: PeerPaths; udp: F
  * Two nodes `a` and `b`, each with a PeerPaths for the other, relayed through `servers` (the first that is up) and,
  * with `direct`, punching over the fake network. b serves a hash sink: it answers the sha256 of what it received.
  */
-export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number } = {}) {
+export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number; budgets?: (side: string) => TunnelBudgets | undefined } = {}) {
   const clock = o.clock ?? new ManualClock();
   const net = new FakeNet();
   const servers = o.servers ?? [new FakeServer('srv1')];
@@ -237,7 +238,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
     const udp = new FakeUdp(net, { host, port: 20006 }, keys.publicKey);
     const side = { name, keys, udp, metrics, registry, served: [] as string[] } as Side;
     const env: PeerEnv = {
-      self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs,
+      self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs, budgets: o.budgets?.(name),
       openRelay: async (node) => {
         const srv = servers.find((s) => s.up);
         const peer = sides.get(node);
