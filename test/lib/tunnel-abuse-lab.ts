@@ -209,6 +209,11 @@ export class TunnelAbuseLab {
     if (!c) {
       c = await this.tl.startNode(name, host, { listenPort: null, clusterNodes: ['victim', 'peer', 'far', 'evil', 'other'], logLevel: 'warn' });
       this.callers.set(name, c);
+      const end = Date.now() + READY_MS;
+      while (!(await c.status()).servers.every((s) => s.connected)) {
+        if (Date.now() > end) throw new Error(`${name} did not connect to the server: ${c.stderr.slice(-500)}`);
+        await sleep(100);
+      }
     }
     return c;
   }

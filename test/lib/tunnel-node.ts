@@ -109,7 +109,8 @@ async function udpFlood(m: { to: string; service: string; ip: string; port: numb
 
 /**
  * A burst of birthday RENDEZVOUS to `to`: `names` throwaway agents (ServerConns of their own, names `<prefix>-<i>`)
- * and this node each send `perName`, claiming a symmetric NAT with `host` as its public address.
+ * and this node each send `perName`, claiming a cone NAT with `host` as its public address (so a symmetric victim
+ * would be the birthday round's hard side: 256 sockets).
  */
 async function birthdayBurst(m: { to: string; names: number; perName: number; prefix: string; host: string }): Promise<unknown> {
   const hp = cfg.servers[0].split(':');
@@ -125,7 +126,7 @@ async function birthdayBurst(m: { to: string; names: number; perName: number; pr
   let sent = 0;
   for (const c of [...conns, ...tunnel.servers]) {
     for (let k = 0; k < m.perName; k++) {
-      const ok = c.rendezvous({ to: m.to, sid: randomBytes(8).toString('hex'), mode: 'birthday', cand: [{ host: m.host, port: 20006, kind: 'stun' }], nat: 'symmetric', streamId: 1 + k });
+      const ok = c.rendezvous({ to: m.to, sid: randomBytes(8).toString('hex'), mode: 'birthday', cand: [{ host: m.host, port: 20006, kind: 'stun' }], nat: 'cone', streamId: 1 + k });
       if (ok) sent++;
     }
   }
