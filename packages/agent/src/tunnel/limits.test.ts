@@ -97,3 +97,23 @@ test('a birthday request out of the blue is refused (never a first contact); one
   env.a.paths.close();
   env.b.paths.close();
 });
+
+test('a failed normal punch followed by birthday mode: the peer follows it (asked), and every punch and birthday lease comes back', async () => {
+  const budgets = new Map<string, TunnelBudgets>([['a', mk()], ['b', mk()]]);
+  const env = makePair({ direct: true, budgets: (side) => budgets.get(side) });
+  env.a.udp.nat = 'cone';
+  env.b.udp.nat = 'symmetric';
+  // Pings never arrive: the normal punch fails, the initiator (a) follows with birthday mode, which fails too.
+  env.net.blackhole(env.a.udp.addr.host);
+  env.a.paths.open(TARGET, fakeDeadline(env.clock, 3000)).catch(() => {});
+  await runUntil(env.clock, () => false, 30_000, 100);
+  assert.ok(await metric(env.a, 'edgemesh_tunnel_punch_outcomes_total', 'outcome="failed"') >= 1, 'the normal punch failed');
+  assert.ok(await metric(env.b, 'edgemesh_tunnel_punch_outcomes_total', 'outcome="birthday-failed"') >= 1, 'b took part in the birthday round');
+  assert.equal(budgets.get('b')!.budgets.refused(REFUSAL_BIRTHDAY_UNASKED), 0, 'the follow-up was not refused');
+  for (const side of ['a', 'b']) {
+    assert.equal(budgets.get(side)!.punch.used, 0, `${side}: punch leases back`);
+    assert.equal(budgets.get(side)!.birthday.used, 0, `${side}: birthday leases back`);
+  }
+  env.a.paths.close();
+  env.b.paths.close();
+});
