@@ -11,6 +11,9 @@ import { DialError } from '../proxy/dialer.ts';
 import {
   BIRTHDAY_SOCKET_BUDGET, BUDGET_LINKS, BUDGET_PUNCH, DEFAULT_TUNNEL_LIMITS, REFUSAL_BIRTHDAY_UNASKED, TunnelBudgets, type TunnelLimitsConfig,
 } from './limits.ts';
+import { generateKeyPair } from '@edgemesh/common/tunnel/ed25519';
+import { createTunnelMetrics } from './metrics.ts';
+import { TunnelSocket } from './socket.ts';
 import { fakeDeadline, makePair, metric, runUntil, settle, TARGET } from './testfixture.ts';
 
 const mk = (limits: Partial<TunnelLimitsConfig> = {}) => {
@@ -116,4 +119,21 @@ test('a failed normal punch followed by birthday mode: the peer follows it (aske
   }
   env.a.paths.close();
   env.b.paths.close();
+});
+
+test('network interfaces are read on refresh, never per rendezvous; an EMFILE while reading keeps the last list', () => {
+  let reads = 0;
+  let fail = false;
+  const interfaces = (() => {
+    reads++;
+    if (fail) throw Object.assign(new Error('uv_interface_addresses returned Unknown system error 24'), { code: 'EMFILE' });
+    return { eth0: [{ address: '192.0.2.7', family: 'IPv4', internal: false, netmask: '255.255.255.0', mac: '00:00:00:00:00:00', cidr: '192.0.2.7/24' }] };
+  }) as unknown as typeof import('node:os').networkInterfaces;
+  const sock = new TunnelSocket({ listenPort: 0, keyPair: generateKeyPair(), token: 'test-token-0123456789abcdef', log: silentLogger, metrics: createTunnelMetrics(new Registry()), stunServers: () => [], interfaces });
+  sock.refreshInterfaces();
+  for (let i = 0; i < 100; i++) sock.candidates();
+  assert.equal(reads, 1, 'candidates() does not read the interfaces');
+  fail = true;
+  assert.doesNotThrow(() => sock.refreshInterfaces());
+  assert.deepEqual(sock.candidates().map((c) => c.host), ['192.0.2.7'], 'the last list stays');
 });
