@@ -50,7 +50,7 @@ before(async () => {
   const s = await startServer();
   server = s.server;
   ({ sink: backend, port: backendPort } = await startHashSink());
-  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }]);
+  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }], ['a']);
   a = await startTunnel('a', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
   b = await startTunnel('b', [`127.0.0.1:${s.port}`], () => snap, { listenPort: 0 });
   await waitFor(() => a.tunnel.servers[0].connected && b.tunnel.servers[0].connected, 10_000, 'agents connected');

@@ -21,7 +21,7 @@ before(async () => {
   s1 = x.server;
   s2 = y.server;
   ({ sink: backend, port: backendPort } = await startHashSink());
-  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }]);
+  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' }], ['a']);
   a = await startTunnel('a', [`127.0.0.1:${x.port}`, `127.0.0.1:${y.port}`], () => snap, { listenPort: 0 });
   b = await startTunnel('b', [`127.0.0.1:${y.port}`], () => snap, { listenPort: 0 });
   await waitFor(() => a.tunnel.servers.every((s) => s.connected) && b.tunnel.servers[0].connected, 10_000, 'connected');

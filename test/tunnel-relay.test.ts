@@ -49,7 +49,7 @@ before(async () => {
   const snap = makeSnapshot([
     { service: 'default/sink', ip: '127.0.0.1', port: backendPort, node: 'b' },
     { service: 'default/echo', ip: '127.0.0.1', port: udpEcho.address().port, protocol: 'UDP', node: 'b' },
-  ]);
+  ], ['a']);
   // Node b reaches the server through a tap that records every byte the server sends it.
   tap = createServer((down) => {
     const up = connect(port, '127.0.0.1');

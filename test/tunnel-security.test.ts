@@ -33,7 +33,7 @@ test('a Noise link is refused when the peer does not hold the vouched key', asyn
 test('the relay rate limit per agent pauses a fast sender (and the data still arrives intact)', async () => {
   const { server, port } = await startServer(undefined, { relayRateLimit: 1024 * 1024 });
   const { sink, port: sinkPort } = await startHashSink();
-  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: sinkPort, node: 'b' }]);
+  const snap = makeSnapshot([{ service: 'default/sink', ip: '127.0.0.1', port: sinkPort, node: 'b' }], ['a']);
   const a = await startTunnel('a', [`127.0.0.1:${port}`], () => snap);
   const b = await startTunnel('b', [`127.0.0.1:${port}`], () => snap);
   try {

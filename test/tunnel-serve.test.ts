@@ -46,7 +46,7 @@ before(async () => {
   const snap = makeSnapshot([
     { service: 'default/web', ip: '127.0.0.1', port: backendPort, node: 'b' },
     { service: 'default/closed', ip: '127.0.0.1', port: closedPort, node: 'b' },
-  ]);
+  ], ['a']);
   a = await startTunnel('a', [`127.0.0.1:${s.port}`], () => snap);
   b = await startTunnel('b', [`127.0.0.1:${s.port}`], () => snap);
   await waitFor(() => a.tunnel.servers[0].connected && b.tunnel.servers[0].connected, 10_000, 'agents connected');

@@ -11,14 +11,15 @@ import { serverSchema } from '../../packages/common/src/config.ts';
 import { EdgemeshServer } from '../../packages/server/src/main.ts';
 import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
-import type { Endpoint, Service, Snapshot } from '../../packages/agent/src/cluster/types.ts';
+import type { Endpoint, NodeInfo, Service, Snapshot } from '../../packages/agent/src/cluster/types.ts';
 
 export const TEST_TOKEN = 'test-token-0123456789abcdef';
 
 export interface TestEndpoint { service: string; ip: string; port: number; protocol?: 'TCP' | 'UDP'; node: string }
 
-/** A snapshot with one Service per distinct service key and the given endpoints. */
-export function makeSnapshot(eps: TestEndpoint[]): Snapshot {
+/** A snapshot with one Service per distinct service key and the given endpoints; a Node for every node named by an
+ *  endpoint, plus `nodes` (the serving side serves only callers that are Nodes of the cluster). */
+export function makeSnapshot(eps: TestEndpoint[], nodes: string[] = []): Snapshot {
   const services = new Map<string, Service>();
   const endpoints = new Map<string, Endpoint[]>();
   for (const e of eps) {
@@ -38,7 +39,9 @@ export function makeSnapshot(eps: TestEndpoint[]): Snapshot {
     });
     endpoints.set(e.service, list);
   }
-  return { version: 1, services, endpoints, nodes: new Map(), destinationRules: new Map() };
+  const names = new Set([...nodes, ...eps.map((e) => e.node)]);
+  const nodeMap = new Map<string, NodeInfo>([...names].map((n) => [n, { name: n, labels: {}, addresses: [] }]));
+  return { version: 1, services, endpoints, nodes: nodeMap, destinationRules: new Map() };
 }
 
 export async function startServer(token = TEST_TOKEN, extra: Record<string, unknown> = {}): Promise<{ server: EdgemeshServer; port: number }> {
@@ -50,11 +53,13 @@ export async function startServer(token = TEST_TOKEN, extra: Record<string, unkn
 
 export interface TestAgent { tunnel: Tunnel; stateDir: string; registry: Registry; stop(): Promise<void> }
 
-export async function startTunnel(node: string, servers: string[], snap: () => Snapshot, opts: { token?: string; stateDir?: string; listenPort?: number } = {}): Promise<TestAgent> {
+/** A Tunnel on loopback. Its backends are on 127.0.0.1, so it serves loopback endpoints unless `allowLoopback: false`. */
+export async function startTunnel(node: string, servers: string[], snap: () => Snapshot, opts: { token?: string; stateDir?: string; listenPort?: number; allowLoopback?: boolean; routingDefault?: 'prefer' | 'strict' | 'cluster' } = {}): Promise<TestAgent> {
   const stateDir = opts.stateDir ?? mkdtempSync(join(tmpdir(), `emt-${node}-`));
   const { pair } = loadOrCreateKeyPair(stateDir);
   const registry = new Registry();
-  const tunnel = new Tunnel({ node, servers, token: opts.token ?? TEST_TOKEN, keyPair: pair, log: silentLogger, registry, snapshot: snap, listenPort: opts.listenPort });
+  const tunnel = new Tunnel({ node, servers, token: opts.token ?? TEST_TOKEN, keyPair: pair, log: silentLogger, registry, snapshot: snap, listenPort: opts.listenPort,
+    allowLoopbackEndpoints: opts.allowLoopback ?? true, routingDefault: opts.routingDefault });
   await tunnel.start();
   return {
     tunnel, stateDir, registry,

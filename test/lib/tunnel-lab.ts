@@ -136,11 +136,11 @@ export class TunnelLab {
     this.endpoints = names.map((n) => ({ service: `default/sink-${n.name}`, ip: this.lab.host(n.host).ip, port: SINK_PORT, node: n.name }));
   }
 
-  async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string; upgradeRetryMs?: number } = {}): Promise<NodeProc> {
+  async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string; upgradeRetryMs?: number; clusterNodes?: string[] } = {}): Promise<NodeProc> {
     const cfg = {
       node: name, servers: [this.serverAddr()], token: opts.token ?? E2E_TOKEN, stateDir: join(this.dir, `state-${name}`),
       listenPort: opts.listenPort === null ? undefined : (opts.listenPort ?? 20006), endpoints: this.endpoints,
-      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info', upgradeRetryMs: opts.upgradeRetryMs,
+      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info', upgradeRetryMs: opts.upgradeRetryMs, clusterNodes: opts.clusterNodes,
     };
     const p = this.lab.spawn(host, process.execPath, [NODE_SCRIPT], { env: { ...process.env, EM_NODE: JSON.stringify(cfg) } });
     const n = new NodeProc(name, host, p);

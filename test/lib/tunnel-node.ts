@@ -10,9 +10,13 @@ import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
 import type { TunnelStream } from '../../packages/agent/src/tunnel/stream.ts';
+import { generateKeyPair } from '../../packages/common/src/tunnel/ed25519.ts';
+import { ServerConn } from '../../packages/agent/src/tunnel/serverconn.ts';
+import type { DatagramChannel } from '../../packages/agent/src/proxy/dialer.ts';
+import { dialDeadline } from '../../packages/agent/src/proxy/dialer.ts';
 import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
 
-interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number }
+interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number; clusterNodes?: string[] }
 const cfg = JSON.parse(process.env.EM_NODE!) as NodeCfg;
 // Logs go to stderr: stdout carries the JSON-lines protocol.
 const log = pino({ level: cfg.logLevel ?? 'info', name: 'tunnel-node', base: { node: cfg.node } }, pino.destination(2));
@@ -25,7 +29,7 @@ const sink = createServer((s) => {
 });
 await new Promise<void>((r) => sink.listen(cfg.sinkPort, cfg.sinkHost, r));
 
-const snap = makeSnapshot(cfg.endpoints);
+const snap = makeSnapshot(cfg.endpoints, cfg.clusterNodes ?? []);
 const registry = new Registry();
 const { pair } = loadOrCreateKeyPair(cfg.stateDir);
 const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
@@ -60,6 +64,78 @@ async function transfer(m: { to: string; service: string; ip: string; port: numb
   return { ok: reply === sha, sha, reply, path, ms, mbps: (m.bytes * 8) / 1e6 / (ms / 1000) };
 }
 
+/** One TCP request through the tunnel: writes `send`, half-closes, and returns what came back (abuse and authz tests). */
+async function request(m: { to: string; service: string; ip: string; port: number; send?: string; timeoutMs?: number }): Promise<unknown> {
+  const t0 = performance.now();
+  const deadline = dialDeadline(m.timeoutMs ?? 3000);
+  const s = (await dialer.dialTcp({ serviceKey: m.service, protocol: 'tcp', ip: m.ip, port: m.port, nodeName: m.to }, deadline)) as TunnelStream;
+  let reply = '';
+  await new Promise<void>((resolve, reject) => {
+    const t = setTimeout(() => { s.destroy(); reject(new Error('no reply in time')); }, m.timeoutMs ?? 3000);
+    s.on('data', (c: Buffer) => { reply += c.toString(); });
+    s.on('end', () => { clearTimeout(t); resolve(); });
+    s.on('error', (e) => { clearTimeout(t); reject(e); });
+    s.end(m.send ?? 'hello\n');
+  });
+  s.destroy();
+  return { ok: true, reply, ms: performance.now() - t0 };
+}
+
+/** Held UDP streams of `udpflood` (closed by `udprelease`). */
+const heldUdp: DatagramChannel[] = [];
+
+/** Opens `count` UDP streams to one endpoint, `concurrency` at a time, and holds them (a peer flooding served UDP). */
+async function udpFlood(m: { to: string; service: string; ip: string; port: number; count: number; concurrency?: number }): Promise<unknown> {
+  const codes: Record<string, number> = {};
+  let opened = 0;
+  let next = 0;
+  const worker = async () => {
+    while (next < m.count) {
+      next++;
+      try {
+        const ch = await dialer.openUdp({ serviceKey: m.service, protocol: 'udp', ip: m.ip, port: m.port, nodeName: m.to }, dialDeadline(3000));
+        ch.send(Buffer.from('x'));
+        heldUdp.push(ch);
+        opened++;
+      } catch (e) {
+        const c = (e as { code?: string }).code ?? 'error';
+        codes[c] = (codes[c] ?? 0) + 1;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: m.concurrency ?? 64 }, worker));
+  return { opened, codes };
+}
+
+/**
+ * A burst of birthday RENDEZVOUS to `to`: `names` throwaway agents (ServerConns of their own, names `<prefix>-<i>`)
+ * and this node each send `perName`, claiming a cone NAT with `host` as its public address (so a symmetric victim
+ * would be the birthday round's hard side: 256 sockets).
+ */
+async function birthdayBurst(m: { to: string; names: number; perName: number; prefix: string; host: string }): Promise<unknown> {
+  const hp = cfg.servers[0].split(':');
+  const conns: ServerConn[] = [];
+  for (let i = 0; i < m.names; i++) {
+    const c = new ServerConn({ host: hp[0], port: Number(hp[1]), node: `${m.prefix}-${i}`, token: cfg.token, keyPair: generateKeyPair(), log });
+    c.on('error', () => {});
+    c.start();
+    conns.push(c);
+  }
+  const end = Date.now() + 10_000;
+  while (conns.some((c) => !c.connected) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  let sent = 0;
+  for (const c of [...conns, ...tunnel.servers]) {
+    for (let k = 0; k < m.perName; k++) {
+      const ok = c.rendezvous({ to: m.to, sid: randomBytes(8).toString('hex'), mode: 'birthday', cand: [{ host: m.host, port: 20006, kind: 'stun' }], nat: 'cone', streamId: 1 + k });
+      if (ok) sent++;
+    }
+  }
+  // Let the victim act on them before the throwaway agents go away.
+  await new Promise((r) => setTimeout(r, 2000));
+  for (const c of conns) c.stop();
+  return { sent, connected: conns.filter((c) => c.connected).length };
+}
+
 /** How long `ttd` waits for the direct link unless the request says otherwise (a miss after that). */
 const TTD_TIMEOUT_MS = 20_000;
 
@@ -76,6 +152,13 @@ rl.on('line', async (line) => {
     if (msg.cmd === 'status') return reply({ status: tunnel.status(), errors: tunnel.servers.map((s) => s.lastError) });
     if (msg.cmd === 'metrics') return reply({ metrics: await registry.metrics() });
     if (msg.cmd === 'transfer') return reply(await transfer(msg as never));
+    if (msg.cmd === 'request') return reply(await request(msg as never));
+    if (msg.cmd === 'udpflood') return reply(await udpFlood(msg as never));
+    if (msg.cmd === 'udprelease') {
+      for (const ch of heldUdp.splice(0)) ch.close();
+      return reply({ ok: true });
+    }
+    if (msg.cmd === 'birthdayburst') return reply(await birthdayBurst(msg as never));
     if (msg.cmd === 'forget') {
       tunnel.forget(msg.node as string);
       return reply({ ok: true });

@@ -242,6 +242,7 @@ export class Agent {
         node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
         nodeAccess: { config: this.cfg.nodeAccess, budgets: this.budgets, fds: this.fds },
+        budgets: this.budgets, fds: this.fds, limits: this.cfg.tunnel.limits, routingDefault: this.cfg.routing.default,
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
       this.nodeDialer = new TunnelNodeDialer(this.tunnel); // SOCKS5 `<other node>:<port>` (nodeaccess/)

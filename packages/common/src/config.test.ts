@@ -33,7 +33,9 @@ test('agent defaults are exactly those of INTERFACE.md', () => {
     },
     proxy: { ipMode: 'clusterIP', fakeCIDR: '9.251.0.0/16', intercept: 'iptables', bindAddress: '169.254.96.16', directCIDRs: [], nodePorts: false },
     routing: { groupLabels: ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'], default: 'prefer' },
-    tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '' },
+    tunnel: { enabled: true, servers: ['relay.example.com:20004'], listenPort: 20006, tokenFile: '/etc/edgemesh/token', joinTokenFile: '', serviceAccountTokenFile: '', caFile: '', caHash: '',
+      // Not in INTERFACE.md: the agent's tunnel budgets (agent tunnel/limits.ts), additive.
+      limits: { servedStreams: 8192, servedStreamsPerPeer: 2048, servedUdpSockets: 4096, servedUdpSocketsPerPeer: 1024, linksPerPeer: 8, punchSessions: 64 } },
     socks5: { enabled: false, listen: '127.0.0.1:10800', usersFile: '', maxConnections: 1024, maxPerSource: 256 },
     nodeAccess: { allowedPorts: [], allowedGroups: [], allowedNodes: [] },
     gateway: { enabled: false, addresses: [], maxConnections: 4096, maxPerSource: 256 },

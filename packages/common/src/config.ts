@@ -110,6 +110,19 @@ export const agentSchema = z.strictObject({
     caFile: z.string().default(''),
     /** Alternative to caFile: sha256:<hex> of the CA's SubjectPublicKeyInfo (kubeadm style). */
     caHash: caHash.default(''),
+    /** Budgets against hostile peers (agent tunnel/limits.ts has the reasons for the defaults). */
+    limits: z.strictObject({
+      /** Streams peers opened to this node served at once, all peers together (each holds a local socket). */
+      servedStreams: z.number().int().min(1).max(1_000_000).default(8192),
+      servedStreamsPerPeer: z.number().int().min(1).max(1_000_000).default(2048),
+      /** UDP sockets held for served UDP streams (one per flow), all peers together and per peer. */
+      servedUdpSockets: z.number().int().min(1).max(1_000_000).default(4096),
+      servedUdpSocketsPerPeer: z.number().int().min(1).max(1_000_000).default(1024),
+      /** Links to one peer at once (relay links per server, the direct one, spares while a session moves). */
+      linksPerPeer: z.number().int().min(2).max(256).default(8),
+      /** Hole-punch attempts under way at once, all peers together. */
+      punchSessions: z.number().int().min(1).max(100_000).default(64),
+    }).prefault({}),
   }).prefault({}),
   /** SOCKS5 (RFC 1928 CONNECT) into the mesh: `<nodeName>:<port>` (node access) or a Service name/IP. */
   socks5: z.strictObject({

@@ -120,8 +120,13 @@ export function modeLabel(m: RoutingMode): string {
 
 /** Where an endpoint sits relative to this node. Disjoint: an endpoint is in exactly one tier. */
 export function tierOf(ep: Endpoint, me: NodeInfo | undefined, myName: string, nodes: ReadonlyMap<string, NodeInfo>, scope?: Scope): Tier {
-  if (ep.nodeName !== undefined && ep.nodeName === myName) return 'node';
-  const their = ep.nodeName === undefined ? undefined : nodes.get(ep.nodeName);
+  return nodeTier(ep.nodeName, me, myName, nodes, scope);
+}
+
+/** Where node `name` sits relative to this node (the serving side asks it of a caller, tunnel/authorize.ts). */
+export function nodeTier(name: string | undefined, me: NodeInfo | undefined, myName: string, nodes: ReadonlyMap<string, NodeInfo>, scope?: Scope): Tier {
+  if (name !== undefined && name === myName) return 'node';
+  const their = name === undefined ? undefined : nodes.get(name);
   if (!their || !me) return 'cluster';
   if (sameGroup(me, their, scope)) return 'group';
   const r = me.labels[REGION_LABEL];

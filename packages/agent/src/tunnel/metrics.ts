@@ -6,6 +6,8 @@ export interface TunnelMetrics {
   streams: Counter;
   bytes: Counter;
   served: Counter;
+  /** Streams refused by serving-side authorization (authorize.ts), by reason. */
+  serveRefused: Counter<'reason'>;
   links: Counter;
   failovers: Counter;
   resumes: Counter;
@@ -29,6 +31,7 @@ export function createTunnelMetrics(registry: Registry): TunnelMetrics {
     streams: new Counter({ name: 'edgemesh_tunnel_streams_opened_total', help: 'Streams opened to peers by path and outcome', labelNames: ['path', 'outcome'], registers: r }),
     bytes: new Counter({ name: 'edgemesh_tunnel_bytes_total', help: 'Bytes on peer links (inside Noise) by path and direction', labelNames: ['path', 'direction'], registers: r }),
     served: new Counter({ name: 'edgemesh_tunnel_streams_served_total', help: 'Streams peers opened to us by outcome', labelNames: ['outcome'], registers: r }),
+    serveRefused: new Counter({ name: 'edgemesh_tunnel_serve_refused_total', help: 'Streams peers opened to us that this node refused to serve (serving-side authorization), by reason', labelNames: ['reason'], registers: r }),
     links: new Counter({ name: 'edgemesh_tunnel_links_total', help: 'Peer links established by path and side', labelNames: ['path', 'side'], registers: r }),
     failovers: new Counter({ name: 'edgemesh_tunnel_failovers_total', help: 'Direct paths given up (peer unanswered) - traffic back on the relay', registers: r }),
     resumes: new Counter({ name: 'edgemesh_tunnel_session_moves_total', help: 'Times a peer session moved its streams to another link, by the path it moved to', labelNames: ['path'], registers: r }),

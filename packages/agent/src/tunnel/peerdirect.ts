@@ -7,7 +7,8 @@ import type { Timer } from './clock.ts';
 import { DirectPath } from './directpath.ts';
 import type { Link, Transport } from './link.ts';
 import type { PeerEnv, RendezvousOut } from './peerenv.ts';
-import { addrKey, followUpMode, shouldTryUpgrade, upgradeAfter, upgradeDelayMs, type UpgradeState } from './punch.ts';
+import { BIRTHDAY_FOLLOWUP_MS, BIRTHDAY_SOCKET_BUDGET, REFUSAL_BIRTHDAY_UNASKED } from './limits.ts';
+import { addrKey, birthdayRole, followUpMode, shouldTryUpgrade, upgradeAfter, upgradeDelayMs, type UpgradeState } from './punch.ts';
 import { PunchFailed, PunchSession, type PunchResult } from './punchsession.ts';
 import { SPARE_SOCKET_CLOSE_MS, TICK_MS } from './timers.ts';
 import type { DirectEnv, PeerChannel, PeerPacket } from './udptypes.ts';
@@ -36,6 +37,8 @@ export class PeerDirect {
   private upgradeTimer: Timer | undefined;
   private tickTimer: Timer | undefined;
   private closed = false;
+  /** When a normal punch with this peer last ended without a direct path (a birthday request may follow it). */
+  private normalEndedAt = -Infinity;
 
   constructor(host: DirectHost, d: DirectEnv) {
     this.host = host;
@@ -81,13 +84,24 @@ export class PeerDirect {
     void this.d.freshNat(this.mappingMayHaveChanged()).then((nat) => {
       if (this.closed || this.punch || this.host.directLink()) return;
       const p = this.newPunch(randomBytes(8).toString('hex'), true, mode, nat);
+      if (!p) return this.scheduleUpgrade(); // the punch budget is used up: the relay carries on, try again later
       this.env.metrics.attempts.inc({ role: 'initiator' });
       // Through every server we are on: the peer may be connected to only some of them (it answers the first copy).
       if (!this.env.rendezvous({ to: this.host.node, sid: p.sid, mode, cand: this.d.candidates(), nat, streamId: p.stream.id })) p.close();
     }).catch((e: unknown) => this.failed(e));
   }
 
-  private newPunch(sid: string, requested: boolean, mode: 'normal' | 'birthday', nat: PunchSession['peerNat']): PunchSession {
+  /** A punch attempt holding its budgets (limits.ts: punch sessions; a birthday round's sockets, one round at a
+   *  time), given back when it ends however it ends. Undefined when a budget refused it (counted and logged there). */
+  private newPunch(sid: string, requested: boolean, mode: 'normal' | 'birthday', nat: PunchSession['peerNat']): PunchSession | undefined {
+    const b = this.env.budgets;
+    const lease = b?.punch.tryAcquire();
+    if (b && !lease) return undefined;
+    const round = mode === 'birthday' ? b?.birthday.tryAcquire(BIRTHDAY_SOCKET_BUDGET) : undefined;
+    if (b && mode === 'birthday' && !round) {
+      lease?.release();
+      return undefined;
+    }
     // The initiator learns the peer's key from the reply: pings go through whatever channel exists by then.
     const lazy: PeerChannel = {
       ping: (to, id, sock, ttl) => this.channel ? this.channel.ping(to, id, sock, ttl) : randomBytes(12),
@@ -96,7 +110,8 @@ export class PeerDirect {
     };
     const p = new PunchSession({ sid, requested, mode, myNat: nat, io: this.d.io, channel: lazy, clock: this.env.clock });
     this.punch = p;
-    p.result.then((r) => this.punched(p, r), (e: PunchFailed) => this.punchEnded(p, e.outcome)).catch((e: unknown) => this.failed(e));
+    const release = () => { lease?.release(); round?.release(); };
+    p.result.then((r) => { release(); this.punched(p, r); }, (e: PunchFailed) => { release(); this.punchEnded(p, e.outcome); }).catch((e: unknown) => this.failed(e));
     return p;
   }
 
@@ -128,6 +143,7 @@ export class PeerDirect {
   }
 
   private punchEnded(p: PunchSession, outcome: PunchFailed['outcome']): void {
+    if (p.mode === 'normal') this.normalEndedAt = this.env.clock.now();
     if (this.punch !== p) return;
     this.punch = undefined;
     if (this.closed) return;
@@ -163,6 +179,10 @@ export class PeerDirect {
       return;
     }
     if (this.punch?.sid === m.sid) return; // a second copy through another server
+    if (m.mode === 'birthday' && !this.birthdayWanted(m)) {
+      this.env.budgets?.budgets.refuse(REFUSAL_BIRTHDAY_UNASKED, { peer: this.host.node, nat: m.nat });
+      return;
+    }
     if (this.punch) {
       // Simultaneous requests: the node with the smaller name keeps its own.
       if (this.punch.requested && this.env.self < this.host.node) return;
@@ -173,10 +193,23 @@ export class PeerDirect {
     void this.d.freshNat(this.mappingMayHaveChanged()).then((nat) => {
       if (this.closed || this.punch) return;
       const p = this.newPunch(m.sid, false, m.mode, nat);
+      if (!p) return; // a budget refused it: no answer, the peer's attempt times out and the relay carries on
       this.env.metrics.attempts.inc({ role: 'responder' });
       reply({ to: this.host.node, sid: m.sid, reply: true, mode: m.mode, cand: this.d.candidates(), nat, streamId: p.stream.id });
       p.start(m.cand, m.nat, m.streamId, { fromMs: m.rttFromMs ?? 0, toMs: m.rttToMs ?? 0 });
     }).catch((e: unknown) => this.failed(e));
+  }
+
+  /**
+   * Whether we follow a peer's birthday request: only as the follow-up of a normal punch with this peer that is under
+   * way or failed within BIRTHDAY_FOLLOWUP_MS, and only when our own view of the NATs says birthday mode applies
+   * (exactly one side symmetric). A birthday round costs 256 sockets or 1,600 probes: never on a stranger's word.
+   */
+  private birthdayWanted(m: Rendezvous): boolean {
+    if (!birthdayRole(this.d.natType(), m.nat)) return false;
+    const p = this.punch;
+    if (p && p.mode === 'normal' && p.isStarted) return true;
+    return this.env.clock.now() - this.normalEndedAt < BIRTHDAY_FOLLOWUP_MS;
   }
 
   /** An authenticated ping or pong from the peer on our UDP socket(s). */

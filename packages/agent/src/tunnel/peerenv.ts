@@ -7,6 +7,7 @@ import type { DialErrorCode } from '../proxy/dialer.ts';
 import type { Clock } from './clock.ts';
 import type { Transport } from './link.ts';
 import type { NodeAccessHeader, StreamHeader } from './linkproto.ts';
+import type { TunnelBudgets } from './limits.ts';
 import type { TunnelMetrics } from './metrics.ts';
 import type { TunnelStream } from './stream.ts';
 import type { DirectEnv } from './udptypes.ts';
@@ -23,13 +24,16 @@ export interface PeerEnv {
   openRelay(node: string): Promise<{ key: Buffer; stream: Transport['stream']; server: string }>;
   /** Sends a rendezvous request through every connected server (the peer answers the first copy); false if none. */
   rendezvous(msg: RendezvousOut): boolean;
-  /** The serving side for streams the peer opens (`rttMs`: the link's, so the answer comes back in time). */
-  serve: (h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
+  /** The serving side for streams the peer opens (`peer`: its node name as the link authenticated it; `rttMs`: the
+   *  link's, so the answer comes back in time). */
+  serve: (peer: string, h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
   /** The serving side for node-access streams the peer opens (`peer`: its name, as the link authenticated it). */
   serveNode: (peer: string, h: NodeAccessHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
   /** The UDP side; absent = relay only. */
   direct?: DirectEnv;
   upgradeRetryMs?: number;
+  /** Budgets for links per peer, punch sessions and birthday sockets (limits.ts); absent = unlimited (unit tests). */
+  budgets?: TunnelBudgets;
 }
 
 export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'relay' | null; remote: string | null; rttMs: number | null }

@@ -52,7 +52,7 @@ export class PeerPaths implements DirectHost {
   private newSession(localSid: Buffer, after?: Session): Session {
     const s = new Session({ localSid, odd: this.env.self < this.node, clock: this.clock, after });
     const rtt = () => (s.current as Link | undefined)?.rttMs ?? null;
-    s.onIncoming = (h, accept, reject) => (isNodeAccess(h) ? this.env.serveNode(this.node, h, accept, reject, rtt()) : this.env.serve(h, accept, reject, rtt()));
+    s.onIncoming = (h, accept, reject) => (isNodeAccess(h) ? this.env.serveNode(this.node, h, accept, reject, rtt()) : this.env.serve(this.node, h, accept, reject, rtt()));
     s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
     s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
     s.onProtocolError = (l, why) => (l as Link).close(new Error(`protocol error: ${why}`));
@@ -156,12 +156,14 @@ export class PeerPaths implements DirectHost {
 
   private async establish(t: Transport, initiator: boolean, side: 'in' | 'out'): Promise<Link> {
     if (!this.key) throw new DialError('unreachable', `no key for ${this.node}`);
+    // Links per peer (limits.ts): held until the transport closes (handshake failure, link close, peer gone).
+    const lease = this.env.budgets?.linkLease(this.node, t.stream);
     const link = await Link.establish(t, {
       keyPair: this.env.keyPair, peer: this.node, vouchedKey: this.key, initiator, clock: this.clock, hello: (hh) => this.hello(hh),
-    });
-    // The Noise handshake proved the peer's key: use the link at once (a first stream goes out with the last handshake
-    // message, a move does not wait a round trip) and check the HELLO when it comes. If it names another session
-    // (the peer restarted), what we sent there meant nothing to the peer and the session starts over below.
+    }).finally(() => { if (lease && t.stream.destroyed) lease.release(); });
+    link.once('close', () => lease?.release());
+    // The Noise handshake proved the peer's key: use the link at once (a first stream rides the last handshake message)
+    // and check the HELLO when it comes; if it names another session (peer restarted), the session starts over below.
     this.adopt(link, side);
     let hello: Hello;
     try {
@@ -238,8 +240,7 @@ export class PeerPaths implements DirectHost {
     if (this.suspectAt !== undefined && !relay) this.ensureRelay();
     if (!link) {
       this.session.detach();
-      // Streams (or opens) waiting: find them a transport, within the resume bound. An idle session waits for the
-      // next dial (a peer that went away must not be chased).
+      // Streams or opens waiting: find them a transport, within the resume bound (an idle session waits for a dial).
       if (this.session.size === 0) return;
       this.ensureRelay();
       if (!this.timers.resume) this.set('resume', SESSION_RESUME_MS, () => this.resetSession('timeout', randomBytes(SID_BYTES)));
@@ -286,7 +287,7 @@ export class PeerPaths implements DirectHost {
   onIncomingRelay(stream: Transport['stream'], key: Buffer, server: string): void {
     if (this.closed) return void stream.destroy();
     this.setKey(key);
-    this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log.warn({ err: e.message }, 'incoming relay link failed'));
+    this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log[e instanceof DialError && e.code === 'refused' ? 'debug' : 'warn']({ err: e.message }, 'incoming relay link failed')); // a links-budget refusal is counted and logged rate-limited there
   }
 
   private resetSession(reason: 'timeout' | 'peer-restarted', localSid: Buffer, keep?: Link): void {

@@ -7,12 +7,14 @@ import { lookup } from 'node:dns/promises';
 import { networkInterfaces } from 'node:os';
 import { isIP } from 'node:net';
 import UDX, { type UDXSocket, type UDXStream } from 'udx-native';
+import type { FdPressure } from '@edgemesh/common/fds';
 import type { Logger } from '@edgemesh/common/log';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import { bindingRequest, BINDING_SUCCESS, decodeStun, looksLikeStun, newTxid, stunKey } from '@edgemesh/common/tunnel/stun';
 import type { TunnelMetrics } from './metrics.ts';
 import { decodePing, encodePing, isPing, keyId, P, peekKeyId, pingKey } from './ping.ts';
 import { addrKey, classifyNat, localCandidates, ReplayWindow, sameAddr, type Addr, type Candidate, type NatType } from './punch.ts';
+import { INTERFACES_REFRESH_MS } from './limits.ts';
 import { SOCKET_CLOSE_TIMEOUT_MS, STUN_FRESH_MS, STUN_RETRIES_MS, STUN_TIMEOUT_MS } from './timers.ts';
 import type { DirectEnv, PeerChannel, PeerPacket, PunchIO, UdpSock, UdpStream } from './udptypes.ts';
 
@@ -26,6 +28,10 @@ export interface TunnelSocketOptions {
   metrics: TunnelMetrics;
   /** Servers we are connected to now (STUN goes to the first). */
   stunServers: () => StunServer[];
+  /** Descriptor pressure: birthday sockets are opened only while it admits them. */
+  fds?: FdPressure;
+  /** Reads this host's interfaces (tests); default os.networkInterfaces(). */
+  interfaces?: typeof networkInterfaces;
 }
 
 interface Channel { key: Buffer; pk: Buffer; replay: ReplayWindow; onPacket: (p: PeerPacket) => void }
@@ -45,6 +51,9 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   private mapped: Addr | undefined;
   private stunAt = -Infinity;
   private stunRunning: Promise<NatType> | undefined;
+  /** This host's IPv4 addresses (LAN candidates), read at start and every INTERFACES_REFRESH_MS. */
+  private lan: string[] = [];
+  private lanTimer: NodeJS.Timeout | undefined;
 
   constructor(o: TunnelSocketOptions) {
     this.o = o;
@@ -54,6 +63,9 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   }
 
   start(): void {
+    this.refreshInterfaces();
+    this.lanTimer = setInterval(() => this.refreshInterfaces(), INTERFACES_REFRESH_MS);
+    this.lanTimer.unref();
     const s = this.udx.createSocket();
     s.bind(this.o.listenPort, '0.0.0.0');
     this.listen(s);
@@ -63,6 +75,7 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   }
 
   async stop(): Promise<void> {
+    clearInterval(this.lanTimer);
     const all = [...this.extra, ...(this.socket ? [this.socket] : [])];
     this.extra.clear();
     this.socket = undefined;
@@ -86,10 +99,19 @@ export class TunnelSocket implements DirectEnv, PunchIO {
     return { type: this.nat, mapped: this.mapped ? addrKey(this.mapped) : null };
   }
 
+  /** Reads the interfaces (a netlink socket: it throws under descriptor exhaustion, then the last list stays). */
+  refreshInterfaces(): void {
+    try {
+      const out: string[] = [];
+      for (const list of Object.values((this.o.interfaces ?? networkInterfaces)())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) out.push(a.address);
+      this.lan = out;
+    } catch (e) {
+      this.o.log.debug({ err: (e as Error).message }, 'reading the network interfaces failed, keeping the last list');
+    }
+  }
+
   private lanHosts(): string[] {
-    const out: string[] = [];
-    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) out.push(a.address);
-    return out;
+    return this.lan;
   }
 
   candidates(): Candidate[] {
@@ -217,6 +239,7 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   openSockets(n: number): UdpSock[] {
     const out: UdpSock[] = [];
     for (let i = 0; i < n; i++) {
+      if (this.o.fds && !this.o.fds.admit(1)) break; // descriptor pressure: birthday mode runs with fewer sockets
       const sock = this.udx.createSocket();
       try {
         sock.bind(0, '0.0.0.0');
@@ -235,7 +258,7 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   closeSocket(s: UdpSock, delayMs = 0): void {
     const sock = s as UDXSocket;
     if (sock === this.socket || !this.extra.delete(sock)) return;
-    const close = () => void sock.close().catch(() => {});
+    const close = () => { this.o.fds?.note(-1); void sock.close().catch(() => {}); };
     if (delayMs > 0) setTimeout(close, delayMs).unref();
     else close();
   }

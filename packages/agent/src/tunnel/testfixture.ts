@@ -8,6 +8,7 @@ import { silentLogger } from '@edgemesh/common/log';
 import { generateKeyPair, type RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import type { Deadline } from '../proxy/dialer.ts';
 import { ManualClock } from './clock.ts';
+import type { TunnelBudgets } from './limits.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
 import type { PeerEnv, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
@@ -229,7 +230,7 @@ export interface Side {
  * Two nodes `a` and `b`, each with a PeerPaths for the other, relayed through `servers` (the first that is up) and,
  * with `direct`, punching over the fake network. b serves a hash sink: it answers the sha256 of what it received.
  */
-export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number } = {}) {
+export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number; budgets?: (side: string) => TunnelBudgets | undefined } = {}) {
   const clock = o.clock ?? new ManualClock();
   const net = new FakeNet();
   const servers = o.servers ?? [new FakeServer('srv1')];
@@ -241,7 +242,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
     const udp = new FakeUdp(net, { host, port: 20006 }, keys.publicKey);
     const side = { name, keys, udp, metrics, registry, served: [] as string[], nodeOpens: [] as string[], nodePorts: [22] } as Side;
     const env: PeerEnv = {
-      self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs,
+      self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs, budgets: o.budgets?.(name),
       openRelay: async (node) => {
         const srv = servers.find((s) => s.up);
         const peer = sides.get(node);
@@ -256,7 +257,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
         deliverRendezvous(side, peer, msg);
         return true;
       },
-      serve: (_h, accept) => {
+      serve: (_peer, _h, accept) => {
         const s = accept();
         const h = createHash('sha256');
         s.on('data', (c: Buffer) => h.update(c));

@@ -2,6 +2,8 @@
 // streams peers open to us, and what the proxy's Dialer (dialer.ts) and /status use. Per-peer state lives in
 // PeerPaths only; this file routes server events and packets to them.
 import type { Registry } from 'prom-client';
+import { Budgets } from '@edgemesh/common/budget';
+import type { FdPressure } from '@edgemesh/common/fds';
 import type { Logger } from '@edgemesh/common/log';
 import { parseHostPort } from '@edgemesh/common/config';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
@@ -9,7 +11,9 @@ import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
 import type { Snapshot } from '../cluster/types.ts';
 import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import { DirectDialer } from '../proxy/direct.ts';
+import type { RoutingDefault } from '../routing/routing.ts';
 import { makeRealClock, type Clock } from './clock.ts';
+import { REFUSAL_NOT_A_NODE, TunnelBudgets, type TunnelLimitsConfig } from './limits.ts';
 import type { Link } from './link.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
 import { NodeAccessServer, type NodeAccessServeOptions } from './nodeaccess-serve.ts';
@@ -36,6 +40,16 @@ export interface TunnelOptions {
   clock?: Clock;
   /** Node-access streams peers open to us (nodeAccess.*); undefined = every one refused as forbidden. */
   nodeAccess?: Pick<NodeAccessServeOptions, 'config' | 'budgets' | 'fds'>;
+  /** The process's budgets (refusals counted and logged there); default: the tunnel's own on `registry`. */
+  budgets?: Budgets;
+  /** Descriptor pressure: new served streams are shed before the control plane's reserve. */
+  fds?: FdPressure;
+  /** tunnel.limits (limits.ts defaults). */
+  limits?: TunnelLimitsConfig;
+  /** routing.default: the serving side applies the Service's strict scope with it (authorize.ts). */
+  routingDefault?: RoutingDefault;
+  /** Serve loopback endpoint addresses: only for tests that run every node on one host's loopback. */
+  allowLoopbackEndpoints?: boolean;
 }
 
 export type { PeerStatus };
@@ -50,6 +64,7 @@ export class Tunnel {
   readonly m: TunnelMetrics;
   /** The serving side of node access (opts.nodeAccess). */
   readonly nodeAccess: NodeAccessServer | undefined;
+  readonly budgets: TunnelBudgets;
   private readonly clock: Clock;
   private readonly env: Omit<PeerEnv, 'log'>;
   private stopped = false;
@@ -72,32 +87,39 @@ export class Tunnel {
     this.m.peerPaths = () => this.peerStatus().map((p) => p.path);
     if (opts.listenPort !== undefined) {
       this.udp = new TunnelSocket({
-        listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, metrics: this.m,
+        listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, metrics: this.m, fds: opts.fds,
         stunServers: () => this.servers.filter((s) => s.connected).map((s) => ({ host: s.host, port: s.port, altPort: s.stunAltPort })),
       });
     }
     const na = opts.nodeAccess;
     this.nodeAccess = na && new NodeAccessServer({ ...na, self: opts.node, nodes: () => opts.snapshot().nodes, registry: opts.registry, log: opts.log.child({ mod: 'nodeaccess' }) });
+    this.budgets = new TunnelBudgets(opts.budgets ?? new Budgets({ registry: opts.registry, log: opts.log }), opts.limits, opts.fds);
     const direct = new DirectDialer();
     const served = (o: string) => this.m.served.inc({ outcome: o });
+    const serve = {
+      snapshot: opts.snapshot, dialer: direct, log: this.log, onOutcome: served, budgets: this.budgets, refused: this.m.serveRefused,
+      policy: { self: opts.node, routingDefault: opts.routingDefault ?? 'prefer', allowLoopback: opts.allowLoopbackEndpoints ?? false },
+    };
     this.env = {
-      self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs,
+      self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs, budgets: this.budgets,
       openRelay: (node) => this.openRelay(node),
       rendezvous: (msg: RendezvousOut) => this.servers.filter((s) => s.connected && s.rendezvous(msg)).length > 0,
-      serve: (h, accept, reject, rttMs) => serveStream({ snapshot: opts.snapshot, dialer: direct, log: this.log, onOutcome: served }, h, rttMs, accept, reject),
       serveNode: (peer, h, accept, reject, rttMs) => this.nodeAccess ? this.nodeAccess.serve(peer, h, rttMs, accept, reject) : reject('forbidden', 'node access is not served by this agent'),
+      serve: (peer, h, accept, reject, rttMs) => serveStream(serve, peer, h, rttMs, accept, reject),
     };
   }
 
   async start(): Promise<void> {
     this.knownNodes = new Set(this.opts.snapshot().nodes.keys());
     for (const s of this.servers) {
+      // Only Nodes of the cluster (this node's own snapshot) get links, punch attempts or per-peer state: a name the
+      // cluster does not know is refused before anything is made for it.
       s.on('incoming', (from: string, key: Buffer, stream: TunnelStream, server: string) => {
-        if (this.stopped || from === this.opts.node) return void stream.destroy();
+        if (this.stopped || !this.isPeerNode(from, 'incoming')) return void stream.destroy();
         this.peer(from).onIncomingRelay(stream, key, server);
       });
       s.on('rendezvous', (m: Rendezvous) => {
-        if (!this.stopped && m.from && m.from !== this.opts.node) this.peer(m.from).onRendezvous(m, (msg) => s.rendezvous(msg));
+        if (!this.stopped && m.from && this.isPeerNode(m.from, 'rendezvous')) this.peer(m.from).onRendezvous(m, (msg) => s.rendezvous(msg));
       });
       s.on('up', () => void this.udp?.freshNat(true));
       s.start();
@@ -116,6 +138,13 @@ export class Tunnel {
     for (const p of this.peers.values()) p.close();
     this.peers.clear();
     await this.udp?.stop();
+  }
+
+  /** Whether `node` may be a peer: another Node of the cluster in our snapshot (refusals counted, logged rate-limited). */
+  private isPeerNode(node: string, what: string): boolean {
+    if (node !== this.opts.node && this.opts.snapshot().nodes.has(node)) return true;
+    this.budgets.budgets.refuse(REFUSAL_NOT_A_NODE, { peer: node, what });
+    return false;
   }
 
   private peer(node: string): PeerPaths {
