@@ -192,3 +192,23 @@ test('unauthenticated connections: per source and in total; a handshake that suc
   }
   assert.deepEqual(Object.keys(DEFAULT_LIMITS).sort(), ['partialFrameBytes', 'pendingOpensPerOpener', 'streamsPerPair', 'streamsPerTarget', 'streamsTotal', 'unauthPerSource', 'unauthTotal']);
 });
+
+test('control messages over the per-agent rate are paced, not lost: every PING of a burst is answered, in order, and the pause counted', async () => {
+  const r = await relayWith({});
+  const a = await r.agent('chatty');
+  const b = await r.agent('quiet');
+  try {
+    const n = 600; // over CONTROL_MSGS_BURST (400): the rest waits for the bucket
+    for (let i = 1; i <= n; i++) a.control(T.PING, { t: i });
+    const got: number[] = [];
+    await waitFor(() => { for (let m = a.take(T.PONG); m; m = a.take(T.PONG)) got.push(m.t as number); return got.length >= n; }, 20_000, 'all PONGs');
+    assert.deepEqual(got, Array.from({ length: n }, (_, i) => i + 1), 'each answered once, in order');
+    assert.ok(r.budgets.refused(B.controlRate) >= 1, 'the pause was counted');
+    b.control(T.PING, { t: 7 });
+    assert.equal((await b.next(T.PONG)).t, 7, 'another agent is not held up');
+  } finally {
+    a.close();
+    b.close();
+    await r.relay.stop();
+  }
+});

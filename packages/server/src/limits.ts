@@ -46,6 +46,15 @@ export const PARTIAL_FRAME_DEADLINE_MS = 10_000;
 /** How often the open-answer and partial-frame deadlines are checked (so they are enforced within this much). */
 export const DEADLINE_SWEEP_MS = 1000;
 
+/**
+ * Control messages (OPEN, RENDEZVOUS, PING, REPORT, ...) one authenticated agent may have handled per second, and the
+ * burst: each costs a MAC check and usually an answer. An agent dialing 1,000 peers at start sends 1,000 OPENs; over
+ * the rate its connection is paused (its frames wait, in order) until the bucket refills, so a flood of OPENs costs
+ * the server CONTROL_MSGS_PER_SEC per agent and no more (16,000 OPENs/s from 4 names starved every other agent).
+ */
+export const CONTROL_MSGS_PER_SEC = 200;
+export const CONTROL_MSGS_BURST = 400;
+
 /** Budget names (the `budget` label of the refusal counter). */
 export const B = {
   streams: 'relay_streams',
@@ -62,6 +71,8 @@ export const B = {
   frameBytes: 'partial_frame_bytes',
   frameDeadline: 'partial_frame_deadline',
   acceptError: 'tunnel_accept_error',
+  /** Counted once per pause of an agent that exceeded CONTROL_MSGS_PER_SEC. */
+  controlRate: 'control_msgs_rate',
 } as const;
 
 export interface ServerLimits {

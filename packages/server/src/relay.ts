@@ -15,9 +15,9 @@ import { decodeStreamFrame, encodeReset, FlowWindow, isStreamType } from '@edgem
 import { Budgets, type Budget } from '@edgemesh/common/budget';
 import { ConnLimiter, type ConnSlot } from '@edgemesh/common/connlimit';
 import { isFdExhaustion, type FdPressure } from '@edgemesh/common/fds';
-import { sourceKey } from '@edgemesh/common/ratelimit';
+import { fullBucket, sourceKey, take, type BucketState } from '@edgemesh/common/ratelimit';
 import {
-  B, DEADLINE_SWEEP_MS, DEFAULT_LIMITS, oldestPartial, PARTIAL_FRAME_DEADLINE_MS, PartialFrameAccount, partialPast, RELAY_OPEN_ANSWER_TIMEOUT_MS,
+  B, CONTROL_MSGS_BURST, CONTROL_MSGS_PER_SEC, DEADLINE_SWEEP_MS, DEFAULT_LIMITS, oldestPartial, PARTIAL_FRAME_DEADLINE_MS, PartialFrameAccount, partialPast, RELAY_OPEN_ANSWER_TIMEOUT_MS,
   RelayStreamBudgets, StreamLeases, UNAUTH_MIN_EVICT_AGE_MS, unansweredPast, type ServerLimits,
 } from './limits.ts';
 
@@ -103,6 +103,10 @@ class Conn {
   /** The unauthenticated-connection slot, given back when the handshake succeeds or the connection closes. */
   slot: ConnSlot | undefined;
   readonly frames: PartialFrameAccount;
+  /** Frames decoded and not yet handled (while the control-message rate pauses this agent), in order. */
+  queue: Frame[] = [];
+  readonly control: BucketState = fullBucket({ capacity: CONTROL_MSGS_BURST, ratePerSec: CONTROL_MSGS_PER_SEC }, Date.now());
+  controlWait: NodeJS.Timeout | undefined;
   /** PartialView (limits.ts): what its partial frame holds and since when. */
   get pending(): number {
     return this.frames.pending;
@@ -234,27 +238,63 @@ export class RelayServer {
         sock.destroy(); // refused (counted as partial_frame_bytes): not even after dropping others does it fit
         return;
       }
-      if (c.paused) c.frames.paused();
-      for (const f of frames) {
-        if (c.state === 'closed') return;
-        try {
-          this.onFrame(c, f);
-        } catch (e) {
-          this.m.malformed.inc();
-          this.log.debug({ err: (e as Error).message }, 'frame handling failed');
-          this.fail(c, 'protocol', 'malformed frame');
-          return;
-        }
-      }
+      if (c.paused || c.controlWait) c.frames.paused();
+      for (const f of frames) c.queue.push(f);
+      this.drain(c);
     });
     sock.on('error', () => {});
     sock.on('close', () => {
       clearTimeout(authTimer);
+      clearTimeout(c.controlWait);
+      c.queue = [];
       c.slot?.close();
       c.frames.release();
       this.closed(c);
     });
     sock.on('drain', () => this.resumeFeeders(c));
+  }
+
+  /** Handles queued frames in order; a control message over the agent's rate pauses it until the bucket refills. */
+  private drain(c: Conn): void {
+    const params = { capacity: CONTROL_MSGS_BURST, ratePerSec: CONTROL_MSGS_PER_SEC };
+    if (c.controlWait) {
+      c.sock.pause(); // resumed elsewhere (rate limit, drain) while we wait: stay paused
+      return;
+    }
+    while (c.queue.length) {
+      if (c.state === 'closed') {
+        c.queue = [];
+        return;
+      }
+      const f = c.queue[0];
+      if (c.state === 'ready' && CONTROL_TYPES.has(f.type) && !take(c.control, params, Date.now())) {
+        this.budgets.refuse(B.controlRate, { node: c.node, perSec: CONTROL_MSGS_PER_SEC });
+        c.sock.pause();
+        c.frames.paused();
+        const waitMs = Math.max(1, Math.ceil(((1 - c.control.tokens) / CONTROL_MSGS_PER_SEC) * 1000));
+        c.controlWait = setTimeout(() => {
+          c.controlWait = undefined;
+          if (c.sock.destroyed) return;
+          this.drain(c);
+          if (!c.controlWait && !c.paused) {
+            c.frames.resumed(Date.now());
+            c.sock.resume();
+          }
+        }, waitMs);
+        c.controlWait.unref();
+        return;
+      }
+      c.queue.shift();
+      try {
+        this.onFrame(c, f);
+      } catch (e) {
+        this.m.malformed.inc();
+        this.log.debug({ err: (e as Error).message }, 'frame handling failed');
+        this.fail(c, 'protocol', 'malformed frame');
+        c.queue = [];
+        return;
+      }
+    }
   }
 
   private send<K extends ControlType>(c: Conn, type: K, body: ControlInput<K>): void {
@@ -496,6 +536,7 @@ export class RelayServer {
       c.frames.paused();
       setTimeout(() => {
         c.paused = false;
+        if (c.controlWait) return;
         c.frames.resumed(Date.now());
         if (!c.sock.destroyed) c.sock.resume();
       }, Math.ceil((-c.tokens / rate) * 1000)).unref();
@@ -509,6 +550,7 @@ export class RelayServer {
       const from = st ? (st.a === to ? st.b : st.a) : undefined;
       if (from?.paused && !this.feedsFullSocket(from)) {
         from.paused = false;
+        if (from.controlWait) continue;
         from.frames.resumed(Date.now());
         from.sock.resume();
       }
