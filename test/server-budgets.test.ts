@@ -5,9 +5,10 @@
 // connection that authenticates, closes or is evicted.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, type Socket } from 'node:net';
+import { connect, type Server, type Socket } from 'node:net';
 import { Registry } from 'prom-client';
 import { Budgets } from '../packages/common/src/budget.ts';
+import { FD_BUDGET_NAME, FdPressure } from '../packages/common/src/fds.ts';
 import { silentLogger } from '../packages/common/src/log.ts';
 import { encodeFrame } from '../packages/common/src/tunnel/frame.ts';
 import { encodeData, encodeEnd, encodeCredit, encodeReset } from '../packages/common/src/tunnel/streams.ts';
@@ -210,5 +211,25 @@ test('control messages over the per-agent rate are paced, not lost: every PING o
     a.close();
     b.close();
     await r.relay.stop();
+  }
+});
+
+test('descriptor reserve: when descriptors run short new unauthenticated connections are shed (counted); an accept error is counted, never thrown', async () => {
+  const registry = new Registry();
+  const budgets = new Budgets({ registry, metricPrefix: 'edgemesh_server_' });
+  const fds = new FdPressure({ budgets, reserve: Number.MAX_SAFE_INTEGER }); // every descriptor is in the reserve
+  const relay = new RelayServer({ host: '127.0.0.1', port: 0, token: TEST_TOKEN, log: silentLogger, registry, budgets, fds });
+  const { port } = await relay.start();
+  try {
+    const s = await rawConn(port, '127.0.0.5');
+    await waitFor(() => s.gone, 5000, 'shed');
+    assert.ok(budgets.refused(FD_BUDGET_NAME) >= 1);
+    assert.equal(budgets.get(B.unauth)!.used, 0);
+    const err = Object.assign(new Error('accept EMFILE'), { code: 'EMFILE' });
+    (relay as unknown as { server: Server }).server.emit('error', err);
+    assert.equal(budgets.refused(B.acceptError), 1);
+    assert.equal(fds.shed(), true, 'EMFILE marks descriptors exhausted until the next sample');
+  } finally {
+    await relay.stop();
   }
 });
