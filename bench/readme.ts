@@ -261,7 +261,7 @@ function renderSoak(r: BenchResult<SoakData>): string {
     '|---|---|---|---|---|---|',
     ...f.rows.map((p) => `| ${p.name === 'server' ? 'edgemesh-server' : `agent ${p.name}`} | ${p.rssFirst} → ${p.rssLast} MiB (${p.rssPeak}) | ${p.rssSlopePerHour} MiB/h | ${p.fdsFirst} → ${p.fdsLast} (${p.fdsPeak}) | ${p.fdsSlopePerHour}/h | ${p.flat ? 'yes' : '**no**'} |`),
     '',
-    `Legitimate calls from a pod on n1 to the Service on n2 (through the relay), each with a 2 s deadline: ${kinds.map((k) => `${k.toUpperCase()} ${num(l.ok[k])} answered / ${num(l.failed[k])} failed (slowest ${ms(l.maxMs[k])})`).join('; ')}. Flat = at most ${SOAK_FLAT_MIB} MiB and ${SOAK_FLAT_FDS} descriptors more in the last third of the quiet samples (after each rest) than in the first: **${f.flat ? 'flat' : 'not flat'}**.`,
+    `Legitimate calls from a pod on n1 to the Service on n2 (through the relay), each with a 2 s deadline: ${kinds.map((k) => `${k.toUpperCase()} ${num(l.ok[k])} answered / ${num(l.failed[k])} failed (slowest ${ms(l.maxMs[k])})`).join('; ')}. Quiet samples (after each rest) from the second rotation on (the first ${f.warmup - 1} attacks are warm-up: V8 grows to its working size); flat = at most ${SOAK_FLAT_MIB} MiB and ${SOAK_FLAT_FDS} descriptors more in their last third than in their first: **${f.flat ? 'flat' : 'not flat'}**.${d.memoryLimits ? ` V8 sized as the chart's limits: server ${d.memoryLimits.server}, agents ${d.memoryLimits.agent}.` : ' V8 with its defaults (no memory limit).'}`,
   ].join('\n');
 }
 

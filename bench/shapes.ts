@@ -128,6 +128,8 @@ export interface SoakData {
   restS: number;
   sampleS: number;
   nofile: number;
+  /** EDGEMESH_MEMORY_LIMIT given to the server and the agents (V8 sized as under the chart's limits), if any. */
+  memoryLimits?: { server: string; agent: string };
   serverDied: boolean;
   /** The pod's calls through the mesh: each answered within 2 s (ok) or not (failed), and the slowest. */
   legit: { ok: Record<'dns' | 'tcp' | 'udp', number>; failed: Record<'dns' | 'tcp' | 'udp', number>; maxMs: Record<'dns' | 'tcp' | 'udp', number>; errors: string[] };

@@ -39,8 +39,16 @@ export interface SoakRow {
 
 const r1 = (n: number) => Math.round(n * 10) / 10;
 
-export function soakRow(name: string, quiet: SoakSample[], samples: SoakSample[]): SoakRow {
-  const q = quiet.filter((s) => s.fds >= 0);
+/**
+ * Quiet samples before steady state: the start and one full rotation of the attacks (V8 grows its heap to the working
+ * size of the attacks and keeps it; that is warm-up, not a leak). Flatness and slope are judged on the rest.
+ */
+export function warmupSamples(attacks: number): number {
+  return 1 + attacks;
+}
+
+export function soakRow(name: string, allQuiet: SoakSample[], samples: SoakSample[], warmup = 0): SoakRow {
+  const q = allQuiet.filter((s) => s.fds >= 0).slice(warmup);
   const third = Math.max(1, Math.floor(q.length / 3));
   const first = q.slice(0, third);
   const last = q.slice(-third);
@@ -59,7 +67,8 @@ export function soakRow(name: string, quiet: SoakSample[], samples: SoakSample[]
   };
 }
 
-export function soakFigures(d: SoakData): { rows: SoakRow[]; flat: boolean } {
-  const rows = Object.entries(d.processes).map(([n, p]) => soakRow(n, p.quiet, p.samples));
-  return { rows, flat: !d.serverDied && rows.every((r) => r.flat) };
+export function soakFigures(d: SoakData): { rows: SoakRow[]; flat: boolean; warmup: number } {
+  const warmup = warmupSamples(Object.keys(d.attacks).length);
+  const rows = Object.entries(d.processes).map(([n, p]) => soakRow(n, p.quiet, p.samples, warmup));
+  return { rows, flat: !d.serverDied && rows.every((r) => r.flat), warmup };
 }

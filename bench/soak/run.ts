@@ -7,6 +7,7 @@
 // the figures are: the least-squares slope of the quiet samples (MiB/h, descriptors/h) and the growth from the first
 // third of the run to the last (flat = within SOAK_FLAT_MIB / SOAK_FLAT_FDS). Needs root.
 //   npx node bench/soak/run.ts [--duration 600] [--attack 20] [--rest 10] [--sample 5] [--nofile 2048]
+//                              [--server-memory 512Mi|none] [--agent-memory 256Mi]
 // Writes bench/results/soak.json; `node bench/readme.ts` renders the README block.
 import { resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -20,6 +21,8 @@ const { values } = parseArgs({
   options: {
     duration: { type: 'string', default: '600' }, attack: { type: 'string', default: '20' }, rest: { type: 'string', default: '10' },
     sample: { type: 'string', default: '5' }, nofile: { type: 'string', default: '2048' },
+    // The chart's memory limits (charts/edgemesh/values.yaml): V8 is sized from them as in a pod. 'none': V8 defaults.
+    'server-memory': { type: 'string', default: '512Mi' }, 'agent-memory': { type: 'string', default: '256Mi' },
   },
 });
 const durationS = Number(values.duration);
@@ -37,7 +40,8 @@ const CLIENT = resolve(import.meta.dirname, 'client.ts');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const mib = (kib: number) => Math.round((kib / 1024) * 10) / 10;
 
-const al = await RelayAbuseLab.start(resolve(import.meta.dirname, '../..'), nofile);
+const memoryLimits = values['server-memory'] === 'none' ? undefined : { server: values['server-memory']!, agent: values['agent-memory']! };
+const al = await RelayAbuseLab.start(resolve(import.meta.dirname, '../..'), nofile, { memoryLimits });
 const t0 = Date.now();
 const sec = () => Math.round((Date.now() - t0) / 100) / 10;
 const names = ['server', 'n1', 'n2'] as const;
@@ -106,10 +110,10 @@ try {
 }
 
 const data: SoakData = {
-  durationS: Math.round((Date.now() - t0) / 1000), requestedS: durationS, attackS, restS, sampleS, nofile, serverDied,
+  durationS: Math.round((Date.now() - t0) / 1000), requestedS: durationS, attackS, restS, sampleS, nofile, memoryLimits, serverDied,
   legit, attacks: attackRuns, processes: procs,
 };
 const f = soakFigures(data);
-console.log(`\nflat: ${f.flat} (RSS within ${SOAK_FLAT_MIB} MiB, descriptors within ${SOAK_FLAT_FDS}, first third → last third of the quiet samples)`);
+console.log(`\nflat: ${f.flat} (RSS within ${SOAK_FLAT_MIB} MiB, descriptors within ${SOAK_FLAT_FDS}, first third → last third of the quiet samples after the first ${f.warmup})`);
 for (const p of f.rows) console.log(`${p.name}: RSS ${p.rssFirst} → ${p.rssLast} MiB (slope ${p.rssSlopePerHour} MiB/h, peak ${p.rssPeak}), fds ${p.fdsFirst} → ${p.fdsLast} (slope ${p.fdsSlopePerHour}/h, peak ${p.fdsPeak}): ${p.flat ? 'flat' : 'NOT flat'}`);
 writeResult('soak', data);

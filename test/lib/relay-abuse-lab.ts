@@ -63,8 +63,11 @@ export class RelayAbuseLab {
   readonly nofile: number;
   readonly token = randomBytes(32).toString('hex');
   server!: { proc: ChildProcess; log: string };
+  /** EDGEMESH_MEMORY_LIMIT for the server and the agents (V8 sized as under a container limit); none by default. */
+  readonly memoryLimits: { server: string; agent: string } | undefined;
 
-  private constructor(lab: Lab, dir: string, root: string, nofile: number) {
+  private constructor(lab: Lab, dir: string, root: string, nofile: number, memoryLimits?: { server: string; agent: string }) {
+    this.memoryLimits = memoryLimits;
     this.lab = lab;
     this.dir = dir;
     this.root = root;
@@ -72,13 +75,13 @@ export class RelayAbuseLab {
     this.mesh = new Mesh(lab, dir, this.token);
   }
 
-  static async start(root: string, nofile: number): Promise<RelayAbuseLab> {
+  static async start(root: string, nofile: number, opts: { memoryLimits?: { server: string; agent: string } } = {}): Promise<RelayAbuseLab> {
     const lab = await buildLab({
       publicHosts: ['relay', 'evil'],
       sites: [{ name: 'site-1', nat: 'udp-blocked', hosts: ['n1'] }, { name: 'site-2', nat: 'udp-blocked', hosts: ['n2'] }],
     });
     const dir = mkdtempSync(join(tmpdir(), 'em-relay-abuse-'));
-    const al = new RelayAbuseLab(lab, dir, root, nofile);
+    const al = new RelayAbuseLab(lab, dir, root, nofile, opts.memoryLimits);
     try {
       await al.setup();
       return al;
@@ -112,8 +115,16 @@ export class RelayAbuseLab {
     await this.startServer();
     await this.mesh.startBackend('n2', 'n2', WEB_PORT);
     const tunnel = { servers: [this.serverAddress] };
-    await this.mesh.startAgent('n1', 'n1', { config: { tunnel } });
-    await this.mesh.startAgent('n2', 'n2', { config: { tunnel } });
+    // Mesh passes this process's environment to the agents it spawns: set the agents' limit around their start.
+    const saved = process.env.EDGEMESH_MEMORY_LIMIT;
+    if (this.memoryLimits) process.env.EDGEMESH_MEMORY_LIMIT = this.memoryLimits.agent;
+    try {
+      await this.mesh.startAgent('n1', 'n1', { config: { tunnel } });
+      await this.mesh.startAgent('n2', 'n2', { config: { tunnel } });
+    } finally {
+      if (saved === undefined) delete process.env.EDGEMESH_MEMORY_LIMIT;
+      else process.env.EDGEMESH_MEMORY_LIMIT = saved;
+    }
     this.lab.setResolvConf('n1', AGENT_IP, ['mesh.svc.cluster.local', 'svc.cluster.local', 'cluster.local']);
     await this.baseline(60_000);
   }
@@ -123,7 +134,7 @@ export class RelayAbuseLab {
     const log = join(this.dir, 'server.log');
     const fd = openSync(log, 'a');
     const proc = this.lab.spawn('relay', 'prlimit', [`--nofile=${this.nofile}:${this.nofile}`, process.execPath, bin, '--config', join(this.dir, 'server.yaml')], {
-      stdio: ['ignore', fd, fd], env: { ...process.env, EDGEMESH_TOKEN: '' },
+      stdio: ['ignore', fd, fd], env: { ...process.env, EDGEMESH_TOKEN: '', ...(this.memoryLimits ? { EDGEMESH_MEMORY_LIMIT: this.memoryLimits.server } : {}) },
     });
     closeSync(fd);
     this.server = { proc, log };
