@@ -11,7 +11,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_NAMES, readResult, resultsDir, type BenchName, type BenchResult } from './results.ts';
-import type { ClusterData, DnsData, ProxyData, ProxyRow, TunnelData } from './shapes.ts';
+import type { ClusterData, DnsData, ProxyData, ProxyRow, SoakData, TunnelData } from './shapes.ts';
+import { SOAK_FLAT_FDS, SOAK_FLAT_MIB, soakFigures } from './soak/figures.ts';
 
 export const BLOCKS = ['summary', ...BENCH_NAMES] as const;
 export type Block = (typeof BLOCKS)[number];
@@ -43,6 +44,7 @@ export interface Results {
   proxy?: BenchResult<ProxyData>;
   tunnel?: BenchResult<TunnelData>;
   cluster?: BenchResult<ClusterData>;
+  soak?: BenchResult<SoakData>;
 }
 
 export function loadResults(dir: string): Results {
@@ -256,6 +258,24 @@ function renderCluster(r: BenchResult<ClusterData>): string {
 }
 
 /** The generated text of one block, or undefined when its results are missing. */
+function renderSoak(r: BenchResult<SoakData>): string {
+  const d = r.data;
+  const f = soakFigures(d);
+  const l = d.legit;
+  const kinds = ['dns', 'tcp', 'udp'] as const;
+  const short = d.durationS < 600 ? ` — a shorter run than the 10 minutes the goal asks for` : '';
+  const attacks = Object.entries(d.attacks).map(([n, a]) => `${n} ×${a.runs}`).join(', ');
+  return [
+    `${measured(r)}: ${ms(d.durationS * 1000)} (${num(d.durationS / 60, 1)} min)${short}, server under RLIMIT_NOFILE ${num(d.nofile)}; attacks in rotation (${d.attackS} s each, ${d.restS} s rest): ${attacks}${d.serverDied ? '; **the server died**' : ''}.`,
+    '',
+    '| process | RSS first → last third (peak) | RSS slope | descriptors first → last third (peak) | descriptor slope | flat |',
+    '|---|---|---|---|---|---|',
+    ...f.rows.map((p) => `| ${p.name === 'server' ? 'edgemesh-server' : `agent ${p.name}`} | ${p.rssFirst} → ${p.rssLast} MiB (${p.rssPeak}) | ${p.rssSlopePerHour} MiB/h | ${p.fdsFirst} → ${p.fdsLast} (${p.fdsPeak}) | ${p.fdsSlopePerHour}/h | ${p.flat ? 'yes' : '**no**'} |`),
+    '',
+    `Legitimate calls from a pod on n1 to the Service on n2 (through the relay), each with a 2 s deadline: ${kinds.map((k) => `${k.toUpperCase()} ${num(l.ok[k])} answered / ${num(l.failed[k])} failed (slowest ${ms(l.maxMs[k])})`).join('; ')}. Quiet samples (after each rest) from the second rotation on (the first ${f.warmup - 1} attacks are warm-up: V8 grows to its working size); flat = at most ${SOAK_FLAT_MIB} MiB and ${SOAK_FLAT_FDS} descriptors more in their last third than in their first: **${f.flat ? 'flat' : 'not flat'}**.${d.memoryLimits ? ` V8 sized as the chart's limits: server ${d.memoryLimits.server}, agents ${d.memoryLimits.agent}.` : ' V8 with its defaults (no memory limit).'}`,
+  ].join('\n');
+}
+
 export function renderBlock(block: Block, r: Results): string | undefined {
   switch (block) {
     case 'summary': return r.dns && r.proxy && r.tunnel && r.cluster ? renderSummary(r as Required<Results>) : undefined;
@@ -263,6 +283,7 @@ export function renderBlock(block: Block, r: Results): string | undefined {
     case 'proxy': return r.proxy && renderProxy(r.proxy);
     case 'tunnel': return r.tunnel && renderTunnel(r.tunnel);
     case 'cluster': return r.cluster && renderCluster(r.cluster);
+    case 'soak': return r.soak && renderSoak(r.soak);
   }
 }
 

@@ -113,3 +113,32 @@ export interface ClusterData {
     kube: Spread & { listMs: number };
   };
 }
+
+/** One sample of a process: seconds since the soak started, RSS (MiB), open descriptors (-1 = process gone). */
+export interface SoakSample { t: number; rssMiB: number; fds: number }
+
+export interface SoakProcess {
+  /** Every --sample seconds, attacks or not. */
+  samples: SoakSample[];
+  /** At the start and after each rest (the quiet point of a cycle): what the slope and flatness are computed from. */
+  quiet: SoakSample[];
+}
+
+export interface SoakData {
+  /** Seconds actually run (the last cycle ends before --duration). */
+  durationS: number;
+  requestedS: number;
+  attackS: number;
+  restS: number;
+  sampleS: number;
+  nofile: number;
+  /** EDGEMESH_MEMORY_LIMIT given to the server and the agents (V8 sized as under the chart's limits), if any. */
+  memoryLimits?: { server: string; agent: string };
+  serverDied: boolean;
+  /** The pod's calls through the mesh: each answered within 2 s (ok) or not (failed), and the slowest. */
+  legit: { ok: Record<'dns' | 'tcp' | 'udp', number>; failed: Record<'dns' | 'tcp' | 'udp', number>; maxMs: Record<'dns' | 'tcp' | 'udp', number>; errors: string[] };
+  /** Attacks run, with the summaries of the first runs of each (what the attacker got). */
+  attacks: Record<string, { runs: number; attacker: Record<string, unknown>[] }>;
+  /** server, n1, n2. */
+  processes: Record<string, SoakProcess>;
+}

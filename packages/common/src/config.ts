@@ -187,6 +187,22 @@ export const serverSchema = z.strictObject({
   }).prefault({}),
   /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
   relayRateLimit: z.number().int().min(0).default(0),
+  /** Budgets against hostile agents and strangers (packages/server/src/limits.ts has the reasons for the defaults). */
+  limits: z.strictObject({
+    /** Relay streams one node may open to one other node. */
+    relayStreamsPerPair: z.number().int().min(1).max(4096).default(16),
+    /** Relay streams one node may be the target of, from all openers. */
+    relayStreamsPerTarget: z.number().int().min(1).max(1_000_000).default(1024),
+    /** Relay streams through this server. */
+    relayStreams: z.number().int().min(1).max(10_000_000).default(32_768),
+    /** Relay streams one opener holds that their target has not answered yet. */
+    pendingOpensPerNode: z.number().int().min(1).max(100_000).default(64),
+    /** Connections that have not finished the handshake, per source address (IPv6: /64) and in total. */
+    unauthConnectionsPerSource: z.number().int().min(1).max(1_000_000).default(128),
+    unauthConnections: z.number().int().min(1).max(1_000_000).default(1024),
+    /** Bytes held in incomplete frames of all connections together. */
+    partialFrameBytes: z.number().int().min(1024 * 1024).max(2 ** 40).default(64 * 1024 * 1024),
+  }).prefault({}),
   admin: adminSchema('127.0.0.1:10561'),
   log: logSchema,
 }).superRefine((c, ctx) => {

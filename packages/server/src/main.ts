@@ -42,6 +42,11 @@ export class EdgemeshServer {
     this.relay = new RelayServer({
       host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort,
       onReport: (node, report, bytes) => void this.fleet.put(node, report, bytes),
+      budgets: this.budgets, fds: this.fds, limits: {
+        streamsPerPair: cfg.limits.relayStreamsPerPair, streamsPerTarget: cfg.limits.relayStreamsPerTarget, streamsTotal: cfg.limits.relayStreams,
+        pendingOpensPerOpener: cfg.limits.pendingOpensPerNode, unauthPerSource: cfg.limits.unauthConnectionsPerSource,
+        unauthTotal: cfg.limits.unauthConnections, partialFrameBytes: cfg.limits.partialFrameBytes,
+      },
     });
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });

@@ -12,6 +12,14 @@ import {
   type ControlInput, type ControlMessage, type ControlType,
 } from '@edgemesh/common/tunnel/protocol';
 import { decodeStreamFrame, encodeReset, FlowWindow, isStreamType } from '@edgemesh/common/tunnel/streams';
+import { Budgets, type Budget } from '@edgemesh/common/budget';
+import { ConnLimiter, type ConnSlot } from '@edgemesh/common/connlimit';
+import { isFdExhaustion, type FdPressure } from '@edgemesh/common/fds';
+import { fullBucket, sourceKey, take, type BucketState } from '@edgemesh/common/ratelimit';
+import {
+  B, CONTROL_MSGS_BURST, CONTROL_MSGS_PER_SEC, DEADLINE_SWEEP_MS, DEFAULT_LIMITS, oldestPartial, PARTIAL_FRAME_DEADLINE_MS, PartialFrameAccount, partialPast, RELAY_OPEN_ANSWER_TIMEOUT_MS,
+  RelayStreamBudgets, StreamLeases, UNAUTH_MIN_EVICT_AGE_MS, unansweredPast, type ServerLimits,
+} from './limits.ts';
 
 /** An agent must finish the handshake within this time. */
 export const AUTH_TIMEOUT_MS = 10_000;
@@ -42,6 +50,15 @@ export interface RelayServerOptions {
   onReport?: (node: string, report: Record<string, unknown>, bytes: number) => void;
   /** Override of MAX_AGENT_BACKLOG_BYTES (tests). */
   maxBacklogBytes?: number;
+  /** The server's budgets (refusals counted and logged there); a private set when absent (tests). */
+  budgets?: Budgets;
+  /** Descriptor pressure: new unauthenticated connections are shed first when descriptors run short. */
+  fds?: FdPressure;
+  /** Named limits (limits.ts; config `limits.*`); DEFAULT_LIMITS for what is not given. */
+  limits?: Partial<ServerLimits>;
+  /** Overrides of the deadlines (tests). */
+  openAnswerTimeoutMs?: number;
+  partialFrameDeadlineMs?: number;
 }
 
 interface Agent {
@@ -59,6 +76,10 @@ interface RelayStream {
   /** What a sends to b, and b to a: offsets, acknowledgements and the window each sender must stay in. */
   ab: FlowWindow;
   ba: FlowWindow;
+  /** Its share of the relay-stream budgets; pending until b (the target) first sends DATA. */
+  leases: StreamLeases;
+  openedAt: number;
+  readonly pending: boolean;
 }
 
 /** Both directions ended and their END acknowledged: nothing more can follow. */
@@ -79,8 +100,25 @@ class Conn {
   lastRefill = Date.now();
   paused = false;
   rttMs = 0;
-  constructor(sock: Socket) {
+  /** The unauthenticated-connection slot, given back when the handshake succeeds or the connection closes. */
+  slot: ConnSlot | undefined;
+  readonly frames: PartialFrameAccount;
+  /** Frames decoded and not yet handled (while the control-message rate pauses this agent), in order. */
+  queue: Frame[] = [];
+  readonly control: BucketState = fullBucket({ capacity: CONTROL_MSGS_BURST, ratePerSec: CONTROL_MSGS_PER_SEC }, Date.now());
+  controlWait: NodeJS.Timeout | undefined;
+  /** PartialView (limits.ts): what its partial frame holds and since when. */
+  get pending(): number {
+    return this.frames.pending;
+  }
+
+  get partialSince(): number | undefined {
+    return this.frames.partialSince;
+  }
+
+  constructor(sock: Socket, frameBytes: Budget) {
     this.sock = sock;
+    this.frames = new PartialFrameAccount(frameBytes);
   }
 }
 
@@ -92,6 +130,12 @@ export class RelayServer {
   private readonly streams = new Map<number, RelayStream>();
   private nextRid = 1;
   private pingTimer: NodeJS.Timeout | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  readonly budgets: Budgets;
+  readonly limits: ServerLimits;
+  private readonly streamBudgets: RelayStreamBudgets;
+  private readonly unauth: ConnLimiter;
+  private readonly frameBytes: Budget;
   private readonly m: {
     agents: Gauge; auth: Counter; relayed: Counter; streams: Gauge; streamsTotal: Counter; malformed: Counter;
     violations: Counter; rendezvous: Counter; limited: Counter;
@@ -113,6 +157,13 @@ export class RelayServer {
       rendezvous: new Counter({ name: 'edgemesh_server_punch_rendezvous_total', help: 'Hole-punch rendezvous messages forwarded by outcome', labelNames: ['outcome'], registers: r }),
       limited: new Counter({ name: 'edgemesh_server_rate_limited_total', help: 'Times an agent was paused by the relay rate limit', registers: r }),
     };
+    this.budgets = opts.budgets ?? new Budgets({ log: opts.log });
+    this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.streamBudgets = new RelayStreamBudgets(this.budgets, this.limits);
+    this.unauth = new ConnLimiter({
+      budgets: this.budgets, name: B.unauth, perSource: this.limits.unauthPerSource, total: this.limits.unauthTotal, minEvictAgeMs: UNAUTH_MIN_EVICT_AGE_MS, fds: opts.fds,
+    });
+    this.frameBytes = this.budgets.budget({ name: B.frameBytes, max: this.limits.partialFrameBytes, unit: 'bytes' });
   }
 
   async start(): Promise<{ host: string; port: number }> {
@@ -121,14 +172,22 @@ export class RelayServer {
       this.server!.once('error', reject);
       this.server!.listen(this.opts.port, this.opts.host || undefined, () => resolve());
     });
+    // After listening, an accept error (EMFILE, ENFILE) is one refused connection, never an uncaught exception.
+    this.server.on('error', (e: NodeJS.ErrnoException) => {
+      if (isFdExhaustion(e)) this.opts.fds?.noteExhausted();
+      this.budgets.refuse(B.acceptError, { err: e.code ?? e.message });
+    });
     this.pingTimer = setInterval(() => this.pingAll(), PING_INTERVAL_MS);
     this.pingTimer.unref();
+    this.sweepTimer = setInterval(() => this.sweep(), DEADLINE_SWEEP_MS);
+    this.sweepTimer.unref();
     const a = this.server.address();
     return typeof a === 'object' && a ? { host: a.address, port: a.port } : { host: this.opts.host, port: this.opts.port };
   }
 
   async stop(): Promise<void> {
     if (this.pingTimer) clearInterval(this.pingTimer);
+    if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const c of this.conns) c.sock.destroy();
     const s = this.server;
     this.server = undefined;
@@ -139,11 +198,22 @@ export class RelayServer {
     return {
       agents: [...this.agents.values()].map((a) => ({ node: a.node, key: a.key.toString('hex').slice(0, 16), remote: a.remote, since: new Date(a.since).toISOString(), streams: a.conn.streams.size, rttMs: a.conn.rttMs })),
       relayStreams: this.streams.size,
+      unauthenticated: this.unauth.size,
+      partialFrameBytes: this.frameBytes.used,
+      limits: this.limits,
     };
   }
 
   private accept(sock: Socket): void {
-    const c = new Conn(sock);
+    // Accept-side budget: unauthenticated connections per source and in total (the oldest idle one makes room).
+    const slot = this.unauth.open(sourceKey(sock.remoteAddress ?? ''), () => sock.destroy());
+    if (!slot) {
+      sock.on('error', () => {});
+      sock.destroy();
+      return;
+    }
+    const c = new Conn(sock, this.frameBytes);
+    c.slot = slot;
     this.conns.add(c);
     sock.setKeepAlive(true, 15_000);
     const authTimer = setTimeout(() => {
@@ -164,24 +234,67 @@ export class RelayServer {
         sock.destroy();
         return;
       }
-      for (const f of frames) {
-        if (c.state === 'closed') return;
-        try {
-          this.onFrame(c, f);
-        } catch (e) {
-          this.m.malformed.inc();
-          this.log.debug({ err: (e as Error).message }, 'frame handling failed');
-          this.fail(c, 'protocol', 'malformed frame');
-          return;
-        }
+      if (!c.frames.update(c.decoder.pending, frames.length, Date.now(), () => this.dropOldestPartial(c))) {
+        sock.destroy(); // refused (counted as partial_frame_bytes): not even after dropping others does it fit
+        return;
       }
+      if (c.paused || c.controlWait) c.frames.paused();
+      for (const f of frames) c.queue.push(f);
+      this.drain(c);
     });
     sock.on('error', () => {});
     sock.on('close', () => {
       clearTimeout(authTimer);
+      clearTimeout(c.controlWait);
+      c.queue = [];
+      c.slot?.close();
+      c.frames.release();
       this.closed(c);
     });
     sock.on('drain', () => this.resumeFeeders(c));
+  }
+
+  /** Handles queued frames in order; a control message over the agent's rate pauses it until the bucket refills. */
+  private drain(c: Conn): void {
+    const params = { capacity: CONTROL_MSGS_BURST, ratePerSec: CONTROL_MSGS_PER_SEC };
+    if (c.controlWait) {
+      c.sock.pause(); // resumed elsewhere (rate limit, drain) while we wait: stay paused
+      return;
+    }
+    while (c.queue.length) {
+      if (c.state === 'closed') {
+        c.queue = [];
+        return;
+      }
+      const f = c.queue[0];
+      if (c.state === 'ready' && CONTROL_TYPES.has(f.type) && !take(c.control, params, Date.now())) {
+        this.budgets.refuse(B.controlRate, { node: c.node, perSec: CONTROL_MSGS_PER_SEC });
+        c.sock.pause();
+        c.frames.paused();
+        const waitMs = Math.max(1, Math.ceil(((1 - c.control.tokens) / CONTROL_MSGS_PER_SEC) * 1000));
+        c.controlWait = setTimeout(() => {
+          c.controlWait = undefined;
+          if (c.sock.destroyed) return;
+          this.drain(c);
+          if (!c.controlWait && !c.paused) {
+            c.frames.resumed(Date.now());
+            c.sock.resume();
+          }
+        }, waitMs);
+        c.controlWait.unref();
+        return;
+      }
+      c.queue.shift();
+      try {
+        this.onFrame(c, f);
+      } catch (e) {
+        this.m.malformed.inc();
+        this.log.debug({ err: (e as Error).message }, 'frame handling failed');
+        this.fail(c, 'protocol', 'malformed frame');
+        c.queue = [];
+        return;
+      }
+    }
   }
 
   private send<K extends ControlType>(c: Conn, type: K, body: ControlInput<K>): void {
@@ -300,6 +413,8 @@ export class RelayServer {
     c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
     c.state = 'ready';
     c.decoder.max = MAX_FRAME_BYTES;
+    c.slot?.close(); // authenticated: no longer counts against the unauthenticated budget
+    c.slot = undefined;
     c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
     this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
     this.m.agents.set(this.agents.size);
@@ -320,9 +435,18 @@ export class RelayServer {
       this.m.streamsTotal.inc({ outcome: 'limit' });
       return this.send(c, T.OPEN_FAIL, { req, code: 'limit' });
     }
+    // Per pair, per target, in total, unanswered per opener: the refusal is the opener's; the target hears nothing.
+    const leases = this.streamBudgets.admit(c.node, to);
+    if (!leases) {
+      this.m.streamsTotal.inc({ outcome: 'limit' });
+      return this.send(c, T.OPEN_FAIL, { req, code: 'limit' });
+    }
     const rid = this.nextRid;
     this.nextRid = this.nextRid >= 0xfffffff0 ? 1 : this.nextRid + 1;
-    const st: RelayStream = { rid, a: c, b: peer.conn, ab: new FlowWindow(RELAY_WINDOW_BYTES), ba: new FlowWindow(RELAY_WINDOW_BYTES) };
+    const st: RelayStream = {
+      rid, a: c, b: peer.conn, ab: new FlowWindow(RELAY_WINDOW_BYTES), ba: new FlowWindow(RELAY_WINDOW_BYTES), leases, openedAt: Date.now(),
+      get pending() { return leases.pending; },
+    };
     this.streams.set(rid, st);
     c.streams.add(rid);
     peer.conn.streams.add(rid);
@@ -369,12 +493,14 @@ export class RelayServer {
           return this.resetStream(st, true);
         }
         const n = sf.bytes.length;
+        if (!fromA) st.leases.answered(); // the target spoke: no longer an unanswered open
         this.m.relayed.inc(n);
         this.write(to, encodeFrame(T.DATA, f.payload));
         this.rateLimit(c, n);
         if (to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES && !c.paused) {
           c.paused = true;
           c.sock.pause();
+          c.frames.paused();
         }
         return;
       }
@@ -407,8 +533,11 @@ export class RelayServer {
       c.paused = true;
       c.sock.pause();
       this.m.limited.inc();
+      c.frames.paused();
       setTimeout(() => {
         c.paused = false;
+        if (c.controlWait) return;
+        c.frames.resumed(Date.now());
         if (!c.sock.destroyed) c.sock.resume();
       }, Math.ceil((-c.tokens / rate) * 1000)).unref();
     }
@@ -421,6 +550,8 @@ export class RelayServer {
       const from = st ? (st.a === to ? st.b : st.a) : undefined;
       if (from?.paused && !this.feedsFullSocket(from)) {
         from.paused = false;
+        if (from.controlWait) continue;
+        from.frames.resumed(Date.now());
         from.sock.resume();
       }
     }
@@ -444,10 +575,35 @@ export class RelayServer {
   }
 
   private forget(st: RelayStream): void {
+    st.leases.release();
     this.streams.delete(st.rid);
     st.a.streams.delete(st.rid);
     st.b.streams.delete(st.rid);
     this.m.streams.set(this.streams.size);
+  }
+
+  /** The partial-frame budget is full: drops the connection whose frame has waited longest (not `except`). */
+  private dropOldestPartial(except: Conn): boolean {
+    const victim = oldestPartial(this.conns, except);
+    if (!victim) return false;
+    this.budgets.evicted(B.frameBytes);
+    victim.frames.release(); // its bytes are free now, before its 'close' arrives
+    victim.sock.destroy();
+    return true;
+  }
+
+  /** Deadlines: a frame must complete in time; a relay stream must be answered by its target in time. */
+  private sweep(): void {
+    const now = Date.now();
+    for (const c of partialPast(this.conns, now, this.opts.partialFrameDeadlineMs ?? PARTIAL_FRAME_DEADLINE_MS)) {
+      this.budgets.refuse(B.frameDeadline, { node: c.node || undefined, remote: c.sock.remoteAddress, bytes: c.frames.pending });
+      c.frames.release();
+      c.sock.destroy();
+    }
+    for (const st of unansweredPast(this.streams.values(), now, this.opts.openAnswerTimeoutMs ?? RELAY_OPEN_ANSWER_TIMEOUT_MS)) {
+      this.budgets.refuse(B.openDeadline, { opener: st.a.node, target: st.b.node });
+      this.resetStream(st, true);
+    }
   }
 
   private sendPing(c: Conn): void {

@@ -20,6 +20,25 @@ test('frames survive arbitrary chunking', () => {
   assert.equal(dec.pending, 0);
 });
 
+test('a big frame trickled in many chunks: pending counts what is held, the frame comes out whole once', () => {
+  const payload = randomBytes(200_000);
+  const all = Buffer.concat([encodeFrame(3, payload), encodeFrame(4, Buffer.from('next'))]);
+  const dec = new FrameDecoder();
+  const out = [];
+  let held = 0;
+  for (let i = 0; i < all.length; i += 997) {
+    const part = all.subarray(i, i + 997);
+    const got = dec.push(part);
+    out.push(...got);
+    held = got.length ? dec.pending : held + part.length;
+    assert.equal(dec.pending, held);
+  }
+  assert.deepEqual(out.map((f) => f.type), [3, 4]);
+  assert.ok(out[0].payload.equals(payload));
+  assert.equal(out[1].payload.toString(), 'next');
+  assert.equal(dec.pending, 0);
+});
+
 test('an oversized frame is an error, not an allocation', () => {
   const b = Buffer.alloc(5);
   b[0] = 1;
