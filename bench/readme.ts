@@ -101,6 +101,8 @@ function tunnelFigures(d: TunnelData) {
   const raw = median(d.rawMbps);
   const direct = median(d.directMbps);
   const relay = median(d.relayMbps);
+  // The same-LAN pair, when the results have it (written before it was added: absent).
+  const lan = d.lanMbps?.length && d.lanRawMbps?.length ? { mbps: median(d.lanMbps), raw: median(d.lanRawMbps), runs: d.lanMbps, rawRuns: d.lanRawMbps } : undefined;
   const ttd = d.ttd.map((t) => {
     const all = t.ms.map((x) => x ?? d.ttdTimeoutMs); // a miss counts as the timeout
     return { ...t, p50: median(all), p95: pct(all, 95), misses: t.ms.filter((x) => x === null).length, first: median(t.firstStreamMs) };
@@ -108,7 +110,7 @@ function tunnelFigures(d: TunnelData) {
   const cone = ttd.filter((t) => t.goal);
   const other = ttd.filter((t) => !t.goal);
   return {
-    raw, direct, relay, ttd, cone, other,
+    raw, direct, relay, lan, ttd, cone, other,
     directOk: direct / raw >= GOALS.tunnelDirectRaw, relayOk: relay / direct >= GOALS.tunnelRelayDirect,
     ttdOk: cone.every((t) => t.p95 < GOALS.tunnelTtdP95Ms),
   };
@@ -151,7 +153,7 @@ function summaryRows(r: Required<Results>): string[] {
   return [
     `| \`npx node bench/dns/run.ts\` | dnsperf against the agent and unbound serving the same names | ${cl.what} ${kqps(cl.agentQps)} vs ${kqps(cl.unboundQps)} qps = **${ratio(cl.ratio)}**; ${fw.what} **${ratio(fw.ratio)}** | ≥ ${GOALS.dnsRatio}× (${met(dns.ok)}) |`,
     `| \`npx node bench/proxy/run.ts\` | iperf3 and wrk through the agent's proxy and ${r.proxy.data.haproxy} (1 thread) | bulk up **${ratio(p.row('bulk-up').ratio)}**, bulk down **${ratio(p.row('bulk-down').ratio)}**, keep-alive **${ratio(p.row('keep-alive').ratio)}**, new connections ${ratio(p.row('new-conns').ratio)}${p.latencyRatio !== undefined ? `, added latency ${ratio(p.latencyRatio)}` : ''}; ${num(r.proxy.data.sync.ports)}-port rule sync **${ms(r.proxy.data.sync.agentSyncMsAvg)}**; RSS ${mib(r.proxy.data.sync.rssMiB)} | bulk ≥ ${GOALS.proxyBulkUp}× up / ≥ ${GOALS.proxyBulkDown}× down (${met(p.bulkOk)}), new connections ≥ ${GOALS.proxyNewConns}× (${met(p.row('new-conns').ratio >= GOALS.proxyNewConns)}),${p.latencyRatio !== undefined ? ` added latency ≤ ${GOALS.proxyLatency}× (${met(p.latencyRatio <= GOALS.proxyLatency)}),` : ''} keep-alive ≥ ${GOALS.proxyKeepAlive}× (${met(p.keepAliveOk)}), sync ≤ ${ms(GOALS.proxySyncMs)} (${met(p.syncOk)}) |`,
-    `| \`npx node bench/tunnel/run.ts\` | one stream direct (UDX + Noise) and relayed, iperf3 raw over the same namespaces; time to direct per NAT pair | direct ${num(t.direct)} Mb/s = **${ratio(t.direct / t.raw)}** raw (${num(t.raw)} Mb/s); relay ${num(t.relay)} Mb/s = **${ratio(t.relay / t.direct)}** direct; time to direct p95 **${msRange(Math.min(...coneP95), Math.max(...coneP95))}** for cone pairs${t.other.map((x) => `, ${ms(x.p95)} ${x.name.includes('birthday') ? 'for birthday' : `for ${x.name}`}`).join('')}${misses ? ` (${misses} miss${misses === 1 ? '' : 'es'} counted as ${ms(r.tunnel.data.ttdTimeoutMs)})` : ''} | direct ≥ ${GOALS.tunnelDirectRaw}× raw (${met(t.directOk)}), relay ≥ ${GOALS.tunnelRelayDirect}× direct (${met(t.relayOk)}), p95 < ${ms(GOALS.tunnelTtdP95Ms)} (${met(t.ttdOk)}) |`,
+    `| \`npx node bench/tunnel/run.ts\` | one stream direct (UDX + Noise), relayed and between two hosts of one LAN, iperf3 raw over the same namespaces; time to direct per NAT pair | direct ${num(t.direct)} Mb/s = **${ratio(t.direct / t.raw)}** raw (${num(t.raw)} Mb/s); relay ${num(t.relay)} Mb/s = **${ratio(t.relay / t.direct)}** direct (${ratio(t.relay / t.raw)} raw)${t.lan ? `; same LAN ${num(t.lan.mbps)} Mb/s = **${ratio(t.lan.mbps / t.lan.raw)}** its raw (${num(t.lan.raw)} Mb/s)` : ''}; time to direct p95 **${msRange(Math.min(...coneP95), Math.max(...coneP95))}** for cone pairs${t.other.map((x) => `, ${ms(x.p95)} ${x.name.includes('birthday') ? 'for birthday' : `for ${x.name}`}`).join('')}${misses ? ` (${misses} miss${misses === 1 ? '' : 'es'} counted as ${ms(r.tunnel.data.ttdTimeoutMs)})` : ''} | direct ≥ ${GOALS.tunnelDirectRaw}× raw (${met(t.directOk)}), relay ≥ ${GOALS.tunnelRelayDirect}× direct (${met(t.relayOk)}), p95 < ${ms(GOALS.tunnelTtdP95Ms)} (${met(t.ttdOk)}) |`,
     `| \`npx node bench/cluster/run.ts\` | the agent binary (${codeLabel(c)}, V8 sized for ${c.agentV8.memoryLimit}; DNS + proxy + tunnel on) with ${num(c.services)} Services × ${c.endpoints} endpoints, both sources | RSS idle **${mib(c.file.idle.rss)}** file / **${mib(c.kubernetes.idle.rss)}** kubernetes; ${num(c.services)} Services **${mibSpan(cf.loaded)}**; start → ready **${ms(c.file.readyMs)}** file / **${ms(c.kubernetes.readyMs)}** kubernetes; +${num(c.step)} Services ${mibSpan(cf.perStep, 1)} | idle ≤ ${GOALS.clusterIdleFileMiB} (file: ${met(cf.idleFileOk)}) / ≤ ${GOALS.clusterIdleKubeMiB} MiB (kubernetes: ${met(cf.idleKubeOk)}); ≤ ${GOALS.clusterLoadedMiB} MiB (${cf.sized(cf.loadedOk)}), ≤ ${ms(GOALS.clusterReadyMs)} (${cf.sized(cf.readyOk)}), ≤ ${GOALS.clusterPerStepMiB} MiB (${cf.sized(cf.perStepOk)}) |`,
   ];
 }
@@ -216,13 +218,17 @@ function renderTunnel(r: BenchResult<TunnelData>): string {
   return [
     `${measured(r)} (namespaces + veth, noisy): one stream of ${d.mb} MB, medians of ${d.repeats}:`,
     '',
-    '| | Mb/s | runs |',
-    '|---|---:|---|',
-    `| iperf3 raw TCP through both NAT routers (port forward on the far router) | ${num(t.raw)} | ${d.rawMbps.map((x) => num(x)).join(', ')} |`,
-    `| tunnel direct (UDX + Noise, port-restricted ↔ port-restricted) | ${num(t.direct)} | ${d.directMbps.map((x) => num(x)).join(', ')} |`,
-    `| tunnel relay (TCP through the server + Noise, symmetric ↔ symmetric) | ${num(t.relay)} | ${d.relayMbps.map((x) => num(x)).join(', ')} |`,
+    '| | Mb/s | × raw iperf3 of the same hosts | runs |',
+    '|---|---:|---:|---|',
+    `| iperf3 raw TCP through both NAT routers (port forward on the far router) | ${num(t.raw)} | 1 | ${d.rawMbps.map((x) => num(x)).join(', ')} |`,
+    `| tunnel direct (UDX + Noise, port-restricted ↔ port-restricted) | ${num(t.direct)} | ${ratio(t.direct / t.raw)} | ${d.directMbps.map((x) => num(x)).join(', ')} |`,
+    `| tunnel relay (TCP through the server + Noise, symmetric ↔ symmetric) | ${num(t.relay)} | ${ratio(t.relay / t.raw)} | ${d.relayMbps.map((x) => num(x)).join(', ')} |`,
+    ...(t.lan ? [
+      `| iperf3 raw TCP between two hosts of one LAN (same router) | ${num(t.lan.raw)} | 1 | ${t.lan.rawRuns.map((x) => num(x)).join(', ')} |`,
+      `| tunnel same LAN (direct path between those two hosts) | ${num(t.lan.mbps)} | ${ratio(t.lan.mbps / t.lan.raw)} | ${t.lan.runs.map((x) => num(x)).join(', ')} |`,
+    ] : []),
     '',
-    `direct/raw ${(t.direct / t.raw).toFixed(2)} (goal ≥ ${GOALS.tunnelDirectRaw}: ${met(t.directOk)}), relay/direct ${(t.relay / t.direct).toFixed(2)} (goal ≥ ${GOALS.tunnelRelayDirect}: ${met(t.relayOk)}).`,
+    `direct/raw ${(t.direct / t.raw).toFixed(2)} (goal ≥ ${GOALS.tunnelDirectRaw}: ${met(t.directOk)}), relay/direct ${(t.relay / t.direct).toFixed(2)} (goal ≥ ${GOALS.tunnelRelayDirect}: ${met(t.relayOk)}), relay/raw ${(t.relay / t.raw).toFixed(2)}${t.lan ? `, same LAN/its raw ${(t.lan.mbps / t.lan.raw).toFixed(2)}` : ''}.`,
     '',
     `Time to direct for fresh peers (both forget each other and the NAT state between them is deleted on both routers; from the first dial, which goes on the relay at once, until the direct link is up), ${d.ttdRuns} runs per pair, a run without a direct link after ${ms(d.ttdTimeoutMs)} counted as ${ms(d.ttdTimeoutMs)} (and as a miss); goal p95 < ${ms(GOALS.tunnelTtdP95Ms)} for the cone pairs: ${met(t.ttdOk)}.`,
     '',

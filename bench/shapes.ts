@@ -53,6 +53,10 @@ export interface TunnelData {
   rawMbps: number[];
   directMbps: number[];
   relayMbps: number[];
+  /** Same-LAN pair (two hosts on one LAN segment behind the same router): iperf3 raw TCP between them, and one stream
+   *  over the tunnel's direct path between them. Absent in results written before the pair was added. */
+  lanRawMbps?: number[];
+  lanMbps?: number[];
   ttd: TunnelTtd[];
 }
 

@@ -88,6 +88,28 @@ test('time to direct: a miss counts as the timeout in p50/p95 and as a miss', ()
   assert.match(text, /goal p95 < 1\.0 s for the cone pairs: missed/);
 });
 
+test('tunnel: every path as a ratio to raw iperf3 of its hosts; results without the same-LAN pair still render', () => {
+  const r = fixtures();
+  const d = r.tunnel!.data;
+  const x = (n: number, m: number) => `${(n / m).toFixed(2)}×`;
+  const text = renderBlock('tunnel', r)!;
+  const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const raw = med(d.rawMbps), lanRaw = med(d.lanRawMbps!);
+  assert.match(text, new RegExp(`^\\| tunnel direct [^\\n]*\\| ${x(med(d.directMbps), raw)} \\|`, 'm'));
+  assert.match(text, new RegExp(`^\\| tunnel relay [^\\n]*\\| ${x(med(d.relayMbps), raw)} \\|`, 'm'));
+  assert.match(text, new RegExp(`^\\| tunnel same LAN [^\\n]*\\| ${x(med(d.lanMbps!), lanRaw)} \\|`, 'm'));
+  assert.match(text, /^\| iperf3 raw TCP between two hosts of one LAN/m);
+  assert.ok(renderBlock('summary', r)!.includes(`same LAN`), 'summary names the same-LAN pair');
+  // Results written before the pair existed: no same-LAN rows, everything else as before.
+  const old = structuredClone(r.tunnel!) as NonNullable<Results['tunnel']>;
+  delete old.data.lanMbps;
+  delete old.data.lanRawMbps;
+  const oldText = renderBlock('tunnel', { ...r, tunnel: old })!;
+  assert.doesNotMatch(oldText, /same LAN \(direct|one LAN/);
+  assert.match(oldText, /direct\/raw [\d.]+ \(goal ≥ 0\.5: (met|missed)\), relay\/direct [\d.]+ [^\n]*relay\/raw [\d.]+\.$/m);
+  assert.doesNotMatch(renderBlock('summary', { ...r, tunnel: old })!, /same LAN/);
+});
+
 test('a bench without results leaves its block, and the summary, as they are', () => {
   const r = fixtures();
   delete r.proxy;

@@ -2,7 +2,9 @@
 //   node bench/tunnel/run.ts [--mb 100] [--repeats 3] [--ttd-runs 10]
 // 1. throughput of one stream over the direct path (port-restricted <-> port-restricted), over the relay
 //    (symmetric <-> symmetric, same topology shape), and iperf3 raw TCP over the same namespaces (a port forward on
-//    the far NAT router, so the bytes cross both routers like the direct path);
+//    the far NAT router, so the bytes cross both routers like the direct path); and a same-LAN pair (two hosts of one
+//    segment behind the same router): one stream over the tunnel's direct path between them and iperf3 raw between
+//    them; every path reported as a ratio to the raw iperf3 of its hosts, measured in the same run;
 // 2. time to direct for each NAT pair, p50/p95 over every run: fresh peers (both forget each other, and the NAT
 //    state between the two — conntrack entries, the restricted cone's address list — is deleted on both routers, as
 //    for two nodes that never talked; their mappings to the server stay), from the first dial until a direct link is
@@ -91,6 +93,17 @@ try {
   }
   iperfSrv.kill('SIGTERM');
 
+  // --- raw on one LAN: iperf3 from hl1 to hl2, two hosts of one segment behind the same router ---
+  const hl2 = lab.host('hl2').ip;
+  const lanIperf = lab.spawn('hl2', 'iperf3', ['-s', '-B', hl2, '-p', String(IPERF_PORT)]);
+  await waitUntil(async () => (await lab.exec('hl2', 'sh', ['-c', `ss -ltn | grep -q ':${IPERF_PORT} '`])).exitCode === 0, 10_000, 'iperf3 server on hl2');
+  const lanRawRuns: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    const out = await lab.exec('hl1', 'iperf3', ['-c', hl2, '-p', String(IPERF_PORT), '-t', String(IPERF_SECONDS), '-J'], { reject: true, timeoutMs: 30_000 });
+    lanRawRuns.push((JSON.parse(out.stdout).end.sum_received.bits_per_second as number) / 1e6);
+  }
+  lanIperf.kill('SIGTERM');
+
   // --- direct and relay streams ---
   await tl.transfer('p1', 'p2', MB);
   await waitUntil(async () => (await tl.node('p1').path('p2')) === 'direct', 20_000, 'p1-p2 direct');
@@ -99,6 +112,14 @@ try {
     const r = await tl.transfer('p1', 'p2', BYTES);
     if (!r.ok || r.path !== 'direct') throw new Error(`direct run: ${JSON.stringify(r)}`);
     directRuns.push(r.mbps as number);
+  }
+  await tl.transfer('l1', 'l2', MB);
+  await waitUntil(async () => (await tl.node('l1').path('l2')) === 'direct', 20_000, 'l1-l2 direct');
+  const lanRuns: number[] = [];
+  for (let i = 0; i < REPEATS; i++) {
+    const r = await tl.transfer('l1', 'l2', BYTES);
+    if (!r.ok || r.path !== 'direct') throw new Error(`same-LAN run: ${JSON.stringify(r)}`);
+    lanRuns.push(r.mbps as number);
   }
   const relayRuns: number[] = [];
   for (let i = 0; i < REPEATS; i++) {
@@ -129,11 +150,16 @@ try {
   }
 
   const raw = median(rawRuns), direct = median(directRuns), relay = median(relayRuns);
+  const lanRaw = median(lanRawRuns), lan = median(lanRuns);
+  const x = (n: number, d: number) => `${(n / d).toFixed(2)}x raw`;
   console.log(`\nTunnel benchmark (${values.mb} MB per stream run, ${REPEATS} runs, medians; namespaces + veth)`);
   console.log(`  iperf3 raw TCP hp1 -> hp2 (through both NAT routers) ${raw.toFixed(0).padStart(6)} Mb/s   runs ${rawRuns.map((x) => x.toFixed(0)).join(' ')}`);
   console.log(`  tunnel direct  (UDX + Noise, pr <-> pr)              ${direct.toFixed(0).padStart(6)} Mb/s   runs ${directRuns.map((x) => x.toFixed(0)).join(' ')}`);
   console.log(`  tunnel relay   (TCP via server + Noise, sym <-> sym) ${relay.toFixed(0).padStart(6)} Mb/s   runs ${relayRuns.map((x) => x.toFixed(0)).join(' ')}`);
-  console.log(`  ratios: direct/raw ${(direct / raw).toFixed(2)} (goal >= 0.5)   relay/direct ${(relay / direct).toFixed(2)} (goal >= 0.8)`);
+  console.log(`  iperf3 raw TCP hl1 -> hl2 (one LAN, same router)     ${lanRaw.toFixed(0).padStart(6)} Mb/s   runs ${lanRawRuns.map((x) => x.toFixed(0)).join(' ')}`);
+  console.log(`  tunnel same LAN (direct path, hl1 <-> hl2)           ${lan.toFixed(0).padStart(6)} Mb/s   runs ${lanRuns.map((x) => x.toFixed(0)).join(' ')}`);
+  console.log(`  ratios to raw iperf3 of the same hosts: direct ${x(direct, raw)}, relay ${x(relay, raw)}, same LAN ${x(lan, lanRaw)}`);
+  console.log(`  goals: direct/raw ${(direct / raw).toFixed(2)} (goal >= 0.5)   relay/direct ${(relay / direct).toFixed(2)} (goal >= 0.8)`);
   console.log(`\nTime to direct (fresh peers, first dial -> direct link), ${TTD_RUNS} runs each, a miss counted as ${TTD_TIMEOUT_MS} ms:`);
   for (const t of ttd) {
     const all = t.ms.map((x) => x ?? TTD_TIMEOUT_MS);
@@ -142,7 +168,7 @@ try {
   }
   writeResult<TunnelData>('tunnel', {
     mb: Number(values.mb), repeats: REPEATS, ttdRuns: TTD_RUNS, ttdTimeoutMs: TTD_TIMEOUT_MS,
-    rawMbps: rawRuns, directMbps: directRuns, relayMbps: relayRuns, ttd,
+    rawMbps: rawRuns, directMbps: directRuns, relayMbps: relayRuns, lanRawMbps: lanRawRuns, lanMbps: lanRuns, ttd,
   });
 } finally {
   await tl.destroy();

@@ -179,6 +179,12 @@ export class Link extends EventEmitter {
     }
   }
 
+  /** A buffer for the next frame: pass it to send() right away (before another alloc) and Noise encrypts it in place
+   *  rather than copying it into a record of its own (one copy and one allocation per DATA frame fewer). */
+  alloc(len: number): Buffer {
+    return this.noise.alloc(len);
+  }
+
   send(frame: Buffer): void {
     if (this.closedFlag) return;
     this.bytesOut += frame.length;

@@ -21,6 +21,8 @@ export interface SessionLink {
   readonly id: number;
   readonly closed: boolean;
   send(frame: Buffer): void;
+  /** A buffer for the next frame, sent at once (Link.alloc: Noise encrypts it in place). */
+  alloc?(len: number): Buffer;
 }
 
 export type IncomingHandler = (h: OpenHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void) => void;
@@ -139,7 +141,10 @@ export class Session {
     const t = LINK_STREAM_TYPES;
     return {
       canSend: () => this.canSend() && !this.opening.has(id),
-      data: (off, b) => this.link!.send(encodeData(t, id, off, b)),
+      data: (off, b) => {
+        const link = this.link!;
+        link.send(encodeData(t, id, off, b, link.alloc && ((n) => link.alloc!(n))));
+      },
       credit: (ack) => this.link!.send(encodeCredit(t, id, ack)),
       end: (fin) => this.link!.send(encodeEnd(t, id, fin)),
       reset: () => this.link!.send(encodeReset(t, id)),

@@ -45,6 +45,9 @@ declare module '@hyperswarm/secret-stream' {
     readonly publicKey: Buffer;
     readonly rawStream: Duplex;
     readonly opened: Promise<boolean>;
+    /** A plaintext buffer of `len` bytes inside a record buffer: written next (before any other alloc), it is
+     *  encrypted in place instead of copied into a new record (what protomux uses). */
+    alloc(len: number): Buffer;
     setKeepAlive(ms: number): void;
     setTimeout(ms: number): void;
     static keyPair(seed?: Buffer): KeyPair;

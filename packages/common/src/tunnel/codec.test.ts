@@ -126,6 +126,13 @@ test('stream frames: the same layout for every layer, decoded only when well-for
   assert.equal(decodeStreamFrame(t, t.CREDIT, Buffer.alloc(8)), undefined, 'old 8-byte credit');
   assert.equal(decodeStreamFrame(t, t.DATA, Buffer.alloc(11)), undefined);
   assert.equal(decodeStreamFrame(t, 99, Buffer.alloc(12)), undefined);
+  // DATA built in a buffer the caller gives (a Noise link's, encrypted in place): that buffer, the same bytes.
+  const sizes: number[] = [];
+  const own = Buffer.alloc(64, 0xee);
+  const inPlace = encodeData(t, 7, big, Buffer.from('abc'), (n) => { sizes.push(n); return own.subarray(0, n); });
+  assert.deepEqual(sizes, [5 + 12 + 3]);
+  assert.equal(inPlace.buffer, own.buffer);
+  assert.deepEqual(inPlace, encodeData(t, 7, big, Buffer.from('abc')));
 });
 
 test('FlowWindow: in-order bytes within the window; repeats trimmed, gaps and overflow refused', async () => {

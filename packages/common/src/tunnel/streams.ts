@@ -38,15 +38,16 @@ function readU64(b: Buffer, at: number): number {
   return b.readUInt32BE(at) * 0x1_0000_0000 + b.readUInt32BE(at + 4);
 }
 
-function frame(type: number, len: number): Buffer {
-  const out = Buffer.allocUnsafe(FRAME_HEADER_BYTES + len);
+function frame(type: number, len: number, alloc: (n: number) => Buffer = Buffer.allocUnsafe): Buffer {
+  const out = alloc(FRAME_HEADER_BYTES + len);
   out[0] = type;
   out.writeUInt32BE(len, 1);
   return out;
 }
 
-export function encodeData(t: StreamTypes, id: number, offset: number, bytes: Uint8Array): Buffer {
-  const out = frame(t.DATA, DATA_HEADER_BYTES + bytes.length);
+/** `alloc` gives the frame's buffer: a Noise link's own (Link.alloc), which it then encrypts in place, saving a copy. */
+export function encodeData(t: StreamTypes, id: number, offset: number, bytes: Uint8Array, alloc?: (n: number) => Buffer): Buffer {
+  const out = frame(t.DATA, DATA_HEADER_BYTES + bytes.length, alloc);
   out.writeUInt32BE(id >>> 0, 5);
   writeU64(out, offset, 9);
   out.set(bytes, 5 + DATA_HEADER_BYTES);
