@@ -122,6 +122,7 @@ before(async () => {
       }),
     });
     const agent = new Agent(cfg, silentLogger);
+    agent.tunnelTuning.allowLoopbackEndpoints = true; // every node's backend is on 127.0.0.1
     agents.set(n, agent);
     await agent.start();
   }

@@ -98,6 +98,11 @@ export class Agent {
   private readonly socks5Users: Users | undefined;
   /** Proxy timings a test may shorten before start() (production uses the defaults). */
   readonly proxyTuning: { reassertMs?: number } = {};
+  /**
+   * Tests that run every node on one host's loopback serve their 127.0.0.1 backends over the tunnel; never set in
+   * production (the serving side refuses loopback endpoint addresses: tunnel/authorize.ts).
+   */
+  readonly tunnelTuning: { allowLoopbackEndpoints?: boolean } = {};
   /** Handoff between agents on one stateDir (handoff/): set once start() claimed the stateDir. */
   takeover: Takeover | undefined;
   private predecessor: Predecessor | undefined;
@@ -243,6 +248,7 @@ export class Agent {
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
         nodeAccess: { config: this.cfg.nodeAccess, budgets: this.budgets, fds: this.fds },
         budgets: this.budgets, fds: this.fds, limits: this.cfg.tunnel.limits, routingDefault: this.cfg.routing.default,
+        allowLoopbackEndpoints: this.tunnelTuning.allowLoopbackEndpoints ?? false,
       });
       this.tunnelDialer = new TunnelDialer(this.tunnel);
       this.nodeDialer = new TunnelNodeDialer(this.tunnel); // SOCKS5 `<other node>:<port>` (nodeaccess/)
