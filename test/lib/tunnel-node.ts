@@ -10,9 +10,9 @@ import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
 import type { TunnelStream } from '../../packages/agent/src/tunnel/stream.ts';
-import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
+import { makeSnapshot, testIdentity, type TestEndpoint } from './tunnel-fixture.ts';
 
-interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number }
+interface NodeCfg { node: string; servers: string[]; token: string; joinToken?: string; caHash?: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number }
 const cfg = JSON.parse(process.env.EM_NODE!) as NodeCfg;
 // Logs go to stderr: stdout carries the JSON-lines protocol.
 const log = pino({ level: cfg.logLevel ?? 'info', name: 'tunnel-node', base: { node: cfg.node } }, pino.destination(2));
@@ -28,7 +28,8 @@ await new Promise<void>((r) => sink.listen(cfg.sinkPort, cfg.sinkHost, r));
 const snap = makeSnapshot(cfg.endpoints);
 const registry = new Registry();
 const { pair } = loadOrCreateKeyPair(cfg.stateDir);
-const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
+const identity = testIdentity(cfg.node, cfg.stateDir, cfg.joinToken ? { joinToken: cfg.joinToken } : { bootstrapToken: cfg.token }, { caHash: cfg.caHash });
+const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, identity, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
 await tunnel.start();
 const dialer = new TunnelDialer(tunnel);
 

@@ -16,6 +16,7 @@ import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
 import { serveStream } from './serve.ts';
 import { ServerConn } from './serverconn.ts';
+import type { AgentIdentity } from '../identity/agentidentity.ts';
 import { TunnelSocket } from './socket.ts';
 import type { TunnelStream } from './stream.ts';
 import { STUN_FRESH_MS } from './timers.ts';
@@ -23,7 +24,8 @@ import { STUN_FRESH_MS } from './timers.ts';
 export interface TunnelOptions {
   node: string;
   servers: string[];
-  token: string;
+  /** Trust, node certificate, enrollment credentials, revocations (identity/agentidentity.ts). */
+  identity: AgentIdentity;
   keyPair: RawKeyPair;
   /** UDP port for the direct path (0 = any); undefined disables the direct path (relay only). */
   listenPort?: number;
@@ -60,15 +62,15 @@ export class Tunnel {
     this.servers = opts.servers.map((s) => {
       const hp = parseHostPort(s, false);
       if (!hp) throw new Error(`tunnel.servers: bad address ${s}`);
-      return new ServerConn({ host: hp.host, port: hp.port, node: opts.node, token: opts.token, keyPair: opts.keyPair, log: opts.log });
+      return new ServerConn({ host: hp.host, port: hp.port, identity: opts.identity, log: opts.log });
     });
     this.m = createTunnelMetrics(opts.registry);
     this.m.serversConnected = () => this.servers.filter((s) => s.connected).length;
     this.m.peerPaths = () => this.peerStatus().map((p) => p.path);
     if (opts.listenPort !== undefined) {
       this.udp = new TunnelSocket({
-        listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, metrics: this.m,
-        stunServers: () => this.servers.filter((s) => s.connected).map((s) => ({ host: s.host, port: s.port, altPort: s.stunAltPort })),
+        listenPort: opts.listenPort, keyPair: opts.keyPair, log: opts.log, metrics: this.m,
+        stunServers: () => this.servers.flatMap((s) => (s.connected && s.stunKey ? [{ host: s.host, port: s.port, altPort: s.stunAltPort, key: s.stunKey }] : [])),
       });
     }
     const direct = new DirectDialer();
