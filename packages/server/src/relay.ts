@@ -399,8 +399,8 @@ export class RelayServer {
     peer.conn.streams.add(rid);
     this.m.streams.set(this.streams.size);
     this.m.streamsTotal.inc({ outcome: 'ok' });
-    this.send(peer.conn, T.INCOMING, { rid, from: c.node, key: c.key });
-    this.send(c, T.OPENED, { req, rid, key: peer.key });
+    this.send(peer.conn, T.INCOMING, { rid, from: c.node });
+    this.send(c, T.OPENED, { req, rid });
   }
 
   private onRendezvous(c: Conn, m: ControlMessage<typeof T.RENDEZVOUS>): void {
@@ -411,9 +411,10 @@ export class RelayServer {
     }
     this.m.rendezvous.inc({ outcome: 'forwarded' });
     // The server passes on both RTTs it measured so the agents can start punching together (as DCUtR does):
-    // see startDelayMs in the agent's punch.ts. Only the validated fields travel on, with the sender's identity.
-    const { sid, reply, mode, cand, nat, streamId } = m;
-    this.send(peer.conn, T.RENDEZVOUS, { sid, reply, mode, cand, nat, streamId, from: c.node, key: c.key, rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs });
+    // see startDelayMs in the agent's punch.ts. Only the validated fields travel on, with the sender's name; the offer
+    // is signed by the sender's node key (the receiver checks it), so the server can neither forge nor alter it.
+    const { sid, reply, mode, cand, nat, streamId, ts, cert, sig } = m;
+    this.send(peer.conn, T.RENDEZVOUS, { sid, reply, mode, cand, nat, streamId, ts, cert, sig, from: c.node, rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs });
   }
 
   /** DATA/CREDIT/END/RESET of a relay stream: checked against the sender's window, then forwarded unchanged. */

@@ -114,6 +114,8 @@ export class AgentIdentity extends EventEmitter {
    * Returns why it is refused, if it is.
    */
   acceptCert(raw: Buffer, chain: ChainResult & { ok: true }): string | undefined {
+    // Two servers checked before either signed us in may have shown different CAs: only the one pinned counts.
+    if (this.trustState.ca && this.trustState.ca.hash !== chain.ca.hash) return 'ca-changed';
     const v = verifyNodeCert(raw, { ca: chain.ca, now: this.now(), name: this.node, publicKey: this.keyPair.publicKey });
     if (!v.ok) return `the server issued an unusable certificate (${v.reason})`;
     if (chain.learned && !this.trustState.ca) {

@@ -28,7 +28,7 @@ export const ENROLL_BINDING_BYTES = 32;
 /** The same refusal of the server is logged at most this often (a wrong pin would otherwise log every backoff). */
 export const REFUSAL_LOG_INTERVAL_MS = 60_000;
 
-export interface RelayOpened { key: Buffer; stream: TunnelStream; server: string }
+export interface RelayOpened { stream: TunnelStream; server: string }
 
 export interface ServerConnOptions {
   host: string;
@@ -317,7 +317,7 @@ export class ServerConn extends EventEmitter {
         if (!m || !o) return;
         this.opens.delete(m.req);
         clearTimeout(o.timer);
-        o.resolve({ key: m.key, stream: this.makeStream(m.rid), server: this.address });
+        o.resolve({ stream: this.makeStream(m.rid), server: this.address });
         return;
       }
       case T.OPEN_FAIL: {
@@ -331,12 +331,12 @@ export class ServerConn extends EventEmitter {
       }
       case T.INCOMING: {
         const m = decodeControl(T.INCOMING, body);
-        if (m) this.emit('incoming', m.from, m.key, this.makeStream(m.rid), this.address);
+        if (m) this.emit('incoming', m.from, this.makeStream(m.rid), this.address);
         return;
       }
       case T.RENDEZVOUS: {
         const m = decodeControl(T.RENDEZVOUS, body);
-        if (m?.from !== undefined && m.key !== undefined) this.emit('rendezvous', m);
+        if (m?.from !== undefined) this.emit('rendezvous', m);
         return;
       }
       default:
@@ -359,7 +359,7 @@ export class ServerConn extends EventEmitter {
     return s;
   }
 
-  /** Opens a relay stream to `node` (the server answers with the node's vouched key). */
+  /** Opens a relay stream to `node` (the peer proves who it is in the link handshake, not the server). */
   openRelay(node: string): Promise<RelayOpened> {
     const req = this.nextReq++;
     return new Promise((resolve, reject) => {

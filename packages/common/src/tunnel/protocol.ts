@@ -54,10 +54,10 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
   { type: T.PING, name: 'PING', dir: 'both', payload: 'JSON {t}' },
   { type: T.PONG, name: 'PONG', dir: 'both', payload: 'JSON {t}' },
   { type: T.OPEN, name: 'OPEN', dir: 'a->s', payload: 'JSON {req, to}: open a relay stream to node `to`' },
-  { type: T.OPENED, name: 'OPENED', dir: 's->a', payload: 'JSON {req, rid, key}: the stream, and the key of the peer\'s certificate' },
+  { type: T.OPENED, name: 'OPENED', dir: 's->a', payload: 'JSON {req, rid}: the stream (the peer proves who it is in the link HELLO)' },
   { type: T.OPEN_FAIL, name: 'OPEN_FAIL', dir: 's->a', payload: 'JSON {req, code}' },
-  { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from, key}: a peer opened a relay stream to us' },
-  { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous (the server adds from, key, RTTs)' },
+  { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from}: a peer opened a relay stream to us (its certificate must name `from`)' },
+  { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous {sid, reply, mode, cand, nat, streamId, ts, cert, sig} signed by the sender (the server adds from, RTTs)' },
   { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES)' },
   { type: T.DATA, name: 'DATA', dir: 'both', payload: '[rid u32][offset u64][ciphertext]' },
   { type: T.CREDIT, name: 'CREDIT', dir: 'both', payload: '[rid u32][ack u64]' },
@@ -115,6 +115,11 @@ const rendezvousBody = {
   cand: candidates,
   nat: z.enum(NAT_TYPES).catch('unknown'),
   streamId: u32,
+  /** The sender's clock (ms) when it signed: the receiver refuses offers too old or too far ahead. */
+  ts: z.number().int().min(0),
+  /** The sender's node certificate and its node key's signature over the offer (agent tunnel/rendezvous.ts). */
+  cert: b64(undefined, MAX_CERT_B64),
+  sig: b64(64),
 };
 
 const SCHEMAS = {
@@ -127,11 +132,11 @@ const SCHEMAS = {
   [T.PING]: z.object({ t: z.number() }),
   [T.PONG]: z.object({ t: z.number() }),
   [T.OPEN]: z.object({ req: u32, to: z.string().max(253) }),
-  [T.OPENED]: z.object({ req: u32, rid: u32, key: b64(32) }),
+  [T.OPENED]: z.object({ req: u32, rid: u32 }),
   [T.OPEN_FAIL]: z.object({ req: u32, code: z.string().max(64) }),
-  [T.INCOMING]: z.object({ rid: u32, from: nodeName, key: b64(32) }),
+  [T.INCOMING]: z.object({ rid: u32, from: nodeName }),
   /** Agent -> server: `to` names the peer. */
-  [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(), key: b64(32).optional(),
+  [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(),
     rttFromMs: z.number().min(0).max(60_000).catch(0).optional(), rttToMs: z.number().min(0).max(60_000).catch(0).optional() }),
   /** Any JSON object here: the server's fleet store validates it against the report schema (and counts what fails). */
   [T.REPORT]: z.record(z.string(), z.unknown()),
