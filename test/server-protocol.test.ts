@@ -200,7 +200,8 @@ test('an agent that never reads is dropped once its backlog passes the bound, wh
     b.sock.pause(); // b never reads again
     // Rendezvous messages are forwarded to b and never pause a: without a bound the server would queue them for ever.
     const cand = Array.from({ length: 16 }, (_, i) => ({ host: `203.0.113.${i}`, port: 20000 + i, kind: 'lan' }));
-    const msg = Buffer.from(JSON.stringify({ to: 'flood-b', sid: '0123456789abcdef', mode: 'normal', cand, nat: 'cone', streamId: 1 }));
+    // (Signed offers: the server forwards them without checking the signature, which is the receiver's job.)
+    const msg = Buffer.from(JSON.stringify({ to: 'flood-b', sid: '0123456789abcdef', mode: 'normal', cand, nat: 'cone', streamId: 1, ts: Date.now(), cert: randomBytes(300).toString('base64'), sig: randomBytes(64).toString('base64') }));
     for (let i = 0; i < 200 && !b.closed && relay.agents.has('flood-b'); i++) {
       const batch = Buffer.concat(Array.from({ length: 2_000 }, () => encodeFrame(T.RENDEZVOUS, msg)));
       if (!a.sock.write(batch)) await new Promise((r) => a.sock.once('drain', r));
