@@ -100,7 +100,7 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     assert.equal(st.servers[0].connected, false);
     assert.match(((await x.request('status')).errors as string[])[0], /token|auth/);
     const metrics = await tl.serverAdmin('/metrics');
-    assert.match(metrics, /edgemesh_server_auth_total\{outcome="abandoned"\} [1-9]/);
+    assert.match(metrics, /edgemesh_server_auth_total\{outcome="unauthorized"\} [1-9]/);
     const status = await tl.serverAdmin('/status');
     assert.doesNotMatch(status, /intruder/);
     x.proc.kill('SIGKILL');
