@@ -13,17 +13,37 @@ import { silentLogger } from '../packages/common/src/log.ts';
 import { encodeFrame } from '../packages/common/src/tunnel/frame.ts';
 import { encodeData, encodeEnd, encodeCredit, encodeReset } from '../packages/common/src/tunnel/streams.ts';
 import { RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T } from '../packages/common/src/tunnel/protocol.ts';
-import { RelayServer } from '../packages/server/src/relay.ts';
+import { RelayServer, type RelayIdentity } from '../packages/server/src/relay.ts';
+import { relayIdentity } from '../packages/server/src/main.ts';
+import { randomBytes } from 'node:crypto';
 import { B, DEFAULT_LIMITS, type ServerLimits } from '../packages/server/src/limits.ts';
 import { RawAgent } from './lib/raw-agent.ts';
-import { TEST_TOKEN, waitFor } from './lib/tunnel-fixture.ts';
+import { TEST_TOKEN, startServer, waitFor } from './lib/tunnel-fixture.ts';
 
 const TS = RELAY_STREAM_TYPES;
+
+/** A server identity of its own (CA, pins: names are reused across tests with fresh keys) for a bare RelayServer. */
+async function serverIdentity(): Promise<{ identity: RelayIdentity; stop(): Promise<void> }> {
+  const { server } = await startServer();
+  return { identity: relayIdentity(server.identity, randomBytes(20)), stop: () => server.stop() };
+}
+
+/** A RelayServer whose stop() also stops the identity's server. */
+async function relayServer(o: Omit<ConstructorParameters<typeof RelayServer>[0], 'identity'>): Promise<RelayServer> {
+  const id = await serverIdentity();
+  const relay = new RelayServer({ ...o, identity: id.identity });
+  const stop = relay.stop.bind(relay);
+  relay.stop = async () => {
+    await stop();
+    await id.stop();
+  };
+  return relay;
+}
 
 async function relayWith(limits: Partial<ServerLimits>, extra: { openAnswerTimeoutMs?: number; partialFrameDeadlineMs?: number } = {}) {
   const registry = new Registry();
   const budgets = new Budgets({ registry, metricPrefix: 'edgemesh_server_' });
-  const relay = new RelayServer({ host: '127.0.0.1', port: 0, token: TEST_TOKEN, log: silentLogger, registry, budgets, limits, ...extra });
+  const relay = await relayServer({ host: '127.0.0.1', port: 0, log: silentLogger, registry, budgets, limits, ...extra });
   const { port } = await relay.start();
   const agent = (node: string, localAddress?: string) => RawAgent.connect(node, port, '127.0.0.1', TEST_TOKEN, { localAddress });
   const used = (name: string) => budgets.get(name)!.used;
@@ -218,7 +238,7 @@ test('descriptor reserve: when descriptors run short new unauthenticated connect
   const registry = new Registry();
   const budgets = new Budgets({ registry, metricPrefix: 'edgemesh_server_' });
   const fds = new FdPressure({ budgets, reserve: Number.MAX_SAFE_INTEGER }); // every descriptor is in the reserve
-  const relay = new RelayServer({ host: '127.0.0.1', port: 0, token: TEST_TOKEN, log: silentLogger, registry, budgets, fds });
+  const relay = await relayServer({ host: '127.0.0.1', port: 0, log: silentLogger, registry, budgets, fds });
   const { port } = await relay.start();
   try {
     const s = await rawConn(port, '127.0.0.5');

@@ -4,6 +4,7 @@ import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import type { Server } from 'node:net';
+import { join } from 'node:path';
 import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, type TestAgent } from './lib/tunnel-fixture.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
@@ -16,8 +17,9 @@ let backend: Server;
 let backendPort: number;
 
 before(async () => {
+  // Servers of one mesh share the cluster CA (agents pin it; peers' certificates are checked against it).
   const x = await startServer();
-  const y = await startServer();
+  const y = await startServer(undefined, { caFile: join(x.stateDir, 'ca.crt'), caKeyFile: join(x.stateDir, 'ca.key') });
   s1 = x.server;
   s2 = y.server;
   ({ sink: backend, port: backendPort } = await startHashSink());

@@ -1,13 +1,42 @@
 // Throws garbage at an edgemesh-server: random bytes, oversized and truncated frames, a HELLO followed by junk, and
 // random / mutated STUN packets on both UDP ports. Run inside a lab namespace: node fuzz-server.ts HOST PORT ALTPORT TOKEN
-// After the garbage, one genuine binding request (keyed by the cluster TOKEN) per port is the marker: the server
+// After the garbage, one genuine binding request per port is the marker (keyed by the STUN key the server gives a
+// signed-in agent: the fuzzer enrolls as node `fuzzer` with the bootstrap TOKEN over TLS to learn it): the server
 // handles a socket's datagrams in order, so once both genuine answers are back, an answer to any garbage would have
 // come before them. stunAnswers counts every other answer (must be 0); markers says whether the server still answers.
 import { connect } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { randomBytes, randomInt } from 'node:crypto';
 import { encodeFrame } from '../../packages/common/src/tunnel/frame.ts';
-import { bindingRequest, decodeStun, newTxid, stunKey } from '../../packages/common/src/tunnel/stun.ts';
+import { bindingRequest, decodeStun, newTxid } from '../../packages/common/src/tunnel/stun.ts';
+import { connect as tlsConnect } from 'node:tls';
+import { generateKeyPairSync } from 'node:crypto';
+import { FrameDecoder } from '../../packages/common/src/tunnel/frame.ts';
+import { rawPublicKey, signWithContext } from '../../packages/common/src/identity/keys.ts';
+import { ENROLL_PROOF_CONTEXT, enrollProofMessage } from '../../packages/common/src/identity/enrollproof.ts';
+import { PROTOCOL_VERSION, T, parseJson } from '../../packages/common/src/tunnel/protocol.ts';
+
+/** Signs in as `fuzzer` (bootstrap token) and returns the STUN key from WELCOME. */
+async function learnStunKey(): Promise<Buffer> {
+  const { privateKey } = generateKeyPairSync('ed25519');
+  const s = tlsConnect({ host, port, rejectUnauthorized: false, minVersion: 'TLSv1.3' });
+  s.on('error', () => {});
+  await new Promise<void>((r) => s.once('secureConnect', () => r()));
+  const binding = s.exportKeyingMaterial(32, 'EXPORTER-edgemesh-enroll', Buffer.alloc(0));
+  const sig = signWithContext(privateKey, ENROLL_PROOF_CONTEXT, enrollProofMessage(binding, 'bootstrap', 'fuzzer'));
+  s.write(encodeFrame(T.ENROLL, Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, method: 'bootstrap', name: 'fuzzer', key: rawPublicKey(privateKey).toString('base64'), token, sig: sig.toString('base64') }))));
+  const dec = new FrameDecoder();
+  return new Promise((resolve, reject) => {
+    s.on('data', (c: Buffer) => {
+      for (const f of dec.push(c)) {
+        if (f.type === T.WELCOME) {
+          resolve(Buffer.from(String(parseJson(f.payload)?.stunKey), 'base64'));
+          s.destroy();
+        } else if (f.type === T.ENROLL_FAIL || f.type === T.ERROR) reject(new Error(`fuzzer refused: ${f.payload.toString()}`));
+      }
+    });
+  });
+}
 
 const [host, portS, altS, token] = process.argv.slice(2);
 const port = Number(portS);
@@ -47,7 +76,7 @@ for (let i = 0; i < TCP_CASES; i += 10) await Promise.all(Array.from({ length: 1
 const u = createSocket('udp4');
 await new Promise<void>((r) => u.bind(0, r));
 let answers = 0;
-const key = stunKey(token);
+const key = await learnStunKey();
 const markerTxids = new Set<string>();
 let markers = 0;
 let allMarkers: () => void = () => {};

@@ -1,10 +1,14 @@
-// A hand-made agent for server tests and the abuse tools: the legacy HELLO/AUTH handshake with a token, then control
-// messages and relay stream frames written by hand (so a test can misbehave on purpose).
-import { connect, type Socket } from 'node:net';
+// A hand-made agent for server tests and the abuse tools: TLS 1.3 (no certificate check: these are about the server),
+// bootstrap enrollment with a fresh node key bound to the TLS session, then control messages and relay stream frames
+// written by hand (so a test can misbehave on purpose).
+import { connect as tcpConnect } from 'node:net';
+import { connect, type TLSSocket } from 'node:tls';
 import { encodeFrame, FrameDecoder, type Frame } from '../../packages/common/src/tunnel/frame.ts';
-import { agentProof, ControlMac, keyTranscript, newNonce, sessionKey } from '../../packages/common/src/tunnel/auth.ts';
-import { generateKeyPair, signRaw } from '../../packages/common/src/tunnel/ed25519.ts';
+import { signWithContext } from '../../packages/common/src/identity/keys.ts';
+import { nodeKey } from '../../packages/common/src/identity/testca.ts';
+import { ENROLL_PROOF_CONTEXT, enrollProofMessage } from '../../packages/common/src/identity/enrollproof.ts';
 import { PROTOCOL_VERSION, T, parseJson } from '../../packages/common/src/tunnel/protocol.ts';
+import { ENROLL_BINDING_BYTES, ENROLL_EXPORTER_LABEL } from '../../packages/server/src/relay.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -17,35 +21,30 @@ async function until(cond: () => boolean, ms: number, what: string): Promise<voi
 }
 
 export class RawAgent {
-  sock!: Socket;
-  mac!: ControlMac;
+  sock!: TLSSocket;
   frames: Frame[] = [];
   closed = false;
   private msgs: { type: number; body: Record<string, unknown> | undefined }[] = [];
 
-  /** Connects and authenticates as `node` with `token`; rejects when the server refuses or closes. */
+  /** Connects and signs in as `node` with the bootstrap `token`; rejects when the server refuses or closes. */
   static async connect(node: string, port: number, host: string, token: string, opts: { localAddress?: string; timeoutMs?: number } = {}): Promise<RawAgent> {
     const r = new RawAgent();
-    const kp = generateKeyPair();
-    const an = newNonce();
+    const key = nodeKey();
     const ms = opts.timeoutMs ?? 10_000;
-    r.sock = connect({ port, host, localAddress: opts.localAddress });
+    r.sock = connect({ socket: tcpConnect({ port, host, localAddress: opts.localAddress }), rejectUnauthorized: false, minVersion: 'TLSv1.3' });
     const dec = new FrameDecoder();
     r.sock.on('data', (c: Buffer) => { try { r.frames.push(...dec.push(c)); } catch { r.sock.destroy(); } });
     r.sock.on('close', () => { r.closed = true; });
     r.sock.on('error', () => {});
     try {
-      r.sock.write(encodeFrame(T.HELLO, Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, nonce: an.toString('base64') }))));
-      await until(() => r.frames.length > 0 || r.closed, ms, 'CHALLENGE');
-      if (r.closed) throw new Error('closed before CHALLENGE');
-      const ch = parseJson(r.frames.shift()!.payload)!;
-      const sn = Buffer.from(ch.nonce as string, 'base64');
-      r.sock.write(encodeFrame(T.AUTH, Buffer.from(JSON.stringify({
-        node, key: kp.publicKey.toString('base64'), proof: agentProof(token, an, sn, node, kp.publicKey).toString('base64'),
-        sig: signRaw(kp.secretKey, keyTranscript(an, sn, node)).toString('base64'),
-      }))));
-      r.mac = new ControlMac(sessionKey(token, an, sn), 'agent');
-      await until(() => r.frames.some((f) => f.type === T.WELCOME) || r.closed, ms, 'WELCOME');
+      let secure = false;
+      r.sock.once('secureConnect', () => { secure = true; });
+      await until(() => secure || r.closed, ms, 'TLS');
+      if (r.closed) throw new Error('closed during the TLS handshake');
+      const binding = r.sock.exportKeyingMaterial(ENROLL_BINDING_BYTES, ENROLL_EXPORTER_LABEL, Buffer.alloc(0));
+      const sig = signWithContext(key.privateKey, ENROLL_PROOF_CONTEXT, enrollProofMessage(binding, 'bootstrap', node));
+      r.control(T.ENROLL, { v: PROTOCOL_VERSION, method: 'bootstrap', name: node, key: key.publicKey.toString('base64'), token, sig: sig.toString('base64') });
+      await until(() => r.frames.some((f) => f.type === T.WELCOME || f.type === T.ENROLL_FAIL) || r.closed, ms, 'WELCOME');
       if (!r.take(T.WELCOME)) throw new Error('no WELCOME');
       return r;
     } catch (e) {
@@ -55,14 +54,14 @@ export class RawAgent {
   }
 
   control(type: number, body: object): void {
-    this.sock.write(encodeFrame(type, this.mac.seal(type, Buffer.from(JSON.stringify(body)))));
+    this.sock.write(encodeFrame(type, Buffer.from(JSON.stringify(body))));
   }
 
-  /** Control messages in arrival order (MACs carry a sequence number, so they are opened in order). */
+  /** Control messages in arrival order. */
   take(type: number): Record<string, unknown> | undefined {
     for (const f of this.frames.splice(0)) {
       if (f.type === T.DATA || f.type === T.CREDIT || f.type === T.END || f.type === T.RESET) this.frames.push(f);
-      else this.msgs.push({ type: f.type, body: parseJson(this.mac.open(f.type, f.payload) ?? Buffer.alloc(0)) });
+      else this.msgs.push({ type: f.type, body: parseJson(f.payload) });
     }
     const i = this.msgs.findIndex((m) => m.type === type);
     return i < 0 ? undefined : this.msgs.splice(i, 1)[0].body;

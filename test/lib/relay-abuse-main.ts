@@ -119,7 +119,7 @@ async function unauth(c: Extract<Mode, { mode: 'unauth' }>): Promise<object> {
       const l = { s, at: Date.now() };
       live.add(l);
       connects++;
-      s.on('connect', () => s.write(Buffer.from([T.HELLO])));
+      s.on('connect', () => s.write(Buffer.from([0x16]))); // the first byte of a TLS ClientHello record, and no more
       s.on('error', () => { errors++; });
       s.on('close', () => {
         if (live.delete(l)) {

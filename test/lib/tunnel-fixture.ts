@@ -1,5 +1,5 @@
 // Helpers for tunnel tests: an in-memory cluster snapshot, a server and agents' tunnel modules in one process.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
@@ -9,7 +9,11 @@ import { Registry } from 'prom-client';
 import { silentLogger } from '../../packages/common/src/log.ts';
 import { serverSchema } from '../../packages/common/src/config.ts';
 import { EdgemeshServer } from '../../packages/server/src/main.ts';
+import { startServerIdentity } from '../../packages/server/src/identity/index.ts';
 import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
+import { AgentIdentity } from '../../packages/agent/src/identity/agentidentity.ts';
+import type { AgentCredentials } from '../../packages/agent/src/identity/enroll.ts';
+import { resolveCaTrust } from '../../packages/common/src/identity/trust.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
 import type { Endpoint, NodeInfo, Service, Snapshot } from '../../packages/agent/src/cluster/types.ts';
 
@@ -44,25 +48,46 @@ export function makeSnapshot(eps: TestEndpoint[], nodes: string[] = []): Snapsho
   return { version: 1, services, endpoints, nodes: nodeMap, destinationRules: new Map() };
 }
 
-export async function startServer(token = TEST_TOKEN, extra: Record<string, unknown> = {}): Promise<{ server: EdgemeshServer; port: number }> {
-  const cfg = serverSchema.parse({ listen: '127.0.0.1:0', stunAltPort: 0, admin: { listen: '127.0.0.1:0' }, ...extra });
-  const server = new EdgemeshServer(cfg, token, silentLogger);
+/** A server with its own stateDir (CA, pins, join tokens) and `token` as the bootstrap token; `extra.stateDir` keeps
+ *  one across restarts (the caller removes it). */
+export async function startServer(token = TEST_TOKEN, extra: Record<string, unknown> = {}): Promise<{ server: EdgemeshServer; port: number; stateDir: string }> {
+  const own = extra.stateDir === undefined;
+  const stateDir = (extra.stateDir as string | undefined) ?? mkdtempSync(join(tmpdir(), 'ems-'));
+  const tokenFile = join(stateDir, '..', `${stateDir.split('/').pop()}.token`);
+  writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
+  const cfg = serverSchema.parse({ listen: '127.0.0.1:0', stunAltPort: 0, admin: { listen: '127.0.0.1:0' }, tokenFile, ...extra, stateDir });
+  const identity = await startServerIdentity(cfg, silentLogger);
+  const server = new EdgemeshServer(cfg, silentLogger, identity);
+  const stop = server.stop.bind(server);
+  server.stop = async () => {
+    await stop();
+    rmSync(tokenFile, { force: true });
+    if (own) rmSync(stateDir, { recursive: true, force: true });
+  };
   const { port } = await server.start();
-  return { server, port };
+  return { server, port, stateDir };
 }
 
-export interface TestAgent { tunnel: Tunnel; stateDir: string; registry: Registry; stop(): Promise<void> }
+export interface TestAgent { tunnel: Tunnel; identity: AgentIdentity; stateDir: string; registry: Registry; stop(): Promise<void> }
+
+/** An agent's identity for tests: trust on first use (or `caHash`/`caFile`) in `stateDir`, the given credentials. */
+export function testIdentity(node: string, stateDir: string, creds: AgentCredentials, trust: { caFile?: string; caHash?: string } = {}): AgentIdentity {
+  const { pair } = loadOrCreateKeyPair(stateDir);
+  const { trust: t } = resolveCaTrust({ caFile: trust.caFile ?? '', caHash: trust.caHash ?? '', stateDir });
+  return new AgentIdentity({ node, stateDir, keyPair: pair, trust: t, credentials: () => creds, log: silentLogger });
+}
 
 /** A Tunnel on loopback. Its backends are on 127.0.0.1, so it serves loopback endpoints unless `allowLoopback: false`. */
-export async function startTunnel(node: string, servers: string[], snap: () => Snapshot, opts: { token?: string; stateDir?: string; listenPort?: number; allowLoopback?: boolean; routingDefault?: 'prefer' | 'strict' | 'cluster' } = {}): Promise<TestAgent> {
+export async function startTunnel(node: string, servers: string[], snap: () => Snapshot, opts: { token?: string; joinToken?: string; stateDir?: string; listenPort?: number; caHash?: string; allowLoopback?: boolean; routingDefault?: 'prefer' | 'strict' | 'cluster' } = {}): Promise<TestAgent> {
   const stateDir = opts.stateDir ?? mkdtempSync(join(tmpdir(), `emt-${node}-`));
   const { pair } = loadOrCreateKeyPair(stateDir);
   const registry = new Registry();
-  const tunnel = new Tunnel({ node, servers, token: opts.token ?? TEST_TOKEN, keyPair: pair, log: silentLogger, registry, snapshot: snap, listenPort: opts.listenPort,
+  const identity = testIdentity(node, stateDir, { bootstrapToken: opts.joinToken ? undefined : (opts.token ?? TEST_TOKEN), joinToken: opts.joinToken }, { caHash: opts.caHash });
+  const tunnel = new Tunnel({ node, servers, identity, keyPair: pair, log: silentLogger, registry, snapshot: snap, listenPort: opts.listenPort,
     allowLoopbackEndpoints: opts.allowLoopback ?? true, routingDefault: opts.routingDefault });
   await tunnel.start();
   return {
-    tunnel, stateDir, registry,
+    tunnel, identity, stateDir, registry,
     async stop() {
       await tunnel.stop();
       if (!opts.stateDir) rmSync(stateDir, { recursive: true, force: true });

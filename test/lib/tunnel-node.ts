@@ -3,6 +3,9 @@
 // answers on stdout. Config in env EM_NODE (JSON).
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { Registry } from 'prom-client';
 import { pino } from 'pino';
@@ -10,13 +13,14 @@ import { Tunnel } from '../../packages/agent/src/tunnel/tunnel.ts';
 import { TunnelDialer } from '../../packages/agent/src/tunnel/dialer.ts';
 import { loadOrCreateKeyPair } from '../../packages/agent/src/tunnel/keys.ts';
 import type { TunnelStream } from '../../packages/agent/src/tunnel/stream.ts';
-import { generateKeyPair } from '../../packages/common/src/tunnel/ed25519.ts';
+import { RENDEZVOUS_CONTEXT, rendezvousMessage } from '../../packages/agent/src/tunnel/rendezvous.ts';
+import type { AgentIdentity } from '../../packages/agent/src/identity/agentidentity.ts';
 import { ServerConn } from '../../packages/agent/src/tunnel/serverconn.ts';
 import type { DatagramChannel } from '../../packages/agent/src/proxy/dialer.ts';
 import { dialDeadline } from '../../packages/agent/src/proxy/dialer.ts';
-import { makeSnapshot, type TestEndpoint } from './tunnel-fixture.ts';
+import { makeSnapshot, testIdentity, type TestEndpoint } from './tunnel-fixture.ts';
 
-interface NodeCfg { node: string; servers: string[]; token: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number; clusterNodes?: string[] }
+interface NodeCfg { node: string; servers: string[]; token: string; joinToken?: string; caHash?: string; stateDir: string; listenPort?: number; endpoints: TestEndpoint[]; sinkHost: string; sinkPort: number; logLevel?: string; upgradeRetryMs?: number; clusterNodes?: string[] }
 const cfg = JSON.parse(process.env.EM_NODE!) as NodeCfg;
 // Logs go to stderr: stdout carries the JSON-lines protocol.
 const log = pino({ level: cfg.logLevel ?? 'info', name: 'tunnel-node', base: { node: cfg.node } }, pino.destination(2));
@@ -32,7 +36,8 @@ await new Promise<void>((r) => sink.listen(cfg.sinkPort, cfg.sinkHost, r));
 const snap = makeSnapshot(cfg.endpoints, cfg.clusterNodes ?? []);
 const registry = new Registry();
 const { pair } = loadOrCreateKeyPair(cfg.stateDir);
-const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, token: cfg.token, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
+const identity = testIdentity(cfg.node, cfg.stateDir, cfg.joinToken ? { joinToken: cfg.joinToken } : { bootstrapToken: cfg.token }, { caHash: cfg.caHash });
+const tunnel = new Tunnel({ node: cfg.node, servers: cfg.servers, identity, keyPair: pair, listenPort: cfg.listenPort, log, registry, snapshot: () => snap, upgradeRetryMs: cfg.upgradeRetryMs });
 await tunnel.start();
 const dialer = new TunnelDialer(tunnel);
 
@@ -114,26 +119,37 @@ async function udpFlood(m: { to: string; service: string; ip: string; port: numb
  */
 async function birthdayBurst(m: { to: string; names: number; perName: number; prefix: string; host: string }): Promise<unknown> {
   const hp = cfg.servers[0].split(':');
-  const conns: ServerConn[] = [];
+  const conns: { c: ServerConn; id: AgentIdentity; name: string; dir: string }[] = [];
   for (let i = 0; i < m.names; i++) {
-    const c = new ServerConn({ host: hp[0], port: Number(hp[1]), node: `${m.prefix}-${i}`, token: cfg.token, keyPair: generateKeyPair(), log });
+    // Throwaway names enroll with the bootstrap token (a server without a cluster Node list admits them); each signs
+    // its offers with its own certificate, as any enrolled attacker can.
+    const name = `${m.prefix}-${i}`;
+    const dir = mkdtempSync(join(tmpdir(), 'emt-burst-'));
+    const id = testIdentity(name, dir, { bootstrapToken: cfg.token }, { caHash: cfg.caHash });
+    const c = new ServerConn({ host: hp[0], port: Number(hp[1]), identity: id, log });
     c.on('error', () => {});
     c.start();
-    conns.push(c);
+    conns.push({ c, id, name, dir });
   }
   const end = Date.now() + 10_000;
-  while (conns.some((c) => !c.connected) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+  while (conns.some((x) => !x.c.connected) && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
   let sent = 0;
-  for (const c of [...conns, ...tunnel.servers]) {
+  const senders = [...conns, ...tunnel.servers.map((c) => ({ c, id: identity, name: cfg.node }))];
+  for (const { c, id, name } of senders) {
     for (let k = 0; k < m.perName; k++) {
-      const ok = c.rendezvous({ to: m.to, sid: randomBytes(8).toString('hex'), mode: 'birthday', cand: [{ host: m.host, port: 20006, kind: 'stun' }], nat: 'cone', streamId: 1 + k });
-      if (ok) sent++;
+      const o = { sid: randomBytes(8).toString('hex'), mode: 'birthday' as const, cand: [{ host: m.host, port: 20006, kind: 'stun' as const }], nat: 'cone' as const, streamId: 1 + k };
+      const ts = Date.now();
+      const sig = id.sign(RENDEZVOUS_CONTEXT, rendezvousMessage(name, m.to, o, ts));
+      if (c.rendezvous({ to: m.to, ...o, ts, cert: id.ourCert(), sig })) sent++;
     }
   }
   // Let the victim act on them before the throwaway agents go away.
   await new Promise((r) => setTimeout(r, 2000));
-  for (const c of conns) c.stop();
-  return { sent, connected: conns.filter((c) => c.connected).length };
+  for (const x of conns) {
+    x.c.stop();
+    rmSync(x.dir, { recursive: true, force: true });
+  }
+  return { sent, connected: conns.filter((x) => x.c.connected).length };
 }
 
 /** How long `ttd` waits for the direct link unless the request says otherwise (a miss after that). */

@@ -18,7 +18,6 @@ import { acquireLocalAddress, adoptLocalAddresses, isLocalAddress, keepLocalAddr
 import { ListenerPorts } from './proxy/ports.ts';
 import { HandoffAborted, HandoffSocket, type Predecessor } from './handoff/socket.ts';
 import { Takeover, TUNNEL_READY_GRACE_MS } from './handoff/takeover.ts';
-import { readToken } from '@edgemesh/common/config';
 import { ensureStateDir } from '@edgemesh/common/fsutil';
 // Loaded only when their feature is on (tunnel.enabled, proxy.intercept iptables): README, "Memory".
 import type { Tunnel } from './tunnel/tunnel.ts';
@@ -237,14 +236,14 @@ export class Agent {
 
     // --- tunnel (packages/agent/src/tunnel) ---
     if (this.cfg.tunnel.enabled) {
-      const [{ Tunnel }, { TunnelDialer }, { TunnelNodeDialer }, { loadOrCreateKeyPair }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/nodedialer.ts'), import('./tunnel/keys.ts')]);
-      const token = readToken(this.cfg.tunnel.tokenFile);
+      const [{ Tunnel }, { TunnelDialer }, { TunnelNodeDialer }, { loadOrCreateKeyPair }, { startAgentIdentity }] = await Promise.all([import('./tunnel/tunnel.ts'), import('./tunnel/dialer.ts'), import('./tunnel/nodedialer.ts'), import('./tunnel/keys.ts'), import('./identity/start.ts')]);
       const { pair, created, path } = loadOrCreateKeyPair(this.cfg.stateDir);
       if (created) this.log.info({ path }, 'generated the node key');
+      const identity = startAgentIdentity(this.cfg, pair, this.log.child({ mod: 'identity' }));
       // The agent being taken over holds tunnel.listenPort (its direct links live on it until it exits): a successor
       // punches from a port of its own.
       this.tunnel = new Tunnel({
-        node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, token, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
+        node: this.cfg.nodeName, servers: this.cfg.tunnel.servers, identity, keyPair: pair, listenPort: shared ? 0 : this.cfg.tunnel.listenPort,
         log: this.log.child({ mod: 'tunnel' }), registry: this.registry, snapshot: () => this.model.snapshot(),
         nodeAccess: { config: this.cfg.nodeAccess, budgets: this.budgets, fds: this.fds },
         budgets: this.budgets, fds: this.fds, limits: this.cfg.tunnel.limits, routingDefault: this.cfg.routing.default,

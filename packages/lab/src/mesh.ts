@@ -3,7 +3,8 @@
 // through its binaries, config files and admin API.
 import { closeSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import type { ChildProcess } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { X509Certificate, createHash } from 'node:crypto';
 import { stringify } from 'yaml';
 import type { Lab } from './netlab.ts';
 import type { AgentStatus } from '@edgemesh/agent/main';
@@ -56,6 +57,7 @@ export class Mesh {
   /** Hosts running an edgemesh-server, in the order agents list them. */
   private readonly serverHosts: string[] = [];
   readonly procs = new Map<string, MeshProc>();
+  private readonly joinTokens = new Set<string>();
 
   constructor(lab: Lab, dir: string, token: string) {
     this.lab = lab;
@@ -101,14 +103,36 @@ export class Mesh {
     writeFileSync(cfgFile, stringify({
       listen: `0.0.0.0:${SERVER_PORT}`,
       stunAltPort: STUN_ALT_PORT,
+      // Every server of the mesh shares this stateDir: one cluster CA, one registry of pinned nodes and join tokens.
       stateDir: join(this.dir, 'server-state'),
       tokenFile: this.tokenFile,
+      // Agents enroll with one-time join tokens (joinToken below), as a production cluster should.
+      enrollment: { bootstrapToken: false },
       admin: { listen: `127.0.0.1:${SERVER_ADMIN_PORT}` },
       log: { level: 'info' },
     }));
     const p = this.spawnLogged(name, host, [SERVER_BIN, '--config', cfgFile]);
     await this.waitReady(p, `127.0.0.1:${SERVER_ADMIN_PORT}`);
     return p;
+  }
+
+  /** sha256 of the cluster CA's public key (what an operator puts in tunnel.caHash), from the servers' stateDir. */
+  caHash(): string {
+    const ca = new X509Certificate(readFileSync(join(this.dir, 'server-state', 'ca.crt')));
+    return 'sha256:' + createHash('sha256').update(ca.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+  }
+
+  /** A join token for `node` made with `edgemesh-server token create` (once per node: a restarted agent renews with
+   *  its certificate), in a 0600 file; returns the file. */
+  joinToken(node: string): string {
+    const file = join(this.dir, `join-${node}`);
+    if (this.joinTokens.has(node)) return file;
+    const cfg = join(this.dir, `${this.serverName(this.serverHosts[0])}.yaml`);
+    const r = spawnSync(process.execPath, [SERVER_BIN, 'token', 'create', '--config', cfg, '--node', node], { encoding: 'utf8', env: { ...process.env, EDGEMESH_TOKEN: '' } });
+    if (r.status !== 0) throw new Error(`edgemesh-server token create --node ${node} failed: ${r.stderr}`);
+    writeFileSync(file, r.stdout.trim() + '\n', { mode: 0o600 });
+    this.joinTokens.add(node);
+    return file;
   }
 
   agentConfig(node: string, opts: AgentOptions = {}): Record<string, unknown> {
@@ -118,7 +142,7 @@ export class Mesh {
       cluster: { source: 'file', manifestsDir: this.manifestsDir },
       dns: { enabled: true, listen: `${AGENT_IP}:53` },
       proxy: { ipMode: 'fake', intercept: 'iptables', bindAddress: AGENT_IP },
-      tunnel: { enabled: true, servers: this.serverHosts.map((h) => this.serverAddress(h)), listenPort: TUNNEL_PORT, tokenFile: this.tokenFile },
+      tunnel: { enabled: true, servers: this.serverHosts.map((h) => this.serverAddress(h)), listenPort: TUNNEL_PORT, tokenFile: '', joinTokenFile: this.joinToken(node), caHash: this.caHash() },
       admin: { listen: AGENT_ADMIN },
       log: { level: 'info' },
     };

@@ -1,12 +1,12 @@
 // edgemesh-server: authenticates agents, answers STUN, brokers hole punching, relays.
-import { helpText, loadServerConfig, parseArgs, parseHostPort, readToken, serverSchema, type ServerConfig } from '@edgemesh/common/config';
+import { helpText, loadServerConfig, parseArgs, parseHostPort, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { Budgets } from '@edgemesh/common/budget';
 import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
 import { randomBytes } from 'node:crypto';
-import { RelayServer } from './relay.ts';
+import { RelayServer, type RelayIdentity } from './relay.ts';
 import { StunServer } from './stun.ts';
 import { FleetStore } from './fleet/store.ts';
 import { addFleetRoutes } from './fleet/http.ts';
@@ -28,19 +28,22 @@ export class EdgemeshServer {
   readonly fleet: FleetStore;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
-  /** CA, enrollment, registry (identity/): set by the binary; the control channel will use it. */
-  readonly identity: ServerIdentity | undefined;
+  /** CA, enrollment, registry (identity/): the control channel's TLS certificate and every sign-in come from it. */
+  readonly identity: ServerIdentity;
 
-  constructor(cfg: ServerConfig, token: string, log: Logger, identity?: ServerIdentity) {
+  constructor(cfg: ServerConfig, log: Logger, identity: ServerIdentity) {
     this.cfg = cfg;
     this.log = log;
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
     this.identity = identity;
     const hp = parseHostPort(cfg.listen)!;
+    // The STUN integrity key: random per process, handed to agents inside TLS once they signed in.
+    const stunKey = randomBytes(20);
+    const rid = relayIdentity(identity, stunKey);
     this.fleet = new FleetStore({ registry: this.registry, log, connected: () => this.relay.agents });
     this.relay = new RelayServer({
-      host: hp.host, port: hp.port, token, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort,
+      host: hp.host, port: hp.port, identity: rid, log, registry: this.registry, rateLimitBytesPerSec: cfg.relayRateLimit, stunAltPort: () => this.stun.ports()[1] ?? cfg.stunAltPort,
       onReport: (node, report, bytes) => void this.fleet.put(node, report, bytes),
       budgets: this.budgets, fds: this.fds, limits: {
         streamsPerPair: cfg.limits.relayStreamsPerPair, streamsPerTarget: cfg.limits.relayStreamsPerTarget, streamsTotal: cfg.limits.relayStreams,
@@ -48,16 +51,16 @@ export class EdgemeshServer {
         unauthTotal: cfg.limits.unauthConnections, partialFrameBytes: cfg.limits.partialFrameBytes,
       },
     });
-    this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], token, log, registry: this.registry });
+    this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], key: stunKey, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
     this.admin.addCheck('listening', () => this.listening);
     addFleetRoutes({ admin: this.admin, store: this.fleet, server: () => ({ listen: cfg.listen, agentsConnected: this.relay.agents.size }) });
     // Not a readiness check: relaying works without the Node list; enrollment answers "retry later" until it synced.
-    if (identity) this.stops.push(() => identity.stop());
+    this.stops.push(() => identity.stop());
   }
 
   status(): unknown {
-    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), ...(this.identity ? { identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } } : {}) };
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } };
   }
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
@@ -90,12 +93,17 @@ export class EdgemeshServer {
   }
 }
 
-function legacyToken(tokenFile: string): string | undefined {
-  try {
-    return readToken(tokenFile, 'tokenFile');
-  } catch {
-    return undefined;
-  }
+/** What the relay (control channel) uses of the server's identity. */
+export function relayIdentity(identity: ServerIdentity, stunKey: Buffer): RelayIdentity {
+  return {
+    serverCert: () => identity.serverCert(),
+    onServerCert: (fn) => identity.onServerCert(fn),
+    enroll: (req, source, binding) => identity.enroller.enroll(req, source, binding),
+    revocationList: () => identity.enroller.revocationList(),
+    onRevocations: (fn) => identity.enroller.onRevocations(fn),
+    isRevoked: (cert) => identity.enroller.registry.revocations().isRevoked(cert),
+    stunKey,
+  };
 }
 
 export async function main(argv: string[]): Promise<void> {
@@ -105,7 +113,6 @@ export async function main(argv: string[]): Promise<void> {
   }
   let cfg: ServerConfig;
   let identity: ServerIdentity;
-  let token: string;
   const log0: { log?: Logger } = {};
   try {
     const args = parseArgs(argv, serverSchema);
@@ -114,15 +121,11 @@ export async function main(argv: string[]): Promise<void> {
     cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
     log0.log = createLogger(cfg.log.level, 'edgemesh-server');
     identity = await startServerIdentity(cfg, log0.log);
-    // Until the control channel is wired, the legacy handshake authenticates with the shared token: the bootstrap
-    // token, or with bootstrap enrollment off the tokenFile if one is there (it then enrolls nobody); else a random
-    // one nobody knows, so no agent can use the legacy handshake.
-    token = identity.bootstrapToken ?? legacyToken(cfg.tokenFile) ?? randomBytes(32).toString('hex');
   } catch (e) {
     exitOnConfigError(e);
   }
   const log = log0.log!;
-  const server = new EdgemeshServer(cfg, token, log, identity);
+  const server = new EdgemeshServer(cfg, log, identity);
   handleSignals(log, () => server.stop());
   try {
     await server.start();

@@ -1,14 +1,16 @@
-// The relay/rendezvous server core: TCP listener, mutual authentication, node registry, relay streams with
-// per-stream credit (enforced here too), optional per-agent byte rate limit, rendezvous forwarding.
-import { createServer, type Server, type Socket } from 'node:net';
+// The relay/rendezvous server core: TLS 1.3 listener (certificate issued by the cluster CA), enrollment / sign-in
+// inside TLS (identity/enroller.ts), node registry keyed by the name of the node certificate, relay streams with
+// per-stream credit (enforced here too), optional per-agent byte rate limit, rendezvous forwarding, revocation push.
+import { createServer, type Server, type TLSSocket } from 'node:tls';
+import type { Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
 import { encodeFrame, FrameDecoder, FrameError, MAX_FRAME_BYTES, type Frame } from '@edgemesh/common/tunnel/frame';
-import { agentProof, ControlMac, keyTranscript, newNonce, safeEqual, serverProof, sessionKey } from '@edgemesh/common/tunnel/auth';
-import { verifyRaw } from '@edgemesh/common/tunnel/ed25519';
+import type { NodeCertificate } from '@edgemesh/common/identity/cert';
+import type { SignedRevocationList } from '@edgemesh/common/identity/revocation';
 import {
-  CONTROL_TYPES, decodeControl, encodeControl, MAX_DATA_CHUNK, NODE_NAME_RE, PROTOCOL_VERSION, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T,
+  CONTROL_TYPES, decodeControl, encodeControl, MAX_DATA_CHUNK, PROTOCOL_VERSION, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T,
   type ControlInput, type ControlMessage, type ControlType,
 } from '@edgemesh/common/tunnel/protocol';
 import { decodeStreamFrame, encodeReset, FlowWindow, isStreamType } from '@edgemesh/common/tunnel/streams';
@@ -20,7 +22,28 @@ import {
   B, CONTROL_MSGS_BURST, CONTROL_MSGS_PER_SEC, DEADLINE_SWEEP_MS, DEFAULT_LIMITS, oldestPartial, PARTIAL_FRAME_DEADLINE_MS, PartialFrameAccount, partialPast, RELAY_OPEN_ANSWER_TIMEOUT_MS,
   RelayStreamBudgets, StreamLeases, UNAUTH_MIN_EVICT_AGE_MS, unansweredPast, type ServerLimits,
 } from './limits.ts';
+import type { EnrollRequest, EnrollResult } from './identity/enroller.ts';
 
+/** TLS exporter label of the enrollment channel binding (RFC 8446 7.5; the node key signs it in every ENROLL). */
+export const ENROLL_EXPORTER_LABEL = 'EXPORTER-edgemesh-enroll';
+export const ENROLL_BINDING_BYTES = 32;
+/** ENROLL attempts one connection may make before it is signed in: one per method of the agent's plan
+ *  (renew, join, kubernetes, bootstrap). Every failed attempt also costs the source in the enroller's limiter. */
+export const MAX_ENROLL_ATTEMPTS_PER_CONN = 4;
+
+/** What the relay needs of the server's identity (identity/index.ts ServerIdentity provides it). */
+export interface RelayIdentity {
+  /** The TLS key and chain (server certificate + CA certificate) of the control channel. */
+  serverCert(): { keyPem: string; chainPem: string };
+  onServerCert(fn: (c: { keyPem: string; chainPem: string }) => void): void;
+  enroll(req: EnrollRequest, source: string, binding: Uint8Array): Promise<EnrollResult>;
+  revocationList(): SignedRevocationList;
+  onRevocations(fn: (list: SignedRevocationList) => void): () => void;
+  /** Whether a connected node's key was revoked since it signed in (it is dropped). */
+  isRevoked(cert: NodeCertificate): boolean;
+  /** Key of the STUN MESSAGE-INTEGRITY, handed to signed-in agents in WELCOME (stun.ts). */
+  readonly stunKey: Buffer;
+}
 /** An agent must finish the handshake within this time. */
 export const AUTH_TIMEOUT_MS = 10_000;
 /** Server pings every agent this often; an agent silent for IDLE_TIMEOUT_MS is dropped. */
@@ -29,9 +52,10 @@ export const IDLE_TIMEOUT_MS = 35_000;
 /** When an agent's outgoing socket buffer exceeds this, the sender feeding it is paused (credit violations only). */
 export const MAX_SOCKET_BUFFER_BYTES = 16 * 1024 * 1024;
 export const MAX_STREAMS_PER_AGENT = 4096;
-/** Until an agent has authenticated, no frame may be bigger than this (HELLO and AUTH are a few hundred bytes): an
- *  unauthenticated client cannot make us hold a MAX_FRAME_BYTES frame for AUTH_TIMEOUT_MS. */
-export const MAX_HANDSHAKE_FRAME_BYTES = 4096;
+/** Until an agent has signed in, no frame may be bigger than this (an ENROLL is at most a ServiceAccount JWT of
+ *  MAX_ENROLL_TOKEN_CHARS plus a few hundred bytes): an unauthenticated client cannot make us hold a MAX_FRAME_BYTES
+ *  frame for AUTH_TIMEOUT_MS. */
+export const MAX_HANDSHAKE_FRAME_BYTES = 12 * 1024;
 /** An agent that lets this much pile up in its socket buffer is not reading (relay DATA to it is already paused
  *  at MAX_SOCKET_BUFFER_BYTES; the rest are small frames it provokes or its peers send): it is dropped. */
 export const MAX_AGENT_BACKLOG_BYTES = 4 * MAX_SOCKET_BUFFER_BYTES;
@@ -39,7 +63,7 @@ export const MAX_AGENT_BACKLOG_BYTES = 4 * MAX_SOCKET_BUFFER_BYTES;
 export interface RelayServerOptions {
   host: string;
   port: number;
-  token: string;
+  identity: RelayIdentity;
   log: Logger;
   registry: Registry;
   /** Per-agent relay byte rate limit (bytes/s of DATA it sends), 0 = unlimited. */
@@ -64,6 +88,7 @@ export interface RelayServerOptions {
 interface Agent {
   node: string;
   key: Buffer;
+  cert: NodeCertificate;
   conn: Conn;
   since: number;
   remote: string;
@@ -86,14 +111,17 @@ interface RelayStream {
 const finished = (st: RelayStream): boolean => st.ab.ended && st.ab.ack === st.ab.next && st.ba.ended && st.ba.ack === st.ba.next;
 
 class Conn {
-  readonly sock: Socket;
+  readonly sock: TLSSocket;
   readonly decoder = new FrameDecoder(MAX_HANDSHAKE_FRAME_BYTES);
-  state: 'hello' | 'auth' | 'ready' | 'closed' = 'hello';
-  agentNonce = Buffer.alloc(0);
-  serverNonce = newNonce();
-  mac: ControlMac | undefined;
+  /** enroll: waiting for an ENROLL; enrolling: one is being decided (frames until then are dropped). */
+  state: 'enroll' | 'enrolling' | 'ready' | 'closed' = 'enroll';
+  /** TLS exported keying material of this connection: every ENROLL's proof signs it. */
+  readonly binding: Buffer;
+  attempts = 0;
+  renewing = false;
   node = '';
-  key = Buffer.alloc(0);
+  key: Buffer = Buffer.alloc(0);
+  cert: NodeCertificate | undefined;
   lastSeen = Date.now();
   streams = new Set<number>();
   tokens = 0;
@@ -116,9 +144,10 @@ class Conn {
     return this.frames.partialSince;
   }
 
-  constructor(sock: Socket, frameBytes: Budget) {
+  constructor(sock: TLSSocket, frameBytes: Budget) {
     this.sock = sock;
     this.frames = new PartialFrameAccount(frameBytes);
+    this.binding = sock.exportKeyingMaterial(ENROLL_BINDING_BYTES, ENROLL_EXPORTER_LABEL, Buffer.alloc(0));
   }
 }
 
@@ -135,7 +164,10 @@ export class RelayServer {
   readonly limits: ServerLimits;
   private readonly streamBudgets: RelayStreamBudgets;
   private readonly unauth: ConnLimiter;
+  /** Unauthenticated slots of connections still in their TLS handshake, by `address:port`. */
+  private readonly handshaking = new Map<string, ConnSlot>();
   private readonly frameBytes: Budget;
+  private unsubscribe: (() => void) | undefined;
   private readonly m: {
     agents: Gauge; auth: Counter; relayed: Counter; streams: Gauge; streamsTotal: Counter; malformed: Counter;
     violations: Counter; rendezvous: Counter; limited: Counter;
@@ -167,7 +199,15 @@ export class RelayServer {
   }
 
   async start(): Promise<{ host: string; port: number }> {
-    this.server = createServer({ noDelay: true }, (s) => this.accept(s));
+    const id = this.opts.identity;
+    const c0 = id.serverCert();
+    // TLS 1.3 only; nothing but the TLS handshake happens before it completes (and it is bounded by AUTH_TIMEOUT_MS).
+    const server = createServer({ key: c0.keyPem, cert: c0.chainPem, minVersion: 'TLSv1.3', handshakeTimeout: AUTH_TIMEOUT_MS, noDelay: true }, (s) => this.accept(s));
+    server.on('tlsClientError', () => this.m.auth.inc({ outcome: 'tls-failed' }));
+    server.on('connection', (raw: Socket) => this.admit(raw));
+    this.server = server;
+    id.onServerCert((c) => server.setSecureContext({ key: c.keyPem, cert: c.chainPem, minVersion: 'TLSv1.3' }));
+    this.unsubscribe = id.onRevocations((list) => this.onRevocations(list));
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(this.opts.port, this.opts.host || undefined, () => resolve());
@@ -186,6 +226,7 @@ export class RelayServer {
   }
 
   async stop(): Promise<void> {
+    this.unsubscribe?.();
     if (this.pingTimer) clearInterval(this.pingTimer);
     if (this.sweepTimer) clearInterval(this.sweepTimer);
     for (const c of this.conns) c.sock.destroy();
@@ -204,14 +245,30 @@ export class RelayServer {
     };
   }
 
-  private accept(sock: Socket): void {
-    // Accept-side budget: unauthenticated connections per source and in total (the oldest idle one makes room).
-    const slot = this.unauth.open(sourceKey(sock.remoteAddress ?? ''), () => sock.destroy());
+  /**
+   * Accept-side budget, on the TCP connection before any TLS work: unauthenticated connections per source and in total
+   * (the oldest idle one makes room). The slot is found again by the connection's address once TLS is up (accept).
+   */
+  private admit(raw: Socket): void {
+    const slot = this.unauth.open(sourceKey(raw.remoteAddress ?? ''), () => raw.destroy());
     if (!slot) {
-      sock.on('error', () => {});
-      sock.destroy();
+      raw.on('error', () => {});
+      raw.destroy();
       return;
     }
+    const key = `${raw.remoteAddress}:${raw.remotePort}`;
+    this.handshaking.set(key, slot);
+    raw.once('close', () => {
+      slot.close();
+      if (this.handshaking.get(key) === slot) this.handshaking.delete(key);
+    });
+  }
+
+  private accept(sock: TLSSocket): void {
+    const key = `${sock.remoteAddress}:${sock.remotePort}`;
+    const slot = this.handshaking.get(key);
+    this.handshaking.delete(key);
+    if (!slot) return void sock.destroy(); // evicted during its TLS handshake
     const c = new Conn(sock, this.frameBytes);
     c.slot = slot;
     this.conns.add(c);
@@ -299,8 +356,7 @@ export class RelayServer {
 
   private send<K extends ControlType>(c: Conn, type: K, body: ControlInput<K>): void {
     if (c.state === 'closed' || c.sock.destroyed) return;
-    const json = encodeControl(type, body);
-    this.write(c, encodeFrame(type, c.mac && CONTROL_TYPES.has(type) ? c.mac.seal(type, json) : json));
+    this.write(c, encodeFrame(type, encodeControl(type, body)));
   }
 
   /** Every frame to an agent goes through here, so what an agent that never reads makes us hold is bounded. */
@@ -321,26 +377,15 @@ export class RelayServer {
   }
 
   private onFrame(c: Conn, f: Frame): void {
-    if (c.state === 'hello') {
-      const m = f.type === T.HELLO ? decodeControl(T.HELLO, f.payload) : undefined;
+    if (c.state === 'enrolling') return; // the agent waits for our answer; anything else now is dropped
+    if (c.state === 'enroll') {
+      const m = f.type === T.ENROLL ? decodeControl(T.ENROLL, f.payload) : undefined;
       if (!m || m.v !== PROTOCOL_VERSION) {
         this.m.malformed.inc();
-        this.m.auth.inc({ outcome: 'bad-hello' });
-        return this.fail(c, 'protocol', `expected HELLO v${PROTOCOL_VERSION}`);
+        this.m.auth.inc({ outcome: 'bad-request' });
+        return this.fail(c, 'protocol', `expected ENROLL v${PROTOCOL_VERSION}`);
       }
-      c.agentNonce = m.nonce;
-      c.state = 'auth';
-      this.send(c, T.CHALLENGE, { nonce: c.serverNonce, proof: serverProof(this.opts.token, c.agentNonce, c.serverNonce) });
-      return;
-    }
-    if (c.state === 'auth') {
-      const m = f.type === T.AUTH ? decodeControl(T.AUTH, f.payload) : undefined;
-      if (!m) {
-        this.m.malformed.inc();
-        this.m.auth.inc({ outcome: 'bad-auth' });
-        return this.fail(c, 'protocol', 'expected AUTH');
-      }
-      return this.onAuth(c, m);
+      return this.onEnroll(c, m);
     }
     if (c.state !== 'ready') return;
     if (isStreamType(RELAY_STREAM_TYPES, f.type)) return this.onStreamFrame(c, f);
@@ -348,13 +393,12 @@ export class RelayServer {
       this.m.malformed.inc();
       return;
     }
-    const body = c.mac!.open(f.type, f.payload);
-    if (!body) {
-      this.m.malformed.inc();
-      this.log.warn({ node: c.node }, 'control message with a bad MAC, dropping connection');
-      return this.fail(c, 'protocol', 'bad MAC');
-    }
+    const body = f.payload;
     switch (f.type) {
+      case T.ENROLL: {
+        const m = decodeControl(T.ENROLL, body);
+        return m ? this.onRenew(c, m) : void this.m.malformed.inc();
+      }
       case T.PING: {
         const m = decodeControl(T.PING, body);
         return m ? this.send(c, T.PONG, { t: m.t }) : void this.m.malformed.inc();
@@ -381,47 +425,94 @@ export class RelayServer {
     }
   }
 
-  private onAuth(c: Conn, m: ControlMessage<typeof T.AUTH>): void {
-    const { node, key, proof, sig } = m;
-    if (!NODE_NAME_RE.test(node)) {
-      this.m.auth.inc({ outcome: 'bad-auth' });
-      return this.fail(c, 'protocol', 'bad node name or key');
+  /** An ENROLL before sign-in: enrollment or sign-in (renew) by the enroller; the connection becomes the node's
+   *  (the certificate's name and key, never a later message's) once a certificate is issued. */
+  private onEnroll(c: Conn, m: ControlMessage<typeof T.ENROLL>): void {
+    c.state = 'enrolling';
+    c.attempts++;
+    const source = c.sock.remoteAddress ?? '';
+    this.opts.identity.enroll({ name: m.name, publicKey: m.key, signature: m.sig, method: m.method, token: m.token }, source, c.binding).then((r) => {
+      if (c.state === 'closed') return;
+      if (!r.ok) {
+        this.m.auth.inc({ outcome: r.reason });
+        this.send(c, T.ENROLL_FAIL, { reason: r.reason });
+        if (c.attempts >= MAX_ENROLL_ATTEMPTS_PER_CONN || r.reason === 'retry-later') return this.fail(c, 'auth', r.reason);
+        c.state = 'enroll';
+        return;
+      }
+      this.register(c, r.cert, m.method);
+    }, (e: unknown) => {
+      this.log.error({ err: e }, 'enrollment failed unexpectedly');
+      this.fail(c, 'internal', 'enrollment failed');
+    });
+  }
+
+  /** A signed-in agent renews its certificate (method renew, its own name and key). */
+  private onRenew(c: Conn, m: ControlMessage<typeof T.ENROLL>): void {
+    if (m.method !== 'renew' || m.name !== c.node || !m.key.equals(c.key) || c.renewing) {
+      this.m.malformed.inc();
+      return this.send(c, T.ENROLL_FAIL, { reason: 'bad-request' });
     }
-    if (!safeEqual(proof, agentProof(this.opts.token, c.agentNonce, c.serverNonce, node, key))) {
-      this.m.auth.inc({ outcome: 'bad-token' });
-      this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed authentication (wrong cluster token)');
-      return this.fail(c, 'auth', 'authentication failed');
-    }
-    if (!verifyRaw(key, keyTranscript(c.agentNonce, c.serverNonce, node), sig)) {
-      this.m.auth.inc({ outcome: 'bad-key-proof' });
-      this.log.warn({ node, remote: c.sock.remoteAddress }, 'agent failed to prove its static key');
-      return this.fail(c, 'auth', 'key proof failed');
-    }
+    c.renewing = true;
+    this.opts.identity.enroll({ name: m.name, publicKey: m.key, signature: m.sig, method: 'renew', token: '' }, c.sock.remoteAddress ?? '', c.binding).then((r) => {
+      c.renewing = false;
+      if (c.state !== 'ready') return;
+      if (!r.ok) {
+        this.send(c, T.ENROLL_FAIL, { reason: r.reason });
+        // Revoked, or no longer a Node: the connection is not the node's any more.
+        if (r.reason === 'revoked' || r.reason === 'not-a-node' || r.reason === 'name-pinned' || r.reason === 'unauthorized') this.fail(c, 'auth', r.reason);
+        return;
+      }
+      c.cert = r.cert;
+      const a = this.agents.get(c.node);
+      if (a?.conn === c) a.cert = r.cert;
+      this.send(c, T.CERT, { cert: r.cert.raw });
+    }, (e: unknown) => {
+      c.renewing = false;
+      this.log.error({ err: e }, 'renewal failed unexpectedly');
+    });
+  }
+
+  private register(c: Conn, cert: NodeCertificate, method: string): void {
+    const node = cert.name;
+    const key = cert.publicKey;
     const existing = this.agents.get(node);
-    if (existing && !existing.key.equals(key)) {
-      this.m.auth.inc({ outcome: 'name-taken' });
-      this.log.warn({ node, remote: c.sock.remoteAddress, holder: existing.remote }, 'refused a second agent claiming a connected node name with another key');
-      return this.fail(c, 'name-taken', `node ${node} is connected with another key`);
-    }
     if (existing) {
-      this.log.info({ node }, 'agent reconnected, replacing its previous connection');
+      // Same key: the agent reconnected (its old connection is stale). Another key: the name's pin was reset and the
+      // new key enrolled; the old holder is no longer the node. Either way the certificate just issued wins.
+      this.log.info({ node, sameKey: existing.key.equals(key) }, 'agent reconnected, replacing its previous connection');
       existing.conn.sock.destroy();
       this.dropAgent(existing.conn);
     }
     c.node = node;
     c.key = key;
-    c.mac = new ControlMac(sessionKey(this.opts.token, c.agentNonce, c.serverNonce), 'server');
+    c.cert = cert;
     c.state = 'ready';
     c.decoder.max = MAX_FRAME_BYTES;
     c.slot?.close(); // authenticated: no longer counts against the unauthenticated budget
     c.slot = undefined;
     c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
-    this.agents.set(node, { node, key, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
+    this.agents.set(node, { node, key, cert, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
     this.m.agents.set(this.agents.size);
     this.m.auth.inc({ outcome: 'ok' });
-    this.log.info({ node, remote: c.sock.remoteAddress }, 'agent registered');
-    this.send(c, T.WELCOME, { stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress ?? '', port: c.sock.remotePort } });
+    this.log.info({ node, method, remote: c.sock.remoteAddress }, 'agent signed in');
+    this.send(c, T.WELCOME, { cert: cert.raw, stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress ?? '', port: c.sock.remotePort }, stunKey: this.opts.identity.stunKey });
+    const list = this.opts.identity.revocationList();
+    this.send(c, T.REVOCATIONS, { body: list.body, sig: list.signature });
     this.sendPing(c);
+  }
+
+  /** The revocations changed: every agent gets the new list; a connected node whose key is revoked is dropped. */
+  private onRevocations(list: SignedRevocationList): void {
+    for (const a of [...this.agents.values()]) {
+      if (this.opts.identity.isRevoked(a.cert)) {
+        this.log.warn({ node: a.node }, 'node key revoked, dropping its connection');
+        this.fail(a.conn, 'auth', 'revoked');
+        this.dropAgent(a.conn);
+        continue;
+      }
+      this.send(a.conn, T.REVOCATIONS, { body: list.body, sig: list.signature });
+    }
   }
 
   private onOpen(c: Conn, m: ControlMessage<typeof T.OPEN>): void {
@@ -452,8 +543,8 @@ export class RelayServer {
     peer.conn.streams.add(rid);
     this.m.streams.set(this.streams.size);
     this.m.streamsTotal.inc({ outcome: 'ok' });
-    this.send(peer.conn, T.INCOMING, { rid, from: c.node, key: c.key });
-    this.send(c, T.OPENED, { req, rid, key: peer.key });
+    this.send(peer.conn, T.INCOMING, { rid, from: c.node });
+    this.send(c, T.OPENED, { req, rid });
   }
 
   private onRendezvous(c: Conn, m: ControlMessage<typeof T.RENDEZVOUS>): void {
@@ -464,9 +555,10 @@ export class RelayServer {
     }
     this.m.rendezvous.inc({ outcome: 'forwarded' });
     // The server passes on both RTTs it measured so the agents can start punching together (as DCUtR does):
-    // see startDelayMs in the agent's punch.ts. Only the validated fields travel on, with the sender's identity.
-    const { sid, reply, mode, cand, nat, streamId } = m;
-    this.send(peer.conn, T.RENDEZVOUS, { sid, reply, mode, cand, nat, streamId, from: c.node, key: c.key, rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs });
+    // see startDelayMs in the agent's punch.ts. Only the validated fields travel on, with the sender's name; the offer
+    // is signed by the sender's node key (the receiver checks it), so the server can neither forge nor alter it.
+    const { sid, reply, mode, cand, nat, streamId, ts, cert, sig } = m;
+    this.send(peer.conn, T.RENDEZVOUS, { sid, reply, mode, cand, nat, streamId, ts, cert, sig, from: c.node, rttFromMs: c.rttMs, rttToMs: peer.conn.rttMs });
   }
 
   /** DATA/CREDIT/END/RESET of a relay stream: checked against the sender's window, then forwarded unchanged. */
@@ -641,8 +733,7 @@ export class RelayServer {
 
   private closed(c: Conn): void {
     this.conns.delete(c);
-    // The agent hung up after our challenge: usually it found our proof wrong (different tokens).
-    if (c.state === 'auth') this.m.auth.inc({ outcome: 'abandoned' });
+    if (c.state === 'enroll' && c.attempts > 0) this.m.auth.inc({ outcome: 'abandoned' });
     c.state = 'closed';
     if (c.node) this.dropAgent(c);
   }

@@ -1,17 +1,18 @@
 // STUN Binding server on UDP: the TCP listen port and stunAltPort. Answers only requests carrying a valid
-// MESSAGE-INTEGRITY (agents derive the key from the cluster token), so it is no open reflector; the answers are
+// MESSAGE-INTEGRITY (a key this server hands to signed-in agents in WELCOME), so it is no open reflector; the answers are
 // signed too. Anything else is counted and dropped.
 import { createSocket, type Socket } from 'node:dgram';
 import type { Registry } from 'prom-client';
 import { Counter } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
-import { BINDING_REQUEST, bindingSuccess, decodeStun, stunKey } from '@edgemesh/common/tunnel/stun';
+import { BINDING_REQUEST, bindingSuccess, decodeStun } from '@edgemesh/common/tunnel/stun';
 
 export interface StunServerOptions {
   host: string;
   /** [main port (0 = the TCP port given to start), alt port] */
   ports: number[];
-  token: string;
+  /** MESSAGE-INTEGRITY key (20 bytes), told to signed-in agents only. */
+  key: Buffer;
   log: Logger;
   registry: Registry;
 }
@@ -24,7 +25,7 @@ export class StunServer {
 
   constructor(opts: StunServerOptions) {
     this.opts = opts;
-    this.key = stunKey(opts.token);
+    this.key = opts.key;
     this.m = { req: new Counter({ name: 'edgemesh_server_stun_requests_total', help: 'STUN packets by outcome', labelNames: ['outcome'], registers: [opts.registry] }) };
   }
 

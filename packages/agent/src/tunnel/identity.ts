@@ -1,29 +1,29 @@
-// Who a peer is, decided in one place. Today a peer proves the static key a server vouched for (OPENED, INCOMING
-// and RENDEZVOUS carry it): the Noise handshake shows the peer holds it, checkPeer compares it. The next step
-// (CA-signed node certificates checked end to end) changes only this module: ourIdentity() returns our certificate
-// (sent in the link HELLO's identity field) and checkPeer verifies the peer's against the CA and the node name.
+// Who a peer is, decided in one place. A peer proves its node key in the Noise handshake and presents its node
+// certificate (signed by the cluster CA) in the link HELLO's identity field; checkPeerCert verifies it end to end:
+// our CA, the name of the node we meant to reach (or that the server says is calling), the key Noise proved, the
+// validity window and our revocation list. What a server says about a key is never trusted.
 //
 // The pair key (X25519 of the two static keys) is known only to the two nodes: ping MACs and the session proofs in
 // the link HELLO are made with keys derived from it.
 import { createHmac } from 'node:crypto';
 import sodium from 'sodium-native';
+import type { VerifyResult } from '@edgemesh/common/identity/cert';
 import { safeEqual } from '@edgemesh/common/tunnel/auth';
 
-/** What we present in a link HELLO besides the Noise static key (empty until certificates). */
-export function ourIdentity(): Buffer {
-  return Buffer.alloc(0);
+/** What the link handshake needs of the agent's identity (AgentIdentity; unit tests give one with a test CA). */
+export interface PeerIdentity {
+  /** Our node certificate (sent in our HELLO). */
+  ourCert(): Buffer;
+  /** A peer's certificate against our CA and revocations: it must name `name` and bind `key`. */
+  verifyPeer(raw: Uint8Array, name: string, key: Uint8Array): VerifyResult;
 }
 
-/** Why the peer on a link is not `node` (undefined = it is): its Noise static key must be the vouched key. */
-export function checkPeer(node: string, vouchedKey: Buffer, presentedKey: Buffer | null, _identity?: Buffer): string | undefined {
-  if (!presentedKey || !safeEqual(vouchedKey, presentedKey)) return `peer ${node} presented a key the server did not vouch for`;
-  return undefined;
-}
-
-/** Why the identity a peer's HELLO presents is not acceptable for `node` with Noise key `presentedKey` (undefined
- *  = fine). Nothing is presented yet; a certificate will be checked here (CA signature, node name, key). */
-export function checkIdentity(_node: string, _presentedKey: Buffer, identity: Buffer): string | undefined {
-  return identity.length === 0 ? undefined : 'unexpected identity in HELLO (certificates are not enabled)';
+/** Why the certificate a peer's HELLO presents is not acceptable for `node` with Noise key `presentedKey`
+ *  (undefined = fine); `notAfter` of the accepted certificate otherwise. */
+export function checkPeerCert(id: PeerIdentity, node: string, presentedKey: Buffer, identity: Buffer): { why: string } | { notAfter: number } {
+  if (identity.length === 0) return { why: `peer ${node} presented no certificate` };
+  const v = id.verifyPeer(identity, node, presentedKey);
+  return v.ok ? { notAfter: v.cert.notAfter } : { why: `peer ${node} certificate refused: ${v.reason}` };
 }
 
 /** A key only the two nodes can compute: X25519(our secret, their public), bound to both public keys and a label. */
@@ -51,4 +51,19 @@ export function attachProof(sessionKey: Buffer, handshakeHash: Buffer, fromSid: 
 
 export function checkAttachProof(sessionKey: Buffer, handshakeHash: Buffer, fromSid: Buffer, toSid: Buffer, proof: Buffer): boolean {
   return safeEqual(attachProof(sessionKey, handshakeHash, fromSid, toSid), proof);
+}
+
+/** Our HELLO's proof for a link whose peer proved `remoteKey`: MAC under the pair key of this link. */
+export function helloProof(keyPair: { secretKey: Buffer; publicKey: Buffer }, remoteKey: Buffer, handshakeHash: Buffer, sid: Buffer, peerSid: Buffer): Buffer {
+  return attachProof(pairKey(keyPair.secretKey, keyPair.publicKey, remoteKey, SESSION_KEY_LABEL), handshakeHash, sid, peerSid);
+}
+
+/** The peer's HELLO on a link: its certificate (checkPeerCert) and its session proof under the pair key. */
+export function checkHello(id: PeerIdentity, keyPair: { secretKey: Buffer; publicKey: Buffer }, node: string, link: { remoteKey: Buffer; handshakeHash: Buffer },
+  hello: { sid: Buffer; peerSid: Buffer; proof: Buffer; identity: Buffer }): { why: string; reason: 'certificate' | 'proof' } | { notAfter: number } {
+  const cert = checkPeerCert(id, node, link.remoteKey, hello.identity);
+  if ('why' in cert) return { why: cert.why, reason: 'certificate' };
+  const sk = pairKey(keyPair.secretKey, keyPair.publicKey, link.remoteKey, SESSION_KEY_LABEL);
+  if (!checkAttachProof(sk, link.handshakeHash, hello.sid, hello.peerSid, hello.proof)) return { why: 'bad session proof', reason: 'proof' };
+  return cert;
 }

@@ -84,10 +84,10 @@ test('a birthday request out of the blue is refused (never a first contact); one
   env.b.udp.nat = 'symmetric'; // b would be the hard side: 256 sockets
   const rdv = (sid: string) => ({
     sid, mode: 'birthday' as const, cand: [{ host: '203.0.113.1', port: 20006, kind: 'stun' as const }], nat: 'cone' as const, streamId: 7,
-    from: 'a', key: Buffer.from(env.a.keys.publicKey), rttFromMs: 0, rttToMs: 0,
+    from: 'a', rttFromMs: 0, rttToMs: 0, ts: Date.now(), cert: Buffer.alloc(0), sig: Buffer.alloc(0),
   });
   let replied = 0;
-  env.b.paths.onRendezvous(rdv('0011223344556677'), () => { replied++; return true; });
+  env.b.paths.onRendezvous(rdv('0011223344556677'), () => { replied++; return true; }, Buffer.from(env.a.keys.publicKey));
   await settle();
   assert.equal(replied, 0);
   assert.equal(budgets.get('b')!.budgets.refused(REFUSAL_BIRTHDAY_UNASKED), 1);
@@ -129,7 +129,7 @@ test('network interfaces are read on refresh, never per rendezvous; an EMFILE wh
     if (fail) throw Object.assign(new Error('uv_interface_addresses returned Unknown system error 24'), { code: 'EMFILE' });
     return { eth0: [{ address: '192.0.2.7', family: 'IPv4', internal: false, netmask: '255.255.255.0', mac: '00:00:00:00:00:00', cidr: '192.0.2.7/24' }] };
   }) as unknown as typeof import('node:os').networkInterfaces;
-  const sock = new TunnelSocket({ listenPort: 0, keyPair: generateKeyPair(), token: 'test-token-0123456789abcdef', log: silentLogger, metrics: createTunnelMetrics(new Registry()), stunServers: () => [], interfaces });
+  const sock = new TunnelSocket({ listenPort: 0, keyPair: generateKeyPair(), log: silentLogger, metrics: createTunnelMetrics(new Registry()), stunServers: () => [], interfaces });
   sock.refreshInterfaces();
   for (let i = 0; i < 100; i++) sock.candidates();
   assert.equal(reads, 1, 'candidates() does not read the interfaces');

@@ -8,7 +8,6 @@ import SecretStream from '@hyperswarm/secret-stream';
 import { FrameDecoder } from '@edgemesh/common/tunnel/frame';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import type { Clock, Timer } from './clock.ts';
-import { checkPeer } from './identity.ts';
 import { decodeHello, encodePingFrame, L, type Hello } from './linkproto.ts';
 import { HANDSHAKE_TIMEOUT_MS, LINK_PING_MS, LINK_PROBE_IDLE_MS } from './timers.ts';
 
@@ -28,13 +27,12 @@ export interface Transport {
 
 export interface LinkOptions {
   keyPair: RawKeyPair;
-  /** The peer's node name and the key its identity must match. */
+  /** The peer's node name (its certificate, in the HELLO, must name it). */
   peer: string;
-  vouchedKey: Buffer;
   initiator: boolean;
   clock: Clock;
-  /** Our HELLO, made once the handshake hash is known (it binds the HELLO to this link). */
-  hello: (handshakeHash: Buffer) => Buffer;
+  /** Our HELLO, made once the handshake hash and the peer's Noise key are known (it binds the HELLO to this link). */
+  hello: (handshakeHash: Buffer, remoteKey: Buffer) => Buffer;
 }
 
 let nextLinkId = 1;
@@ -46,6 +44,8 @@ export class Link extends EventEmitter {
   readonly peer: string;
   readonly server: string | undefined;
   readonly handshakeHash: Buffer;
+  /** The static key the peer proved in the Noise handshake (its certificate must bind it). */
+  readonly remoteKey: Buffer;
   remote: string | null;
   rttMs: number | null = null;
   /** When the last frame arrived (clock ms). */
@@ -78,6 +78,7 @@ export class Link extends EventEmitter {
     this.clock = o.clock;
     this.decoder = new FrameDecoder();
     this.handshakeHash = Buffer.from(noise.handshakeHash!);
+    this.remoteKey = Buffer.from(noise.remotePublicKey!);
     this.lastHeard = o.clock.now();
     this.hello = new Promise((resolve, reject) => {
       const timer = o.clock.setTimeout(() => this.close(new Error('no HELLO on the new link')), HANDSHAKE_TIMEOUT_MS);
@@ -97,7 +98,7 @@ export class Link extends EventEmitter {
   }
 
   /**
-   * Runs Noise over the transport (the peer must prove the vouched key) and sends our HELLO; resolves with the link
+   * Runs Noise over the transport (the peer proves its static key) and sends our HELLO; resolves with the link
    * once the handshake is done. The peer's HELLO follows in `link.hello` (for the responder it comes with the last
    * handshake message; the initiator may use a fresh session's link before it arrives).
    */
@@ -118,15 +119,13 @@ export class Link extends EventEmitter {
       noise.once('close', () => fail(new Error('transport closed during the link handshake')));
       noise.opened.then((ok) => {
         if (settled) return;
-        if (!ok) return fail(new Error('Noise handshake failed'));
-        const why = checkPeer(o.peer, o.vouchedKey, noise.remotePublicKey);
-        if (why) return fail(new Error(why));
+        if (!ok || !noise.remotePublicKey) return fail(new Error('Noise handshake failed'));
         settled = true;
         o.clock.clearTimeout(timer);
         noise.off('error', fail);
         noise.removeAllListeners('close');
         const link = new Link(noise, t, o);
-        link.send(o.hello(link.handshakeHash));
+        link.send(o.hello(link.handshakeHash, link.remoteKey));
         resolve(link);
       }).catch((e: unknown) => {
         settled = false;

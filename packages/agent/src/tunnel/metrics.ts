@@ -3,6 +3,7 @@
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export interface TunnelMetrics {
+  peersRefused: Counter;
   streams: Counter;
   bytes: Counter;
   served: Counter;
@@ -28,6 +29,7 @@ export interface TunnelMetrics {
 export function createTunnelMetrics(registry: Registry): TunnelMetrics {
   const r = [registry];
   const m: TunnelMetrics = {
+    peersRefused: new Counter({ name: 'edgemesh_tunnel_peer_refused_total', help: 'Links and rendezvous refused because the peer did not prove its node identity, by reason', labelNames: ['reason'], registers: r }),
     streams: new Counter({ name: 'edgemesh_tunnel_streams_opened_total', help: 'Streams opened to peers by path and outcome', labelNames: ['path', 'outcome'], registers: r }),
     bytes: new Counter({ name: 'edgemesh_tunnel_bytes_total', help: 'Bytes on peer links (inside Noise) by path and direction', labelNames: ['path', 'direction'], registers: r }),
     served: new Counter({ name: 'edgemesh_tunnel_streams_served_total', help: 'Streams peers opened to us by outcome', labelNames: ['outcome'], registers: r }),

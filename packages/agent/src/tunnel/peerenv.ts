@@ -11,8 +11,10 @@ import type { TunnelBudgets } from './limits.ts';
 import type { TunnelMetrics } from './metrics.ts';
 import type { TunnelStream } from './stream.ts';
 import type { DirectEnv } from './udptypes.ts';
+import type { PeerIdentity } from './identity.ts';
 
-export type RendezvousOut = ControlInput<typeof T.RENDEZVOUS>;
+/** What PeerDirect sends; the tunnel signs it (rendezvous.ts) and adds ts, cert, sig. */
+export type RendezvousOut = Omit<ControlInput<typeof T.RENDEZVOUS>, 'ts' | 'cert' | 'sig'>;
 
 export interface PeerEnv {
   self: string;
@@ -20,8 +22,10 @@ export interface PeerEnv {
   clock: Clock;
   log: Logger;
   metrics: TunnelMetrics;
-  /** A relay stream to the peer through the first connected server that has it, with the key the server vouches for. */
-  openRelay(node: string): Promise<{ key: Buffer; stream: Transport['stream']; server: string }>;
+  /** Our certificate and the check of peers' (identity.ts). */
+  identity: PeerIdentity;
+  /** A relay stream to the peer through the first connected server that has it. */
+  openRelay(node: string): Promise<{ stream: Transport['stream']; server: string }>;
   /** Sends a rendezvous request through every connected server (the peer answers the first copy); false if none. */
   rendezvous(msg: RendezvousOut): boolean;
   /** The serving side for streams the peer opens (`peer`: its node name as the link authenticated it; `rttMs`: the

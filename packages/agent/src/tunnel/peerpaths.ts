@@ -7,7 +7,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { Rendezvous } from '@edgemesh/common/tunnel/protocol';
 import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import type { Clock, Timer } from './clock.ts';
-import { attachProof, checkAttachProof, checkIdentity, ourIdentity, pairKey, SESSION_KEY_LABEL } from './identity.ts';
+import { checkHello, helloProof } from './identity.ts';
 import { Link, type Transport } from './link.ts';
 import { encodeHello, isNodeAccess, SID_BYTES, type Hello, type OpenHeader } from './linkproto.ts';
 import { Session } from './mux.ts';
@@ -24,16 +24,15 @@ export class PeerPaths implements DirectHost {
   readonly env: PeerEnv;
   private readonly clock: Clock;
   private readonly log: Logger;
+  /** The peer's key as a certificate proved it (never a server's word), and until when that certificate holds. */
   private key: Buffer | undefined;
-  private sessionKey: Buffer | undefined;
-  /** The direct half (punching, upgrade policy, heartbeats); undefined when the tunnel has no UDP socket. */
-  private readonly d: PeerDirect | undefined;
+  private keyValidUntil = -Infinity;
+  private readonly d: PeerDirect | undefined; // the direct half (punching, upgrade policy, heartbeats); undefined: no UDP
   private session: Session;
   private readonly links = new Set<Link>();
   private direct: Link | undefined;
   private relayPending = false;
-  /** When the direct path stopped answering a dial (its streams moved to the relay until it answers again). */
-  private suspectAt: number | undefined;
+  private suspectAt: number | undefined; // when the direct path stopped answering a dial (its streams are on the relay)
   private timers: Partial<Record<'suspect' | 'resume' | 'attach' | 'relink', Timer>> = {};
   private closed = false;
   private resetting = false;
@@ -69,12 +68,10 @@ export class PeerPaths implements DirectHost {
     this.timers[name] = undefined;
   }
 
-  /** The key a server vouched for (every OPENED, INCOMING and RENDEZVOUS names it). */
-  setKey(key: Buffer): void {
-    if (this.key?.equals(key)) return;
-    this.key = key;
-    this.sessionKey = pairKey(this.env.keyPair.secretKey, this.env.keyPair.publicKey, key, SESSION_KEY_LABEL);
-    this.d?.setKey(key);
+  /** The peer's key, proved by a verified certificate (on a link, or a signed rendezvous offer). */
+  private setKey(key: Buffer, validUntil = -Infinity): void {
+    if (!this.key?.equals(key)) this.d?.setKey(key);
+    [this.key, this.keyValidUntil] = [key, this.key?.equals(key) ? Math.max(validUntil, this.keyValidUntil) : validUntil];
   }
 
   // ---------- dialing ----------
@@ -148,23 +145,21 @@ export class PeerPaths implements DirectHost {
 
   // ---------- links ----------
 
-  private hello(handshakeHash: Buffer): Buffer {
-    const peerSid = this.session.remoteSid ?? NO_SID;
-    const sid = this.session.localSid;
-    return encodeHello({ sid, peerSid, proof: attachProof(this.sessionKey!, handshakeHash, sid, peerSid), identity: ourIdentity() });
+  private hello(handshakeHash: Buffer, remoteKey: Buffer): Buffer {
+    const [sid, peerSid] = [this.session.localSid, this.session.remoteSid ?? NO_SID];
+    return encodeHello({ sid, peerSid, proof: helloProof(this.env.keyPair, remoteKey, handshakeHash, sid, peerSid), identity: this.env.identity.ourCert() });
   }
 
   private async establish(t: Transport, initiator: boolean, side: 'in' | 'out'): Promise<Link> {
-    if (!this.key) throw new DialError('unreachable', `no key for ${this.node}`);
-    // Links per peer (limits.ts): held until the transport closes (handshake failure, link close, peer gone).
-    const lease = this.env.budgets?.linkLease(this.node, t.stream);
+    this.env.budgets?.linkLease(this.node, t.stream); // links per peer (limits.ts): released when the transport closes
     const link = await Link.establish(t, {
-      keyPair: this.env.keyPair, peer: this.node, vouchedKey: this.key, initiator, clock: this.clock, hello: (hh) => this.hello(hh),
-    }).finally(() => { if (lease && t.stream.destroyed) lease.release(); });
-    link.once('close', () => lease?.release());
-    // The Noise handshake proved the peer's key: use the link at once (a first stream rides the last handshake message)
-    // and check the HELLO when it comes; if it names another session (peer restarted), the session starts over below.
-    this.adopt(link, side);
+      keyPair: this.env.keyPair, peer: this.node, initiator, clock: this.clock, hello: (hh, rk) => this.hello(hh, rk),
+    });
+    // A key a valid certificate of this peer proved before: use the link at once (a first stream rides the last
+    // handshake message), check the HELLO when it comes; a fresh key waits for its certificate. A HELLO naming another
+    // session (the peer restarted) starts the session over below.
+    const early = !!this.key?.equals(link.remoteKey) && Date.now() < this.keyValidUntil;
+    if (early) this.adopt(link, side);
     let hello: Hello;
     try {
       hello = await link.hello;
@@ -176,13 +171,15 @@ export class PeerPaths implements DirectHost {
       link.close();
       return link;
     }
-    const bad = !this.sessionKey || !checkAttachProof(this.sessionKey, link.handshakeHash, hello.sid, hello.peerSid, hello.proof)
-      ? 'bad session proof' : checkIdentity(this.node, this.key, hello.identity);
-    if (bad) {
-      this.log.warn({ transport: link.transport, why: bad }, 'link HELLO refused, dropping the link');
+    const ok = checkHello(this.env.identity, this.env.keyPair, this.node, link, hello);
+    if ('why' in ok) {
+      this.env.metrics.peersRefused.inc({ reason: ok.reason });
+      this.log.warn({ transport: link.transport, why: ok.why }, 'link HELLO refused, dropping the link');
       link.close();
-      throw new DialError('unreachable', bad);
+      throw new DialError('unreachable', ok.why);
     }
+    this.setKey(link.remoteKey, ok.notAfter);
+    if (!early) this.adopt(link, side);
     if (this.session.remoteSid && !this.session.remoteSid.equals(hello.sid)) {
       // The peer restarted, or gave this session up: our streams cannot resume. Keep our id (see docs).
       this.resetSession('peer-restarted', this.session.localSid, link);
@@ -265,7 +262,6 @@ export class PeerPaths implements DirectHost {
     this.relayPending = true;
     this.env.openRelay(this.node).then(
       (r) => {
-        this.setKey(r.key);
         return this.establish({ stream: r.stream, kind: 'relay', remote: r.server, server: r.server }, true, 'out');
       },
     ).then(() => { this.relayPending = false; }, (e: Error) => {
@@ -284,9 +280,8 @@ export class PeerPaths implements DirectHost {
   }
 
   /** A relay stream the peer opened to us through a server. */
-  onIncomingRelay(stream: Transport['stream'], key: Buffer, server: string): void {
+  onIncomingRelay(stream: Transport['stream'], server: string): void {
     if (this.closed) return void stream.destroy();
-    this.setKey(key);
     this.establish({ stream, kind: 'relay', remote: server, server }, false, 'in').catch((e: Error) => this.log[e instanceof DialError && e.code === 'refused' ? 'debug' : 'warn']({ err: e.message }, 'incoming relay link failed')); // a links-budget refusal is counted and logged rate-limited there
   }
 
@@ -337,11 +332,16 @@ export class PeerPaths implements DirectHost {
     return this.links.size > 0 || this.session.size > 0;
   }
 
-  onRendezvous(m: Rendezvous, reply: (msg: RendezvousOut) => boolean): void {
-    if (this.closed || !this.d || !m.key) return;
-    this.setKey(m.key);
+  onRendezvous(m: Rendezvous, reply: (msg: RendezvousOut) => boolean, provedKey: Buffer): void {
+    if (this.closed || !this.d) return;
+    // The offer's certificate (verified by the tunnel) proved this key: pings are MAC'd with it; the punched link
+    // still proves the certificate in its HELLO.
+    this.setKey(provedKey);
     this.d.onRendezvous(m, reply);
   }
+
+  /** The peer's key as last proved (revocation checks). */
+  get provedKey(): Buffer | undefined { return this.key; }
 
   /** The direct path stopped answering: drop it; the session moves to the relay, re-punching follows. */
   failDirect(why: string): void {

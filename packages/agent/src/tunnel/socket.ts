@@ -10,7 +10,7 @@ import UDX, { type UDXSocket, type UDXStream } from 'udx-native';
 import type { FdPressure } from '@edgemesh/common/fds';
 import type { Logger } from '@edgemesh/common/log';
 import type { RawKeyPair } from '@edgemesh/common/tunnel/ed25519';
-import { bindingRequest, BINDING_SUCCESS, decodeStun, looksLikeStun, newTxid, stunKey } from '@edgemesh/common/tunnel/stun';
+import { bindingRequest, BINDING_SUCCESS, decodeStun, looksLikeStun, newTxid } from '@edgemesh/common/tunnel/stun';
 import type { TunnelMetrics } from './metrics.ts';
 import { decodePing, encodePing, isPing, keyId, P, peekKeyId, pingKey } from './ping.ts';
 import { addrKey, classifyNat, localCandidates, ReplayWindow, sameAddr, type Addr, type Candidate, type NatType } from './punch.ts';
@@ -18,12 +18,12 @@ import { INTERFACES_REFRESH_MS } from './limits.ts';
 import { SOCKET_CLOSE_TIMEOUT_MS, STUN_FRESH_MS, STUN_RETRIES_MS, STUN_TIMEOUT_MS } from './timers.ts';
 import type { DirectEnv, PeerChannel, PeerPacket, PunchIO, UdpSock, UdpStream } from './udptypes.ts';
 
-export interface StunServer { host: string; port: number; altPort: number }
+/** A connected server's STUN ports and the integrity key it told us in WELCOME. */
+export interface StunServer { host: string; port: number; altPort: number; key: Buffer }
 
 export interface TunnelSocketOptions {
   listenPort: number;
   keyPair: RawKeyPair;
-  token: string;
   log: Logger;
   metrics: TunnelMetrics;
   /** Servers we are connected to now (STUN goes to the first). */
@@ -44,8 +44,8 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   private readonly byKeyId = new Map<string, Channel>();
   private counter = BigInt(Date.now()) * 1000n;
   private nextStreamId = 1 + Math.floor(Math.random() * 0x3fffffff);
-  private readonly stunWait = new Map<string, (a: Addr) => void>();
-  private readonly stunKey: Buffer;
+  /** STUN transactions in flight: the key their answer must be signed with, and who waits. */
+  private readonly stunWait = new Map<string, { key: Buffer; done: (a: Addr) => void }>();
   private readonly myKeyId: Buffer;
   private nat: NatType = 'unknown';
   private mapped: Addr | undefined;
@@ -57,7 +57,6 @@ export class TunnelSocket implements DirectEnv, PunchIO {
 
   constructor(o: TunnelSocketOptions) {
     this.o = o;
-    this.stunKey = stunKey(o.token);
     this.myKeyId = keyId(o.keyPair.publicKey);
     o.metrics.natType = () => this.nat;
   }
@@ -133,10 +132,10 @@ export class TunnelSocket implements DirectEnv, PunchIO {
 
   // ---------- STUN / NAT type ----------
 
-  private stunOnce(host: string, port: number): Promise<Addr | undefined> {
+  private stunOnce(host: string, port: number, stunKey: Buffer): Promise<Addr | undefined> {
     const tx = newTxid();
     const key = tx.toString('hex');
-    const req = bindingRequest(tx, this.stunKey);
+    const req = bindingRequest(tx, stunKey);
     return new Promise((resolve) => {
       const timers = STUN_RETRIES_MS.map((d) => setTimeout(() => this.send(req, { host, port }), d));
       const done = (a: Addr | undefined) => {
@@ -146,7 +145,7 @@ export class TunnelSocket implements DirectEnv, PunchIO {
         resolve(a);
       };
       const to = setTimeout(() => done(undefined), STUN_TIMEOUT_MS);
-      this.stunWait.set(key, done);
+      this.stunWait.set(key, { key: stunKey, done });
     });
   }
 
@@ -163,7 +162,7 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   private async detect(sc: StunServer): Promise<NatType> {
     try {
       const host = isIP(sc.host) ? sc.host : (await lookup(sc.host, { family: 4 })).address;
-      const [m1, m2] = await Promise.all([this.stunOnce(host, sc.port), sc.altPort ? this.stunOnce(host, sc.altPort) : Promise.resolve(undefined)]);
+      const [m1, m2] = await Promise.all([this.stunOnce(host, sc.port, sc.key), sc.altPort ? this.stunOnce(host, sc.altPort, sc.key) : Promise.resolve(undefined)]);
       const t = classifyNat({ hosts: this.lanHosts(), port: this.port }, m1, m2);
       if (t !== this.nat || !sameAddr(m1, this.mapped)) this.o.log.info({ nat: t, mapped: m1 ? addrKey(m1) : null }, 'NAT type detected');
       this.nat = t;
@@ -208,10 +207,14 @@ export class TunnelSocket implements DirectEnv, PunchIO {
 
   private onMessage(msg: Buffer, from: Addr, sock: UDXSocket): void {
     if (looksLikeStun(msg)) {
-      const m = decodeStun(msg, this.stunKey);
-      if (!m || m.type !== BINDING_SUCCESS || !m.integrity || !m.mapped) return void this.o.metrics.malformed.inc();
-      this.stunWait.get(m.txid.toString('hex'))?.(m.mapped);
-      return;
+      // At most a few transactions are in flight: the answer must be signed with the key of the server asked.
+      for (const w of this.stunWait.values()) {
+        const m = decodeStun(msg, w.key);
+        if (!m || m.type !== BINDING_SUCCESS || !m.integrity || !m.mapped) continue;
+        const mine = this.stunWait.get(m.txid.toString('hex'));
+        if (mine?.key === w.key) return mine.done(m.mapped);
+      }
+      return void this.o.metrics.malformed.inc();
     }
     if (!isPing(msg)) return void this.o.metrics.malformed.inc();
     const ch = this.byKeyId.get(peekKeyId(msg).toString('hex'));

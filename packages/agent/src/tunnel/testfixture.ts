@@ -1,7 +1,9 @@
 // Fakes for the tunnel's unit tests (no sockets): a network carrying pings and UDX-like streams between fake UDP
 // endpoints (with blackholes and address changes), relay "servers" made of in-memory stream pairs, and a pair of
 // PeerPaths wired through them on a ManualClock. Noise runs for real over the in-memory streams.
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes } from 'node:crypto';
+import { newSerial, signNodeCert, verifyNodeCert, type CaPublic, type NodeCertificate, type RevocationCheck } from '@edgemesh/common/identity/cert';
+import type { PeerIdentity } from './identity.ts';
 import { Duplex, duplexPair } from 'node:stream';
 import { Registry } from 'prom-client';
 import { silentLogger } from '@edgemesh/common/log';
@@ -221,9 +223,24 @@ export class FakeServer {
 }
 
 export interface Side {
-  name: string; keys: RawKeyPair; paths: PeerPaths; udp: FakeUdp; metrics: TunnelMetrics; registry: Registry; served: string[]; env: PeerEnv;
+  name: string; keys: RawKeyPair; paths: PeerPaths; udp: FakeUdp; metrics: TunnelMetrics; registry: Registry; served: string[]; env: PeerEnv; cert: NodeCertificate;
   /** Node-access streams opened to this side (`peer:port`); ports in nodePorts are answered `node <self> port <p> for <peer>`. */
   nodeOpens: string[]; nodePorts: number[];
+}
+
+/** A CA for the fakes: an Ed25519 key that signs node certificates (no X.509 needed to verify them). */
+export function fakeCa(): { ca: CaPublic; issue(name: string, publicKey: Buffer, validMs?: number): NodeCertificate; identity(cert: NodeCertificate, revoked?: RevocationCheck): PeerIdentity } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  const keyId = createHash('sha256').update(publicKey.export({ type: 'spki', format: 'der' })).digest();
+  const ca: CaPublic = { publicKey, keyId };
+  return {
+    ca,
+    issue: (name, pk, validMs = 24 * 3_600_000) => signNodeCert({ name, publicKey: pk, groups: [], notBefore: Date.now() - 60_000, notAfter: Date.now() + validMs, serial: newSerial(), issuer: keyId }, privateKey),
+    identity: (cert, revoked) => ({
+      ourCert: () => cert.raw,
+      verifyPeer: (raw, name, key) => verifyNodeCert(raw, { ca, now: Date.now(), name, publicKey: key, revoked }),
+    }),
+  };
 }
 
 /**
@@ -235,21 +252,24 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
   const net = new FakeNet();
   const servers = o.servers ?? [new FakeServer('srv1')];
   const sides = new Map<string, Side>();
+  const cas = fakeCa();
   const mk = (name: string, host: string): Side => {
     const keys = generateKeyPair();
+    const cert = cas.issue(name, keys.publicKey);
     const registry = new Registry();
     const metrics = createTunnelMetrics(registry);
     const udp = new FakeUdp(net, { host, port: 20006 }, keys.publicKey);
-    const side = { name, keys, udp, metrics, registry, served: [] as string[], nodeOpens: [] as string[], nodePorts: [22] } as Side;
+    const side = { name, keys, udp, metrics, registry, served: [] as string[], nodeOpens: [] as string[], nodePorts: [22], cert } as Side;
     const env: PeerEnv = {
       self: name, keyPair: keys, clock, log: silentLogger, metrics, direct: o.direct ? udp : undefined, upgradeRetryMs: o.upgradeRetryMs, budgets: o.budgets?.(name),
+      identity: cas.identity(cert),
       openRelay: async (node) => {
         const srv = servers.find((s) => s.up);
         const peer = sides.get(node);
         if (!srv || !peer) throw new Error('no server has the peer');
         const [x, y] = srv.pair();
-        setImmediate(() => peer.paths.onIncomingRelay(y, keys.publicKey, srv.name));
-        return { key: peer.keys.publicKey, stream: x, server: srv.name };
+        setImmediate(() => peer.paths.onIncomingRelay(y, srv.name));
+        return { stream: x, server: srv.name };
       },
       rendezvous: (msg: RendezvousOut) => {
         const peer = sides.get(msg.to as string);
@@ -280,8 +300,9 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
   const deliverRendezvous = (from: Side, to: Side, msg: RendezvousOut) => {
     setImmediate(() => to.paths.onRendezvous({
       sid: msg.sid as string, reply: msg.reply, mode: (msg.mode ?? 'normal') as 'normal' | 'birthday', cand: msg.cand as Candidate[],
-      nat: (msg.nat ?? 'unknown') as NatType, streamId: msg.streamId as number, from: from.name, key: Buffer.from(from.keys.publicKey), rttFromMs: 0, rttToMs: 0,
-    }, (reply) => { deliverRendezvous(to, from, reply); return true; }));
+      nat: (msg.nat ?? 'unknown') as NatType, streamId: msg.streamId as number, from: from.name, rttFromMs: 0, rttToMs: 0,
+      ts: Date.now(), cert: Buffer.from(from.cert.raw), sig: Buffer.alloc(64),
+    }, (reply) => { deliverRendezvous(to, from, reply); return true; }, Buffer.from(from.keys.publicKey)));
   };
   const a = mk('a', '203.0.113.1');
   const b = mk('b', '203.0.113.2');

@@ -21,14 +21,18 @@ import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
 import { serveStream } from './serve.ts';
 import { ServerConn } from './serverconn.ts';
+import type { AgentIdentity } from '../identity/agentidentity.ts';
 import { TunnelSocket } from './socket.ts';
 import type { TunnelStream } from './stream.ts';
 import { STUN_FRESH_MS } from './timers.ts';
+import { checkOffer, RENDEZVOUS_CONTEXT, rendezvousMessage } from './rendezvous.ts';
+import type { ControlInput, T } from '@edgemesh/common/tunnel/protocol';
 
 export interface TunnelOptions {
   node: string;
   servers: string[];
-  token: string;
+  /** Trust, node certificate, enrollment credentials, revocations (identity/agentidentity.ts). */
+  identity: AgentIdentity;
   keyPair: RawKeyPair;
   /** UDP port for the direct path (0 = any); undefined disables the direct path (relay only). */
   listenPort?: number;
@@ -80,15 +84,15 @@ export class Tunnel {
     this.servers = opts.servers.map((s) => {
       const hp = parseHostPort(s, false);
       if (!hp) throw new Error(`tunnel.servers: bad address ${s}`);
-      return new ServerConn({ host: hp.host, port: hp.port, node: opts.node, token: opts.token, keyPair: opts.keyPair, log: opts.log });
+      return new ServerConn({ host: hp.host, port: hp.port, identity: opts.identity, log: opts.log });
     });
     this.m = createTunnelMetrics(opts.registry);
     this.m.serversConnected = () => this.servers.filter((s) => s.connected).length;
     this.m.peerPaths = () => this.peerStatus().map((p) => p.path);
     if (opts.listenPort !== undefined) {
       this.udp = new TunnelSocket({
-        listenPort: opts.listenPort, keyPair: opts.keyPair, token: opts.token, log: opts.log, metrics: this.m, fds: opts.fds,
-        stunServers: () => this.servers.filter((s) => s.connected).map((s) => ({ host: s.host, port: s.port, altPort: s.stunAltPort })),
+        listenPort: opts.listenPort, keyPair: opts.keyPair, log: opts.log, metrics: this.m, fds: opts.fds,
+        stunServers: () => this.servers.flatMap((s) => (s.connected && s.stunKey ? [{ host: s.host, port: s.port, altPort: s.stunAltPort, key: s.stunKey }] : [])),
       });
     }
     const na = opts.nodeAccess;
@@ -102,25 +106,31 @@ export class Tunnel {
     };
     this.env = {
       self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs, budgets: this.budgets,
+      identity: opts.identity,
       openRelay: (node) => this.openRelay(node),
-      rendezvous: (msg: RendezvousOut) => this.servers.filter((s) => s.connected && s.rendezvous(msg)).length > 0,
+      rendezvous: (msg: RendezvousOut) => {
+        const signed = this.sign(msg);
+        return this.servers.filter((s) => s.connected && s.rendezvous(signed)).length > 0;
+      },
       serveNode: (peer, h, accept, reject, rttMs) => this.nodeAccess ? this.nodeAccess.serve(peer, h, rttMs, accept, reject) : reject('forbidden', 'node access is not served by this agent'),
       serve: (peer, h, accept, reject, rttMs) => serveStream(serve, peer, h, rttMs, accept, reject),
     };
   }
 
+  private readonly revocationListener = () => this.onRevocations();
+
   async start(): Promise<void> {
+    this.opts.identity.on('revocations', this.revocationListener);
     this.knownNodes = new Set(this.opts.snapshot().nodes.keys());
     for (const s of this.servers) {
       // Only Nodes of the cluster (this node's own snapshot) get links, punch attempts or per-peer state: a name the
-      // cluster does not know is refused before anything is made for it.
-      s.on('incoming', (from: string, key: Buffer, stream: TunnelStream, server: string) => {
+      // cluster does not know is refused before anything is made for it. `from` is only the server's word: the link
+      // HELLO must carry a certificate naming it, for the key Noise proved.
+      s.on('incoming', (from: string, stream: TunnelStream, server: string) => {
         if (this.stopped || !this.isPeerNode(from, 'incoming')) return void stream.destroy();
-        this.peer(from).onIncomingRelay(stream, key, server);
+        this.peer(from).onIncomingRelay(stream, server);
       });
-      s.on('rendezvous', (m: Rendezvous) => {
-        if (!this.stopped && m.from && this.isPeerNode(m.from, 'rendezvous')) this.peer(m.from).onRendezvous(m, (msg) => s.rendezvous(msg));
-      });
+      s.on('rendezvous', (m: Rendezvous) => this.onRendezvous(m, s));
       s.on('up', () => void this.udp?.freshNat(true));
       s.start();
     }
@@ -131,7 +141,39 @@ export class Tunnel {
     }
   }
 
+  /** Our signature over an offer (the server forwards it; the peer checks it against our certificate). */
+  private sign(msg: RendezvousOut): ControlInput<typeof T.RENDEZVOUS> {
+    const ts = Date.now();
+    const o = { sid: msg.sid as string, reply: msg.reply, mode: (msg.mode ?? 'normal') as 'normal' | 'birthday', cand: (msg.cand ?? []) as Rendezvous['cand'], nat: String(msg.nat ?? 'unknown'), streamId: Number(msg.streamId) };
+    const sig = this.opts.identity.sign(RENDEZVOUS_CONTEXT, rendezvousMessage(this.opts.node, String(msg.to), o, ts));
+    return { ...msg, ts, cert: this.opts.identity.ourCert(), sig };
+  }
+
+  /** A peer's offer through server `s`: only with a valid certificate of the sender and its signature (rendezvous.ts). */
+  private onRendezvous(m: Rendezvous, s: ServerConn): void {
+    if (this.stopped || !m.from || !this.isPeerNode(m.from, 'rendezvous')) return;
+    const r = checkOffer(m, this.opts.node, Date.now(), (raw, name) => this.opts.identity.verifyPeer(raw, name, undefined));
+    if (!r.ok) {
+      this.m.peersRefused.inc({ reason: 'rendezvous' });
+      this.log.debug({ peer: m.from, why: r.reason }, 'rendezvous refused');
+      return;
+    }
+    this.peer(m.from).onRendezvous({ ...m, cand: r.cand }, (msg) => s.rendezvous(this.sign(msg)), r.key);
+  }
+
+  /** A newer revocation list: links to a node whose key it revokes are dropped (its certificate is refused from now). */
+  private onRevocations(): void {
+    for (const [node, p] of this.peers) {
+      const key = p.provedKey;
+      if (key && this.opts.identity.revocations.isRevoked({ publicKey: key })) {
+        this.log.warn({ peer: node }, 'peer revoked, dropping its links');
+        this.forget(node);
+      }
+    }
+  }
+
   async stop(): Promise<void> {
+    this.opts.identity.off('revocations', this.revocationListener);
     this.stopped = true;
     clearInterval(this.natTimer);
     for (const s of this.servers) s.stop();
@@ -157,7 +199,7 @@ export class Tunnel {
   }
 
   /** A relay stream to `node` through the first connected server that has it. */
-  private async openRelay(node: string): Promise<{ key: Buffer; stream: TunnelStream; server: string }> {
+  private async openRelay(node: string): Promise<{ stream: TunnelStream; server: string }> {
     const errors: string[] = [];
     for (const s of this.servers) {
       if (!s.connected) {

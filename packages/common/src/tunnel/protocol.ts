@@ -1,14 +1,18 @@
 // Server frames: the agent<->server protocol on the TCP connection (frames as frame.ts: [type u8][length u32][payload]).
-// Every frame type is in SERVER_FRAMES with its direction and payload. Control messages are JSON (validated here into
-// typed values, base64 fields already decoded) followed, once authenticated, by a ControlMac trailer (auth.ts).
+// The connection is TLS 1.3 (server certificate issued by the cluster CA, pinned by the agent); nothing but the TLS
+// handshake happens before it. Every frame type is in SERVER_FRAMES with its direction and payload. Control messages
+// are JSON (validated here into typed values, base64 fields already decoded); TLS gives them integrity.
 // Relay stream frames (DATA/CREDIT/END/RESET) carry only Noise ciphertext; their layout is streams.ts's.
 import { z } from 'zod';
+import { MAX_FRAME_BYTES } from './frame.ts';
 import type { StreamTypes } from './streams.ts';
 
 export const T = {
-  HELLO: 1,
-  CHALLENGE: 2,
-  AUTH: 3,
+  // 1-3 were the shared-token HELLO/CHALLENGE/AUTH of protocol v2: retired, refused.
+  ENROLL: 8,
+  ENROLL_FAIL: 9,
+  CERT: 16,
+  REVOCATIONS: 17,
   WELCOME: 4,
   ERROR: 5,
   PING: 6,
@@ -25,26 +29,36 @@ export const T = {
   RESET: 23,
 } as const;
 
-/** v2: relay stream frames carry absolute offsets and acknowledgements (streams.ts). */
-export const PROTOCOL_VERSION = 2;
+/** v2: relay stream frames carry absolute offsets and acknowledgements (streams.ts). v3: TLS 1.3, enrollment and
+ *  node certificates instead of the shared-token handshake; rendezvous signed by the sender. */
+export const PROTOCOL_VERSION = 3;
+/** Enrollment methods an ENROLL may name (server/identity/decide.ts). */
+export const ENROLL_METHODS = ['renew', 'join', 'kubernetes', 'bootstrap'] as const;
+/** The longest token an ENROLL may carry (a projected ServiceAccount JWT; join and bootstrap tokens are far shorter). */
+export const MAX_ENROLL_TOKEN_CHARS = 8192;
+/** A node certificate in base64 (MAX_NODE_CERT_BYTES is under 1 kB). */
+const MAX_CERT_B64 = 2048;
+/** A revocation list in base64, within one frame (~750 kB of list, ~7,000 revoked keys still in their lifetime). */
+const MAX_REVOCATIONS_B64 = MAX_FRAME_BYTES - 4096;
 
 export interface FrameSpec { type: number; name: string; dir: 'a->s' | 's->a' | 'both'; payload: string }
 
 /** The table of server frames (docs/tunnel-protocol.md explains each). */
 export const SERVER_FRAMES: readonly FrameSpec[] = [
-  { type: T.HELLO, name: 'HELLO', dir: 'a->s', payload: 'JSON {v, nonce} (clear)' },
-  { type: T.CHALLENGE, name: 'CHALLENGE', dir: 's->a', payload: 'JSON {nonce, proof} (clear)' },
-  { type: T.AUTH, name: 'AUTH', dir: 'a->s', payload: 'JSON {node, key, proof, sig} (clear)' },
-  { type: T.WELCOME, name: 'WELCOME', dir: 's->a', payload: 'JSON {stunAltPort, observed} + MAC' },
-  { type: T.ERROR, name: 'ERROR', dir: 'both', payload: 'JSON {code, message} (+ MAC once authenticated); the sender closes' },
-  { type: T.PING, name: 'PING', dir: 'both', payload: 'JSON {t} + MAC' },
-  { type: T.PONG, name: 'PONG', dir: 'both', payload: 'JSON {t} + MAC' },
-  { type: T.OPEN, name: 'OPEN', dir: 'a->s', payload: 'JSON {req, to} + MAC: open a relay stream to node `to`' },
-  { type: T.OPENED, name: 'OPENED', dir: 's->a', payload: 'JSON {req, rid, key} + MAC: the stream, and the key the server vouches for' },
-  { type: T.OPEN_FAIL, name: 'OPEN_FAIL', dir: 's->a', payload: 'JSON {req, code} + MAC' },
-  { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from, key} + MAC: a peer opened a relay stream to us' },
-  { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous + MAC (the server adds from, key, RTTs)' },
-  { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES) + MAC' },
+  { type: T.ENROLL, name: 'ENROLL', dir: 'a->s', payload: 'JSON {v, method, name, key, token, sig}: sign-in / enrollment / renewal (sig over the TLS exporter)' },
+  { type: T.ENROLL_FAIL, name: 'ENROLL_FAIL', dir: 's->a', payload: 'JSON {reason} (a public reason only); before WELCOME the server closes' },
+  { type: T.WELCOME, name: 'WELCOME', dir: 's->a', payload: 'JSON {cert, stunAltPort, observed, stunKey}: the node certificate; the connection is now the node\'s' },
+  { type: T.CERT, name: 'CERT', dir: 's->a', payload: 'JSON {cert}: a renewed node certificate' },
+  { type: T.REVOCATIONS, name: 'REVOCATIONS', dir: 's->a', payload: 'JSON {body, sig}: the CA-signed revocation list' },
+  { type: T.ERROR, name: 'ERROR', dir: 'both', payload: 'JSON {code, message}; the sender closes' },
+  { type: T.PING, name: 'PING', dir: 'both', payload: 'JSON {t}' },
+  { type: T.PONG, name: 'PONG', dir: 'both', payload: 'JSON {t}' },
+  { type: T.OPEN, name: 'OPEN', dir: 'a->s', payload: 'JSON {req, to}: open a relay stream to node `to`' },
+  { type: T.OPENED, name: 'OPENED', dir: 's->a', payload: 'JSON {req, rid}: the stream (the peer proves who it is in the link HELLO)' },
+  { type: T.OPEN_FAIL, name: 'OPEN_FAIL', dir: 's->a', payload: 'JSON {req, code}' },
+  { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from}: a peer opened a relay stream to us (its certificate must name `from`)' },
+  { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous {sid, reply, mode, cand, nat, streamId, ts, cert, sig} signed by the sender (the server adds from, RTTs)' },
+  { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES)' },
   { type: T.DATA, name: 'DATA', dir: 'both', payload: '[rid u32][offset u64][ciphertext]' },
   { type: T.CREDIT, name: 'CREDIT', dir: 'both', payload: '[rid u32][ack u64]' },
   { type: T.END, name: 'END', dir: 'both', payload: '[rid u32][fin u64]' },
@@ -53,8 +67,8 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
 
 export const RELAY_STREAM_TYPES: StreamTypes = { DATA: T.DATA, CREDIT: T.CREDIT, END: T.END, RESET: T.RESET };
 
-/** Types whose payload is JSON + MAC (after the handshake). */
-export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.WELCOME, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
+/** Types whose payload is a JSON control message. */
+export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.ENROLL, T.ENROLL_FAIL, T.WELCOME, T.CERT, T.REVOCATIONS, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
 
 /** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. A relay stream
  *  carries a whole peer link (its streams have their own windows inside), so this bounds the link at window/RTT. */
@@ -68,7 +82,7 @@ export const NODE_NAME_RE = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 
 // ---------- typed control messages ----------
 
-const b64 = (len?: number) => z.string().max(4096).transform((s, ctx) => {
+const b64 = (len?: number, maxChars = 4096) => z.string().max(maxChars).transform((s, ctx) => {
   const b = Buffer.from(s, 'base64');
   if (len !== undefined && b.length !== len) {
     ctx.addIssue({ code: 'custom', message: `expected ${len} bytes` });
@@ -101,22 +115,28 @@ const rendezvousBody = {
   cand: candidates,
   nat: z.enum(NAT_TYPES).catch('unknown'),
   streamId: u32,
+  /** The sender's clock (ms) when it signed: the receiver refuses offers too old or too far ahead. */
+  ts: z.number().int().min(0),
+  /** The sender's node certificate and its node key's signature over the offer (agent tunnel/rendezvous.ts). */
+  cert: b64(undefined, MAX_CERT_B64),
+  sig: b64(64),
 };
 
 const SCHEMAS = {
-  [T.HELLO]: z.object({ v: z.number(), nonce: b64(32) }),
-  [T.CHALLENGE]: z.object({ nonce: b64(32), proof: b64() }),
-  [T.AUTH]: z.object({ node: z.string().max(253), key: b64(32), proof: b64(), sig: b64() }),
-  [T.WELCOME]: z.object({ stunAltPort: z.number().int().min(0).max(65535).catch(0), observed: hostPort.optional() }),
+  [T.ENROLL]: z.object({ v: z.number(), method: z.enum(ENROLL_METHODS), name: z.string().max(253), key: b64(32), token: z.string().max(MAX_ENROLL_TOKEN_CHARS), sig: b64(64) }),
+  [T.ENROLL_FAIL]: z.object({ reason: z.string().max(64) }),
+  [T.WELCOME]: z.object({ cert: b64(undefined, MAX_CERT_B64), stunAltPort: z.number().int().min(0).max(65535).catch(0), observed: hostPort.optional(), stunKey: b64(20) }),
+  [T.CERT]: z.object({ cert: b64(undefined, MAX_CERT_B64) }),
+  [T.REVOCATIONS]: z.object({ body: b64(undefined, MAX_REVOCATIONS_B64), sig: b64(64) }),
   [T.ERROR]: z.object({ code: z.string().max(64), message: z.string().max(1024).catch('') }),
   [T.PING]: z.object({ t: z.number() }),
   [T.PONG]: z.object({ t: z.number() }),
   [T.OPEN]: z.object({ req: u32, to: z.string().max(253) }),
-  [T.OPENED]: z.object({ req: u32, rid: u32, key: b64(32) }),
+  [T.OPENED]: z.object({ req: u32, rid: u32 }),
   [T.OPEN_FAIL]: z.object({ req: u32, code: z.string().max(64) }),
-  [T.INCOMING]: z.object({ rid: u32, from: nodeName, key: b64(32) }),
+  [T.INCOMING]: z.object({ rid: u32, from: nodeName }),
   /** Agent -> server: `to` names the peer. */
-  [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(), key: b64(32).optional(),
+  [T.RENDEZVOUS]: z.object({ to: z.string().max(253).optional(), ...rendezvousBody, from: nodeName.optional(),
     rttFromMs: z.number().min(0).max(60_000).catch(0).optional(), rttToMs: z.number().min(0).max(60_000).catch(0).optional() }),
   /** Any JSON object here: the server's fleet store validates it against the report schema (and counts what fails). */
   [T.REPORT]: z.record(z.string(), z.unknown()),
@@ -130,7 +150,7 @@ export type ControlMessage<K extends keyof Schemas> = z.output<Schemas[K]>;
 /** What a control message of a type is encoded from (Buffers as base64 by encodeControl). */
 export type ControlInput<K extends keyof Schemas> = { [F in keyof z.input<Schemas[K]>]: NonNullable<z.input<Schemas[K]>[F]> extends string ? z.input<Schemas[K]>[F] | Buffer : z.input<Schemas[K]>[F] };
 
-/** A rendezvous as an agent sends it (to the server: `to`) or receives it (from the server: `from`, `key`, RTTs). */
+/** A rendezvous as an agent sends it (to the server: `to`) or receives it (from the server: `from`, RTTs). */
 export type Rendezvous = ControlMessage<typeof T.RENDEZVOUS>;
 export interface RendezvousCandidate { host: string; port: number; kind: 'lan' | 'stun' | 'prflx' }
 

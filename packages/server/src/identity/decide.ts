@@ -25,16 +25,9 @@ import type { ClusterView } from './nodes.ts';
 import type { EnrollMethod, Pin } from './registry.ts';
 import { interpretTokenReview, type TokenReviewStatus } from './tokenreview.ts';
 
-/** Context of the key-possession proof: the node key signs ENROLL_PROOF_CONTEXT || enrollProofMessage(...). */
-export const ENROLL_PROOF_CONTEXT = 'edgemesh enrollment proof v1\0';
+import { ENROLL_PROOF_CONTEXT, enrollProofMessage } from '@edgemesh/common/identity/enrollproof';
 
-/**
- * What the node key signs: the channel binding (TLS exported keying material of this connection, so the proof cannot
- * be replayed on another connection), the method and the name.
- */
-export function enrollProofMessage(binding: Uint8Array, method: EnrollMethod | 'renew', name: string): Buffer {
-  return Buffer.concat([Buffer.from([binding.length]), binding, Buffer.from(`${method}\0${name}`, 'latin1')]);
-}
+export { ENROLL_PROOF_CONTEXT, enrollProofMessage };
 
 export type Credential =
   | { readonly method: 'join'; readonly token: string; readonly record: JoinTokenRecord | undefined }
