@@ -21,10 +21,12 @@ export function ensureStateDir(dir: string): void {
   if ((st.mode & 0o777) !== STATE_DIR_MODE && (process.getuid === undefined || st.uid === process.getuid())) chmodSync(dir, STATE_DIR_MODE);
 }
 
-export function writeFileAtomicSync(file: string, text: string | Uint8Array, mode = STATE_FILE_MODE): void {
-  const dir = dirname(file);
-  mkdirSync(dir, { recursive: true, mode: STATE_DIR_MODE });
-  // pid + random: two agents sharing the stateDir during a takeover never write the same temp file.
+/**
+ * Writes `text` to a fresh temp file beside `file` (its directory made 0700 when missing), fsynced, and returns its
+ * path. pid + random in the name: two agents sharing the stateDir during a takeover never write the same temp file.
+ */
+function writeTempSync(file: string, text: string | Uint8Array, mode: number): string {
+  mkdirSync(dirname(file), { recursive: true, mode: STATE_DIR_MODE });
   const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
   const fd = openSync(tmp, 'wx', mode);
   try {
@@ -33,6 +35,12 @@ export function writeFileAtomicSync(file: string, text: string | Uint8Array, mod
   } finally {
     closeSync(fd);
   }
+  return tmp;
+}
+
+export function writeFileAtomicSync(file: string, text: string | Uint8Array, mode = STATE_FILE_MODE): void {
+  const dir = dirname(file);
+  const tmp = writeTempSync(file, text, mode);
   try {
     renameSync(tmp, file);
   } catch (e) {
@@ -54,15 +62,7 @@ export function writeFileAtomicSync(file: string, text: string | Uint8Array, mod
  * when the file already existed. This is the "first writer wins" primitive two processes can share without a lock.
  */
 export function writeFileExclusiveSync(file: string, text: string | Uint8Array, mode = STATE_FILE_MODE): boolean {
-  mkdirSync(dirname(file), { recursive: true, mode: STATE_DIR_MODE });
-  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  const fd = openSync(tmp, 'wx', mode);
-  try {
-    writeSync(fd, typeof text === 'string' ? Buffer.from(text) : text);
-    fdatasyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
+  const tmp = writeTempSync(file, text, mode);
   try {
     linkSync(tmp, file);
     return true;
