@@ -21,7 +21,7 @@ test('built agent and server (NODE_ENV=production, no TypeScript loader): /ready
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production', NODE_OPTIONS: '--no-experimental-strip-types', EDGEMESH_MEMORY_LIMIT: '256Mi' };
   delete env.EDGEMESH_SOURCE;
   writeFileSync(join(root, 'token'), TOKEN + '\n', { mode: 0o600 });
-  writeFileSync(join(root, 'server.yaml'), `listen: "127.0.0.1:0"\nstunAltPort: 0\ntokenFile: ${join(root, 'token')}\nadmin: {listen: "127.0.0.1:0"}\n`);
+  writeFileSync(join(root, 'server.yaml'), `listen: "127.0.0.1:0"\nstunAltPort: 0\ntokenFile: ${join(root, 'token')}\nstateDir: ${join(root, 'server-state')}\nadmin: {listen: "127.0.0.1:0"}\n`);
   const server = spawn(process.execPath, [join(ROOT, 'packages/server/bin/edgemesh-server.js'), '--config', join(root, 'server.yaml')], { stdio: ['ignore', 'pipe', 'pipe'], env });
   t.after(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
   let serverOut = '';

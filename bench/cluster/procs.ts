@@ -98,7 +98,7 @@ export async function startServer(root: string, mode: BinMode): Promise<Proc & {
   const tokenFile = join(root, 'token');
   writeFileSync(tokenFile, TOKEN + '\n', { mode: 0o600 });
   const cfg = join(root, 'server.yaml');
-  writeFileSync(cfg, `listen: "127.0.0.1:0"\nstunAltPort: 0\ntokenFile: ${tokenFile}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
+  writeFileSync(cfg, `listen: "127.0.0.1:0"\nstunAltPort: 0\ntokenFile: ${tokenFile}\nstateDir: ${join(root, 'server-state')}\nadmin: {listen: "127.0.0.1:0"}\nlog: {level: info}\n`);
   const p = spawnBin(SERVER_BIN, ['--config', cfg], binEnv(mode, chartLimits().server));
   const address = await until('server address', async () => {
     if (p.child.exitCode !== null) throw new Error(`server exited ${p.child.exitCode}: ${p.out()}`);

@@ -42,7 +42,7 @@ before(async () => {
   const tokenFile = join(lab.dir, 'token');
   writeFileSync(tokenFile, 'takeover-test-token-0123456789\n', { mode: 0o600 });
   const serverCfg = join(lab.dir, 'server.yaml');
-  writeFileSync(serverCfg, stringify({ listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile, admin: { listen: '127.0.0.1:10561' }, log: { level: 'warn' } }));
+  writeFileSync(serverCfg, stringify({ listen: '0.0.0.0:20004', stunAltPort: 20005, tokenFile, stateDir: join(lab.dir, 'server-state'), admin: { listen: '127.0.0.1:10561' }, log: { level: 'warn' } }));
   const server = lab.spawnIn(lab.client, join(ROOT, 'packages/server/bin/edgemesh-server.js'), ['--config', serverCfg]);
   void collect(server);
   cfg = agentConfig(lab, manifests, stateDir, {

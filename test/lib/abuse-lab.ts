@@ -143,7 +143,7 @@ export class AbuseLab {
     ];
     writeFileSync(join(manifests, 'cluster.yaml'), docs.map((d) => stringify(d)).join('---\n'));
     writeFileSync(join(this.dir, 'server.yaml'), stringify({
-      listen: `0.0.0.0:${SERVER_PORT}`, stunAltPort: SERVER_PORT + 1, tokenFile: join(this.dir, 'token'),
+      listen: `0.0.0.0:${SERVER_PORT}`, stunAltPort: SERVER_PORT + 1, tokenFile: join(this.dir, 'token'), stateDir: join(this.dir, 'server-state'),
       admin: { listen: `0.0.0.0:${SERVER_ADMIN_PORT}` }, log: { level: 'info' },
     }));
     writeFileSync(join(this.dir, 'agent.yaml'), stringify({
