@@ -9,7 +9,7 @@ import { agentSchema } from '@edgemesh/common/config';
 import { silentLogger } from '@edgemesh/common/log';
 import { DialError } from '../proxy/dialer.ts';
 import {
-  BIRTHDAY_SOCKET_BUDGET, BUDGET_LINKS, BUDGET_PUNCH, DEFAULT_TUNNEL_LIMITS, REFUSAL_BIRTHDAY_UNASKED, TunnelBudgets, type TunnelLimitsConfig, REFUSAL_RENDEZVOUS_RATE, RENDEZVOUS_PER_PEER_BURST, RENDEZVOUS_PER_PEER_PER_SEC,
+  BIRTHDAY_SOCKET_BUDGET, BUDGET_LINKS, BUDGET_PUNCH, DEFAULT_TUNNEL_LIMITS, REFUSAL_BIRTHDAY_UNASKED, TunnelBudgets, type TunnelLimitsConfig,
 } from './limits.ts';
 import { generateKeyPair } from '@edgemesh/common/tunnel/ed25519';
 import { createTunnelMetrics } from './metrics.ts';
@@ -136,17 +136,4 @@ test('network interfaces are read on refresh, never per rendezvous; an EMFILE wh
   fail = true;
   assert.doesNotThrow(() => sock.refreshInterfaces());
   assert.deepEqual(sock.candidates().map((c) => c.host), ['192.0.2.7'], 'the last list stays');
-});
-
-test('rendezvous offers per peer: a burst, then the sustained rate; refusals counted; one peer does not cost another', () => {
-  const b = mk();
-  const t0 = 1_000_000;
-  for (let i = 0; i < RENDEZVOUS_PER_PEER_BURST; i++) assert.ok(b.admitRendezvous('a', t0), `offer ${i} of the burst`);
-  assert.equal(b.admitRendezvous('a', t0), false, 'past the burst');
-  assert.equal(b.budgets.refused(REFUSAL_RENDEZVOUS_RATE), 1);
-  assert.ok(b.admitRendezvous('b', t0), 'another peer has its own bucket');
-  const step = 1000 / RENDEZVOUS_PER_PEER_PER_SEC;
-  assert.ok(b.admitRendezvous('a', t0 + step), 'one more after 1/rate seconds');
-  assert.equal(b.admitRendezvous('a', t0 + step), false);
-  assert.equal(b.budgets.refused(REFUSAL_RENDEZVOUS_RATE), 2);
 });

@@ -6,7 +6,6 @@
 import type { EventEmitter } from 'node:events';
 import type { Budget, Budgets, KeyedBudget, Lease } from '@edgemesh/common/budget';
 import type { FdPressure } from '@edgemesh/common/fds';
-import { fullBucket, take, type BucketParams, type BucketState } from '@edgemesh/common/ratelimit';
 import { DialError } from '../proxy/dialer.ts';
 import { BIRTHDAY_SOCKETS } from './punch.ts';
 
@@ -41,17 +40,6 @@ export const BUDGET_BIRTHDAY = 'tunnel_birthday_sockets';
 /** Refusals by rule (not by amount): counted under these budget names too. */
 export const REFUSAL_BIRTHDAY_UNASKED = 'tunnel_birthday_unasked';
 export const REFUSAL_NOT_A_NODE = 'tunnel_not_a_node';
-export const REFUSAL_RENDEZVOUS_RATE = 'tunnel_rendezvous_rate';
-
-/**
- * Rendezvous offers one peer may send us: a burst of 8, then 2 per second. A punch costs one offer and one reply, a
- * birthday round one more, and a dial that keeps failing retries every few seconds, so a real peer stays far below;
- * more is a peer making us punch (each attempt costs packets and, for birthday rounds, sockets). Checked before the
- * offer's signature (the cheap check first); peers are cluster Nodes only, so the buckets are bounded by the cluster.
- */
-export const RENDEZVOUS_PER_PEER_BURST = 8;
-export const RENDEZVOUS_PER_PEER_PER_SEC = 2;
-const RENDEZVOUS_RATE: BucketParams = { capacity: RENDEZVOUS_PER_PEER_BURST, ratePerSec: RENDEZVOUS_PER_PEER_PER_SEC };
 
 export interface TunnelLimitsConfig {
   servedStreams: number;
@@ -76,7 +64,6 @@ export class TunnelBudgets {
   readonly links: KeyedBudget;
   readonly punch: Budget;
   readonly birthday: Budget;
-  private readonly rendezvous = new Map<string, BucketState>();
 
   constructor(budgets: Budgets, limits: TunnelLimitsConfig = DEFAULT_TUNNEL_LIMITS, fds?: FdPressure) {
     this.budgets = budgets;
@@ -86,15 +73,6 @@ export class TunnelBudgets {
     this.links = budgets.keyed({ name: BUDGET_LINKS, perKey: limits.linksPerPeer, total: Infinity, unit: 'links', keyName: 'peer' });
     this.punch = budgets.budget({ name: BUDGET_PUNCH, max: limits.punchSessions, unit: 'sessions' });
     this.birthday = budgets.budget({ name: BUDGET_BIRTHDAY, max: BIRTHDAY_SOCKET_BUDGET, unit: 'sockets' });
-  }
-
-  /** Whether a rendezvous offer from `peer` at `now` (ms) is within its rate; a refusal is counted and logged there. */
-  admitRendezvous(peer: string, now: number): boolean {
-    let b = this.rendezvous.get(peer);
-    if (!b) this.rendezvous.set(peer, (b = fullBucket(RENDEZVOUS_RATE, now)));
-    if (take(b, RENDEZVOUS_RATE, now)) return true;
-    this.budgets.refuse(REFUSAL_RENDEZVOUS_RATE, { peer });
-    return false;
   }
 
   /** A link to `peer` over `stream`, held until the stream closes; throws (and destroys the stream) when refused. */

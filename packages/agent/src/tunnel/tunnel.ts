@@ -151,7 +151,7 @@ export class Tunnel {
 
   /** A peer's offer through server `s`: only with a valid certificate of the sender and its signature (rendezvous.ts). */
   private onRendezvous(m: Rendezvous, s: ServerConn): void {
-    if (this.stopped || !m.from || !this.isPeerNode(m.from, 'rendezvous') || !this.budgets.admitRendezvous(m.from, Date.now())) return;
+    if (this.stopped || !m.from || !this.isPeerNode(m.from, 'rendezvous')) return;
     const r = checkOffer(m, this.opts.node, Date.now(), (raw, name) => this.opts.identity.verifyPeer(raw, name, undefined));
     if (!r.ok) {
       this.m.peersRefused.inc({ reason: 'rendezvous' });
