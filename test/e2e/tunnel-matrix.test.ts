@@ -1,6 +1,6 @@
 // The NAT matrix: real edgemesh-server on the public network, a tunnel node per site behind the NAT types of
-// docs/natlab.md. Each pair: the first stream starts on the relay at once, punching settles the path, then 20 MB each
-// way with the sha256 checked and the path each transfer used asserted.
+// docs/natlab.md. Each pair: the first stream starts at once on the first link up (the relay, unless the punch wins),
+// punching settles the path, then 20 MB each way with the sha256 checked and the path each transfer used asserted.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildLab } from '../lib/netlab.ts';
@@ -54,11 +54,15 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
   });
 
   test('every pair: relay at once, then the expected path; 20 MB each way intact', async () => {
-    // Warm-up: the first stream of each pair goes on the relay immediately (no waiting for the punch).
+    // Warm-up: the first stream of each pair goes on whichever link comes up first, without waiting for the punch:
+    // relay-only pairs must be on the relay; a direct pair may already be direct when its punch (a full cone answers
+    // the first probe) beats the relay link's handshake on a loaded machine. That the open is queued on the relay at
+    // once while a punch is under way is asserted without sockets in peerpaths.test.ts.
     const first = await Promise.all(PAIRS.map((p) => tl.transfer(p.a, p.b, MB)));
     first.forEach((r, i) => {
       assert.equal(r.ok, true, `${PAIRS[i].name}: first transfer ${JSON.stringify(r)}`);
-      assert.equal(r.path, 'relay', `${PAIRS[i].name}: the first stream should start on the relay`);
+      if (PAIRS[i].expect === 'relay') assert.equal(r.path, 'relay', `${PAIRS[i].name}: the first stream should start on the relay`);
+      else assert.ok(r.path === 'relay' || r.path === 'direct', `${PAIRS[i].name}: first stream path ${r.path}`);
     });
     // Settle: direct pairs reach direct on both sides; relay pairs finish their punch attempt without a direct path.
     await Promise.all(PAIRS.map(async (p) => {
