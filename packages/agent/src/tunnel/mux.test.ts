@@ -176,6 +176,49 @@ test('an old ATTACH arriving late over a slower link does not pull the session b
   assert.equal(b.current, y2, 'the stale request was ignored');
 });
 
+test('an ATTACH sent before the peer heard of a stream, arriving after its OK (another link), does not drop it', async () => {
+  const { a, b, served } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  // b moves to a new link; its ATTACH (listing no stream) is slow to arrive there.
+  const [x2, y2] = linkPair(a, b);
+  b.attach(y2);
+  const held = y2.queue.splice(0);
+  // a opens on the old link; b answers the way the OPEN came: a has the stream established.
+  const { answered } = a.open(HEADER, 3000);
+  await pump([x1, y1]);
+  const { stream: s } = await answered;
+  const got = reader(s);
+  // Now b's ATTACH arrives: its state predates the stream, so it must not count as "the peer lost it".
+  for (const f of new FrameDecoder().push(Buffer.concat(held))) a.onFrame(x2, f.type, f.payload);
+  await pump([x1, y1, x2, y2]);
+  assert.equal(s.destroyed, false, 'the stream was kept');
+  s.end('after the move');
+  await pump([x1, y1, x2, y2]);
+  assert.deepEqual(served, [sha(Buffer.from('after the move'))]);
+  assert.equal(got(), served[0], 'the reply came back over the new link');
+});
+
+test('a stream the peer really dropped (absent from its answer to a later ATTACH) is ended', async () => {
+  const { a, b, bStreams } = pair();
+  const [x1, y1] = linkPair(a, b);
+  await attachBoth(a, b, x1, y1);
+  const { answered } = a.open(HEADER, 3000);
+  await pump([x1, y1]);
+  const { stream: s } = await answered;
+  s.on('error', () => {});
+  // b drops the stream and its RESET is lost with the old link.
+  y1.lost = true;
+  bStreams[0].destroy();
+  await pump([x1, y1]);
+  a.detach(x1);
+  b.detach(y1);
+  const [x2, y2] = linkPair(a, b);
+  a.attach(x2);
+  await pump([x2, y2]);
+  assert.equal(s.destroyed, true, 'ended: the peer answered an ATTACH sent after the stream opened without it');
+});
+
 test('streams the peer opens count against the session limit, also while their dial is under way', async () => {
   const { a, b } = pair();
   const [x, y] = linkPair(a, b);

@@ -49,6 +49,8 @@ export class Session {
   private readonly opening = new Map<number, Opening>();
   /** Streams the peer opened whose local dial is under way; true once the peer gave up on one. */
   private readonly answering = new Map<number, boolean>();
+  /** Our ATTACH seq when each stream opened on both sides (an ATTACH and an OK can take different links). */
+  private readonly openAt = new WeakMap<TunnelStream, number>();
   private nextId: number;
   private seq = 0;
   private peerSeq = 0;
@@ -215,11 +217,8 @@ export class Session {
   cancel(s: TunnelStream): void {
     for (const [id, o] of this.opening) {
       if (o.stream !== s) continue;
-      this.opening.delete(id);
-      this.streams.delete(id);
       this.sendCtl(encodeReset(LINK_STREAM_TYPES, id));
-      s.abort();
-      o.reject(new DialError('timeout', 'the dial was abandoned'));
+      this.failOpen(id, o, new DialError('timeout', 'the dial was abandoned'));
     }
   }
 
@@ -241,11 +240,7 @@ export class Session {
       case L.ERR: {
         const e = decodeErr(p);
         const o = e && this.opening.get(e.id);
-        if (!e || !o) return;
-        this.opening.delete(e.id);
-        this.streams.delete(e.id);
-        o.stream.abort();
-        o.reject(new DialError(e.code, `remote agent: ${e.message || e.code}`));
+        if (e && o) this.failOpen(e.id, o, new DialError(e.code, `remote agent: ${e.message || e.code}`));
         return;
       }
       default: {
@@ -267,19 +262,14 @@ export class Session {
     const o = this.opening.get(id);
     if (!o) return;
     this.opening.delete(id);
+    this.openAt.set(o.stream, this.seq);
     o.resolve({ stream: o.stream, via: o.via });
     o.stream.transmit();
   }
 
   private onReset(id: number): void {
     const o = this.opening.get(id);
-    if (o) {
-      this.opening.delete(id);
-      this.streams.delete(id);
-      o.stream.abort();
-      o.reject(new DialError('refused', 'stream reset'));
-      return;
-    }
+    if (o) return this.failOpen(id, o, new DialError('refused', 'stream reset'));
     if (this.answering.has(id)) this.answering.set(id, true);
     this.streams.get(id)?.onReset();
   }
@@ -303,6 +293,7 @@ export class Session {
         const gaveUp = this.answering.get(id) === true || this.closedErr !== undefined;
         this.answering.delete(id);
         const s = this.makeStream(id);
+        this.openAt.set(s, this.seq);
         if (gaveUp) {
           // Accepted after the caller gave up (or the session died): close at once, so whoever holds the stream
           // releases its socket.
@@ -333,12 +324,16 @@ export class Session {
       return; // a reply to an attach we have moved on from
     }
     this.resumed = true;
-    this.reconcile(entries);
+    // A stream the peer did not list may be newer than its entries: ask again without pausing (resends are dropped by
+    // offset); only the answer to a request sent after a stream opened proves the peer dropped it.
+    if (this.reconcile(entries, flags & ATTACH_REQUEST ? 0 : seq)) link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
     this.onResumed(link);
   }
 
-  /** Brings our streams in line with the peer's view (its ATTACH): resend, repair, or drop what it lost. */
-  private reconcile(entries: AttachEntry[]): void {
+  /** Brings our streams in line with the peer's view (its ATTACH): resend, repair, or drop what it lost. `answers`:
+   *  the seq of our request it replies to (0: the peer's own request). True when a drop is uncertain. */
+  private reconcile(entries: AttachEntry[], answers: number): boolean {
+    let unsure = false;
     const peer = new Map(entries.map((e) => [e.id, e]));
     for (const [id, o] of [...this.opening]) {
       const pe = peer.get(id);
@@ -356,7 +351,8 @@ export class Session {
       if (!pe) {
         // The peer no longer has it: both ENDs were exchanged and it finished, or it reset it (the RESET was lost).
         if (s.bothEnded) s.abort(undefined, true);
-        else s.abort(new Error('stream lost by the peer'));
+        else if ((this.openAt.get(s) ?? 0) < answers) s.abort(new Error('stream lost by the peer'));
+        else unsure = true;
         continue;
       }
       if (pe.state === S.OPENING) this.sendCtl(encodeOk(id)); // our OK was lost
@@ -368,16 +364,19 @@ export class Session {
       // dropped while it could not hear us: tell it now.
       if (pe.state !== S.OPENING) this.sendCtl(encodeReset(LINK_STREAM_TYPES, pe.id));
     }
+    return unsure;
   }
 
   /** Fails the opens still waiting when no link can be had (the peer is unreachable). */
   failOpening(err: DialError): void {
-    for (const [id, o] of [...this.opening]) {
-      this.opening.delete(id);
-      this.streams.delete(id);
-      o.stream.abort();
-      o.reject(err);
-    }
+    for (const [id, o] of [...this.opening]) this.failOpen(id, o, err);
+  }
+
+  private failOpen(id: number, o: Opening, err: DialError): void {
+    this.opening.delete(id);
+    this.streams.delete(id);
+    o.stream.abort();
+    o.reject(err);
   }
 
   /** The session is over (gave up re-attaching, the peer restarted, the node left): every stream ends. */
