@@ -10,7 +10,9 @@
 // build`) when it exists, and V8 sized for the chart's memory limits; --source runs the TypeScript sources instead.
 // Writes bench/results/cluster.json (README tables: node bench/readme.ts); bench/cluster/memory.ts is the separate
 // breakdown of where the RSS goes and writes no results.
-// usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]   (services > 1,000)
+// Runs in a scratch network namespace of its own (procs.ts inScratchNetns: other processes' sockets on the shared
+// machine's loopback made the agents' bind()s slow); --host-netns runs in the host's.
+// usage: npx node bench/cluster/run.ts [--source] [--host-netns] [services=5000] [endpointsPerService=3]   (services > 1,000)
 import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,14 +23,14 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
-import { built, chartLimits, fmt, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { built, chartLimits, fmt, inScratchNetns, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
 import { writeResult } from '../results.ts';
 import type { ClusterData, ClusterProfile, Spread, V8Sizing } from '../shapes.ts';
 
-const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [services=5000 (> 1000)] [endpointsPerService=3]';
+const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [--host-netns] [services=5000 (> 1000)] [endpointsPerService=3]';
 const args = process.argv.slice(2);
 const MODE: BinMode = { source: args.includes('--source') };
-const unknown = args.filter((a) => a.startsWith('--') && a !== '--source');
+const unknown = args.filter((a) => a.startsWith('--') && a !== '--source' && a !== '--host-netns');
 const [svcArg, epArg, ...extra] = args.filter((a) => !a.startsWith('--'));
 const SERVICES = Number(svcArg ?? 5000);
 const ENDPOINTS = Number(epArg ?? 3);
@@ -38,6 +40,7 @@ if (unknown.length || extra.length || !Number.isInteger(SERVICES) || SERVICES <=
   console.error(USAGE);
   process.exit(2);
 }
+inScratchNetns(args);
 /** The small cluster of the second file change -> model latency run. */
 const SMALL_SERVICES = 100;
 const FILES = 50;
