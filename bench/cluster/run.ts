@@ -23,7 +23,7 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
-import { built, chartLimits, fmt, inScratchNetns, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { built, chartLimits, fmt, inScratchNetns, nodeFlags, rss, settledRss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
 import { writeResult } from '../results.ts';
 import type { ClusterData, ClusterProfile, Spread, V8Sizing } from '../shapes.ts';
 
@@ -44,7 +44,7 @@ inScratchNetns(args);
 /** The small cluster of the second file change -> model latency run. */
 const SMALL_SERVICES = 100;
 const FILES = 50;
-/** After a load, RSS is read once the process had this long to collect garbage and return memory. */
+/** After a load, RSS is read once the process had at least this long to collect garbage and return memory, then once it stopped changing (procs.ts settledRss). */
 const SETTLE_MS = 3000;
 const CHANGE_ROUNDS = 10;
 
@@ -94,18 +94,15 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
   let idle, inPlace, inPlaceMs, step;
   try {
     agentFlags ??= nodeFlags(a.child.pid!);
-    await sleep(SETTLE_MS);
-    idle = rss(a.child.pid!);
+    idle = await settledRss(a.child.pid!, SETTLE_MS);
     const t0 = performance.now();
     feed.set(SERVICES);
     await waitServices(a, SERVICES);
     inPlaceMs = performance.now() - t0;
-    await sleep(SETTLE_MS);
-    inPlace = rss(a.child.pid!);
+    inPlace = await settledRss(a.child.pid!, SETTLE_MS);
     feed.set(SERVICES + STEP);
     await waitServices(a, SERVICES + STEP);
-    await sleep(SETTLE_MS);
-    step = rss(a.child.pid!);
+    step = await settledRss(a.child.pid!, SETTLE_MS);
   } finally {
     await a.stop();
     await feed.close();
@@ -120,8 +117,7 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
     a = await startAgent(root, `${feed.name}-cold-${n}`, feed.cluster, server, MODE);
     try {
       await waitServices(a, n);
-      await sleep(SETTLE_MS);
-      cold[n] = { r: rss(a.child.pid!), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
+      cold[n] = { r: await settledRss(a.child.pid!, SETTLE_MS), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
     } finally {
       await a.stop();
       await feed.close();
