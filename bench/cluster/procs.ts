@@ -26,7 +26,7 @@ const NETNS_ENV = 'EDGEMESH_BENCH_NETNS';
  * bench's `Connection: close` runs) 5,000 binds took 3.2 s instead of 0.17 s in a clean namespace, which made
  * start -> ready a measure of the neighbours. Needs root and iproute2 (as the proxy bench).
  */
-export function inScratchNetns(argv: string[]): void {
+export async function inScratchNetns(argv: string[]): Promise<void> {
   if (process.env[NETNS_ENV] || argv.includes('--host-netns')) return;
   const ns = `em-bench-${process.pid}`;
   const ip = (...a: string[]) => {
@@ -37,8 +37,13 @@ export function inScratchNetns(argv: string[]): void {
   let status = 1;
   try {
     ip('netns', 'exec', ns, 'ip', 'link', 'set', 'dev', 'lo', 'up');
-    const r = spawnSync('ip', ['netns', 'exec', ns, process.execPath, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit', env: { ...process.env, [NETNS_ENV]: ns } });
-    status = r.status ?? 1;
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit', env: { ...process.env, [NETNS_ENV]: ns } });
+    // Ctrl-C or a SIGTERM stops the run inside, and the namespace is still removed below.
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    status = code ?? 1;
   } finally {
     spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
   }

@@ -40,7 +40,7 @@ if (unknown.length || extra.length || !Number.isInteger(SERVICES) || SERVICES <=
   console.error(USAGE);
   process.exit(2);
 }
-inScratchNetns(args);
+await inScratchNetns(args);
 /** The small cluster of the second file change -> model latency run. */
 const SMALL_SERVICES = 100;
 const FILES = 50;
