@@ -1,7 +1,7 @@
 // The agent and server binaries as the cluster benches run them: production mode (NODE_ENV=production: the built
 // JavaScript in dist/ when it exists), V8 sized for the chart's memory limits (EDGEMESH_MEMORY_LIMIT, read from
 // charts/edgemesh/values.yaml), DNS + proxy (listeners, no iptables) + tunnel on against a local edgemesh-server.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { once } from 'node:events';
@@ -14,6 +14,41 @@ export const TOKEN = 'bench-token-0123456789abcdef';
 const POLL_MS = 20;
 const DEADLINE_MS = 120_000;
 const STOP_GRACE_MS = 15_000;
+
+/** Set in the bench process re-run inside its scratch network namespace (inScratchNetns). */
+const NETNS_ENV = 'EDGEMESH_BENCH_NETNS';
+
+/**
+ * Runs this bench script again inside a scratch network namespace of its own (loopback only) and exits with its
+ * status; returns at once inside it, or with `--host-netns` (then the agents share the host's loopback). Why: each
+ * agent binds one listener per service port on port 0, and bind(0) walks the ephemeral port range past every port
+ * held by other processes' sockets: with ~60,000 TIME_WAIT sockets on the shared machine's loopback (another
+ * bench's `Connection: close` runs) 5,000 binds took 3.2 s instead of 0.17 s in a clean namespace, which made
+ * start -> ready a measure of the neighbours. Needs root and iproute2 (as the proxy bench).
+ */
+export async function inScratchNetns(argv: string[]): Promise<void> {
+  if (process.env[NETNS_ENV] || argv.includes('--host-netns')) return;
+  const ns = `em-bench-${process.pid}`;
+  const ip = (...a: string[]) => {
+    const r = spawnSync('ip', a, { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (r.status !== 0) throw new Error(`bench: ip ${a.join(' ')} failed (root and iproute2 needed; --host-netns runs without)`);
+  };
+  ip('netns', 'add', ns);
+  let status = 1;
+  try {
+    ip('netns', 'exec', ns, 'ip', 'link', 'set', 'dev', 'lo', 'up');
+    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit', env: { ...process.env, [NETNS_ENV]: ns } });
+    // Ctrl-C or a SIGTERM stops the run inside, and the namespace is still removed below.
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    status = code ?? 1;
+  } finally {
+    spawnSync('ip', ['netns', 'del', ns], { stdio: 'ignore' });
+  }
+  process.exit(status);
+}
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -52,6 +87,35 @@ export function nodeFlags(pid: number): string[] {
   }
   return out;
 }
+/** settledRss: RSS sampled this often once the minimum wait is over. */
+const SETTLE_SAMPLE_MS = 500;
+/** Settled: the samples of the last SETTLE_WINDOW_MS span less than SETTLE_SPREAD_MIB... */
+const SETTLE_WINDOW_MS = 3000;
+const SETTLE_SPREAD_MIB = 1;
+/** ...or this long after the minimum wait, whatever it does (then the last sample). */
+const SETTLE_MAX_MS = 12_000;
+
+/**
+ * RSS once it settled: after `minMs`, sampled every SETTLE_SAMPLE_MS until the last SETTLE_WINDOW_MS of samples span
+ * less than SETTLE_SPREAD_MIB (at most SETTLE_MAX_MS more). After a load V8 collects and returns memory at its own
+ * pace, and on a loaded machine a single reading after a fixed wait landed before or after a major GC: one run read
+ * +26 MiB for 1,000 Services added in place, another +8.8 for the same.
+ */
+export async function settledRss(pid: number, minMs: number): Promise<ReturnType<typeof rss>> {
+  await sleep(minMs);
+  const samples: { at: number; r: ReturnType<typeof rss> }[] = [];
+  const end = performance.now() + SETTLE_MAX_MS;
+  for (;;) {
+    const now = performance.now();
+    samples.push({ at: now, r: rss(pid) });
+    while (samples.length && samples[0].at < now - SETTLE_WINDOW_MS) samples.shift();
+    const v = samples.map((x) => x.r.rss);
+    const full = now - samples[0].at >= SETTLE_WINDOW_MS - SETTLE_SAMPLE_MS;
+    if ((full && Math.max(...v) - Math.min(...v) < SETTLE_SPREAD_MIB) || now > end) return samples[samples.length - 1].r;
+    await sleep(SETTLE_SAMPLE_MS);
+  }
+}
+
 export const fmt = (r: { rss: number; anon: number; file: number }) => `${r.rss.toFixed(1)} MiB (anon ${r.anon.toFixed(1)}, file ${r.file.toFixed(1)})`;
 
 export async function until<T>(what: string, fn: () => Promise<T | undefined>): Promise<T> {
@@ -122,13 +186,21 @@ export interface AgentOptions {
   tunnel?: boolean;
 }
 
+/**
+ * Node names of the agents a bench starts against one server, one per agent (edge-0, edge-1, ...: nodes of the kube
+ * feed's cluster, 50 of them): a fresh stateDir means a fresh node key, and the server pins a node name to the first
+ * key that enrolled it (a second agent as edge-0 with another key is refused: `name-pinned`).
+ */
+let agentsStarted = 0;
+const BENCH_NODES = 50;
+
 /** Starts the agent (DNS + proxy + tunnel on unless told); resolves at /readyz 200 with the time from spawn. */
 export async function startAgent(root: string, name: string, cluster: string, server: string, mode: BinMode, o: AgentOptions = {}): Promise<AgentProc> {
   const dir = join(root, name);
   mkdirSync(dir, { recursive: true });
   const cfg = join(dir, 'agent.yaml');
   const tunnel = o.tunnel ?? true;
-  writeFileSync(cfg, `nodeName: edge-0
+  writeFileSync(cfg, `nodeName: edge-${agentsStarted++ % BENCH_NODES}
 stateDir: ${join(dir, 'state')}
 cluster: ${cluster}
 dns: {enabled: ${o.dns ?? true}, listen: "127.0.0.1:0", upstream: ["127.0.0.1:9"]}

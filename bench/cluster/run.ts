@@ -10,7 +10,9 @@
 // build`) when it exists, and V8 sized for the chart's memory limits; --source runs the TypeScript sources instead.
 // Writes bench/results/cluster.json (README tables: node bench/readme.ts); bench/cluster/memory.ts is the separate
 // breakdown of where the RSS goes and writes no results.
-// usage: npx node bench/cluster/run.ts [--source] [services=5000] [endpointsPerService=3]   (services > 1,000)
+// Runs in a scratch network namespace of its own (procs.ts inScratchNetns: other processes' sockets on the shared
+// machine's loopback made the agents' bind()s slow); --host-netns runs in the host's.
+// usage: npx node bench/cluster/run.ts [--source] [--host-netns] [services=5000] [endpointsPerService=3]   (services > 1,000)
 import { mkdtempSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,14 +23,14 @@ import { KubeSource, loadKubeConfig } from '../../packages/agent/src/cluster/kub
 import { FakeApiServer, type Obj } from '../../test/lib/fakeapi.ts';
 import { parse } from 'yaml';
 import { generate, serviceDoc } from './gen-manifests.ts';
-import { built, chartLimits, fmt, nodeFlags, rss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
+import { built, chartLimits, fmt, inScratchNetns, nodeFlags, rss, settledRss, sleep, startAgent, startServer, waitServices, type BinMode } from './procs.ts';
 import { writeResult } from '../results.ts';
 import type { ClusterData, ClusterProfile, Spread, V8Sizing } from '../shapes.ts';
 
-const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [services=5000 (> 1000)] [endpointsPerService=3]';
+const USAGE = 'usage: npx node bench/cluster/run.ts [--source] [--host-netns] [services=5000 (> 1000)] [endpointsPerService=3]';
 const args = process.argv.slice(2);
 const MODE: BinMode = { source: args.includes('--source') };
-const unknown = args.filter((a) => a.startsWith('--') && a !== '--source');
+const unknown = args.filter((a) => a.startsWith('--') && a !== '--source' && a !== '--host-netns');
 const [svcArg, epArg, ...extra] = args.filter((a) => !a.startsWith('--'));
 const SERVICES = Number(svcArg ?? 5000);
 const ENDPOINTS = Number(epArg ?? 3);
@@ -38,10 +40,11 @@ if (unknown.length || extra.length || !Number.isInteger(SERVICES) || SERVICES <=
   console.error(USAGE);
   process.exit(2);
 }
+await inScratchNetns(args);
 /** The small cluster of the second file change -> model latency run. */
 const SMALL_SERVICES = 100;
 const FILES = 50;
-/** After a load, RSS is read once the process had this long to collect garbage and return memory. */
+/** After a load, RSS is read once the process had at least this long to collect garbage and return memory, then once it stopped changing (procs.ts settledRss). */
 const SETTLE_MS = 3000;
 const CHANGE_ROUNDS = 10;
 
@@ -91,18 +94,15 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
   let idle, inPlace, inPlaceMs, step;
   try {
     agentFlags ??= nodeFlags(a.child.pid!);
-    await sleep(SETTLE_MS);
-    idle = rss(a.child.pid!);
+    idle = await settledRss(a.child.pid!, SETTLE_MS);
     const t0 = performance.now();
     feed.set(SERVICES);
     await waitServices(a, SERVICES);
     inPlaceMs = performance.now() - t0;
-    await sleep(SETTLE_MS);
-    inPlace = rss(a.child.pid!);
+    inPlace = await settledRss(a.child.pid!, SETTLE_MS);
     feed.set(SERVICES + STEP);
     await waitServices(a, SERVICES + STEP);
-    await sleep(SETTLE_MS);
-    step = rss(a.child.pid!);
+    step = await settledRss(a.child.pid!, SETTLE_MS);
   } finally {
     await a.stop();
     await feed.close();
@@ -117,8 +117,7 @@ async function profile(root: string, server: string, feedFor: (name: string) => 
     a = await startAgent(root, `${feed.name}-cold-${n}`, feed.cluster, server, MODE);
     try {
       await waitServices(a, n);
-      await sleep(SETTLE_MS);
-      cold[n] = { r: rss(a.child.pid!), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
+      cold[n] = { r: await settledRss(a.child.pid!, SETTLE_MS), readyMs: a.readyMs, readyCpuMs: a.readyCpuMs };
     } finally {
       await a.stop();
       await feed.close();

@@ -223,6 +223,7 @@ export class ClusterModel implements ModelSink {
   /** The accepted raw objects per kind and key, for the offline last-good-state file. */
   private readonly raw = new Map<ResourceKind, Map<string, RawObject>>(RESOURCE_KINDS.map((k) => [k, new Map()]));
   private current: Snapshot = EMPTY;
+  private changeCount = 0;
   private dirty = false;
   private scheduled = false;
   private readonly listeners = new Set<Listener>();
@@ -243,6 +244,11 @@ export class ClusterModel implements ModelSink {
   /** Changes arrived that are not published as a snapshot yet (they will be at the end of this event-loop turn). */
   get pending(): boolean {
     return this.dirty;
+  }
+
+  /** Counts accepted changes (replace, and upsert/remove that changed something): equal counts, equal rawState(). */
+  get changes(): number {
+    return this.changeCount;
   }
 
   /** Subscribes to published snapshots. Returns an unsubscribe function. */
@@ -357,6 +363,7 @@ export class ClusterModel implements ModelSink {
   }
 
   private markDirty(): void {
+    this.changeCount++;
     this.dirty = true;
     if (this.scheduled) return;
     this.scheduled = true;

@@ -43,7 +43,7 @@ export async function startCluster(opts: ClusterSetupOptions): Promise<ClusterRu
     const { KubeSource, loadKubeConfig } = await import('./kube.ts');
     source = new KubeSource({ kubeConfig: loadKubeConfig(cfg.cluster.kubeconfig), log, offlineLoaded: !!loaded, registry, gateway: cfg.gateway?.enabled });
   }
-  const writer = new StateWriter({ stateDir: cfg.stateDir, log, source: cfg.cluster.source, read: () => model.rawState(), live: () => source.live() });
+  const writer = new StateWriter({ stateDir: cfg.stateDir, log, source: cfg.cluster.source, read: () => model.rawState(), version: () => model.changes, live: () => source.live() });
   if (loaded) writer.markWritten(model.rawState());
   const unsubscribe = opts.persist === false ? () => {} : model.subscribe(writer.onSnapshot);
   if (registry) {

@@ -63,3 +63,34 @@ test('state writer: nothing while not live, first write at once, then throttled;
   await w.writeNow();
   assert.equal(w.writes, 3, 'unchanged content is not rewritten');
 });
+
+test('state writer with version (ClusterModel.changes): an unchanged model is not read or serialised again; a change is written', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'em-state-v-'));
+  const model = new ClusterModel([]);
+  let reads = 0;
+  const w = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => { reads++; return model.rawState(); }, version: () => model.changes, live: () => true });
+  model.replace('Service', [svc('one', 1)]);
+  await w.writeNow();
+  assert.deepEqual([w.writes, reads], [1, 1]);
+  await w.writeNow(); // what start-up did twice: the write once live, then the first snapshot's
+  assert.deepEqual([w.writes, reads], [1, 1], 'same version: neither read nor written');
+  model.upsert('Service', svc('one', 1)); // accepted again: a new version, the same content
+  await w.writeNow();
+  assert.deepEqual([w.writes, reads], [1, 2], 'a new version is read; equal content is still not rewritten');
+  model.upsert('Service', svc('two', 2));
+  await w.writeNow();
+  assert.deepEqual([w.writes, reads], [2, 3]);
+  model.remove('Service', svc('nope', 1)); // removing what is not there changes nothing
+  await w.writeNow();
+  assert.deepEqual([w.writes, reads], [2, 3]);
+  const loaded = await loadState(dir, silentLogger);
+  assert.deepEqual(loaded!.state.services.map((s) => (s.metadata as { name: string }).name), ['one', 'two']);
+  // A writer that marks a loaded state written skips it the same way.
+  const w2 = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => { reads++; return model.rawState(); }, version: () => model.changes, live: () => true });
+  w2.markWritten(model.rawState());
+  const before = reads;
+  await w2.writeNow();
+  assert.deepEqual([w2.writes, reads], [0, before]);
+  await w.stop();
+  await w2.stop();
+});

@@ -192,3 +192,22 @@ test('Reporter: a build failure is logged (rate-limited) and retried, never thro
   rep.tick();
   assert.equal(a.sent.length, 1);
 });
+
+test('strictEmptyServices is memoised per snapshot, node and routing default; a new snapshot is computed afresh', () => {
+  const a = strictEmptyServices(SNAP, 'n1', 'prefer');
+  assert.equal(strictEmptyServices(SNAP, 'n1', 'prefer'), a, 'same snapshot, same inputs: the same (frozen) answer');
+  assert.ok(Object.isFrozen(a));
+  const n2 = strictEmptyServices(SNAP, 'n2', 'prefer');
+  assert.deepEqual(n2.map((s) => s.service), ['ns/strict-far', 'ns/strict-notready'], 'another node: computed for it');
+  assert.deepEqual(strictEmptyServices(SNAP, 'n1', 'prefer'), a, 'and back');
+  // A next snapshot where strict-here's endpoint became ready elsewhere, no longer empty for n1: not the old answer.
+  const next: Snapshot = { ...SNAP, version: 2, services: new Map([...SNAP.services].filter(([k]) => k !== 'ns/strict-far')) };
+  assert.ok(!strictEmptyServices(next, 'n1', 'prefer').some((s) => s.service === 'ns/strict-far'));
+  assert.ok(a.some((s) => s.service === 'ns/strict-far'), 'the first snapshot\'s answer is unchanged');
+});
+
+test('report names sort in code-unit order (no locale collation)', () => {
+  const peers: PeerState[] = ['n-b', 'n-a', 'n.c', 'n1'].map((n) => ({ node: n, path: 'direct', rttMs: 1, bytesIn: 0, bytesOut: 0 }));
+  const r = buildReport({ version: 'v', node: 'self', snapshot: SNAP, routingDefault: 'prefer', nat: { type: 'cone', mapped: null }, ready: { ok: true, failing: [] }, peers });
+  assert.deepEqual(r.peers.map((p) => p.node), ['n-a', 'n-b', 'n.c', 'n1']);
+});

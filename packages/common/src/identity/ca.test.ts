@@ -1,4 +1,5 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { createHash, X509Certificate } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -103,4 +104,31 @@ test('loadOrCreateCa creates ca.crt and ca.key 0600 once, loads them afterwards,
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('@peculiar/x509 is loaded at the first issue only: loading, pinning and checking certificates (all an agent does) never load it', async () => {
+  const ca = await testCa(NOW);
+  const server = await issueServerCert(ca, { now: NOW });
+  // A fresh process that records every module it resolves, then does what an agent does, then issues.
+  const script = `
+    import { registerHooks } from 'node:module';
+    import { X509Certificate } from 'node:crypto';
+    const seen = [];
+    registerHooks({ resolve(spec, ctx, next) { const r = next(spec, ctx); seen.push(r.url); return r; } });
+    const issuer = () => seen.some((u) => /[/]node_modules[/](@peculiar[/]x509|reflect-metadata)[/]/.test(u));
+    const dir = new URL('./', ${JSON.stringify(import.meta.url)});
+    const ca = await import(new URL('ca.ts', dir));
+    await Promise.all(['trust.ts', 'cert.ts', 'renewal.ts', 'revocation.ts'].map((f) => import(new URL(f, dir))));
+    const loaded = ca.loadCa(process.env.CA_PEM);
+    const leaf = new X509Certificate(process.env.LEAF_PEM);
+    const checked = ca.checkServerLeaf(leaf.raw, loaded, Date.now()).ok;
+    const before = issuer();
+    const fresh = await ca.generateCa({ now: Date.now() });
+    const issued = await ca.issueServerCert(ca.loadCa(fresh.certPem, fresh.keyPem), { now: Date.now() });
+    const again = ca.checkServerLeaf(new X509Certificate(issued.certPem).raw, ca.loadCa(fresh.certPem), Date.now()).ok;
+    console.log(JSON.stringify({ checked, before, after: issuer(), again }));
+  `;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, CA_PEM: ca.certPem, LEAF_PEM: server.certPem } });
+  assert.equal(r.status, 0, r.stderr);
+  assert.deepEqual(JSON.parse(r.stdout.trim()), { checked: true, before: false, after: true, again: true });
 });

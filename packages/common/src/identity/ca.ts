@@ -3,17 +3,28 @@
 // on Node's own webcrypto) builds the certificates. node-forge has no Ed25519 certificates and pkijs's crypto engine
 // has no Ed25519 signing, so either would need hand-written signing code; the openssl CLI would add a binary
 // dependency and temp files holding the CA key. tsyringe inside @peculiar/x509 needs the reflect-metadata polyfill.
-import 'reflect-metadata';
-import * as x509 from '@peculiar/x509';
+// Only issuing (generateCa, issueServerCert: the server) needs the library; loading, pinning and checking
+// certificates is node:crypto. So it is loaded at the first issue (loadX509), never by an agent: with its asn1 and
+// tsyringe stack it is ~4 MiB RSS and ~3 MiB of heap (README "Memory").
+import type * as X509 from '@peculiar/x509';
 import { createHash, createPrivateKey, generateKeyPairSync, randomBytes, webcrypto, X509Certificate, type KeyObject } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomicSync, writeFileExclusiveSync } from '../fsutil.ts';
 import type { CaPublic } from './cert.ts';
 
-x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+let x509Loaded: Promise<typeof X509> | undefined;
+/** @peculiar/x509 (and its reflect-metadata polyfill), loaded once on first use, on Node's own WebCrypto. */
+export function loadX509(): Promise<typeof X509> {
+  return (x509Loaded ??= (async () => {
+    await import('reflect-metadata');
+    const x509 = await import('@peculiar/x509');
+    x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
+    return x509;
+  })());
+}
 /** WebCrypto key types as @peculiar/x509 declares them (the DOM lib is not in this project's tsconfig). */
-type XKeyPair = Parameters<typeof x509.X509CertificateGenerator.createSelfSigned>[0]['keys'];
+type XKeyPair = Parameters<typeof X509.X509CertificateGenerator.createSelfSigned>[0]['keys'];
 type XKey = XKeyPair['privateKey'];
 
 const ED25519 = { name: 'Ed25519' } as const;
@@ -80,6 +91,7 @@ async function cryptoPair(): Promise<{ pair: XKeyPair; privateKey: KeyObject }> 
 
 /** A new self-signed Ed25519 CA. */
 export async function generateCa(opts: { now: number; validityMs?: number; commonName?: string }): Promise<{ certPem: string; keyPem: string }> {
+  const x509 = await loadX509();
   const { pair, privateKey } = await cryptoPair();
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
     serialNumber: positiveSerial(),
@@ -136,6 +148,7 @@ export interface ServerCert {
 /** Issues the server's TLS certificate (fresh Ed25519 key, serverAuth, DNS SAN SERVER_TLS_NAME) with the CA key. */
 export async function issueServerCert(ca: ClusterCa, opts: { now: number; validityMs?: number; dnsNames?: readonly string[] }): Promise<ServerCert> {
   if (!ca.privateKey) throw new CaError('the CA key is needed to issue the server certificate');
+  const x509 = await loadX509();
   const { pair, privateKey } = await cryptoPair();
   const notBefore = opts.now - CERT_BACKDATE_MS;
   const notAfter = opts.now + (opts.validityMs ?? SERVER_CERT_VALIDITY_MS);
