@@ -248,7 +248,7 @@ function renderCluster(r: BenchResult<ClusterData>): string {
   const sp = (s: { median: number; min: number; max: number; rounds: number }) => `median ${ms(s.median)} (${msRange(s.min, s.max)})`;
   const l = c.latency;
   return [
-    `${measured(r)} (noisy; RSS read after ${ms(c.settleMs)} idle): the agent binary (${codeLabel(c)}; V8 sized for ${c.agentV8.memoryLimit}: ${flags(c.agentV8)}) with DNS + proxy (listeners, no iptables) + tunnel on, against a local edgemesh-server (sized for ${c.serverV8.memoryLimit}: ${flags(c.serverV8)}); ${n} Services × ${c.endpoints} endpoints, in ${c.files} manifest files for the file source, in the in-process fake API server for the kubernetes source:`,
+    `${measured(r)} (noisy; RSS read once settled, after at least ${ms(c.settleMs)} idle): the agent binary (${codeLabel(c)}; V8 sized for ${c.agentV8.memoryLimit}: ${flags(c.agentV8)}) with DNS + proxy (listeners, no iptables) + tunnel on, against a local edgemesh-server (sized for ${c.serverV8.memoryLimit}: ${flags(c.serverV8)}); ${n} Services × ${c.endpoints} endpoints, in ${c.files} manifest files for the file source, in the in-process fake API server for the kubernetes source:`,
     '',
     '| | file | kubernetes | goal |',
     '|---|---:|---:|---|',
