@@ -4,7 +4,8 @@ import { createServer, Socket, type Server } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { listenReusePort } from '@edgemesh/common/reuseport';
 import { dialDeadline } from './dialer.ts';
-import { adoptRelayed, DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
+import { acceptRelayed, adoptRelayed, DirectDialer, type RelayedAccept } from './direct.ts';
+import { cancelKeepAlive, keepAliveLater, type KeepAliveLater } from './keepalive.ts';
 import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import { splice } from './splice.ts';
@@ -44,7 +45,8 @@ export class TcpListener {
   constructor(state: PortState, ctx: TcpContext) {
     this.state = state;
     this.ctx = ctx;
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS }, (s) => this.accept(s));
+    // Keepalive is turned on by a shared sweep for connections that live (keepalive.ts), not here.
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.accept(s, undefined));
   }
 
   /**
@@ -53,6 +55,8 @@ export class TcpListener {
    */
   async listen(host: string, port = 0, shared = false): Promise<number> {
     this.port = await listenReusePort(this.server, host, port, { shared, backlog: LISTEN_BACKLOG });
+    // Connections go straight into relaying sockets, unless the policy must read the request head first.
+    acceptRelayed(this.server, () => !this.state.hashHeader, (c) => this.accept(c.socket, c));
     this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
     return this.port;
   }
@@ -68,7 +72,8 @@ export class TcpListener {
     await new Promise<void>((r) => this.server.close(() => r()));
   }
 
-  private accept(client: Socket): void {
+  /** `relayed`: accepted by acceptRelayed (its reads go to the upstream once that is set). */
+  private accept(client: Socket, relayed: RelayedAccept | undefined): void {
     const svc = this.state.service.key;
     const { metrics, limit } = this.ctx;
     client.on('error', ignore);
@@ -79,7 +84,8 @@ export class TcpListener {
     limit.active++;
     metrics.active.inc({ service: svc, protocol: 'tcp' });
     const conn = new Tracked(this.conns, limit, metrics, svc, client);
-    const header = this.state.hashHeader;
+    conn.relayed = relayed;
+    const header = relayed ? undefined : this.state.hashHeader;
     const started = header
       ? this.peekHead(client).then((head) => this.connect(conn, head, head.length ? headerFromRequestHead(head, header) : undefined))
       : this.connect(conn, undefined, undefined);
@@ -170,10 +176,18 @@ export class TcpListener {
       upstream.destroy();
       return;
     }
+    conn.upstream = upstream;
+    const onDone = () => st.balancer.ended(key);
+    if (conn.relayed) {
+      // Accepted into a relaying socket: its reads go to the upstream from now on.
+      conn.relayed.setSink(upstream);
+      splice(client, upstream, { relayed, clientRelayed: true, idleMs: this.ctx.idleTimeoutMs, onDone });
+      return;
+    }
     // Client -> endpoint through pooled buffers too (as the endpoint's reads already go to the client), when the
     // client socket has not been read yet (no header peek) and the upstream is a socket.
     const adopted = !head && upstream instanceof Socket ? conn.adopt(upstream) : undefined;
-    splice(adopted ?? client, upstream, { relayed, clientRelayed: !!adopted, head, idleMs: this.ctx.idleTimeoutMs, onDone: () => st.balancer.ended(key) });
+    splice(adopted ?? client, upstream, { relayed, clientRelayed: !!adopted, head, idleMs: this.ctx.idleTimeoutMs, onDone });
   }
 }
 
@@ -183,8 +197,12 @@ const ignore = () => {};
  * One proxied connection's share of the listener's bookkeeping (budget, open set, metrics), released once when its
  * client socket closes — also after `adopt` moved the connection into another Socket object.
  */
-class Tracked {
+class Tracked implements KeepAliveLater {
   sock: Socket;
+  /** Set when the listener accepted the connection into a relaying socket (acceptRelayed). */
+  relayed: RelayedAccept | undefined;
+  /** The endpoint's side, once dialed. */
+  upstream: Duplex | undefined;
   private readonly conns: Set<Socket>;
   private readonly limit: { active: number };
   private readonly metrics: TcpContext['metrics'];
@@ -202,6 +220,11 @@ class Tracked {
     this.sock = sock;
     conns.add(sock);
     sock.once('close', this.onClose);
+    keepAliveLater(this);
+  }
+
+  keepAliveSockets(): readonly (Socket | undefined)[] {
+    return [this.sock, this.upstream instanceof Socket ? this.upstream : undefined];
   }
 
   /** Re-makes the client socket with its reads relayed into `upstream` (adoptRelayed); undefined when it cannot. */
@@ -224,6 +247,7 @@ class Tracked {
   private release(): void {
     if (this.released) return;
     this.released = true;
+    cancelKeepAlive(this);
     const { sock, service } = this;
     this.limit.active--;
     this.conns.delete(sock);
