@@ -40,6 +40,7 @@ export class TcpListener {
   private readonly server: Server;
   private readonly ctx: TcpContext;
   private readonly conns = new Set<Socket>();
+  private connLabels: ConnLabels | undefined;
   port = 0;
 
   constructor(state: PortState, ctx: TcpContext) {
@@ -59,6 +60,14 @@ export class TcpListener {
     acceptRelayed(this.server, () => !this.state.hashHeader, (c) => this.accept(c.socket, c));
     this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
     return this.port;
+  }
+
+  /** The label sets of this listener's per-connection metrics, made once (not per connection). */
+  private labels(service: string): ConnLabels {
+    if (this.connLabels?.active.service !== service) {
+      this.connLabels = { active: { service, protocol: 'tcp' }, bytesIn: { service, direction: 'in' }, bytesOut: { service, direction: 'out' } };
+    }
+    return this.connLabels;
   }
 
   /** Proxied connections open now (a draining agent waits for them). */
@@ -82,8 +91,8 @@ export class TcpListener {
       return reset(client);
     }
     limit.active++;
-    metrics.active.inc({ service: svc, protocol: 'tcp' });
-    const conn = new Tracked(this.conns, limit, metrics, svc, client);
+    metrics.active.inc(this.labels(svc).active);
+    const conn = new Tracked(this.conns, limit, metrics, this.labels(svc), client);
     conn.relayed = relayed;
     const header = relayed ? undefined : this.state.hashHeader;
     const started = header
@@ -130,7 +139,7 @@ export class TcpListener {
     const client = conn.sock;
     // The client's address is a getpeername() call: made only when the policy balances on it (affinity, hashing).
     let clientIP: string | undefined;
-    const tried = new Set<string>();
+    let tried: Set<string> | undefined; // endpoints that failed for this connection (made at the first failure)
     let upstream: Duplex | undefined;
     let relayed = false;
     let pick: ReturnType<PortState['pick']>;
@@ -155,7 +164,7 @@ export class TcpListener {
         break;
       } catch (e) {
         st.balancer.ended(pick.key);
-        tried.add(pick.key);
+        (tried ??= new Set()).add(pick.key);
         recordFailure(this.ctx, st, pick.key, e);
         pick = undefined;
       } finally {
@@ -164,7 +173,7 @@ export class TcpListener {
     }
     if (!upstream && client.destroyed) return; // the client gave up while we were dialing
     if (!upstream || !pick) {
-      const reason = tried.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
+      const reason = tried?.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
       metrics.refused.inc({ service: svc, protocol: 'tcp', reason });
       this.ctx.log.debug({ service: svc, reason }, 'connection reset');
       return reset(client);
@@ -193,6 +202,13 @@ export class TcpListener {
 
 const ignore = () => {};
 
+/** Label sets of one listener's per-connection metrics (the same objects every time). */
+interface ConnLabels {
+  readonly active: { service: string; protocol: 'tcp' };
+  readonly bytesIn: { service: string; direction: 'in' };
+  readonly bytesOut: { service: string; direction: 'out' };
+}
+
 /**
  * One proxied connection's share of the listener's bookkeeping (budget, open set, metrics), released once when its
  * client socket closes — also after `adopt` moved the connection into another Socket object.
@@ -206,17 +222,17 @@ class Tracked implements KeepAliveLater {
   private readonly conns: Set<Socket>;
   private readonly limit: { active: number };
   private readonly metrics: TcpContext['metrics'];
-  private readonly service: string;
+  private readonly labels: ConnLabels;
   private released = false;
   private readonly onClose = () => this.release();
   /** The client socket now (relayed reads of a direct upstream go wherever the connection lives). */
   readonly current = (): Socket => this.sock;
 
-  constructor(conns: Set<Socket>, limit: { active: number }, metrics: TcpContext['metrics'], service: string, sock: Socket) {
+  constructor(conns: Set<Socket>, limit: { active: number }, metrics: TcpContext['metrics'], labels: ConnLabels, sock: Socket) {
     this.conns = conns;
     this.limit = limit;
     this.metrics = metrics;
-    this.service = service;
+    this.labels = labels;
     this.sock = sock;
     conns.add(sock);
     sock.once('close', this.onClose);
@@ -248,11 +264,11 @@ class Tracked implements KeepAliveLater {
     if (this.released) return;
     this.released = true;
     cancelKeepAlive(this);
-    const { sock, service } = this;
+    const { sock, labels } = this;
     this.limit.active--;
     this.conns.delete(sock);
-    this.metrics.active.dec({ service, protocol: 'tcp' });
-    this.metrics.bytes.inc({ service, direction: 'in' }, sock.bytesRead);
-    this.metrics.bytes.inc({ service, direction: 'out' }, sock.bytesWritten);
+    this.metrics.active.dec(labels.active);
+    this.metrics.bytes.inc(labels.bytesIn, sock.bytesRead);
+    this.metrics.bytes.inc(labels.bytesOut, sock.bytesWritten);
   }
 }
