@@ -5,12 +5,14 @@ import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createHash, randomBytes } from 'node:crypto';
 import { PassThrough } from 'node:stream';
+import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { Registry } from 'prom-client';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
 import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
+import { keepAliveWaiting, sweepKeepAlive } from '../packages/agent/src/proxy/keepalive.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
 import { DialError, type Deadline, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
@@ -521,6 +523,42 @@ test('TCP: upload through a tunnel-like upstream (not a socket) arrives intact: 
     assert.equal(res.data.length, payload.length);
     assert.equal(createHash('sha256').update(res.data).digest('hex'), createHash('sha256').update(payload).digest('hex'));
   } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: keepalive is turned on by the sweep for a connection still open, on both legs (ss shows the keepalive timer)', async () => {
+  const b = await tcpServer('127.0.0.2', 'echo');
+  const { proxier } = await setup([
+    node('me'), service({ name: 'ka', ip: '10.96.0.7', ports: [{ port: 80, targetPort: b.port }] }),
+    slice('ka', [{ port: b.port }], [{ ip: '127.0.0.2', node: 'me' }]),
+  ]);
+  const s = connect({ host: '127.0.0.1', port: proxier.listenerPort('default/ka', 80)! });
+  try {
+    s.on('error', () => {});
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    s.write('ping');
+    await new Promise<void>((r) => s.once('data', () => r())); // dialed and relaying both ways
+    // The proxy's two sockets: the accepted one (local address = the listener) and its dial (peer = the echo server).
+    const lport = proxier.listenerPort('default/ka', 80)!;
+    const legs = async () => {
+      const out = (await execa('ss', ['-tnoH', 'state', 'established'])).stdout.split('\n');
+      const local = (l: string) => l.trim().split(/\s+/)[2];
+      const peer = (l: string) => l.trim().split(/\s+/)[3];
+      return { client: out.filter((l) => local(l) === `127.0.0.1:${lport}`), upstream: out.filter((l) => peer(l) === `127.0.0.2:${b.port}`) };
+    };
+    assert.ok(keepAliveWaiting() >= 1);
+    const before = await legs();
+    assert.equal(before.client.length, 1);
+    assert.equal(before.upstream.length, 1);
+    assert.ok(![...before.client, ...before.upstream].some((l) => l.includes('keepalive')), `no keepalive before the sweep: ${JSON.stringify(before)}`);
+    sweepKeepAlive();
+    const after = await legs();
+    assert.ok(after.client.length === 1 && after.client[0].includes('keepalive'), `the accepted socket has keepalive: ${JSON.stringify(after)}`);
+    assert.ok(after.upstream.length === 1 && after.upstream[0].includes('keepalive'), `the dialed socket has keepalive: ${JSON.stringify(after)}`);
+    assert.equal(keepAliveWaiting(), 0);
+  } finally {
+    s.destroy();
     await proxier.stop();
   }
 });
