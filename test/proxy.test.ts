@@ -4,12 +4,15 @@ import assert from 'node:assert/strict';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { createSocket } from 'node:dgram';
 import { createHash, randomBytes } from 'node:crypto';
+import { PassThrough } from 'node:stream';
+import { execa } from 'execa';
 import { tmpdir } from 'node:os';
 import { Registry } from 'prom-client';
 import { silentLogger } from '@edgemesh/common/log';
 import { ClusterModel } from '../packages/agent/src/cluster/model.ts';
 import { ServiceIPs } from '../packages/agent/src/dns/serviceips.ts';
 import { DirectDialer } from '../packages/agent/src/proxy/direct.ts';
+import { keepAliveWaiting, sweepKeepAlive } from '../packages/agent/src/proxy/keepalive.ts';
 import { Proxier } from '../packages/agent/src/proxy/proxier.ts';
 import { DialError, type Deadline, type DialTarget, type Dialer } from '../packages/agent/src/proxy/dialer.ts';
 import { node, service, slice } from './lib/proxyfixtures.ts';
@@ -481,6 +484,81 @@ test('readiness follows generations: listeners and the rules of the current snap
     kernelOk = true;
     assert.equal(proxier.ready(), true);
   } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: upload through a tunnel-like upstream (not a socket) arrives intact: relayed reads are copied, the pooled buffers reused at once', async () => {
+  // An echo "tunnel stream" that keeps what it was given until read (as a tunnel stream's queue does).
+  const streams: PassThrough[] = [];
+  const tunnel: Dialer = {
+    dialTcp: async () => {
+      const s = new PassThrough({ allowHalfOpen: true });
+      streams.push(s);
+      return s;
+    },
+    openUdp: () => Promise.reject(new DialError('unreachable', 'no udp here')),
+  };
+  const { proxier } = await setup([
+    node('me'), node('far'), service({ name: 'far', ip: '10.96.0.9', ports: [{ port: 80, targetPort: 9 }] }),
+    slice('far', [{ port: 9 }], [{ ip: '10.244.9.9', node: 'far' }]),
+  ], { dialers: { direct: new DirectDialer(), tunnel } });
+  try {
+    const port = proxier.listenerPort('default/far', 80)!;
+    const payload = randomBytes(8 << 20);
+    // A client that reads only after a while: the echo backs up into the stream's queue, which then holds chunks
+    // read long ago (a pooled buffer handed to it would have been overwritten by later reads by then).
+    const res = await new Promise<{ data: Buffer; error?: string }>((resolve) => {
+      const chunks: Buffer[] = [];
+      const s = connect({ host: '127.0.0.1', port, allowHalfOpen: true });
+      s.setTimeout(10_000, () => s.destroy(Object.assign(new Error('no progress in 10 s'), { code: 'TIMEOUT' })));
+      s.pause();
+      s.on('connect', () => { s.write(payload); s.end(); setTimeout(() => s.resume(), 300); });
+      s.on('data', (d) => chunks.push(d));
+      s.on('error', (e: NodeJS.ErrnoException) => resolve({ data: Buffer.concat(chunks), error: e.code }));
+      s.on('end', () => resolve({ data: Buffer.concat(chunks) }));
+    });
+    assert.equal(res.error, undefined);
+    assert.equal(streams.length, 1);
+    assert.equal(res.data.length, payload.length);
+    assert.equal(createHash('sha256').update(res.data).digest('hex'), createHash('sha256').update(payload).digest('hex'));
+  } finally {
+    await proxier.stop();
+  }
+});
+
+test('TCP: keepalive is turned on by the sweep for a connection still open, on both legs (ss shows the keepalive timer)', async () => {
+  const b = await tcpServer('127.0.0.2', 'echo');
+  const { proxier } = await setup([
+    node('me'), service({ name: 'ka', ip: '10.96.0.7', ports: [{ port: 80, targetPort: b.port }] }),
+    slice('ka', [{ port: b.port }], [{ ip: '127.0.0.2', node: 'me' }]),
+  ]);
+  const s = connect({ host: '127.0.0.1', port: proxier.listenerPort('default/ka', 80)! });
+  try {
+    s.on('error', () => {});
+    await new Promise<void>((r) => s.once('connect', () => r()));
+    s.write('ping');
+    await new Promise<void>((r) => s.once('data', () => r())); // dialed and relaying both ways
+    // The proxy's two sockets: the accepted one (local address = the listener) and its dial (peer = the echo server).
+    const lport = proxier.listenerPort('default/ka', 80)!;
+    const legs = async () => {
+      const out = (await execa('ss', ['-tnoH', 'state', 'established'])).stdout.split('\n');
+      const local = (l: string) => l.trim().split(/\s+/)[2];
+      const peer = (l: string) => l.trim().split(/\s+/)[3];
+      return { client: out.filter((l) => local(l) === `127.0.0.1:${lport}`), upstream: out.filter((l) => peer(l) === `127.0.0.2:${b.port}`) };
+    };
+    assert.ok(keepAliveWaiting() >= 1);
+    const before = await legs();
+    assert.equal(before.client.length, 1);
+    assert.equal(before.upstream.length, 1);
+    assert.ok(![...before.client, ...before.upstream].some((l) => l.includes('keepalive')), `no keepalive before the sweep: ${JSON.stringify(before)}`);
+    sweepKeepAlive();
+    const after = await legs();
+    assert.ok(after.client.length === 1 && after.client[0].includes('keepalive'), `the accepted socket has keepalive: ${JSON.stringify(after)}`);
+    assert.ok(after.upstream.length === 1 && after.upstream[0].includes('keepalive'), `the dialed socket has keepalive: ${JSON.stringify(after)}`);
+    assert.equal(keepAliveWaiting(), 0);
+  } finally {
+    s.destroy();
     await proxier.stop();
   }
 });

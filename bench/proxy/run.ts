@@ -16,7 +16,7 @@
 //   [--agent-node-args '--cpu-prof --cpu-prof-dir=/tmp/prof']  extra node flags for the agent (profiling)
 // Writes bench/results/proxy.json (README tables: node bench/readme.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -143,6 +143,18 @@ async function pingPong(port: number): Promise<{ p50: number; p99: number }> {
   return { p50: at('50'), p99: at('99') };
 }
 
+/** CPU seconds (user + system) a process has used so far, from /proc (clock ticks of 10 ms). */
+function cpuSeconds(pid: number | undefined): number {
+  if (pid === undefined) return NaN;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / 100; // fields 14 and 15 (utime, stime), counted after the name
+  } catch {
+    return NaN;
+  }
+}
+
 function writeManifests(name: string, objects: object[]): string {
   const d = join(dir, name);
   mkdirSync(d);
@@ -166,7 +178,7 @@ async function main(): Promise<void> {
     'listen bulk', '  mode tcp', `  bind 127.0.0.1:${haBulk}`, `  server s1 127.0.0.1:${iperfPort}`,
     'listen http', '  mode tcp', `  bind 127.0.0.1:${haHttp}`, `  server s1 127.0.0.1:${httpPort}`,
   ]));
-  await start(PROXY_CPU, 'haproxy', ['-f', join(dir, 'proxy.cfg'), '-db']);
+  const haProxy = await start(PROXY_CPU, 'haproxy', ['-f', join(dir, 'proxy.cfg'), '-db']);
 
   // The agent: real Agent, intercept none, listeners on 127.0.0.1, Services pointing at the same backends.
   const objects = [
@@ -193,17 +205,29 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 500));
 
   const rows: ProxyRow[] = [];
+  // CPU time of each proxy per unit of work (µs per request, ms per Gbit), per run: a throughput ratio on a shared
+  // machine depends on how much of its core each proxy got during its run; its CPU per unit of work much less so.
+  const cpuPerUnit: Record<string, { agent: number[]; haproxy: number[] }> = {};
   const measure = async (key: ProxyRow['key'], name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
     if (ONLY && !ONLY.includes(key)) return;
+    const cpu = (cpuPerUnit[key] = { agent: [] as number[], haproxy: [] as number[] });
+    const run = async (port: number, pid: number | undefined, into: number[]) => {
+      const c0 = cpuSeconds(pid);
+      const v = await fn(port);
+      into.push((cpuSeconds(pid) - c0) / (v * SECONDS) * (unit === 'req/s' ? 1e6 : 1e3));
+      return v;
+    };
     // Alternate agent / haproxy / agent / haproxy and keep each one's best, to soften the noise of a shared machine.
-    const ag = await fn(a);
-    const ha = await fn(h);
-    const ag2 = await fn(a);
-    const ha2 = await fn(h);
+    const ag = await run(a, agent.p.pid, cpu.agent);
+    const ha = await run(h, haProxy.p.pid, cpu.haproxy);
+    const ag2 = await run(a, agent.p.pid, cpu.agent);
+    const ha2 = await run(h, haProxy.p.pid, cpu.haproxy);
     const agBest = Math.max(ag, ag2);
     const haBest = Math.max(ha, ha2);
     rows.push({ key, name, unit, agentRuns: [ag, ag2], haproxyRuns: [ha, ha2] });
-    console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}`);
+    const cu = unit === 'req/s' ? 'µs/req' : 'ms/Gbit';
+    const [ac, hc] = [Math.min(...cpu.agent), Math.min(...cpu.haproxy)];
+    console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}   CPU ${ac.toFixed(1)} vs ${hc.toFixed(1)} ${cu} (haproxy/agent ${(hc / ac).toFixed(2)})`);
   };
   const haproxyVersion = (await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ');
   console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${haproxyVersion} nbthread 1, mode tcp; ${pin ? `proxies on CPU ${PROXY_CPU}, the rest on CPU ${LOAD_CPU}` : 'not pinned'}`);
@@ -232,7 +256,7 @@ async function main(): Promise<void> {
     for (const r of rows) console.log(`| ${r.name} | ${Math.max(...r.agentRuns).toFixed(2)} ${r.unit} | ${Math.max(...r.haproxyRuns).toFixed(2)} ${r.unit} | ${(Math.max(...r.agentRuns) / Math.max(...r.haproxyRuns)).toFixed(2)} |`);
     const out = resolve(strArg('out') ?? join(resultsDir(), 'proxy-nosync.json'));
     mkdirSync(resolve(out, '..'), { recursive: true });
-    writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), runner: RUNNER, rows, latency }, null, 2) + '\n');
+    writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), runner: RUNNER, rows, latency, cpuPerUnit }, null, 2) + '\n');
     return;
   }
 

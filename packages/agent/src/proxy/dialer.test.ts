@@ -54,3 +54,37 @@ test('dial deadline: ends when the caller gives up; a release unhooks it from th
   gone.abort();
   assert.equal(dialDeadline(60_000, gone.signal).signal.aborted, true);
 });
+
+test('dial deadline: onAbort fires once when it passes, never after release or unhook; with a caller it follows the caller', async () => {
+  let fired = 0;
+  const d = dialDeadline(20);
+  d.onAbort(() => fired++);
+  let unhooked = 0;
+  const u = dialDeadline(20);
+  u.onAbort(() => unhooked++)();
+  let released = 0;
+  const r = dialDeadline(20);
+  r.onAbort(() => released++);
+  r.release();
+  await until(() => fired === 1, 'the deadline to fire its hook');
+  await until(() => u.remaining() === 0 && r.remaining() === 0, 'the other deadlines to pass');
+  await new Promise((res) => setTimeout(res, 30));
+  assert.equal(fired, 1);
+  assert.equal(unhooked, 0);
+  assert.equal(released, 0);
+  // A second hook on one deadline goes through its signal.
+  let a = 0;
+  let b = 0;
+  const two = dialDeadline(10);
+  two.onAbort(() => a++);
+  two.onAbort(() => b++);
+  await until(() => a === 1 && b === 1, 'both hooks');
+  // With a caller: its abort fires the hook.
+  const caller = new AbortController();
+  const c = dialDeadline(60_000, caller.signal);
+  let byCaller = 0;
+  c.onAbort(() => byCaller++);
+  caller.abort();
+  assert.equal(byCaller, 1);
+  c.release();
+});

@@ -44,6 +44,11 @@ export interface Deadline {
   remaining(): number;
   /** The dial is over (connected or failed): the deadline will not fire. Optional to call; it only saves work. */
   release?(): void;
+  /**
+   * Calls `fn` once when the deadline passes or the caller gives up, as a listener on `signal` would, without making
+   * the signal (an AbortController and an event listener per dial). Returns the function that removes it.
+   */
+  onAbort?(fn: () => void): () => void;
 }
 
 /**
@@ -66,6 +71,8 @@ class QueuedDeadline implements Deadline {
   private readonly caller: AbortSignal | undefined;
   private ctrl: AbortController | undefined;
   private onCaller: (() => void) | undefined;
+  /** onAbort's function (one dial watches a deadline at a time; a second one goes through the signal). */
+  private hook: (() => void) | undefined;
   /** Released or passed: nothing more to do for it. */
   done = false;
 
@@ -90,6 +97,17 @@ class QueuedDeadline implements Deadline {
     return this.caller?.aborted ? 0 : Math.max(0, this.at - performance.now());
   }
 
+  onAbort(fn: () => void): () => void {
+    // With a caller's signal to follow, or a signal made already, or a hook taken: through the signal.
+    if (this.caller || this.ctrl || this.hook || this.done) {
+      const s = this.signal;
+      s.addEventListener('abort', fn, { once: true });
+      return () => s.removeEventListener('abort', fn);
+    }
+    this.hook = fn;
+    return () => { if (this.hook === fn) this.hook = undefined; };
+  }
+
   release(): void {
     if (this.done) return;
     this.done = true;
@@ -100,13 +118,16 @@ class QueuedDeadline implements Deadline {
   expire(): void {
     if (this.done) return;
     this.done = true;
+    const hook = this.hook;
     this.unhook();
     if (this.ctrl && !this.ctrl.signal.aborted) this.ctrl.abort(timeoutReason());
+    hook?.();
   }
 
   private unhook(): void {
     if (this.onCaller) this.caller!.removeEventListener('abort', this.onCaller);
     this.onCaller = undefined;
+    this.hook = undefined;
   }
 }
 

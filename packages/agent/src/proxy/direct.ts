@@ -1,6 +1,6 @@
 // DirectDialer: reaches an endpoint with plain net/dgram from this host (same-node endpoints, and the fallback when
 // no tunnel is configured). Errors map onto DialError codes.
-import { connect, isIPv6, Socket } from 'node:net';
+import { connect, isIPv6, Socket, type Server } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Duplex } from 'node:stream';
 import { DialError, type DatagramChannel, type Deadline, type DialErrorCode, type DialTarget, type Dialer } from './dialer.ts';
@@ -33,7 +33,7 @@ const pool: Buffer[] = [];
  * loopback. The socket still emits 'end', 'error' and 'close'. `sinkOf` is asked on every read: the sink may be
  * replaced by another object for the same connection (adoptRelayed).
  */
-export function relayReads(sinkOf: () => RelaySink, self: () => Pick<Socket, 'resume'>): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
+export function relayReads(sinkOf: () => RelaySink, self: () => Pick<Socket, 'resume'>, copyUnlessSocket = false): { buffer: () => Buffer; callback: (n: number, buf: Buffer) => boolean; dispose: () => void } {
   // The buffer handed out for the next read; a read that brought no data (EAGAIN, EOF) leaves it here for the next.
   let next: Buffer | undefined;
   return {
@@ -47,6 +47,14 @@ export function relayReads(sinkOf: () => RelaySink, self: () => Pick<Socket, 're
       if (buf === next) next = undefined;
       const sink = sinkOf();
       if (sink.destroyed) return false;
+      if (copyUnlessSocket && !(sink instanceof Socket)) {
+        // Not a kernel socket: the write may keep the buffer past its callback, so it gets a copy of its own (as a
+        // read without onread would); the pooled buffer serves the next read.
+        next ??= buf;
+        if (sink.write(Buffer.from(buf.subarray(0, n)))) return true;
+        sink.once('drain', () => self().resume());
+        return false;
+      }
       let released = false;
       const release = () => {
         if (released) return;
@@ -65,8 +73,8 @@ export function relayReads(sinkOf: () => RelaySink, self: () => Pick<Socket, 're
   };
 }
 
-/** Where relayed reads are written: a socket (the kernel has copied a write once it completes). */
-export type RelaySink = Pick<Socket, 'write' | 'writableLength' | 'destroyed' | 'once'>;
+/** Where relayed reads are written: a socket (the kernel has copied a write once it completes), or a stream that gets copies (acceptRelayed). */
+export type RelaySink = Pick<Duplex, 'write' | 'writableLength' | 'destroyed' | 'once'>;
 /** The socket a dial's reads are relayed into, or a getter for it (the client socket may be re-made, adoptRelayed). */
 export type RelayTarget = Socket | (() => Socket);
 
@@ -104,36 +112,97 @@ export function adoptRelayed(accepted: Socket, sink: RelaySink): Socket | undefi
   return adopted;
 }
 
+/** What Node's net.Server keeps privately and `acceptRelayed` uses: the listening handle and its connection count. */
+interface ServerInternals {
+  _handle: { onconnection?: (this: unknown, err: number, clientHandle: unknown) => void } | null;
+  _connections: number;
+  allowHalfOpen: boolean;
+  maxConnections?: number;
+  blockList?: unknown;
+}
+
+/** A connection accepted by acceptRelayed: its socket, and where its reads go once the upstream is known. */
+export interface RelayedAccept {
+  readonly socket: Socket;
+  /** Sets the upstream the socket's reads are written to; set it before the socket is resumed. */
+  setSink(sink: RelaySink): void;
+}
+
+/**
+ * Accepts `server`'s connections straight into Sockets made with `onread` (relayReads), one Socket per connection:
+ * what adoptRelayed does after Node made a Socket of its own, which cost a second Socket and the destroy of the
+ * first per connection. Replaces the listening handle's onconnection (Node's private `_handle.onconnection`, set by
+ * listen(), so call this after listening): a connection takes the fast way when `fast()` says so, else (and on an
+ * accept error, or with maxConnections/blockList set on the server) Node's own onconnection makes the Socket and the
+ * server emits 'connection' as usual. A fast socket is paused, has TCP_NODELAY and no keepalive (keepalive.ts),
+ * counts in the server's connections (server.close() waits for it) and is handed to `onAccept` — no 'connection'
+ * event. Reads into the sink are copied when the sink is not a net.Socket (a tunnel stream may hold on to what it
+ * was given). Returns false (nothing changed) when Node's internals do not look as expected.
+ */
+export function acceptRelayed(server: Server, fast: () => boolean, onAccept: (c: RelayedAccept) => void): boolean {
+  const raw = server as unknown as ServerInternals;
+  const handle = raw._handle;
+  const node = handle?.onconnection;
+  if (!handle || typeof node !== 'function' || typeof raw._connections !== 'number') return false;
+  handle.onconnection = function (this: unknown, err: number, clientHandle: unknown) {
+    const h = clientHandle as { useUserBuffer?: unknown; setNoDelay?: (on: boolean) => void } | undefined;
+    if (err || !h || typeof h.useUserBuffer !== 'function' || raw.maxConnections != null || raw.blockList || !fast()) {
+      node.call(this, err, clientHandle);
+      return;
+    }
+    let sink: RelaySink | undefined;
+    let socket: Socket | undefined;
+    const relay = relayReads(() => sink!, () => socket!, true);
+    socket = new Socket({ handle: h as never, allowHalfOpen: raw.allowHalfOpen, readable: true, writable: true, pauseOnCreate: true, onread: { buffer: relay.buffer, callback: relay.callback } } as ConstructorParameters<typeof Socket>[0]);
+    socket.once('close', relay.dispose);
+    h.setNoDelay?.(true);
+    raw._connections++;
+    const to = socket as unknown as SocketInternals;
+    to._server = server;
+    to.server = server;
+    onAccept({ socket, setSink: (s) => { sink = s; } });
+  };
+  return true;
+}
+
 export class DirectDialer implements Dialer {
   /**
    * Connects to the endpoint. With `relayTo`, everything the endpoint sends is written to that socket directly
    * (see relayReads) — the caller must then not read the returned stream itself, only watch its events.
    */
   dialTcp(target: DialTarget, deadline?: Deadline, relayTo?: RelayTarget): Promise<Duplex> {
-    const signal = deadline?.signal;
     return new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
+      if (deadline && (deadline.remaining() <= 0 || (!deadline.onAbort && deadline.signal.aborted))) {
+        return reject(new DialError('timeout', `dial ${target.ip}:${target.port}: aborted`));
+      }
       let sock: Socket;
-      const opts = { host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS };
       if (relayTo) {
+        // The TCP listener's dial: it turns keepalive on itself once the connection has lived a while (keepalive.ts).
         const relay = relayReads(typeof relayTo === 'function' ? relayTo : () => relayTo, () => sock);
-        sock = connect({ ...opts, onread: { buffer: relay.buffer, callback: relay.callback } });
+        sock = connect({ host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, onread: { buffer: relay.buffer, callback: relay.callback } });
         sock.once('close', relay.dispose);
       } else {
-        sock = connect(opts);
+        sock = connect({ host: target.ip, port: target.port, allowHalfOpen: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS });
       }
       const onAbort = () => {
         sock.destroy();
         reject(new DialError('timeout', `dial ${target.ip}:${target.port}: timed out`));
       };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      sock.once('error', (e: NodeJS.ErrnoException) => {
-        signal?.removeEventListener('abort', onAbort);
+      let unhook: (() => void) | undefined;
+      if (deadline?.onAbort) unhook = deadline.onAbort(onAbort);
+      else if (deadline) {
+        const signal = deadline.signal;
+        signal.addEventListener('abort', onAbort, { once: true });
+        unhook = () => signal.removeEventListener('abort', onAbort);
+      }
+      const onError = (e: NodeJS.ErrnoException) => {
+        unhook?.();
         reject(new DialError(codeOf(e), `dial ${target.ip}:${target.port}: ${e.code ?? e.message}`, e.code));
-      });
+      };
+      sock.once('error', onError);
       sock.once('connect', () => {
-        signal?.removeEventListener('abort', onAbort);
-        sock.removeAllListeners('error');
+        unhook?.();
+        sock.removeListener('error', onError);
         resolve(sock);
       });
     });

@@ -26,6 +26,15 @@ export function resetStream(d: Duplex): void {
   else d.destroy(new Error('reset by the other side of the splice'));
 }
 
+/**
+ * Passes a FIN on to `d`. When `d` has nothing left to read (its peer's FIN came first) or to write, closing it sends
+ * the same FIN (nothing unread: no reset) and saves the shutdown(2) and its request: both ways are then done anyway.
+ */
+function endOrClose(d: Duplex): void {
+  if (d.readableEnded && d.writableLength === 0 && isSocket(d)) d.destroy();
+  else d.end();
+}
+
 export function splice(client: Duplex, upstream: Duplex, o: SpliceOptions = {}): void {
   let finished = false;
   const finish = () => {
@@ -60,11 +69,11 @@ export function splice(client: Duplex, upstream: Duplex, o: SpliceOptions = {}):
     });
   }
   if (o.head?.length) upstream.write(o.head);
-  if (o.clientRelayed) client.once('end', () => { if (!upstream.destroyed) upstream.end(); });
+  if (o.clientRelayed) client.once('end', () => { if (!upstream.destroyed) endOrClose(upstream); });
   else client.pipe(upstream);
   if (o.relayed) {
     // Half-close: the endpoint's FIN becomes ours to the client; flowing mode lets 'end' be emitted.
-    upstream.once('end', () => { if (!client.destroyed) client.end(); });
+    upstream.once('end', () => { if (!client.destroyed) endOrClose(client); });
     upstream.resume();
   } else {
     upstream.pipe(client);

@@ -4,7 +4,8 @@ import { createServer, Socket, type Server } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { listenReusePort } from '@edgemesh/common/reuseport';
 import { dialDeadline } from './dialer.ts';
-import { adoptRelayed, DirectDialer, TCP_KEEPALIVE_MS } from './direct.ts';
+import { acceptRelayed, adoptRelayed, DirectDialer, type RelayedAccept } from './direct.ts';
+import { cancelKeepAlive, keepAliveLater, type KeepAliveLater } from './keepalive.ts';
 import { headComplete, headerFromRequestHead, type PortState } from './portstate.ts';
 import { countOpened, dialerFor, recordFailure, targetOf, type ListenerContext } from './listener.ts';
 import { splice } from './splice.ts';
@@ -39,12 +40,14 @@ export class TcpListener {
   private readonly server: Server;
   private readonly ctx: TcpContext;
   private readonly conns = new Set<Socket>();
+  private connLabels: ConnLabels | undefined;
   port = 0;
 
   constructor(state: PortState, ctx: TcpContext) {
     this.state = state;
     this.ctx = ctx;
-    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true, keepAlive: true, keepAliveInitialDelay: TCP_KEEPALIVE_MS }, (s) => this.accept(s));
+    // Keepalive is turned on by a shared sweep for connections that live (keepalive.ts), not here.
+    this.server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true }, (s) => this.accept(s, undefined));
   }
 
   /**
@@ -53,8 +56,18 @@ export class TcpListener {
    */
   async listen(host: string, port = 0, shared = false): Promise<number> {
     this.port = await listenReusePort(this.server, host, port, { shared, backlog: LISTEN_BACKLOG });
+    // Connections go straight into relaying sockets, unless the policy must read the request head first.
+    acceptRelayed(this.server, () => !this.state.hashHeader, (c) => this.accept(c.socket, c));
     this.server.on('error', (e) => this.ctx.log.error({ err: e.message, service: this.state.service.key }, 'tcp listener error'));
     return this.port;
+  }
+
+  /** The label sets of this listener's per-connection metrics, made once (not per connection). */
+  private labels(service: string): ConnLabels {
+    if (this.connLabels?.active.service !== service) {
+      this.connLabels = { active: { service, protocol: 'tcp' }, bytesIn: { service, direction: 'in' }, bytesOut: { service, direction: 'out' } };
+    }
+    return this.connLabels;
   }
 
   /** Proxied connections open now (a draining agent waits for them). */
@@ -68,7 +81,8 @@ export class TcpListener {
     await new Promise<void>((r) => this.server.close(() => r()));
   }
 
-  private accept(client: Socket): void {
+  /** `relayed`: accepted by acceptRelayed (its reads go to the upstream once that is set). */
+  private accept(client: Socket, relayed: RelayedAccept | undefined): void {
     const svc = this.state.service.key;
     const { metrics, limit } = this.ctx;
     client.on('error', ignore);
@@ -77,9 +91,10 @@ export class TcpListener {
       return reset(client);
     }
     limit.active++;
-    metrics.active.inc({ service: svc, protocol: 'tcp' });
-    const conn = new Tracked(this.conns, limit, metrics, svc, client);
-    const header = this.state.hashHeader;
+    metrics.active.inc(this.labels(svc).active);
+    const conn = new Tracked(this.conns, limit, metrics, this.labels(svc), client);
+    conn.relayed = relayed;
+    const header = relayed ? undefined : this.state.hashHeader;
     const started = header
       ? this.peekHead(client).then((head) => this.connect(conn, head, head.length ? headerFromRequestHead(head, header) : undefined))
       : this.connect(conn, undefined, undefined);
@@ -124,7 +139,7 @@ export class TcpListener {
     const client = conn.sock;
     // The client's address is a getpeername() call: made only when the policy balances on it (affinity, hashing).
     let clientIP: string | undefined;
-    const tried = new Set<string>();
+    let tried: Set<string> | undefined; // endpoints that failed for this connection (made at the first failure)
     let upstream: Duplex | undefined;
     let relayed = false;
     let pick: ReturnType<PortState['pick']>;
@@ -149,7 +164,7 @@ export class TcpListener {
         break;
       } catch (e) {
         st.balancer.ended(pick.key);
-        tried.add(pick.key);
+        (tried ??= new Set()).add(pick.key);
         recordFailure(this.ctx, st, pick.key, e);
         pick = undefined;
       } finally {
@@ -158,7 +173,7 @@ export class TcpListener {
     }
     if (!upstream && client.destroyed) return; // the client gave up while we were dialing
     if (!upstream || !pick) {
-      const reason = tried.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
+      const reason = tried?.size ? 'dial_failed' : st.plan.emptyScope ? 'strict_empty' : 'no_endpoint';
       metrics.refused.inc({ service: svc, protocol: 'tcp', reason });
       this.ctx.log.debug({ service: svc, reason }, 'connection reset');
       return reset(client);
@@ -170,38 +185,62 @@ export class TcpListener {
       upstream.destroy();
       return;
     }
+    conn.upstream = upstream;
+    const onDone = () => st.balancer.ended(key);
+    if (conn.relayed) {
+      // Accepted into a relaying socket: its reads go to the upstream from now on.
+      conn.relayed.setSink(upstream);
+      splice(client, upstream, { relayed, clientRelayed: true, idleMs: this.ctx.idleTimeoutMs, onDone });
+      return;
+    }
     // Client -> endpoint through pooled buffers too (as the endpoint's reads already go to the client), when the
     // client socket has not been read yet (no header peek) and the upstream is a socket.
     const adopted = !head && upstream instanceof Socket ? conn.adopt(upstream) : undefined;
-    splice(adopted ?? client, upstream, { relayed, clientRelayed: !!adopted, head, idleMs: this.ctx.idleTimeoutMs, onDone: () => st.balancer.ended(key) });
+    splice(adopted ?? client, upstream, { relayed, clientRelayed: !!adopted, head, idleMs: this.ctx.idleTimeoutMs, onDone });
   }
 }
 
 const ignore = () => {};
 
+/** Label sets of one listener's per-connection metrics (the same objects every time). */
+interface ConnLabels {
+  readonly active: { service: string; protocol: 'tcp' };
+  readonly bytesIn: { service: string; direction: 'in' };
+  readonly bytesOut: { service: string; direction: 'out' };
+}
+
 /**
  * One proxied connection's share of the listener's bookkeeping (budget, open set, metrics), released once when its
  * client socket closes — also after `adopt` moved the connection into another Socket object.
  */
-class Tracked {
+class Tracked implements KeepAliveLater {
   sock: Socket;
+  /** Set when the listener accepted the connection into a relaying socket (acceptRelayed). */
+  relayed: RelayedAccept | undefined;
+  /** The endpoint's side, once dialed. */
+  upstream: Duplex | undefined;
   private readonly conns: Set<Socket>;
   private readonly limit: { active: number };
   private readonly metrics: TcpContext['metrics'];
-  private readonly service: string;
+  private readonly labels: ConnLabels;
   private released = false;
   private readonly onClose = () => this.release();
   /** The client socket now (relayed reads of a direct upstream go wherever the connection lives). */
   readonly current = (): Socket => this.sock;
 
-  constructor(conns: Set<Socket>, limit: { active: number }, metrics: TcpContext['metrics'], service: string, sock: Socket) {
+  constructor(conns: Set<Socket>, limit: { active: number }, metrics: TcpContext['metrics'], labels: ConnLabels, sock: Socket) {
     this.conns = conns;
     this.limit = limit;
     this.metrics = metrics;
-    this.service = service;
+    this.labels = labels;
     this.sock = sock;
     conns.add(sock);
     sock.once('close', this.onClose);
+    keepAliveLater(this);
+  }
+
+  keepAliveSockets(): readonly (Socket | undefined)[] {
+    return [this.sock, this.upstream instanceof Socket ? this.upstream : undefined];
   }
 
   /** Re-makes the client socket with its reads relayed into `upstream` (adoptRelayed); undefined when it cannot. */
@@ -224,11 +263,12 @@ class Tracked {
   private release(): void {
     if (this.released) return;
     this.released = true;
-    const { sock, service } = this;
+    cancelKeepAlive(this);
+    const { sock, labels } = this;
     this.limit.active--;
     this.conns.delete(sock);
-    this.metrics.active.dec({ service, protocol: 'tcp' });
-    this.metrics.bytes.inc({ service, direction: 'in' }, sock.bytesRead);
-    this.metrics.bytes.inc({ service, direction: 'out' }, sock.bytesWritten);
+    this.metrics.active.dec(labels.active);
+    this.metrics.bytes.inc(labels.bytesIn, sock.bytesRead);
+    this.metrics.bytes.inc(labels.bytesOut, sock.bytesWritten);
   }
 }
