@@ -5,15 +5,19 @@ import { isIP } from 'node:net';
 export type LinkDirection = 'out' | 'in';
 
 /**
- * Two servers may dial each other at once. Both sides run this with the same ids and keep the same link: the one the
- * server with the lower id dialled. `existing` is the live link's direction, `candidate` the new one's (both from
- * the local side's point of view). 'self' when the peer is this very server (a DNS record or peer entry of our own).
+ * Two servers may dial each other. A link that is already established (its HELLO arrived) stays: the newcomer is
+ * closed, so a peer that comes back and dials a server that already reached it never resets streams on a live link.
+ * Two links both still starting (the two servers dialled at once) are decided by ids: both sides keep the one the
+ * server with the lower id dialled. `existing` / `candidate` directions are from the local side's point of view. In the
+ * rare mixed case (established on one side only) both may be closed; both redial with jittered backoff and converge.
+ * 'self' when the peer is this very server (a DNS record or peer entry of our own).
  */
-export function keepLink(localId: string, peerId: string, existing: LinkDirection | undefined, candidate: LinkDirection): 'candidate' | 'existing' | 'self' {
+export function keepLink(localId: string, peerId: string, existing: { direction: LinkDirection; established: boolean } | undefined, candidate: LinkDirection): 'candidate' | 'existing' | 'self' {
   if (localId === peerId) return 'self';
   if (existing === undefined) return 'candidate';
+  if (existing.established) return 'existing';
   const preferred: LinkDirection = localId < peerId ? 'out' : 'in';
-  return candidate === preferred && existing !== preferred ? 'candidate' : 'existing';
+  return candidate === preferred && existing.direction !== preferred ? 'candidate' : 'existing';
 }
 
 /** Mesh stream ids: the side with the lower server id allocates odd ids, the other even (never the same id twice). */

@@ -296,7 +296,7 @@ export class Mesh implements MeshHooks {
 
   private adopt(sock: TLSSocket, peerId: string, dir: LinkDirection, target?: string): MeshLink | undefined {
     const existing = this.links.get(peerId);
-    const d = keepLink(this.id, peerId, existing?.direction, dir);
+    const d = keepLink(this.id, peerId, existing && { direction: existing.direction, established: existing.helloSeen }, dir);
     if (d === 'self') {
       const t = target ? this.targets.get(target) : undefined;
       if (t) t.self = true;
@@ -314,7 +314,7 @@ export class Mesh implements MeshHooks {
     sock.setKeepAlive(true, 15_000);
     if (existing) {
       this.m.events.inc({ event: 'dedupe' });
-      this.down(existing, 'replaced by the link the lower server id dialled');
+      this.down(existing, 'replaced by the link the lower server id dialled (both were starting)');
     }
     this.links.set(peerId, link);
     this.m.peers.set(this.links.size);
