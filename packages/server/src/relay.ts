@@ -777,6 +777,14 @@ export class RelayServer {
       allocRid: () => this.allocRid(),
       admit: (opener, target) => this.streamBudgets.admit(opener, target),
       write: (a, frame) => this.write(conn(a), frame),
+      writev: (a, parts) => {
+        const c = conn(a);
+        if (c.sock.destroyed) return;
+        c.sock.cork();
+        for (const p of parts.slice(0, -1)) c.sock.write(p);
+        this.write(c, parts[parts.length - 1]); // the backlog rule sees the whole frame
+        c.sock.uncork();
+      },
       incoming: (to, rid, from) => this.send(conn(to), T.INCOMING, { rid, from }),
       opened: (a, req, rid) => this.send(conn(a), T.OPENED, { req, rid }),
       openFailed: (a, req, code) => this.send(conn(a), T.OPEN_FAIL, { req, code }),

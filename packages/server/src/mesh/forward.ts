@@ -277,8 +277,7 @@ export class MeshForwarder {
         if (!this.isTarget(s)) s.leases.answered(); // the far target spoke
         this.ev.forwarded('in', sf.bytes.length);
         const [h, rest] = retag(T.DATA, s.rid, f.payload);
-        this.port.write(s.agent, h);
-        this.port.write(s.agent, rest);
+        this.port.writev(s.agent, [h, rest]);
         return true;
       }
       case 'credit':

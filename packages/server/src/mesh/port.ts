@@ -22,6 +22,8 @@ export interface RelayPort {
   admit(opener: string, target: string): StreamLeases | undefined;
   /** Writes a frame to an agent (bounded by the relay's backlog rule). */
   write(a: AgentEnd, frame: Buffer): void;
+  /** Writes the parts of one frame as one socket write (one run of TLS records, no copy here). */
+  writev(a: AgentEnd, parts: Buffer[]): void;
   incoming(to: AgentEnd, rid: number, from: string): void;
   opened(a: AgentEnd, req: number, rid: number): void;
   openFailed(a: AgentEnd, req: number, code: string): void;
