@@ -34,7 +34,7 @@ export class EdgemeshServer {
   /** CA, enrollment, registry (identity/): the control channel's TLS certificate and every sign-in come from it. */
   readonly identity: ServerIdentity;
 
-  constructor(cfg: ServerConfig, log: Logger, identity: ServerIdentity) {
+  constructor(cfg: ServerConfig, log: Logger, identity: ServerIdentity, opts: { meshResolve?: (name: string) => Promise<string[]>; meshDnsIntervalMs?: number } = {}) {
     this.cfg = cfg;
     this.log = log;
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
@@ -57,7 +57,7 @@ export class EdgemeshServer {
     if (cfg.mesh.peers.length || cfg.mesh.dns) {
       this.mesh = new Mesh({
         peers: cfg.mesh.peers, dns: cfg.mesh.dns, listenPort: hp.port, listenHost: hp.host, identity: meshIdentity(identity),
-        relay: this.relay.meshPort(), log, registry: this.registry, budgets: this.budgets,
+        relay: this.relay.meshPort(), log, registry: this.registry, budgets: this.budgets, resolve: opts.meshResolve, dnsIntervalMs: opts.meshDnsIntervalMs,
       });
       this.relay.setMesh(this.mesh);
     }
