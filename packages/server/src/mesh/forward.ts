@@ -8,7 +8,7 @@ import type { Frame } from '@edgemesh/common/tunnel/frame';
 import { decodeStreamFrame, encodeCredit, encodeEnd, encodeReset, FlowWindow, type StreamFrame } from '@edgemesh/common/tunnel/streams';
 import { decodeControl, MAX_DATA_CHUNK, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T } from '@edgemesh/common/tunnel/protocol';
 import { FRAME_HEADER_BYTES } from '@edgemesh/common/tunnel/frame';
-import type { StreamLeases } from '../limits.ts';
+import { B, RELAY_OPEN_ANSWER_TIMEOUT_MS, type StreamLeases } from '../limits.ts';
 import type { AgentEnd, RelayPort } from './port.ts';
 import type { MeshLink } from './link.ts';
 import { decodeMid, decodeOpen, decodeOpenFail, decodeRendezvous, encodeOpen, encodeOpened, encodeOpenFail, encodeRendezvous, M, MESH_STREAM_TYPES } from './frames.ts';
@@ -308,11 +308,15 @@ export class MeshForwarder {
     for (const a of set ?? []) if (!this.holds(a)) this.port.resume(a);
   }
 
-  /** Opens not answered by the peer server in time: the agent hears no-peer. */
+  /** Opens not answered by the peer server in time (the agent hears no-peer), and streams whose target has not sent
+   *  anything within the relay's answer deadline (reset on both halves, as relay.ts does for local streams). */
   sweep(now: number): void {
     for (const s of [...this.byRid.values()]) {
       if (s.req !== undefined && now - s.openedAt > MESH_OPEN_TIMEOUT_MS) {
         this.ev.refuse('mesh_open_deadline', { peer: s.link.peerId });
+        this.reset(s, true, true);
+      } else if (s.leases.pending && now - s.openedAt > RELAY_OPEN_ANSWER_TIMEOUT_MS) {
+        this.ev.refuse(B.openDeadline, { peer: s.link.peerId, node: s.agent.node });
         this.reset(s, true, true);
       }
     }

@@ -236,10 +236,18 @@ export class Mesh implements MeshHooks {
   private dial(t: Target): void {
     if (this.stopped || t.self || (t.id && this.links.has(t.id)) || !this.cert) return;
     const hp = parseHostPort(t.addr)!;
-    const sock = connect({
-      host: hp.host, port: hp.port, servername: MESH_TLS_NAME, key: this.cert.keyPem, cert: this.cert.chainPem,
-      minVersion: 'TLSv1.3', rejectUnauthorized: false, timeout: MESH_DIAL_TIMEOUT_MS,
-    });
+    let sock: TLSSocket;
+    try {
+      sock = connect({
+        host: hp.host, port: hp.port, servername: MESH_TLS_NAME, key: this.cert.keyPem, cert: this.cert.chainPem,
+        minVersion: 'TLSv1.3', rejectUnauthorized: false, timeout: MESH_DIAL_TIMEOUT_MS,
+      });
+    } catch (e) {
+      // e.g. no descriptors left: this dial fails, the next one is scheduled
+      this.m.events.inc({ event: 'dial_failed' });
+      this.log.debug({ peer: t.addr, err: (e as Error).message }, 'mesh dial failed');
+      return this.schedule(t);
+    }
     t.dialing = sock;
     let done = false;
     const fail = (why: string) => {
