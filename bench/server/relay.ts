@@ -187,6 +187,7 @@ async function bench(): Promise<void> {
           recvs.push(rx);
         }
         const cpu0 = servers.reduce((t, s) => t + cpuMs(s.p.pid), 0);
+        const cpuEach0 = servers.map((s) => cpuMs(s.p.pid));
         for (let i = 0; i < pairs; i++) {
           const tx = run([SELF, '--role', 'send', '--node', `tx${n - pairs + 1 + i}`, '--port', String(p1), '--to', `rx${n - pairs + 1 + i}`, '--token', token]);
           agents.push(tx);
@@ -198,10 +199,11 @@ async function bench(): Promise<void> {
         const totalMiB = recvs.reduce((t, r) => t + (r.lines.find((x) => x.bytes !== undefined)!.bytes as number), 0) / MB;
         // The whole transfer (warm-up included) went through the servers; count it against the bytes measured plus
         // the warm-up's share (throughput x warm-up), an estimate good to a few percent.
+        const each = servers.map((s, i) => cpuMs(s.p.pid) - cpuEach0[i]);
         const serverCpu = servers.reduce((t, s) => t + cpuMs(s.p.pid), 0) - cpu0;
         const perMiB = serverCpu / (totalMiB + (mbps * WARMUP_MS) / 1000);
         cpu[kind].push(Math.round(perMiB * 100) / 100);
-        console.log(`round ${round + 1} ${kind}-server: ${mbps.toFixed(1)} MiB/s (${pairs} pair${pairs > 1 ? 's' : ''}), server CPU ${perMiB.toFixed(2)} ms/MiB`);
+        console.log(`round ${round + 1} ${kind}-server: ${mbps.toFixed(1)} MiB/s (${pairs} pair${pairs > 1 ? 's' : ''}), server CPU ${perMiB.toFixed(2)} ms/MiB (s1 ${each[0]} ms, s2 ${each[1]} ms)`);
         for (const p of [...sends, ...recvs]) p.p.kill('SIGKILL');
       }
     }
