@@ -140,8 +140,7 @@ export class MeshForwarder {
         }
         if (this.isTarget(s)) s.leases.answered(); // the target spoke: no longer an unanswered open
         this.ev.forwarded('out', sf.bytes.length);
-        const [h, rest] = retag(M.DATA, s.mid, f.payload);
-        s.link.data(s.mid, Buffer.concat([h, rest]));
+        s.link.data(s.mid, retag(M.DATA, s.mid, f.payload));
         if (s.link.writer.queuedBytes > LINK_QUEUE_PAUSE_BYTES) this.pauseFeeder(s.link, a);
         return true;
       }

@@ -2,7 +2,7 @@
 // (decoded, bounded by MAX_FRAME_BYTES), frames out through a FairWriter, ping/pong for liveness and the link RTT.
 import type { TLSSocket } from 'node:tls';
 import { FrameDecoder, type Frame } from '@edgemesh/common/tunnel/frame';
-import { FairWriter } from './writer.ts';
+import { FairWriter, type FramePart } from './writer.ts';
 import { encodePing, M } from './frames.ts';
 import { firstStreamId, type LinkDirection } from './decide.ts';
 
@@ -59,9 +59,9 @@ export class MeshLink {
     this.writer.control(frame);
   }
 
-  data(mid: number, frame: Buffer): void {
+  data(mid: number, frame: FramePart): void {
     if (this.closed || this.sock.destroyed) return;
-    this.bytesOut += frame.length;
+    this.bytesOut += Buffer.isBuffer(frame) ? frame.length : frame.reduce((n, b) => n + b.length, 0);
     this.writer.data(mid, frame);
   }
 

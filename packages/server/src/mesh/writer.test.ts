@@ -6,6 +6,8 @@ import { FairWriter } from './writer.ts';
 class FakeSink {
   writableLength = 0;
   order: string[] = [];
+  cork(): void {}
+  uncork(): void {}
   write(b: Buffer): void {
     this.writableLength += b.length;
     this.order.push(b.toString('latin1', 0, 1));
@@ -28,6 +30,18 @@ test('a fast stream does not starve others: queued DATA is written round-robin u
     w.flush();
   }
   assert.deepEqual(sink.order, ['A', 'A', 'B', 'C', 'A', 'A', 'A']);
+  assert.equal(w.queuedBytes, 0);
+});
+
+test('a frame given as parts is written back to back and counted whole', () => {
+  const sink = new FakeSink();
+  const w = new FairWriter(sink, 10);
+  w.data(1, Buffer.from('A'.repeat(10)));
+  w.data(2, [Buffer.from('H'), Buffer.from('P'.repeat(9))]);
+  assert.equal(w.queuedBytes, 10);
+  sink.drain();
+  w.flush();
+  assert.deepEqual(sink.order, ['A', 'H', 'P']);
   assert.equal(w.queuedBytes, 0);
 });
 

@@ -10,14 +10,20 @@ export const WRITE_HIGH_WATER_BYTES = 512 * 1024;
 
 export interface Sink {
   write(chunk: Buffer): unknown;
+  cork(): void;
+  uncork(): void;
   readonly writableLength: number;
 }
+
+/** A frame as one buffer, or its parts (header + shared payload: written back to back, corked, never copied here). */
+export type FramePart = Buffer | Buffer[];
+const size = (f: FramePart): number => (Buffer.isBuffer(f) ? f.length : f.reduce((n, b) => n + b.length, 0));
 
 export class FairWriter {
   private readonly sink: Sink;
   private readonly highWater: number;
   /** Per stream: its frames in order. Map order is the round-robin order (a served stream moves to the end). */
-  private readonly queues = new Map<number, Buffer[]>();
+  private readonly queues = new Map<number, FramePart[]>();
   private queued = 0;
 
   constructor(sink: Sink, highWater = WRITE_HIGH_WATER_BYTES) {
@@ -34,10 +40,17 @@ export class FairWriter {
     this.sink.write(frame);
   }
 
-  /** A DATA frame (its parts, written back to back) of stream `id`. */
-  data(id: number, frame: Buffer): void {
+  private put(f: FramePart): void {
+    if (Buffer.isBuffer(f)) return void this.sink.write(f);
+    this.sink.cork();
+    for (const b of f) this.sink.write(b);
+    this.sink.uncork();
+  }
+
+  /** A DATA frame (or its parts, written back to back) of stream `id`. */
+  data(id: number, frame: FramePart): void {
     if (!this.queues.size && this.sink.writableLength < this.highWater) {
-      this.sink.write(frame);
+      this.put(frame);
       return;
     }
     let q = this.queues.get(id);
@@ -46,7 +59,7 @@ export class FairWriter {
       this.queues.set(id, q);
     }
     q.push(frame);
-    this.queued += frame.length;
+    this.queued += size(frame);
     this.flush();
   }
 
@@ -55,10 +68,10 @@ export class FairWriter {
     while (this.queues.size && this.sink.writableLength < this.highWater) {
       for (const [id, q] of this.queues) {
         const f = q.shift()!;
-        this.queued -= f.length;
+        this.queued -= size(f);
         this.queues.delete(id);
         if (q.length) this.queues.set(id, q); // to the back of the turn
-        this.sink.write(f);
+        this.put(f);
         if (this.sink.writableLength >= this.highWater) return;
       }
     }
@@ -68,7 +81,7 @@ export class FairWriter {
   drop(id: number): void {
     const q = this.queues.get(id);
     if (!q) return;
-    for (const f of q) this.queued -= f.length;
+    for (const f of q) this.queued -= size(f);
     this.queues.delete(id);
   }
 
