@@ -53,8 +53,19 @@ test('server defaults are exactly those of INTERFACE.md', () => {
     cluster: { source: 'none', kubeconfig: '', manifestsDir: '' }, enrollment: { bootstrapToken: true, serviceAccounts: [] },
     relayRateLimit: 0,
     limits: { relayStreamsPerPair: 16, relayStreamsPerTarget: 1024, relayStreams: 32_768, pendingOpensPerNode: 64, unauthConnectionsPerSource: 128, unauthConnections: 1024, partialFrameBytes: 64 * 1024 * 1024 },
+    mesh: { peers: [], dns: '' },
     admin: { listen: '127.0.0.1:10561', maxConnections: 64 }, log: { level: 'info' },
   });
+});
+
+test('mesh.peers and mesh.dns: bad values name the key', () => {
+  assert.deepEqual(loadServerConfig({ text: 'mesh:\n  peers: ["10.0.0.2:20004", "[fd00::2]:20004"]\n  dns: edgemesh-server-mesh.edgemesh.svc.cluster.local\n' }).mesh,
+    { peers: ['10.0.0.2:20004', '[fd00::2]:20004'], dns: 'edgemesh-server-mesh.edgemesh.svc.cluster.local' });
+  assert.match(err(() => loadServerConfig({ text: 'mesh:\n  peers: ["no-port"]\n' })).message, /^config: mesh\.peers\.0: /);
+  assert.match(err(() => loadServerConfig({ text: 'mesh:\n  peers: [":20004"]\n' })).message, /^config: mesh\.peers\.0: /);
+  assert.match(err(() => loadServerConfig({ text: 'mesh:\n  peers: ["10.0.0.2:0"]\n' })).message, /^config: mesh\.peers\.0: /);
+  assert.match(err(() => loadServerConfig({ text: 'mesh:\n  dns: "bad name!"\n' })).message, /^config: mesh\.dns: /);
+  assert.match(err(() => loadServerConfig({ text: 'mesh:\n  peer: []\n' })).message, /mesh/);
 });
 
 test('dns.allowCIDRs takes IPv4 and IPv6 CIDRs and names the bad entry; limits are bounded', () => {

@@ -203,12 +203,25 @@ export const serverSchema = z.strictObject({
     /** Bytes held in incomplete frames of all connections together. */
     partialFrameBytes: z.number().int().min(1024 * 1024).max(2 ** 40).default(64 * 1024 * 1024),
   }).prefault({}),
+  /**
+   * The other servers of this cluster (server mesh, packages/server/src/mesh): relay and rendezvous between agents on
+   * different servers are forwarded server to server. `peers`: host:port of each; `dns`: a name (the chart's headless
+   * Service) whose A/AAAA records are the other servers (port = our listen port; our own addresses are skipped).
+   * Every server of one mesh needs the same cluster CA (caFile/caKeyFile, or one stateDir's CA copied).
+   */
+  mesh: z.strictObject({
+    peers: z.array(hostPort(false)).max(256).default([]),
+    dns: z.string().max(253).regex(/^$|^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a DNS name').default(''),
+  }).prefault({}),
   admin: adminSchema('127.0.0.1:10561'),
   log: logSchema,
 }).superRefine((c, ctx) => {
   if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
     ctx.addIssue({ code: 'custom', path: ['cluster', 'manifestsDir'], message: 'required when cluster.source is file' });
   }
+  c.mesh.peers.forEach((p, i) => {
+    if (parseHostPort(p)?.port === 0) ctx.addIssue({ code: 'custom', path: ['mesh', 'peers', i], message: 'a mesh peer needs a port (1-65535)' });
+  });
   if (!!c.caFile !== !!c.caKeyFile) ctx.addIssue({ code: 'custom', path: [c.caFile ? 'caKeyFile' : 'caFile'], message: 'caFile and caKeyFile go together (or neither: the CA in stateDir)' });
   if (c.enrollment.serviceAccounts.length && c.cluster.source !== 'kubernetes') {
     ctx.addIssue({ code: 'custom', path: ['enrollment', 'serviceAccounts'], message: 'Kubernetes enrollment needs cluster.source kubernetes (the TokenReview goes to that API server)' });

@@ -12,6 +12,7 @@ import { FleetStore } from './fleet/store.ts';
 import { addFleetRoutes } from './fleet/http.ts';
 import { IDENTITY_COMMANDS, IDENTITY_USAGE, runIdentityCli } from './identity/cli.ts';
 import { startServerIdentity, type ServerIdentity } from './identity/index.ts';
+import { Mesh, type MeshIdentity } from './mesh/mesh.ts';
 
 export class EdgemeshServer {
   readonly cfg: ServerConfig;
@@ -28,10 +29,12 @@ export class EdgemeshServer {
   readonly fleet: FleetStore;
   private readonly stops: (() => Promise<void>)[] = [];
   private listening = false;
+  /** The server mesh (mesh.peers / mesh.dns): undefined when this server runs alone. */
+  readonly mesh: Mesh | undefined;
   /** CA, enrollment, registry (identity/): the control channel's TLS certificate and every sign-in come from it. */
   readonly identity: ServerIdentity;
 
-  constructor(cfg: ServerConfig, log: Logger, identity: ServerIdentity) {
+  constructor(cfg: ServerConfig, log: Logger, identity: ServerIdentity, opts: { meshResolve?: (name: string) => Promise<string[]>; meshDnsIntervalMs?: number } = {}) {
     this.cfg = cfg;
     this.log = log;
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
@@ -51,6 +54,13 @@ export class EdgemeshServer {
         unauthTotal: cfg.limits.unauthConnections, partialFrameBytes: cfg.limits.partialFrameBytes,
       },
     });
+    if (cfg.mesh.peers.length || cfg.mesh.dns) {
+      this.mesh = new Mesh({
+        peers: cfg.mesh.peers, dns: cfg.mesh.dns, listenPort: hp.port, listenHost: hp.host, identity: meshIdentity(identity),
+        relay: this.relay.meshPort(), log, registry: this.registry, budgets: this.budgets, resolve: opts.meshResolve, dnsIntervalMs: opts.meshDnsIntervalMs,
+      });
+      this.relay.setMesh(this.mesh);
+    }
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], key: stunKey, log, registry: this.registry });
     this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
     this.admin.addCheck('listening', () => this.listening);
@@ -60,7 +70,7 @@ export class EdgemeshServer {
   }
 
   status(): unknown {
-    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } };
+    return { listen: this.cfg.listen, stunPorts: this.stun.ports(), ...(this.relay.status() as object), mesh: this.mesh?.status(), identity: { caHash: this.identity.ca.hash, clusterSynced: this.identity.cluster.synced(), ...this.identity.enroller.status() } };
   }
 
   /** Starts everything; returns the bound TCP address (port 0 in the config picks one, for tests). */
@@ -71,8 +81,10 @@ export class EdgemeshServer {
     this.stops.push(() => this.admin.close());
     this.fleet.start();
     this.stops.push(async () => this.fleet.stop());
+    if (this.mesh) await this.mesh.start(); // its certificate first: the listener answers mesh peers with it
     const bound = await this.relay.start();
     this.stops.push(() => this.relay.stop());
+    if (this.mesh) this.stops.push(() => this.mesh!.stop());
     // STUN on the same port number as TCP (UDP), plus the alternate port.
     await this.stun.start(bound.port);
     this.stops.push(() => this.stun.stop());
@@ -103,6 +115,27 @@ export function relayIdentity(identity: ServerIdentity, stunKey: Buffer): RelayI
     onRevocations: (fn) => identity.enroller.onRevocations(fn),
     isRevoked: (cert) => identity.enroller.registry.revocations().isRevoked(cert),
     stunKey,
+  };
+}
+
+/** What the mesh uses of the server's identity: the CA, the revocations (shared across the mesh both ways). */
+export function meshIdentity(identity: ServerIdentity): MeshIdentity {
+  return {
+    ca: identity.ca,
+    revocationList: () => identity.enroller.revocationList(),
+    onRevocations: (fn) => identity.enroller.onRevocations(fn),
+    mergeRevocations: (entries) => {
+      const reg = identity.enroller.registry;
+      const have = reg.revocations();
+      let added = 0;
+      for (const e of entries) {
+        if (have.entryFor(Buffer.from(e.key, 'base64'))) continue;
+        reg.revoke(e.name, e.key, e.revokedAt);
+        added++;
+      }
+      if (added) identity.enroller.checkRevocations(); // drops connected holders, pushes the list to agents and peers
+      return added;
+    },
   };
 }
 

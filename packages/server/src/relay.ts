@@ -1,7 +1,7 @@
 // The relay/rendezvous server core: TLS 1.3 listener (certificate issued by the cluster CA), enrollment / sign-in
 // inside TLS (identity/enroller.ts), node registry keyed by the name of the node certificate, relay streams with
 // per-stream credit (enforced here too), optional per-agent byte rate limit, rendezvous forwarding, revocation push.
-import { createServer, type Server, type TLSSocket } from 'node:tls';
+import { createServer, type SecureContext, type Server, type TLSSocket } from 'node:tls';
 import type { Socket } from 'node:net';
 import type { Registry } from 'prom-client';
 import { Counter, Gauge } from 'prom-client';
@@ -23,6 +23,14 @@ import {
   RelayStreamBudgets, StreamLeases, UNAUTH_MIN_EVICT_AGE_MS, unansweredPast, type ServerLimits,
 } from './limits.ts';
 import type { EnrollRequest, EnrollResult } from './identity/enroller.ts';
+import { MESH_TLS_NAME } from './mesh/cert.ts';
+import type { AgentEnd, MeshHooks, RelayPort } from './mesh/port.ts';
+
+/** The server mesh as the relay sees it (mesh/mesh.ts): hooks for agents of other servers, the mesh TLS context. */
+export interface MeshAttachment extends MeshHooks {
+  secureContext(): SecureContext | undefined;
+  accept(sock: TLSSocket): void;
+}
 
 /** TLS exporter label of the enrollment channel binding (RFC 8446 7.5; the node key signs it in every ENROLL). */
 export const ENROLL_EXPORTER_LABEL = 'EXPORTER-edgemesh-enroll';
@@ -168,6 +176,8 @@ export class RelayServer {
   private readonly handshaking = new Map<string, ConnSlot>();
   private readonly frameBytes: Budget;
   private unsubscribe: (() => void) | undefined;
+  /** The server mesh, when configured: agents on other servers of the cluster (setMesh, before start). */
+  private mesh: MeshAttachment | undefined;
   private readonly m: {
     agents: Gauge; auth: Counter; relayed: Counter; streams: Gauge; streamsTotal: Counter; malformed: Counter;
     violations: Counter; rendezvous: Counter; limited: Counter;
@@ -202,7 +212,11 @@ export class RelayServer {
     const id = this.opts.identity;
     const c0 = id.serverCert();
     // TLS 1.3 only; nothing but the TLS handshake happens before it completes (and it is bounded by AUTH_TIMEOUT_MS).
-    const server = createServer({ key: c0.keyPem, cert: c0.chainPem, minVersion: 'TLSv1.3', handshakeTimeout: AUTH_TIMEOUT_MS, noDelay: true }, (s) => this.accept(s));
+    // With a mesh, the listener also answers SNI edgemesh-mesh with the mesh certificate and asks every client for a
+    // certificate (agents send none; mesh peers must send theirs, checked in mesh.accept).
+    const mesh = this.mesh;
+    const meshTls = mesh ? { requestCert: true, rejectUnauthorized: false, SNICallback: (name: string, cb: (e: Error | null, ctx?: SecureContext) => void) => cb(null, name === MESH_TLS_NAME ? mesh.secureContext() : undefined) } : {};
+    const server = createServer({ key: c0.keyPem, cert: c0.chainPem, minVersion: 'TLSv1.3', handshakeTimeout: AUTH_TIMEOUT_MS, noDelay: true, ...meshTls }, (s) => this.accept(s));
     server.on('tlsClientError', () => this.m.auth.inc({ outcome: 'tls-failed' }));
     server.on('connection', (raw: Socket) => this.admit(raw));
     this.server = server;
@@ -269,6 +283,10 @@ export class RelayServer {
     const slot = this.handshaking.get(key);
     this.handshaking.delete(key);
     if (!slot) return void sock.destroy(); // evicted during its TLS handshake
+    if (this.mesh && sock.servername === MESH_TLS_NAME) {
+      slot.close(); // a mesh peer is authenticated by its certificate now, or dropped
+      return this.mesh.accept(sock);
+    }
     const c = new Conn(sock, this.frameBytes);
     c.slot = slot;
     this.conns.add(c);
@@ -494,6 +512,7 @@ export class RelayServer {
     c.tokens = this.opts.rateLimitBytesPerSec ?? 0;
     this.agents.set(node, { node, key, cert, conn: c, since: Date.now(), remote: `${c.sock.remoteAddress}:${c.sock.remotePort}` });
     this.m.agents.set(this.agents.size);
+    this.mesh?.agentUp(node);
     this.m.auth.inc({ outcome: 'ok' });
     this.log.info({ node, method, remote: c.sock.remoteAddress }, 'agent signed in');
     this.send(c, T.WELCOME, { cert: cert.raw, stunAltPort: this.opts.stunAltPort?.() ?? 0, observed: { host: c.sock.remoteAddress ?? '', port: c.sock.remotePort }, stunKey: this.opts.identity.stunKey });
@@ -518,6 +537,7 @@ export class RelayServer {
   private onOpen(c: Conn, m: ControlMessage<typeof T.OPEN>): void {
     const { req, to } = m;
     const peer = this.agents.get(to);
+    if (!peer && this.mesh?.open(c, req, to)) return this.m.streamsTotal.inc({ outcome: 'mesh' }); // on another server
     if (!peer || peer.conn === c) {
       this.m.streamsTotal.inc({ outcome: 'no-peer' });
       return this.send(c, T.OPEN_FAIL, { req, code: 'no-peer' });
@@ -532,8 +552,7 @@ export class RelayServer {
       this.m.streamsTotal.inc({ outcome: 'limit' });
       return this.send(c, T.OPEN_FAIL, { req, code: 'limit' });
     }
-    const rid = this.nextRid;
-    this.nextRid = this.nextRid >= 0xfffffff0 ? 1 : this.nextRid + 1;
+    const rid = this.allocRid();
     const st: RelayStream = {
       rid, a: c, b: peer.conn, ab: new FlowWindow(RELAY_WINDOW_BYTES), ba: new FlowWindow(RELAY_WINDOW_BYTES), leases, openedAt: Date.now(),
       get pending() { return leases.pending; },
@@ -547,8 +566,18 @@ export class RelayServer {
     this.send(c, T.OPENED, { req, rid });
   }
 
+  /** A relay stream id not in use here (local relay streams and mesh streams share the space). */
+  private allocRid(): number {
+    for (;;) {
+      const rid = this.nextRid;
+      this.nextRid = this.nextRid >= 0xfffffff0 ? 1 : this.nextRid + 1;
+      if (!this.streams.has(rid)) return rid;
+    }
+  }
+
   private onRendezvous(c: Conn, m: ControlMessage<typeof T.RENDEZVOUS>): void {
     const peer = m.to !== undefined ? this.agents.get(m.to) : undefined;
+    if (!peer && this.mesh?.rendezvous(c, m)) return void this.m.rendezvous.inc({ outcome: 'mesh' });
     if (!peer || peer.conn === c) {
       this.m.rendezvous.inc({ outcome: 'no-peer' });
       return;
@@ -569,6 +598,7 @@ export class RelayServer {
       return;
     }
     const st = this.streams.get(sf.id);
+    if (!st && this.mesh?.streamFrame(c, f, sf)) return; // a relay stream to an agent of another server
     if (!st || (st.a !== c && st.b !== c)) return; // late frames for a closed stream
     const fromA = st.a === c;
     const to = fromA ? st.b : st.a;
@@ -655,7 +685,7 @@ export class RelayServer {
       const to = st ? (st.a === from ? st.b : st.a) : undefined;
       if (to && to.state !== 'closed' && !to.sock.destroyed && to.sock.writableLength > MAX_SOCKET_BUFFER_BYTES) return true;
     }
-    return false;
+    return this.mesh?.holds(from) ?? false;
   }
 
   /** Resets a stream: tells both sides (or only the other side when `from` sent the reset). */
@@ -724,11 +754,57 @@ export class RelayServer {
       if (st) this.resetStream(st, false, c);
     }
     const a = this.agents.get(c.node);
-    if (a && a.conn === c) {
+    const gone = !!a && a.conn === c;
+    if (gone) {
       this.agents.delete(c.node);
       this.m.agents.set(this.agents.size);
       this.log.info({ node: c.node }, 'agent disconnected');
     }
+    this.mesh?.agentDown(c, gone);
+  }
+
+  /** Attaches the server mesh (before start). */
+  setMesh(mesh: MeshAttachment): void {
+    this.mesh = mesh;
+  }
+
+  /** What the mesh uses of the relay (mesh/port.ts). */
+  meshPort(): RelayPort {
+    const conn = (a: AgentEnd) => a as Conn;
+    return {
+      agent: (node) => this.agents.get(node)?.conn,
+      agentNodes: () => [...this.agents.keys()],
+      allocRid: () => this.allocRid(),
+      admit: (opener, target) => this.streamBudgets.admit(opener, target),
+      write: (a, frame) => this.write(conn(a), frame),
+      writev: (a, parts) => {
+        const c = conn(a);
+        if (c.sock.destroyed) return;
+        c.sock.cork();
+        for (const p of parts.slice(0, -1)) c.sock.write(p);
+        this.write(c, parts[parts.length - 1]); // the backlog rule sees the whole frame
+        c.sock.uncork();
+      },
+      incoming: (to, rid, from) => this.send(conn(to), T.INCOMING, { rid, from }),
+      opened: (a, req, rid) => this.send(conn(a), T.OPENED, { req, rid }),
+      openFailed: (a, req, code) => this.send(conn(a), T.OPEN_FAIL, { req, code }),
+      rendezvous: (to, msg) => this.send(conn(to), T.RENDEZVOUS, msg),
+      pause: (a) => {
+        const c = conn(a);
+        if (c.paused || c.state === 'closed') return;
+        c.paused = true;
+        c.sock.pause();
+        c.frames.paused();
+      },
+      resume: (a) => {
+        const c = conn(a);
+        if (!c.paused || this.feedsFullSocket(c)) return;
+        c.paused = false;
+        if (c.controlWait || c.sock.destroyed) return;
+        c.frames.resumed(Date.now());
+        c.sock.resume();
+      },
+    };
   }
 
   private closed(c: Conn): void {

@@ -43,6 +43,7 @@ export const SERVER_CERT_VALIDITY_MS = 7 * 86_400_000;
 /** Certificates start this long before "now", so a verifier whose clock is a little behind accepts them. */
 export const CERT_BACKDATE_MS = 5 * 60_000;
 const SERVER_AUTH_OID = '1.3.6.1.5.5.7.3.1';
+export const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 
 export class CaError extends Error {}
 
@@ -146,7 +147,7 @@ export interface ServerCert {
 }
 
 /** Issues the server's TLS certificate (fresh Ed25519 key, serverAuth, DNS SAN SERVER_TLS_NAME) with the CA key. */
-export async function issueServerCert(ca: ClusterCa, opts: { now: number; validityMs?: number; dnsNames?: readonly string[] }): Promise<ServerCert> {
+export async function issueServerCert(ca: ClusterCa, opts: { now: number; validityMs?: number; dnsNames?: readonly string[]; clientAuth?: boolean; uris?: readonly string[] }): Promise<ServerCert> {
   if (!ca.privateKey) throw new CaError('the CA key is needed to issue the server certificate');
   const x509 = await loadX509();
   const { pair, privateKey } = await cryptoPair();
@@ -165,8 +166,9 @@ export async function issueServerCert(ca: ClusterCa, opts: { now: number; validi
     extensions: [
       new x509.BasicConstraintsExtension(false, undefined, true),
       new x509.KeyUsagesExtension(x509.KeyUsageFlags.digitalSignature, true),
-      new x509.ExtendedKeyUsageExtension([SERVER_AUTH_OID]),
-      new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'dns' as const, value }))),
+      // clientAuth too for a server-mesh certificate (packages/server/src/mesh/cert.ts): servers dial each other.
+      new x509.ExtendedKeyUsageExtension(opts.clientAuth ? [SERVER_AUTH_OID, CLIENT_AUTH_OID] : [SERVER_AUTH_OID]),
+      new x509.SubjectAlternativeNameExtension([...names.map((value) => ({ type: 'dns' as const, value })), ...(opts.uris ?? []).map((value) => ({ type: 'url' as const, value }))]),
       await x509.AuthorityKeyIdentifierExtension.create(ca.publicKey.toCryptoKey(ED25519, true, ['verify']) as unknown as XKey),
     ],
   });

@@ -27,6 +27,7 @@ export const T = {
   CREDIT: 21,
   END: 22,
   RESET: 23,
+  // 64-79 (0x40-0x4F) are the server mesh's frames (server/src/mesh/frames.ts), only on server<->server links.
 } as const;
 
 /** v2: relay stream frames carry absolute offsets and acknowledgements (streams.ts). v3: TLS 1.3, enrollment and
