@@ -75,7 +75,13 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
     // Settle: direct pairs reach direct on both sides; relay pairs finish their punch attempt without a direct path.
     await Promise.all(PAIRS.map(async (p) => {
       if (p.expect === 'direct') {
-        await waitUntil(async () => (await tl.node(p.a).path(p.b)) === 'direct' && (await tl.node(p.b).path(p.a)) === 'direct', SETTLE_MS, `${p.name} direct`);
+        await waitUntil(async () => (await tl.node(p.a).path(p.b)) === 'direct' && (await tl.node(p.b).path(p.a)) === 'direct', SETTLE_MS, `${p.name} direct`).catch(async (e: Error) => {
+          // What each side's punching did, for the failure message (attempts, outcomes, budget refusals).
+          const lines = async (n: string) => ((await tl.node(n).request('metrics')).metrics as string).split('\n')
+            .filter((l) => /^edgemesh_(tunnel_punch_(attempts|outcomes)_total|budget_refusals_total|tunnel_peer_refused_total|tunnel_failovers_total)[{ ]/.test(l)).join('; ');
+          const paths = async (x: string, y: string) => JSON.stringify((await tl.node(x).status()).peers.find((q) => q.node === y));
+          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)} ${await paths(p.a, p.b)}\n${p.b}: ${await lines(p.b)} ${await paths(p.b, p.a)}`);
+        });
       } else {
         await waitUntil(async () => (await tl.node(p.a).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1
           || (await tl.node(p.b).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1, SETTLE_MS, `${p.name} punch outcome`);
