@@ -129,7 +129,7 @@ export class TunnelLab {
     p.stdout!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     p.stderr!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     this.server = p;
-    const end = Date.now() + 15_000;
+    const end = Date.now() + 60_000;
     while (!this.serverLog.includes('server listening')) {
       if (Date.now() > end || p.exitCode !== null) throw new Error(`server did not start: ${this.serverLog}`);
       await new Promise((r) => setTimeout(r, 50));
