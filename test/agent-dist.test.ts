@@ -64,3 +64,27 @@ admin: {listen: "127.0.0.1:0"}
   const [code] = await once(server, 'exit');
   assert.equal(code, 0, serverOut);
 });
+
+test('built server with cluster.source file: starts listening (the first sync holds the event loop open)', async (t) => {
+  const build = spawnSync(process.execPath, [join(ROOT, 'scripts/build.ts')], { encoding: 'utf8' });
+  assert.equal(build.status, 0, build.stderr);
+  const root = mkdtempSync(join(tmpdir(), 'em-dist-'));
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_ENV: 'production', NODE_OPTIONS: '--no-experimental-strip-types' };
+  delete env.EDGEMESH_SOURCE;
+  const manifests = join(root, 'manifests');
+  mkdirSync(manifests);
+  writeFileSync(join(manifests, 'nodes.yaml'), 'apiVersion: v1\nkind: Node\nmetadata:\n  name: edge-a\n');
+  writeFileSync(join(root, 'server.yaml'), `listen: "127.0.0.1:0"\nstunAltPort: 0\nstateDir: ${join(root, 'server-state')}\ncluster: {source: file, manifestsDir: ${manifests}}\nenrollment: {bootstrapToken: false}\nadmin: {listen: "127.0.0.1:0"}\n`);
+  const server = spawn(process.execPath, [join(ROOT, 'packages/server/bin/edgemesh-server.js'), '--config', join(root, 'server.yaml')], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  t.after(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
+  let out = '';
+  server.stdout.on('data', (d) => { out += d; });
+  server.stderr.on('data', (d) => { out += d; });
+  await poll('server listening', async () => {
+    if (server.exitCode !== null) throw new Error(`server exited ${server.exitCode}: ${out}`);
+    return out.includes('"msg":"server listening"') || undefined;
+  });
+  server.kill('SIGTERM');
+  const [code] = await once(server, 'exit');
+  assert.equal(code, 0, out);
+});

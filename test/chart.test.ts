@@ -499,6 +499,27 @@ describe('identity (docs/identity.md)', () => {
     assert.deepEqual(render('ca-secret.yaml', withValues({ ca: { existingSecret: 'my-ca' } }), 'then'), [], 'an existing Secret: nothing rendered');
   });
 
+  test('the admin token has no default: generated once (randAlphaNum 48), read back with lookup, mounted into the server only', () => {
+    assert.deepEqual(values.adminToken, { existingSecret: '' });
+    const t = templates.get('admin-secret.yaml')!;
+    assert.match(t, /lookup "v1" "Secret" \.Release\.Namespace \$name/);
+    assert.match(t, /randAlphaNum 48/);
+    const [secret] = render('admin-secret.yaml', values, 'then');
+    assert.equal(secret.kind, 'Secret');
+    assert.deepEqual(Object.keys(secret.data as Obj), ['token']);
+    assert.deepEqual(render('admin-secret.yaml', withValues({ adminToken: { existingSecret: 'my-admin' } }), 'then'), [], 'an existing Secret: nothing rendered');
+    const admin = ((values.server as Obj).config as Obj).admin as Obj;
+    assert.equal(admin.tokenFile, '/etc/edgemesh/admin/token');
+    assert.equal(admin.listen, '0.0.0.0:10561', 'the listener the token guards is the pod address');
+    const spec = podSpec('server-deployment.yaml');
+    const [c] = spec.containers as Obj[];
+    assert.deepEqual((c.volumeMounts as Obj[]).find((m) => m.name === 'admin-token'), { name: 'admin-token', mountPath: '__tpl__', subPath: 'token', readOnly: true });
+    assert.deepEqual((vol(spec, 'admin-token')!.secret as Obj).items, [{ key: 'token', path: 'token' }]);
+    assert.match(templates.get('server-deployment.yaml')!, /secretName: \{\{ include "edgemesh\.adminSecretName" \. \}\}\n\s+defaultMode: 0440/);
+    assert.match(templates.get('server-deployment.yaml')!, /mountPath: \{\{ \$adminTokenFile \}\}/);
+    assert.ok(!JSON.stringify(podSpec('agent-daemonset.yaml').volumes).includes('admin'), 'agents never get it');
+  });
+
   test('agents get the CA certificate only, at tunnel.caFile, and a projected token with audience edgemesh', () => {
     const spec = podSpec('agent-daemonset.yaml');
     const [c] = spec.containers as Obj[];

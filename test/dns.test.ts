@@ -184,7 +184,7 @@ describe('agent DNS with real clients', () => {
     const metrics = await agent.registry.metrics();
     assert.match(metrics, /edgemesh_dns_cache_total\{cache="forward",result="hit"\} [1-9]/);
     assert.match(metrics, /edgemesh_dns_queries_total\{type="A",rcode="NOERROR",source="forward"\} [1-9]/);
-    assert.match(metrics, /edgemesh_dns_upstream_duration_seconds_count\{upstream="127\.0\.0\.1:\d+",outcome="ok"\} [1-9]/);
+    assert.match(metrics, /edgemesh_dns_upstream_duration_seconds_count\{upstream="0",outcome="ok"\} [1-9]/);
 
     const tcpBefore = up.counts.tcp;
     assert.equal((await resolver.resolve4('big.example.test')).length, 40);

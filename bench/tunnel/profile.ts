@@ -18,7 +18,7 @@ const lab = await buildLab({ publicHosts: ['srv'], sites: [{ name: 'pr1', nat: '
 const tl = new TunnelLab(lab);
 try {
   tl.planEndpoints([{ name: 'p1', host: 'hp1' }, { name: 'p2', host: 'hp2' }]);
-  await tl.startServer('srv');
+  await tl.startServer('srv', undefined, '', { clusterNodes: ['p1', 'p2'] });
   if (values.prof) {
     mkdirSync(values.prof, { recursive: true });
     process.env.NODE_OPTIONS = `${process.env.NODE_OPTIONS ?? ''} --cpu-prof --cpu-prof-dir=${values.prof}`.trim();

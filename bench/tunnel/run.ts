@@ -74,7 +74,7 @@ const tl = new TunnelLab(lab);
 try {
   const names = ['p1', 'p2', 'f1', 'r1', 's1', 's2', 'l1', 'l2'];
   tl.planEndpoints(names.map((n) => ({ name: n, host: `h${n}` })));
-  await tl.startServer('srv');
+  await tl.startServer('srv', undefined, '', { clusterNodes: names });
   for (const n of names) await tl.startNode(n, `h${n}`, { logLevel: 'warn' });
   await waitUntil(async () => (await Promise.all(names.map(async (n) => (await tl.node(n).status()).servers[0].connected))).every(Boolean), 20_000, 'connected');
 

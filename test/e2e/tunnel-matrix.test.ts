@@ -32,7 +32,8 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
     tl = new TunnelLab(lab);
     const nodes = ['p1', 'p2', 'f1', 'r1', 's1', 's2', 'u1', 'l1', 'l2'].map((n) => ({ name: n, host: `h${n}` }));
     tl.planEndpoints(nodes);
-    await tl.startServer('srv');
+    // As production: the server reads the cluster's Nodes, and each node enrolls with a join token (no bootstrap token).
+    await tl.startServer('srv', undefined, '', { clusterNodes: nodes.map((n) => n.name) });
     await Promise.all(nodes.map((n) => tl.startNode(n.name, n.host)));
     await waitUntil(async () => (await Promise.all(nodes.map(async (n) => (await tl.node(n.name).status()).servers[0].connected))).every(Boolean), 20_000, 'all nodes connected');
   });
@@ -40,6 +41,13 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
   after(async () => {
     if (results.length) console.log('\nNAT matrix results\n' + results.join('\n'));
     await tl?.destroy();
+  });
+
+  test('every node enrolled with its join token (the bootstrap token is off on this server)', async () => {
+    const metrics = await tl.serverAdmin('/metrics');
+    const issued = (method: string) => Number(metrics.match(new RegExp(`edgemesh_server_enrollments_total\\{method="${method}",outcome="issued"\\} (\\d+)`))?.[1] ?? 0);
+    assert.equal(issued('join'), 9, metrics.split('\n').filter((l) => l.includes('enrollments')).join('\n'));
+    assert.equal(issued('bootstrap'), 0);
   });
 
   test('NAT types are detected', async () => {
@@ -67,7 +75,13 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
     // Settle: direct pairs reach direct on both sides; relay pairs finish their punch attempt without a direct path.
     await Promise.all(PAIRS.map(async (p) => {
       if (p.expect === 'direct') {
-        await waitUntil(async () => (await tl.node(p.a).path(p.b)) === 'direct' && (await tl.node(p.b).path(p.a)) === 'direct', SETTLE_MS, `${p.name} direct`);
+        await waitUntil(async () => (await tl.node(p.a).path(p.b)) === 'direct' && (await tl.node(p.b).path(p.a)) === 'direct', SETTLE_MS, `${p.name} direct`).catch(async (e: Error) => {
+          // What each side's punching did, for the failure message (attempts, outcomes, budget refusals).
+          const lines = async (n: string) => ((await tl.node(n).request('metrics')).metrics as string).split('\n')
+            .filter((l) => /^edgemesh_(tunnel_punch_(attempts|outcomes)_total|budget_refusals_total|tunnel_peer_refused_total|tunnel_failovers_total)[{ ]/.test(l)).join('; ');
+          const paths = async (x: string, y: string) => JSON.stringify((await tl.node(x).status()).peers.find((q) => q.node === y));
+          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)} ${await paths(p.a, p.b)}\n${p.b}: ${await lines(p.b)} ${await paths(p.b, p.a)}`);
+        });
       } else {
         await waitUntil(async () => (await tl.node(p.a).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1
           || (await tl.node(p.b).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1, SETTLE_MS, `${p.name} punch outcome`);

@@ -1,10 +1,11 @@
 // Test-side driver for tunnel end-to-end tests in a netlab lab: the real edgemesh-server binary on a public host,
 // tunnel-node.ts processes on the other hosts, driven over stdio.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync, type ChildProcess } from 'node:child_process';
+import { X509Certificate, createHash } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
-import type { ChildProcess } from 'node:child_process';
 import type { Lab, SiteSpec } from './netlab.ts';
 import type { TestEndpoint } from './tunnel-fixture.ts';
 
@@ -90,6 +91,10 @@ export class TunnelLab {
   serverHost = '';
   serverLog = '';
   endpoints: TestEndpoint[] = [];
+  private serverConfig = '';
+  /** Nodes enroll with join tokens (startServer with clusterNodes). */
+  private joinTokens = false;
+  private readonly enrolled = new Set<string>();
 
   constructor(lab: Lab) {
     this.lab = lab;
@@ -99,21 +104,50 @@ export class TunnelLab {
     return `${this.lab.host(this.serverHost).ip}:${SERVER_PORT}`;
   }
 
-  async startServer(host: string, token = E2E_TOKEN, extra = ''): Promise<void> {
+  /**
+   * The real server on `host`. With `clusterNodes`, as a production cluster runs it: it reads those Node objects from
+   * a manifests directory (`cluster.source: file`; other names cannot enroll), the bootstrap token is off, and each
+   * node started later enrolls with a one-time join token made by `edgemesh-server token create` and pins the CA by
+   * `caHash`. Without, nodes enroll with the bootstrap token (the abuse lab's throwaway names need that).
+   */
+  async startServer(host: string, token = E2E_TOKEN, extra = '', opts: { clusterNodes?: string[] } = {}): Promise<void> {
     this.serverHost = host;
     const tokenFile = join(this.dir, 'server-token');
     writeFileSync(tokenFile, token + '\n', { mode: 0o600 });
     const cfgFile = join(this.dir, 'server.yaml');
-    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\nstateDir: ${join(this.dir, 'server-state')}\ntokenFile: ${tokenFile}\nadmin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
+    this.serverConfig = cfgFile;
+    let cluster = '';
+    if (opts.clusterNodes) {
+      const manifests = join(this.dir, 'server-manifests');
+      mkdirSync(manifests, { recursive: true });
+      writeFileSync(join(manifests, 'nodes.yaml'), opts.clusterNodes.map((n) => `apiVersion: v1\nkind: Node\nmetadata:\n  name: ${n}\n`).join('---\n'));
+      cluster = `cluster:\n  source: file\n  manifestsDir: ${manifests}\nenrollment:\n  bootstrapToken: false\n`;
+      this.joinTokens = true;
+    }
+    writeFileSync(cfgFile, `listen: 0.0.0.0:${SERVER_PORT}\nstunAltPort: 20005\nstateDir: ${join(this.dir, 'server-state')}\ntokenFile: ${tokenFile}\n${cluster}admin:\n  listen: 127.0.0.1:10561\nlog:\n  level: info\n${extra}`);
     const p = this.lab.spawn(host, process.execPath, [SERVER_BIN, '--config', cfgFile]);
     p.stdout!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     p.stderr!.on('data', (c: Buffer) => { this.serverLog += c.toString(); });
     this.server = p;
-    const end = Date.now() + 15_000;
+    const end = Date.now() + 60_000;
     while (!this.serverLog.includes('server listening')) {
       if (Date.now() > end || p.exitCode !== null) throw new Error(`server did not start: ${this.serverLog}`);
       await new Promise((r) => setTimeout(r, 50));
     }
+  }
+
+  /** sha256 of the cluster CA's public key (tunnel.caHash), from the server's stateDir. */
+  caHash(): string {
+    const ca = new X509Certificate(readFileSync(join(this.dir, 'server-state', 'ca.crt')));
+    return 'sha256:' + createHash('sha256').update(ca.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
+  }
+
+  /** A one-time join token for `node` from `edgemesh-server token create` (the CLI an operator runs; it writes the
+   *  token's hash into the server's stateDir, which the running server reads). */
+  joinToken(node: string): string {
+    const r = spawnSync(process.execPath, [SERVER_BIN, 'token', 'create', '--config', this.serverConfig, '--node', node], { encoding: 'utf8', env: { ...process.env, EDGEMESH_TOKEN: '' } });
+    if (r.status !== 0) throw new Error(`edgemesh-server token create --node ${node} failed: ${r.stderr}`);
+    return r.stdout.trim();
   }
 
   /** SIGTERM; resolves with the exit code. */
@@ -137,7 +171,11 @@ export class TunnelLab {
   }
 
   async startNode(name: string, host: string, opts: { token?: string; listenPort?: number | null; logLevel?: string; upgradeRetryMs?: number; clusterNodes?: string[] } = {}): Promise<NodeProc> {
+    // With join tokens, one per node name (a restarted node renews with the certificate in its stateDir).
+    const enroll = this.joinTokens && !this.enrolled.has(name) ? { joinToken: this.joinToken(name), caHash: this.caHash() } : this.joinTokens ? { caHash: this.caHash() } : {};
+    this.enrolled.add(name);
     const cfg = {
+      ...enroll,
       node: name, servers: [this.serverAddr()], token: opts.token ?? E2E_TOKEN, stateDir: join(this.dir, `state-${name}`),
       listenPort: opts.listenPort === null ? undefined : (opts.listenPort ?? 20006), endpoints: this.endpoints,
       sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info', upgradeRetryMs: opts.upgradeRetryMs, clusterNodes: opts.clusterNodes,

@@ -72,6 +72,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-ca" (include "edgemesh.fullname" .)) .Values.ca.existingSecret }}
 {{- end }}
 
+{{- define "edgemesh.adminSecretName" -}}
+{{- default (printf "%s-admin" (include "edgemesh.fullname" .)) .Values.adminToken.existingSecret }}
+{{- end }}
+
 {{/*
 The server's config file: server.config verbatim, except that an empty enrollment.serviceAccounts is filled with the
 agent's ServiceAccount of this release when the cluster source is kubernetes. Fails when bootstrap-token enrollment

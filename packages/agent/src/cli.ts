@@ -1,12 +1,13 @@
 // `edgemesh` command: `status` asks a running agent's admin API; `fleet` asks a server's admin API for the whole
 // fleet; `demo` runs the NAT lab demo.
+import { readFileSync } from 'node:fs';
 import { parseHostPort } from '@edgemesh/common/config';
 import { FLEET_SCHEMA, type FleetView } from '@edgemesh/common/fleet/view';
 import { renderStatus } from './admin/render.ts';
 import { renderFleet } from './admin/fleet.ts';
 import type { AgentStatus } from './main.ts';
 
-const USAGE = 'usage: edgemesh status [--admin HOST:PORT] [--json]\n       edgemesh fleet [--server-admin HOST:PORT] [--json]\n       edgemesh demo\n';
+const USAGE = 'usage: edgemesh status [--admin HOST:PORT] [--json]\n       edgemesh fleet [--server-admin HOST:PORT] [--json] [--token-file FILE]\n       edgemesh demo\n';
 export const STATUS_TIMEOUT_MS = 5000;
 /** The server's admin listener by default (server config admin.listen). */
 export const DEFAULT_SERVER_ADMIN = '127.0.0.1:10561';
@@ -84,9 +85,12 @@ function fetchError(e: unknown): string {
 async function fleet(args: string[]): Promise<void> {
   let admin = DEFAULT_SERVER_ADMIN;
   let json = false;
+  let tokenFile = '';
   for (let i = 0; i < args.length; i++) {
     const a = args[i];
     if (a === '--json') json = true;
+    else if (a === '--token-file' && args[i + 1]) tokenFile = args[++i];
+    else if (a.startsWith('--token-file=')) tokenFile = a.slice('--token-file='.length);
     else if (a === '--server-admin' && args[i + 1]) admin = args[++i];
     else if (a.startsWith('--server-admin=')) admin = a.slice('--server-admin='.length);
     else {
@@ -99,10 +103,26 @@ async function fleet(args: string[]): Promise<void> {
     process.stderr.write(`edgemesh fleet: --server-admin: expected HOST:PORT, got ${admin}\n`);
     process.exit(2);
   }
+  // The server's admin token (admin.tokenFile), needed when its admin listener is not loopback: the file wins over
+  // env EDGEMESH_ADMIN_TOKEN; sent only as a bearer credential.
+  let token = process.env.EDGEMESH_ADMIN_TOKEN?.trim() ?? '';
+  if (tokenFile) {
+    try {
+      token = readFileSync(tokenFile, 'utf8').trim();
+    } catch (e) {
+      process.stderr.write(`edgemesh fleet: --token-file: cannot read ${tokenFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}\n`);
+      process.exit(2);
+    }
+  }
   const host = hp.host.includes(':') ? `[${hp.host}]` : hp.host;
   let body: string;
   try {
-    const res = await fetch(`http://${host}:${hp.port}/fleet`, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS) });
+    const res = await fetch(`http://${host}:${hp.port}/fleet`, { signal: AbortSignal.timeout(STATUS_TIMEOUT_MS), headers: token ? { authorization: `Bearer ${token}` } : {} });
+    if (res.status === 401 || res.status === 403) {
+      const why = res.status === 401 ? (token ? 'the admin token was refused' : 'it needs the admin token (--token-file FILE or env EDGEMESH_ADMIN_TOKEN)') : 'its admin listener is not loopback and it has no admin.tokenFile';
+      process.stderr.write(`edgemesh fleet: ${admin} answered HTTP ${res.status}: ${why}\n`);
+      process.exit(1);
+    }
     body = await res.text();
     if (!res.ok) throw new Error(`HTTP ${res.status}: ${body.trim().slice(0, 200)}`);
   } catch (e) {

@@ -7,6 +7,12 @@
 // every ADMIN_TIMEOUT_CHECK_MS), a silent connection is dropped after ADMIN_SOCKET_IDLE_MS, the whole request within
 // ADMIN_REQUEST_TIMEOUT_MS, an idle keep-alive connection after ADMIN_KEEPALIVE_MS. Refusals, evictions and deadline
 // drops are counted in the budget metrics.
+//
+// Exposure (the server's admin port is opened on the pod address for probes and Prometheus): with `auth`, /status
+// and every added route (the server's /fleet, /ui) are open only on a loopback listener; on any other they need
+// `Authorization: Bearer <admin token>` (401 without or with a wrong one, 403 when no token is configured), counted
+// as admin_unauthorized / admin_forbidden. /healthz, /readyz and /metrics stay open (they hold no addresses).
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Registry, collectDefaultMetrics } from 'prom-client';
@@ -51,6 +57,32 @@ export interface AdminOptions {
   budgets?: Budgets;
   /** Tests: shorter deadlines. */
   headersTimeoutMs?: number;
+  /** Guards /status and the added routes (adminAccess); undefined = open to whoever reaches the listener. */
+  auth?: { token: string | undefined };
+}
+
+/** Refusals of the guarded routes (the `budget` label). */
+export const ADMIN_UNAUTHORIZED = 'admin_unauthorized';
+export const ADMIN_FORBIDDEN = 'admin_forbidden';
+
+/** Whether a listen host reaches only this machine (127.0.0.0/8, ::1, localhost). */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(h) || /^::ffff:127\./.test(h);
+}
+
+const digest = (s: string) => createHash('sha256').update(s).digest();
+
+/**
+ * Who may read a guarded route: anyone on a loopback listener; elsewhere only a request carrying the admin token as
+ * a bearer credential ('unauthorized' otherwise), and nobody when no token is configured ('forbidden'). The token is
+ * compared as SHA-256 digests with timingSafeEqual: constant time whatever its length or where it differs.
+ */
+export function adminAccess(o: { loopback: boolean; token: string | undefined; authorization: string | undefined }): 'ok' | 'unauthorized' | 'forbidden' {
+  if (o.loopback) return 'ok';
+  if (!o.token) return 'forbidden';
+  const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(o.authorization ?? '');
+  return m && timingSafeEqual(digest(m[1]), digest(o.token)) ? 'ok' : 'unauthorized';
 }
 
 /** Budget names of the admin listener. */
@@ -120,6 +152,26 @@ export class AdminServer {
   async start(o: { shared?: boolean } = {}): Promise<{ host: string; port: number }> {
     const hp = parseHostPort(this.opts.listen);
     if (!hp) throw new Error(`admin.listen: bad address ${this.opts.listen}`);
+    const loopback = isLoopbackHost(hp.host);
+    const auth = this.opts.auth;
+    if (auth && !loopback && !auth.token) {
+      this.opts.log.warn({ admin: this.opts.listen }, 'admin listener is not loopback and admin.tokenFile is not set: /status, /fleet and /ui are refused (403); /healthz, /readyz and /metrics stay open');
+    }
+    /** A guarded route may be answered (else the refusal was sent and counted). */
+    const allowed = (req: IncomingMessage, res: ServerResponse, send: (code: number, body: string) => void): boolean => {
+      if (!auth) return true;
+      const a = adminAccess({ loopback, token: auth.token, authorization: req.headers.authorization });
+      if (a === 'ok') return true;
+      if (a === 'forbidden') {
+        this.budgets.refuse(ADMIN_FORBIDDEN, {});
+        send(403, 'forbidden: this admin listener is not loopback and no admin.tokenFile is configured\n');
+      } else {
+        this.budgets.refuse(ADMIN_UNAUTHORIZED, {});
+        res.setHeader('www-authenticate', 'Bearer realm="edgemesh-admin"');
+        send(401, 'unauthorized: Authorization: Bearer <admin token> required\n');
+      }
+      return false;
+    };
     this.tick = setInterval(() => { this.lastTick = Date.now(); }, HEALTH_TICK_MS);
     this.tick.unref();
     const headersTimeout = this.opts.headersTimeoutMs ?? ADMIN_HEADERS_TIMEOUT_MS;
@@ -156,6 +208,7 @@ export class AdminServer {
         return;
       }
       if (url === '/status') {
+        if (!allowed(req, res, send)) return;
         try {
           return send(200, JSON.stringify(this.opts.status(), null, 2) + '\n', 'application/json');
         } catch (e) {
@@ -164,6 +217,7 @@ export class AdminServer {
       }
       const route = this.routes.get(url);
       if (route) {
+        if (!allowed(req, res, send)) return;
         try {
           return route(req, res);
         } catch (e) {

@@ -54,7 +54,7 @@ test('server defaults are exactly those of INTERFACE.md', () => {
     relayRateLimit: 0,
     limits: { relayStreamsPerPair: 16, relayStreamsPerTarget: 1024, relayStreams: 32_768, pendingOpensPerNode: 64, unauthConnectionsPerSource: 128, unauthConnections: 1024, partialFrameBytes: 64 * 1024 * 1024 },
     mesh: { peers: [], dns: '' },
-    admin: { listen: '127.0.0.1:10561', maxConnections: 64 }, log: { level: 'info' },
+    admin: { listen: '127.0.0.1:10561', maxConnections: 64, tokenFile: '' }, log: { level: 'info' },
   });
 });
 

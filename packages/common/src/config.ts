@@ -33,11 +33,12 @@ const logSchema = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
 }).prefault({});
 
-const adminSchema = (listen: string) => z.strictObject({
+const adminShape = (listen: string) => ({
   listen: hostPort().default(listen),
   /** Connections the admin listener holds at once (one source at most half); the oldest idle one makes room. */
   maxConnections: z.number().int().min(2).max(100_000).default(64),
-}).prefault({});
+});
+const adminSchema = (listen: string) => z.strictObject(adminShape(listen)).prefault({});
 
 const cidr = z.string().refine((s) => {
   const m = /^(\d{1,3}(?:\.\d{1,3}){3})\/(\d{1,2})$/.exec(s);
@@ -213,7 +214,12 @@ export const serverSchema = z.strictObject({
     peers: z.array(hostPort(false)).max(256).default([]),
     dns: z.string().max(253).regex(/^$|^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/, 'expected a DNS name').default(''),
   }).prefault({}),
-  admin: adminSchema('127.0.0.1:10561'),
+  admin: z.strictObject({
+    ...adminShape('127.0.0.1:10561'),
+    /** Bearer token for /status, /fleet and /ui when admin.listen is not loopback (read at start, ≥ 128 bits); empty
+     *  = those routes are refused there (403). /healthz, /readyz and /metrics stay open. */
+    tokenFile: z.string().default(''),
+  }).prefault({}),
   log: logSchema,
 }).superRefine((c, ctx) => {
   if (c.cluster.source === 'file' && !c.cluster.manifestsDir) {
@@ -426,6 +432,17 @@ export function readToken(tokenFile: string, key = 'tunnel.tokenFile', env: Node
     throw new ConfigError(key, `cannot read ${tokenFile}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message} (set EDGEMESH_TOKEN or create the file)`);
   }
   return checkToken(text.trim(), tokenFile, key);
+}
+
+/** A token from a file only (no environment override), at least MIN_TOKEN_BITS; a ConfigError naming `key` if not. */
+export function readTokenFile(file: string, key: string): string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ConfigError(key, `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  return checkToken(text.trim(), file, key);
 }
 
 /** Tokens must carry at least this much entropy (a guess is then hopeless, online or offline). */

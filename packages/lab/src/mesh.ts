@@ -107,7 +107,9 @@ export class Mesh {
       // Every server of the mesh shares this stateDir: one cluster CA, one registry of pinned nodes and join tokens.
       stateDir: join(this.dir, 'server-state'),
       tokenFile: this.tokenFile,
-      // Agents enroll with one-time join tokens (joinToken below), as a production cluster should.
+      // Agents enroll with one-time join tokens (joinToken below), as a production cluster should, and only names that
+      // are Nodes of the lab's cluster (the Node objects the agents read too) can enroll.
+      cluster: { source: 'file', manifestsDir: this.manifestsDir },
       enrollment: { bootstrapToken: false },
       admin: { listen: `127.0.0.1:${SERVER_ADMIN_PORT}` },
       log: { level: 'info' },

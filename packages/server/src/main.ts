@@ -1,5 +1,5 @@
 // edgemesh-server: authenticates agents, answers STUN, brokers hole punching, relays.
-import { helpText, loadServerConfig, parseArgs, parseHostPort, serverSchema, type ServerConfig } from '@edgemesh/common/config';
+import { helpText, loadServerConfig, parseArgs, parseHostPort, readTokenFile, serverSchema, type ServerConfig } from '@edgemesh/common/config';
 import { createLogger, type Logger } from '@edgemesh/common/log';
 import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { Budgets } from '@edgemesh/common/budget';
@@ -40,6 +40,7 @@ export class EdgemeshServer {
     this.budgets = new Budgets({ registry: this.registry, metricPrefix: 'edgemesh_server_', log });
     this.fds = new FdPressure({ budgets: this.budgets });
     this.identity = identity;
+    identity.enroller.useRegistry(this.registry); // made before the server: its metrics join the server's registry here
     const hp = parseHostPort(cfg.listen)!;
     // The STUN integrity key: random per process, handed to agents inside TLS once they signed in.
     const stunKey = randomBytes(20);
@@ -62,7 +63,10 @@ export class EdgemeshServer {
       this.relay.setMesh(this.mesh);
     }
     this.stun = new StunServer({ host: hp.host, ports: [hp.port, cfg.stunAltPort], key: stunKey, log, registry: this.registry });
-    this.admin = new AdminServer({ listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets });
+    this.admin = new AdminServer({
+      listen: cfg.admin.listen, registry: this.registry, status: () => this.status(), log, maxConnections: cfg.admin.maxConnections, budgets: this.budgets,
+      auth: { token: readAdminToken(cfg) },
+    });
     this.admin.addCheck('listening', () => this.listening);
     addFleetRoutes({ admin: this.admin, store: this.fleet, server: () => ({ listen: cfg.listen, agentsConnected: this.relay.agents.size }) });
     // Not a readiness check: relaying works without the Node list; enrollment answers "retry later" until it synced.
@@ -103,6 +107,11 @@ export class EdgemeshServer {
       }
     }
   }
+}
+
+/** admin.tokenFile's token (≥ 128 bits; a ConfigError naming the key otherwise), undefined when not set. */
+export function readAdminToken(cfg: ServerConfig): string | undefined {
+  return cfg.admin.tokenFile ? readTokenFile(cfg.admin.tokenFile, 'admin.tokenFile') : undefined;
 }
 
 /** What the relay (control channel) uses of the server's identity. */
@@ -152,6 +161,7 @@ export async function main(argv: string[]): Promise<void> {
     if (args.help) { process.stdout.write(helpText('edgemesh-server', serverSchema) + '\n' + IDENTITY_USAGE); return; }
     if (args.version) { process.stdout.write(`edgemesh-server ${await readVersion()}\n`); return; }
     cfg = loadServerConfig({ file: args.config, overrides: args.overrides, env: process.env });
+    readAdminToken(cfg); // a bad admin.tokenFile fails here (exit 2), before anything starts
     log0.log = createLogger(cfg.log.level, 'edgemesh-server');
     identity = await startServerIdentity(cfg, log0.log);
   } catch (e) {

@@ -107,6 +107,7 @@ export interface ForwardQuestion {
 }
 
 export interface ForwarderHooks {
+  /** `upstream` is the upstream's position in the list ("0", "1", …), never its address (metrics hold no addresses). */
   onUpstream?: (upstream: string, seconds: number, outcome: 'ok' | 'timeout' | 'error' | 'rcode') => void;
   onCache?: (hit: boolean) => void;
 }
@@ -345,11 +346,11 @@ export class Forwarder {
         this.downUntil.delete(up.key);
         if (rcode === 2 || rcode === 5 || rcode === 4 || rcode === 1) {
           // SERVFAIL / REFUSED / NOTIMP / FORMERR: another upstream may do better.
-          this.hooks.onUpstream?.(up.key, (performance.now() - t0) / 1000, 'rcode');
+          this.hooks.onUpstream?.(String(this.upstreams.indexOf(up)), (performance.now() - t0) / 1000, 'rcode');
           last = p;
           continue;
         }
-        this.hooks.onUpstream?.(up.key, (performance.now() - t0) / 1000, 'ok');
+        this.hooks.onUpstream?.(String(this.upstreams.indexOf(up)), (performance.now() - t0) / 1000, 'ok');
         const now = this.now();
         const answers = (p.answers ?? []) as Answer[];
         const authorities = (p.authorities ?? []) as Answer[];
@@ -358,7 +359,7 @@ export class Forwarder {
         return { rcode, ad: p.flag_ad && fq.do, answers, authorities, additionals, fetchedAt: now, expiresAt: ttl > 0 ? now + ttl * 1000 : 0 };
       } catch (e) {
         const outcome = e instanceof UpstreamError ? e.outcome : 'error';
-        this.hooks.onUpstream?.(up.key, (performance.now() - t0) / 1000, outcome);
+        this.hooks.onUpstream?.(String(this.upstreams.indexOf(up)), (performance.now() - t0) / 1000, outcome);
         this.downUntil.set(up.key, this.now() + UPSTREAM_PENALTY_MS);
         this.log.debug({ upstream: up.key, err: (e as Error).message }, 'upstream failed');
       }

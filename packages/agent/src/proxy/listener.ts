@@ -5,7 +5,7 @@ import { choosePath, DirectRanges, reachOf } from './choose.ts';
 import { DialError, type DialTarget, type Dialer } from './dialer.ts';
 import { codeOf } from './direct.ts';
 import type { FlatDialer, FlatPaths } from './flat.ts';
-import type { ProxyMetrics } from './metrics.ts';
+import { endpointMetricLabel, type ProxyMetrics } from './metrics.ts';
 import type { Pick, PortState } from './portstate.ts';
 
 export interface ListenerContext {
@@ -41,7 +41,7 @@ export function targetOf(st: PortState, pick: Pick, protocol: 'tcp' | 'udp'): Di
 export function countOpened(ctx: ListenerContext, st: PortState, pick: Pick, protocol: 'tcp' | 'udp'): void {
   const service = st.service.key;
   ctx.metrics.connections.inc({ service, protocol, src_group: ctx.srcGroup(), dst_group: pick.dstGroup, tier: pick.tier });
-  if (ctx.meshEndpoint !== undefined) ctx.metrics.endpointConnections.inc({ service, endpoint: ctx.meshEndpoint, protocol });
+  if (ctx.meshEndpoint !== undefined) ctx.metrics.endpointConnections.inc({ service, endpoint: endpointMetricLabel(ctx.meshEndpoint), protocol });
   if (pick.spilledFrom) ctx.metrics.spillover.inc({ service, from_tier: pick.spilledFrom, to_tier: pick.stepTier });
 }
 

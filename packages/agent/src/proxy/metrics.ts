@@ -52,8 +52,19 @@ export async function forgetServiceSeries(m: ProxyMetrics, service: string): Pro
   }
 }
 
-/** Drops the per-endpoint series of one endpoint of a headless Service (its mesh IP was released or it moved here). */
-export async function forgetEndpointSeries(m: ProxyMetrics, service: string, endpoint: string): Promise<void> {
+/** The `endpoint` label of a headless endpoint: its hostname (a StatefulSet pod's name); an endpoint known only by
+ *  its address (DNS label `10-244-1-5`; mesh IPs are given to IPv4 endpoints only) is counted under
+ *  ENDPOINT_NO_HOSTNAME — metrics hold no addresses. */
+export const ENDPOINT_NO_HOSTNAME = '(no hostname)';
+export function endpointMetricLabel(dnsLabel: string): string {
+  return /^\d{1,3}(-\d{1,3}){3}$/.test(dnsLabel) ? ENDPOINT_NO_HOSTNAME : dnsLabel;
+}
+
+/** Drops the per-endpoint series of one endpoint of a headless Service (its mesh IP was released or it moved here);
+ *  the shared series of endpoints without a hostname goes with the Service only. */
+export async function forgetEndpointSeries(m: ProxyMetrics, service: string, dnsLabel: string): Promise<void> {
+  const endpoint = endpointMetricLabel(dnsLabel);
+  if (endpoint === ENDPOINT_NO_HOSTNAME) return;
   const { values } = await m.endpointConnections.get();
   for (const v of values) if (v.labels.service === service && v.labels.endpoint === endpoint) m.endpointConnections.remove(v.labels);
 }

@@ -6,8 +6,10 @@
 import type { EventEmitter } from 'node:events';
 import type { Budget, Budgets, KeyedBudget, Lease } from '@edgemesh/common/budget';
 import type { FdPressure } from '@edgemesh/common/fds';
+import { fullBucket, take, type BucketParams, type BucketState } from '@edgemesh/common/ratelimit';
 import { DialError } from '../proxy/dialer.ts';
-import { BIRTHDAY_SOCKETS } from './punch.ts';
+import { BIRTHDAY_SOCKETS, upgradeAfter, upgradeDelayMs, type UpgradeState } from './punch.ts';
+import { PATH_TIMEOUT_MS, REPUNCH_AFTER_FAILOVER_MS, UPGRADE_RETRY_MS } from './timers.ts';
 
 /** Streams peers opened to us that we serve at once (dialing or open), all peers together. Each holds one local
  *  socket: with the UDP ones below, what a flood of OPENs can make us hold. */
@@ -40,6 +42,66 @@ export const BUDGET_BIRTHDAY = 'tunnel_birthday_sockets';
 /** Refusals by rule (not by amount): counted under these budget names too. */
 export const REFUSAL_BIRTHDAY_UNASKED = 'tunnel_birthday_unasked';
 export const REFUSAL_NOT_A_NODE = 'tunnel_not_a_node';
+export const REFUSAL_RENDEZVOUS_RATE = 'tunnel_rendezvous_rate';
+
+// ---------- rendezvous offers per peer ----------
+// What one legitimate peer sends us, from the punch policy (punch.ts, peerdirect.ts, timers.ts):
+// - an *attempt* is a normal round and, when it failed with exactly one side symmetric, a birthday round at once
+//   (followUpMode): RENDEZVOUS_ROUNDS_PER_ATTEMPT rounds. In each round the requester sends one request through every
+//   server it is on (RENDEZVOUS_COPIES copies reach us) and the responder answers the first copy once. Per pair of
+//   attempts (one by the peer, one by us, or simultaneous requests of which one side answers) the peer sends us
+//   ROUNDS × (COPIES + 1) offers: rendezvousOffersPerAttemptPair.
+// - a side starts attempts by its upgrade policy: after losing a direct path at REPUNCH_AFTER_FAILOVER_MS, doubling up
+//   to the retry interval (upgradeDelayMs), then every retry interval; a first contact at once. The densest burst is
+//   the first contact (or the attempt that came up direct) plus the re-punches while backing off after a loss, each
+//   taking no time: rendezvousBurstAttempts, computed with upgradeAfter/upgradeDelayMs themselves.
+// - sustained: a new back-off starts only after a direct path was up and silent for PATH_TIMEOUT_MS, re-punched
+//   REPUNCH_AFTER_FAILOVER_MS later (a flapping path), and a relayed pair tries once per retry interval; so one
+//   attempt pair per min(retry, PATH_TIMEOUT_MS + REPUNCH_AFTER_FAILOVER_MS) at most.
+// The bucket is that, times RENDEZVOUS_HEADROOM. With the defaults (4 copies, 60 s retry): burst 160 offers, 2.67/s;
+// a 3 s retry (the fault tests): burst 80, 6.67/s. A real pair on one server sends 2 to 4 offers per attempt pair.
+// What it bounds: offers past it are dropped before the certificate and signature checks (two Ed25519 verifies),
+// before our signed reply and before a punch session starts (a new request replaces the peer's punch under way,
+// one per peer at a time, PUNCH_SESSIONS in all), so a flooding peer costs a map lookup per offer past its bucket.
+// Counted in edgemesh_budget_refusals_total{budget="tunnel_rendezvous_rate"}. Keyed by the sender the server
+// authenticated, and only for cluster Nodes (checked first), so one peer cannot spend another's bucket and the
+// buckets are bounded by the cluster (a node that leaves it is dropped with forgetPeer).
+
+/** Copies of one request that can reach us: one per server the sender is on (each forwards it). The chart runs one or
+ *  two server replicas; 4 leaves room for a sender on more servers than we are (we count ours if we are on more). */
+export const RENDEZVOUS_COPIES = 4;
+/** Rounds in one punch attempt: the normal round and the birthday follow-up. */
+export const RENDEZVOUS_ROUNDS_PER_ATTEMPT = 2;
+/** Headroom over the derived legitimate maximum (a copy delayed into the next window, a round the model missed). */
+export const RENDEZVOUS_HEADROOM = 2;
+
+/** Offers the peer sends us for one attempt of its own and one of ours: its requests (every copy) and its replies. */
+export function rendezvousOffersPerAttemptPair(copies: number): number {
+  return RENDEZVOUS_ROUNDS_PER_ATTEMPT * (copies + 1);
+}
+
+/** Attempts one side can make back to back: the first (at once) and the re-punches after a loss while the delay
+ *  doubles below the retry interval, plus the first one at the full interval — by the upgrade policy itself. */
+export function rendezvousBurstAttempts(retryMs: number = UPGRADE_RETRY_MS): number {
+  let s: UpgradeState = upgradeAfter({ lastAttemptMs: 0, lastOutcome: 'never' }, 'lost', 0);
+  let n = 1; // the first contact, or the attempt whose direct path was then lost
+  for (let d = upgradeDelayMs(s, retryMs); ; d = upgradeDelayMs(s, retryMs)) {
+    n++;
+    if (d >= retryMs) return n;
+    s = upgradeAfter(s, 'failed', s.lastAttemptMs + d);
+  }
+}
+
+/** The per-peer bucket of rendezvous offers for a retry interval and the number of servers we are on. */
+export function rendezvousRate(o: { upgradeRetryMs?: number; servers?: number } = {}): BucketParams {
+  const retryMs = o.upgradeRetryMs ?? UPGRADE_RETRY_MS;
+  const perPair = rendezvousOffersPerAttemptPair(Math.max(RENDEZVOUS_COPIES, o.servers ?? 1));
+  const periodMs = Math.max(1, Math.min(retryMs, PATH_TIMEOUT_MS + REPUNCH_AFTER_FAILOVER_MS));
+  return {
+    capacity: RENDEZVOUS_HEADROOM * perPair * rendezvousBurstAttempts(retryMs),
+    ratePerSec: (RENDEZVOUS_HEADROOM * perPair * 1000) / periodMs,
+  };
+}
 
 export interface TunnelLimitsConfig {
   servedStreams: number;
@@ -64,8 +126,11 @@ export class TunnelBudgets {
   readonly links: KeyedBudget;
   readonly punch: Budget;
   readonly birthday: Budget;
+  /** Rendezvous offers per peer (rendezvousRate). */
+  readonly rendezvousRate: BucketParams;
+  private readonly rendezvous = new Map<string, BucketState>();
 
-  constructor(budgets: Budgets, limits: TunnelLimitsConfig = DEFAULT_TUNNEL_LIMITS, fds?: FdPressure) {
+  constructor(budgets: Budgets, limits: TunnelLimitsConfig = DEFAULT_TUNNEL_LIMITS, fds?: FdPressure, rendezvous: BucketParams = rendezvousRate()) {
     this.budgets = budgets;
     this.fds = fds;
     this.served = budgets.keyed({ name: BUDGET_SERVED_STREAMS, perKey: limits.servedStreamsPerPeer, total: limits.servedStreams, unit: 'streams', keyName: 'peer' });
@@ -73,6 +138,27 @@ export class TunnelBudgets {
     this.links = budgets.keyed({ name: BUDGET_LINKS, perKey: limits.linksPerPeer, total: Infinity, unit: 'links', keyName: 'peer' });
     this.punch = budgets.budget({ name: BUDGET_PUNCH, max: limits.punchSessions, unit: 'sessions' });
     this.birthday = budgets.budget({ name: BUDGET_BIRTHDAY, max: BIRTHDAY_SOCKET_BUDGET, unit: 'sockets' });
+    this.rendezvousRate = rendezvous;
+  }
+
+  /** Whether a rendezvous offer from `peer` at `now` (ms) is within its rate; a refusal is counted (and logged,
+   *  rate-limited) as tunnel_rendezvous_rate. Call it before any check that costs more than this. */
+  admitRendezvous(peer: string, now: number): boolean {
+    let b = this.rendezvous.get(peer);
+    if (!b) this.rendezvous.set(peer, (b = fullBucket(this.rendezvousRate, now)));
+    if (take(b, this.rendezvousRate, now)) return true;
+    this.budgets.refuse(REFUSAL_RENDEZVOUS_RATE, { peer, perSec: Math.round(this.rendezvousRate.ratePerSec * 100) / 100 });
+    return false;
+  }
+
+  /** A node left the cluster: its bucket goes (only the cluster, never a peer, removes a node). */
+  forgetPeer(peer: string): void {
+    this.rendezvous.delete(peer);
+  }
+
+  /** Peers with a rendezvous bucket (tests). */
+  get rendezvousPeers(): number {
+    return this.rendezvous.size;
   }
 
   /** A link to `peer` over `stream`, held until the stream closes; throws (and destroys the stream) when refused. */

@@ -45,6 +45,14 @@ export function usableCandidate(host: string): boolean {
 
 export type OfferCheck = { ok: true; key: Buffer; cand: RendezvousCandidate[] } | { ok: false; reason: string };
 
+/** The sender's rate first (limits.ts admitRendezvous: a map lookup), then checkOffer (two Ed25519 verifies): an
+ *  offer over its sender's rate is refused as `rate` without any signature check. */
+export function screenOffer(m: Rendezvous, self: string, now: number, admit: (peer: string, now: number) => boolean, verifyCert: (raw: Uint8Array, name: string) => VerifyResult): OfferCheck {
+  if (!m.from) return { ok: false, reason: 'no-sender' };
+  if (!admit(m.from, now)) return { ok: false, reason: 'rate' };
+  return checkOffer(m, self, now, verifyCert);
+}
+
 /** Checks an offer received from `m.from` for us (`self`); `verifyCert` is AgentIdentity.verifyPeer. */
 export function checkOffer(m: Rendezvous, self: string, now: number, verifyCert: (raw: Uint8Array, name: string) => VerifyResult): OfferCheck {
   if (!m.from) return { ok: false, reason: 'no-sender' };

@@ -13,7 +13,7 @@ import { DialError, type Deadline, type DialTarget } from '../proxy/dialer.ts';
 import { DirectDialer } from '../proxy/direct.ts';
 import type { RoutingDefault } from '../routing/routing.ts';
 import { makeRealClock, type Clock } from './clock.ts';
-import { REFUSAL_NOT_A_NODE, TunnelBudgets, type TunnelLimitsConfig } from './limits.ts';
+import { REFUSAL_NOT_A_NODE, rendezvousRate, TunnelBudgets, type TunnelLimitsConfig } from './limits.ts';
 import type { Link } from './link.ts';
 import { createTunnelMetrics, type TunnelMetrics } from './metrics.ts';
 import { NodeAccessServer, type NodeAccessServeOptions } from './nodeaccess-serve.ts';
@@ -25,7 +25,7 @@ import type { AgentIdentity } from '../identity/agentidentity.ts';
 import { TunnelSocket } from './socket.ts';
 import type { TunnelStream } from './stream.ts';
 import { STUN_FRESH_MS } from './timers.ts';
-import { checkOffer, RENDEZVOUS_CONTEXT, rendezvousMessage } from './rendezvous.ts';
+import { RENDEZVOUS_CONTEXT, rendezvousMessage, screenOffer } from './rendezvous.ts';
 import type { ControlInput, T } from '@edgemesh/common/tunnel/protocol';
 
 export interface TunnelOptions {
@@ -97,7 +97,8 @@ export class Tunnel {
     }
     const na = opts.nodeAccess;
     this.nodeAccess = na && new NodeAccessServer({ ...na, self: opts.node, nodes: () => opts.snapshot().nodes, registry: opts.registry, log: opts.log.child({ mod: 'nodeaccess' }) });
-    this.budgets = new TunnelBudgets(opts.budgets ?? new Budgets({ registry: opts.registry, log: opts.log }), opts.limits, opts.fds);
+    this.budgets = new TunnelBudgets(opts.budgets ?? new Budgets({ registry: opts.registry, log: opts.log }), opts.limits, opts.fds,
+      rendezvousRate({ upgradeRetryMs: opts.upgradeRetryMs, servers: opts.servers.length }));
     const direct = new DirectDialer();
     const served = (o: string) => this.m.served.inc({ outcome: o });
     const serve = {
@@ -152,8 +153,9 @@ export class Tunnel {
   /** A peer's offer through server `s`: only with a valid certificate of the sender and its signature (rendezvous.ts). */
   private onRendezvous(m: Rendezvous, s: ServerConn): void {
     if (this.stopped || !m.from || !this.isPeerNode(m.from, 'rendezvous')) return;
-    const r = checkOffer(m, this.opts.node, Date.now(), (raw, name) => this.opts.identity.verifyPeer(raw, name, undefined));
+    const r = screenOffer(m, this.opts.node, Date.now(), (peer, now) => this.budgets.admitRendezvous(peer, now), (raw, name) => this.opts.identity.verifyPeer(raw, name, undefined));
     if (!r.ok) {
+      if (r.reason === 'rate') return; // counted as tunnel_rendezvous_rate
       this.m.peersRefused.inc({ reason: 'rendezvous' });
       this.log.debug({ peer: m.from, why: r.reason }, 'rendezvous refused');
       return;
@@ -248,6 +250,7 @@ export class Tunnel {
     for (const node of departedNodes(this.knownNodes, snap.nodes)) {
       if (this.peers.has(node)) this.log.info({ peer: node }, 'node left the cluster, dropping its links');
       this.forget(node);
+      this.budgets.forgetPeer(node);
     }
     this.knownNodes = new Set(snap.nodes.keys());
   }

@@ -67,7 +67,7 @@ export class Enroller {
   private readonly opts: EnrollerOptions;
   private readonly now: () => number;
   private readonly limiter: FailureLimiter;
-  private readonly outcomes: Counter<'method' | 'outcome'> | undefined;
+  private outcomes: Counter<'method' | 'outcome'> | undefined;
   private readonly timers: NodeJS.Timeout[] = [];
   private revocationSig: string | undefined;
   /** Names whose corrupt pin was reported (once each). */
@@ -80,9 +80,13 @@ export class Enroller {
     this.registry = new NodeRegistry(opts.stateDir);
     this.tokens = new JoinTokenStore(opts.stateDir);
     this.limiter = new FailureLimiter(opts.limits ?? ENROLL_FAILURE_LIMITS, this.now());
-    this.outcomes = opts.registry
-      ? new Counter({ name: 'edgemesh_server_enrollments_total', help: 'Enrollment and renewal requests by method and outcome (issued or the refusal reason)', labelNames: ['method', 'outcome'], registers: [opts.registry] })
-      : undefined;
+    if (opts.registry) this.useRegistry(opts.registry);
+  }
+
+  /** Counts outcomes in edgemesh_server_enrollments_total{method,outcome} on `registry` (the server's, once it exists). */
+  useRegistry(registry: Registry): void {
+    if (this.outcomes) return;
+    this.outcomes = new Counter({ name: 'edgemesh_server_enrollments_total', help: 'Enrollment and renewal requests by method and outcome (issued or the refusal reason)', labelNames: ['method', 'outcome'], registers: [registry] });
   }
 
   /** Starts the periodic jobs: aggregate failure log, join token sweep, revocation pick-up. */

@@ -50,7 +50,15 @@ export async function startClusterNodes(cfg: Pick<ServerConfig, 'cluster'>, log:
     const { KubeSource, loadKubeConfig } = await import('@edgemesh/agent/cluster/kube');
     source = new KubeSource({ kubeConfig: loadKubeConfig(cfg.cluster.kubeconfig), log: log.child({ module: 'cluster' }), offlineLoaded: false, destinationRules: false, kinds: ['Node'] });
   }
-  await source.start(sink);
+  // The server awaits the first sync before anything listens, and the file source's timers are unref'd (a pending
+  // sync never keeps a process alive on its own): hold the event loop open until it is done, or the process exits
+  // 13 with the sync unsettled (the built server with cluster.source file did).
+  const keepAlive = setInterval(() => {}, 60_000);
+  try {
+    await source.start(sink);
+  } finally {
+    clearInterval(keepAlive);
+  }
   return {
     view: () => (source.synced() ? { kind: 'nodes', names: sink.names } : { kind: 'unsynced' }),
     synced: () => source.synced(),
