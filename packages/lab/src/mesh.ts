@@ -95,12 +95,13 @@ export class Mesh {
     return p;
   }
 
-  /** Starts (or restarts) an edgemesh-server on `host`; agents started later list every server started so far. */
-  async startServer(host: string): Promise<MeshProc> {
+  /** Starts (or restarts) an edgemesh-server on `host`; agents started later list every server started so far.
+   *  `extra`: server config merged over the mesh's. */
+  async startServer(host: string, extra: Record<string, unknown> = {}): Promise<MeshProc> {
     if (!this.serverHosts.includes(host)) this.serverHosts.push(host);
     const name = this.serverName(host);
     const cfgFile = join(this.dir, `${name}.yaml`);
-    writeFileSync(cfgFile, stringify({
+    writeFileSync(cfgFile, stringify(deepMerge({
       listen: `0.0.0.0:${SERVER_PORT}`,
       stunAltPort: STUN_ALT_PORT,
       // Every server of the mesh shares this stateDir: one cluster CA, one registry of pinned nodes and join tokens.
@@ -110,7 +111,7 @@ export class Mesh {
       enrollment: { bootstrapToken: false },
       admin: { listen: `127.0.0.1:${SERVER_ADMIN_PORT}` },
       log: { level: 'info' },
-    }));
+    }, extra)));
     const p = this.spawnLogged(name, host, [SERVER_BIN, '--config', cfgFile]);
     await this.waitReady(p, `127.0.0.1:${SERVER_ADMIN_PORT}`);
     return p;
