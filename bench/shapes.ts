@@ -177,6 +177,8 @@ export interface ServerBenchData {
   rssAfterWindowKiB: number;
   kibPerAgent: number;
   settleS: number;
+  /** The same N connections and heartbeats against a bare node:tls server (bench/server/tls-ref.ts). */
+  reference?: { connected: number; connectMs: number; rssIdleKiB: number; rssLoadedKiB: number; kibPerConn: number; heartbeatCpuPct: number };
   /** The heartbeat window: the agents only answer the server's PINGs. */
   heartbeatWindowS: number;
   heartbeatCpuS: number;

@@ -6,7 +6,8 @@
 // idle agent does. Nothing else: what the server pays per agent at rest.
 //   EM_SIM='{"host","port","token","count","first","sources":[..],"concurrency"}' node bench/server/agents.ts
 // stdout, JSON lines: {"phase":"enroll"|"signin", "registered": n, "failed": n, "ms": wall} once all tried; then
-// {"alive": n} on "alive\n"; exits on stdin end (the connections go with the process).
+// {"alive": n} on "alive\n"; exits on stdin end (the connections go with the process). tlsOnly (the reference,
+// tls-ref.ts): no enrollment, only phase 2 with a TLS handshake and one small frame each way.
 import { connect as tcpConnect } from 'node:net';
 import { connect, type TLSSocket } from 'node:tls';
 import { createInterface } from 'node:readline';
@@ -17,7 +18,7 @@ import { ENROLL_PROOF_CONTEXT, enrollProofMessage } from '../../packages/common/
 import { PROTOCOL_VERSION, T } from '../../packages/common/src/tunnel/protocol.ts';
 import { ENROLL_BINDING_BYTES, ENROLL_EXPORTER_LABEL } from '../../packages/server/src/relay.ts';
 
-interface Sim { host: string; port: number; token: string; count: number; first: number; sources: string[]; concurrency: number }
+interface Sim { host: string; port: number; token: string; count: number; first: number; sources: string[]; concurrency: number; tlsOnly?: boolean }
 
 /** One agent gives up signing in after this (the server answers in milliseconds unless it is overloaded). */
 const SIGN_IN_TIMEOUT_MS = 60_000;
@@ -47,6 +48,11 @@ function signIn(i: number, method: 'bootstrap' | 'renew'): Promise<boolean> {
     s.on('error', () => finish(false));
     s.on('close', () => finish(false));
     s.once('secureConnect', () => {
+      if (sim.tlsOnly) { // the bare TLS reference (tls-ref.ts): one small frame each way is the whole "sign-in"
+        s.write(encodeFrame(T.PONG, Buffer.from('{"t":0}')));
+        socks.push(s);
+        return finish(true);
+      }
       const binding = s.exportKeyingMaterial(ENROLL_BINDING_BYTES, ENROLL_EXPORTER_LABEL, Buffer.alloc(0));
       const sig = signWithContext(key.privateKey, ENROLL_PROOF_CONTEXT, enrollProofMessage(binding, method, node));
       control(s, T.ENROLL, { v: PROTOCOL_VERSION, method, name: node, key: key.publicKey.toString('base64'), token: method === 'bootstrap' ? sim.token : '', sig: sig.toString('base64') });
@@ -89,7 +95,8 @@ async function main(): Promise<void> {
     if (l === 'alive') process.stdout.write(JSON.stringify({ alive: socks.filter((s) => !s.destroyed).length }) + '\n');
   });
   rl.on('close', () => process.exit(0));
-  await phase('bootstrap');
+  if (sim.tlsOnly) await phase('renew');
+  else await phase('bootstrap');
 }
 
 void main();

@@ -3,10 +3,12 @@
 //   - registration rate: N agents signing in (a bounded number at once per client process), agents/s;
 //   - RSS per agent: the server's RSS with all N signed in minus its RSS before, / N (after a settle time);
 //   - heartbeat CPU: the server's CPU time over a window in which the agents only answer its PINGs (every 10 s).
+// Then the same N connections against the reference (tls-ref.ts: a bare node:tls server with the same certificate,
+// pinging alike): what Node and OpenSSL alone cost per idle TLS connection and heartbeat, for the ratios.
 // Goal (issue 17): >= 20,000 agents per replica at <= 16 KiB RSS each, heartbeat CPU <= 10 % of a core.
 // Loopback needs several source addresses (127.0.0.2...: every source has its own ephemeral ports and its own
 // unauthenticated-connection budget) and a raised descriptor limit for the server (prlimit; run as root).
-//   npx node bench/server/run.ts [--agents 20000] [--window 30] [--settle 10] [--procs N] [--sources 8]
+//   npx node bench/server/run.ts [--agents 20000] [--window 30] [--settle 10] [--procs N] [--sources 8] [--port 21004]
 // Writes bench/results/server.json (BENCH_RESULTS_DIR for trial runs).
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -20,7 +22,8 @@ import type { ServerBenchData } from '../shapes.ts';
 
 const SERVER_BIN = resolve(import.meta.dirname, '../../packages/server/bin/edgemesh-server.js');
 const AGENTS = resolve(import.meta.dirname, 'agents.ts');
-const PORT = 21004;
+/** Default TCP port of the server (the reference uses the next one); --port for another. */
+const DEFAULT_PORT = 21004;
 /** Agents per client process (a process's own TLS work and memory stay moderate). */
 const AGENTS_PER_PROC = 5_000;
 /** Sign-ins in flight per client process: below the server's 128 unauthenticated connections per source. */
@@ -42,7 +45,9 @@ const { values: a } = parseArgs({ options: {
   settle: { type: 'string', default: '10' },
   procs: { type: 'string' },
   sources: { type: 'string', default: '8' },
+  port: { type: 'string', default: String(DEFAULT_PORT) },
 } });
+const PORT = Number(a.port);
 const HARD_NOFILE = Number(spawnSync('bash', ['-c', 'ulimit -Hn'], { encoding: 'utf8' }).stdout.trim()) || NOFILE;
 const FD_LIMIT = Math.min(NOFILE, HARD_NOFILE);
 const REQUESTED = Number(a.agents);
@@ -103,13 +108,13 @@ async function startServer(): Promise<ChildProcess> {
 }
 
 type Phase = { registered: number; failed: number; ms: number };
-function startClients(): { enrolled: Promise<Phase[]>; signIn: () => Promise<Phase[]>; alive: () => Promise<number> } {
+function startClients(tlsOnly = false, port = PORT): { enrolled: Promise<Phase[]>; signIn: () => Promise<Phase[]>; alive: () => Promise<number> } {
   const results: Promise<Phase>[] = [];
   const lines: ((l: Record<string, number>) => void)[][] = [];
   for (let k = 0; k < PROCS; k++) {
     const first = Math.floor((k * N) / PROCS);
     const count = Math.floor(((k + 1) * N) / PROCS) - first;
-    const env = { ...process.env, EM_SIM: JSON.stringify({ host: '127.0.0.1', port: PORT, token, count, first, sources: SOURCES, concurrency: CONCURRENCY }) };
+    const env = { ...process.env, EM_SIM: JSON.stringify({ host: '127.0.0.1', port, token, count, first, sources: SOURCES, concurrency: CONCURRENCY, tlsOnly }) };
     const c = spawn(process.execPath, [AGENTS], { env, stdio: ['pipe', 'pipe', 'inherit'] });
     children.push(c);
     const waiting: ((l: Record<string, number>) => void)[] = [];
@@ -132,6 +137,33 @@ function startClients(): { enrolled: Promise<Phase[]>; signIn: () => Promise<Pha
       return counts.reduce((x, y) => x + y, 0);
     },
   };
+}
+
+/** The reference: the same connections and heartbeats against a bare node:tls server (tls-ref.ts). */
+async function measureReference(): Promise<ServerBenchData['reference']> {
+  const refPort = PORT + 1;
+  const state = join(dir, 'state');
+  const p = spawn('prlimit', [`--nofile=${FD_LIMIT}:${FD_LIMIT}`, '--', process.execPath, resolve(import.meta.dirname, 'tls-ref.ts'), String(refPort), join(state, 'ca.key'), join(state, 'ca.crt')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(p);
+  await new Promise<void>((r) => p.stdout!.once('data', () => r()));
+  await sleep(2_000);
+  const r0 = rssKiB(p.pid!);
+  const t0 = performance.now();
+  const cl = startClients(true, refPort);
+  const res = await cl.enrolled;
+  const connectMs = performance.now() - t0;
+  const connected = res.reduce((n, x) => n + x.registered, 0);
+  await sleep(SETTLE_S * 1000);
+  const r1 = rssKiB(p.pid!);
+  const c0 = cpuS(p.pid!);
+  const w0 = performance.now();
+  await sleep(WINDOW_S * 1000);
+  const cpu = cpuS(p.pid!) - c0;
+  const wall = (performance.now() - w0) / 1000;
+  const out = { connected, connectMs: Math.round(connectMs), rssIdleKiB: r0, rssLoadedKiB: r1, kibPerConn: Math.round(((r1 - r0) / connected) * 10) / 10, heartbeatCpuPct: Math.round((1000 * cpu) / wall) / 10 };
+  console.log(`reference (bare node:tls): ${connected} connections, +${((r1 - r0) / 1024).toFixed(1)} MiB = ${out.kibPerConn} KiB each; heartbeat ${out.heartbeatCpuPct} % of a core`);
+  for (const c of children.splice(0)) c.kill('SIGKILL');
+  return out;
 }
 
 server = await startServer();
@@ -167,13 +199,16 @@ const rss2 = rssKiB(pid);
 const alive = await clients.alive();
 console.log(`heartbeat: server CPU ${hbCpuS.toFixed(2)} s over ${hbWallS.toFixed(1)} s = ${((100 * hbCpuS) / hbWallS).toFixed(1)} % of a core; ${alive} agents still connected; RSS ${(rss2 / 1024).toFixed(1)} MiB`);
 
+for (const c of children.splice(0)) c.kill('SIGKILL');
+const ref = await measureReference();
+
 const data: ServerBenchData = {
   agents: N, agentsRequested: REQUESTED, fdLimit: FD_LIMIT, stateOnTmpfs: STATE_ON_TMPFS, memoryLimit: MEMORY_LIMIT,
   enrolled, enrollMs: Math.round(enrollMs), registered, failed, procs: PROCS, sources: SOURCES.length,
   registerMs: Math.round(regMs), registerPerSec: Math.round(registered / (regMs / 1000)), registerCpuS: Math.round(cpuRegS * 10) / 10,
   rssIdleKiB: rss0, rssLoadedKiB: rss1, rssAfterWindowKiB: rss2, kibPerAgent: Math.round(((rss1 - rss0) / registered) * 10) / 10, settleS: SETTLE_S,
+  reference: ref,
   heartbeatWindowS: Math.round(hbWallS * 10) / 10, heartbeatCpuS: Math.round(hbCpuS * 100) / 100, heartbeatCpuPct: Math.round((1000 * hbCpuS) / hbWallS) / 10, aliveAfterWindow: alive,
 };
-for (const c of children) c.stdin!.end();
 writeResult<ServerBenchData>('server', data);
 process.exit(0);
