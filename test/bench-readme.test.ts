@@ -127,7 +127,7 @@ test('server: the summary row shows the section\'s RSS per agent and heartbeat C
   const cpu = /\*\*([\d.]+) %\*\* of a core/.exec(section)![1];
   const row = renderBlock('summary', r)!.split('\n').find((l) => l.startsWith('| `npx node bench/server/run.ts`'))!;
   assert.ok(row.includes(`**${kib} KiB** RSS per agent`) && row.includes(`**${cpu} %** of a core`), row);
-  // The fixture is a 2,000-agent run: the 20,000-agent goal is missed, whatever the rest says.
+  // The fixture is a 300-agent run: the 20,000-agent goal is missed, whatever the rest says.
   assert.match(row, /≥ 20,000 agents \(missed\)/);
   const { server: _, ...rest } = r;
   assert.equal(renderBlock('summary', rest)!.includes('bench/server/run.ts'), false, 'no server results: no row');
