@@ -1,7 +1,7 @@
 // Regenerates the README's benchmark figures from bench/results/<name>.json: the summary table (## Benchmarks) and
 // each bench's detailed table in its section, between marker comments
 //   <!-- bench:<block>:begin ... -->  ...generated...  <!-- bench:<block>:end -->
-// (block = summary | dns | proxy | tunnel | cluster). Summary and sections come from the same files, so they cannot
+// (block = summary | dns | proxy | tunnel | cluster | soak | server). Summary and sections come from the same files, so they cannot
 // disagree. A bench without a results file leaves its block as it is; the summary is written only when all four
 // exist. Text outside the markers is never touched.
 //   node bench/readme.ts            rewrite README.md
@@ -11,7 +11,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH_NAMES, readResult, resultsDir, type BenchName, type BenchResult } from './results.ts';
-import type { ClusterData, DnsData, ProxyData, ProxyRow, SoakData, TunnelData } from './shapes.ts';
+import type { ClusterData, DnsData, ProxyData, ProxyRow, ServerBenchData, SoakData, TunnelData } from './shapes.ts';
 import { SOAK_FLAT_FDS, SOAK_FLAT_MIB, soakFigures } from './soak/figures.ts';
 
 export const BLOCKS = ['summary', ...BENCH_NAMES] as const;
@@ -37,6 +37,10 @@ export const GOALS = {
   clusterLoadedMiB: 130,
   clusterReadyMs: 1500,
   clusterPerStepMiB: 8,
+  /** One server replica (issue 17): agents held, RSS each, CPU of their heartbeats (% of one core). */
+  serverAgents: 20_000,
+  serverKiBPerAgent: 16,
+  serverHeartbeatCpuPct: 10,
 } as const;
 
 export interface Results {
@@ -45,7 +49,11 @@ export interface Results {
   tunnel?: BenchResult<TunnelData>;
   cluster?: BenchResult<ClusterData>;
   soak?: BenchResult<SoakData>;
+  server?: BenchResult<ServerBenchData>;
 }
+
+/** The summary needs these four; soak and server add their rows when present. */
+type SummaryResults = Required<Pick<Results, 'dns' | 'proxy' | 'tunnel' | 'cluster'>> & Results;
 
 export function loadResults(dir: string): Results {
   const out: Results = {};
@@ -141,7 +149,7 @@ const mibSpan = (xs: number[], digits = 0) => {
 };
 
 // --- the summary table ---
-function summaryRows(r: Required<Results>): string[] {
+function summaryRows(r: SummaryResults): string[] {
   const dns = dnsFigures(r.dns.data);
   const [cl, fw] = dns.rows;
   const p = proxyFigures(r.proxy.data);
@@ -150,16 +158,18 @@ function summaryRows(r: Required<Results>): string[] {
   const cf = clusterFigures(c);
   const coneP95 = t.cone.map((x) => x.p95);
   const misses = t.ttd.reduce((n, x) => n + x.misses, 0);
+  const sv = r.server && serverFigures(r.server.data);
   return [
     `| \`npx node bench/dns/run.ts\` | dnsperf against the agent and unbound serving the same names | ${cl.what} ${kqps(cl.agentQps)} vs ${kqps(cl.unboundQps)} qps = **${ratio(cl.ratio)}**; ${fw.what} **${ratio(fw.ratio)}** | ≥ ${GOALS.dnsRatio}× (${met(dns.ok)}) |`,
     `| \`npx node bench/proxy/run.ts\` | iperf3 and wrk through the agent's proxy and ${r.proxy.data.haproxy} (1 thread) | bulk up **${ratio(p.row('bulk-up').ratio)}**, bulk down **${ratio(p.row('bulk-down').ratio)}**, keep-alive **${ratio(p.row('keep-alive').ratio)}**, new connections ${ratio(p.row('new-conns').ratio)}${p.latencyRatio !== undefined ? `, added latency ${ratio(p.latencyRatio)}` : ''}; ${num(r.proxy.data.sync.ports)}-port rule sync **${ms(r.proxy.data.sync.agentSyncMsAvg)}**; RSS ${mib(r.proxy.data.sync.rssMiB)} | bulk ≥ ${GOALS.proxyBulkUp}× up / ≥ ${GOALS.proxyBulkDown}× down (${met(p.bulkOk)}), new connections ≥ ${GOALS.proxyNewConns}× (${met(p.row('new-conns').ratio >= GOALS.proxyNewConns)}),${p.latencyRatio !== undefined ? ` added latency ≤ ${GOALS.proxyLatency}× (${met(p.latencyRatio <= GOALS.proxyLatency)}),` : ''} keep-alive ≥ ${GOALS.proxyKeepAlive}× (${met(p.keepAliveOk)}), sync ≤ ${ms(GOALS.proxySyncMs)} (${met(p.syncOk)}) |`,
     `| \`npx node bench/tunnel/run.ts\` | one stream direct (UDX + Noise), relayed and between two hosts of one LAN, iperf3 raw over the same namespaces; time to direct per NAT pair | direct ${num(t.direct)} Mb/s = **${ratio(t.direct / t.raw)}** raw (${num(t.raw)} Mb/s); relay ${num(t.relay)} Mb/s = **${ratio(t.relay / t.direct)}** direct (${ratio(t.relay / t.raw)} raw)${t.lan ? `; same LAN ${num(t.lan.mbps)} Mb/s = **${ratio(t.lan.mbps / t.lan.raw)}** its raw (${num(t.lan.raw)} Mb/s)` : ''}; time to direct p95 **${msRange(Math.min(...coneP95), Math.max(...coneP95))}** for cone pairs${t.other.map((x) => `, ${ms(x.p95)} ${x.name.includes('birthday') ? 'for birthday' : `for ${x.name}`}`).join('')}${misses ? ` (${misses} miss${misses === 1 ? '' : 'es'} counted as ${ms(r.tunnel.data.ttdTimeoutMs)})` : ''} | direct ≥ ${GOALS.tunnelDirectRaw}× raw (${met(t.directOk)}), relay ≥ ${GOALS.tunnelRelayDirect}× direct (${met(t.relayOk)}), p95 < ${ms(GOALS.tunnelTtdP95Ms)} (${met(t.ttdOk)}) |`,
     `| \`npx node bench/cluster/run.ts\` | the agent binary (${codeLabel(c)}, V8 sized for ${c.agentV8.memoryLimit}; DNS + proxy + tunnel on) with ${num(c.services)} Services × ${c.endpoints} endpoints, both sources | RSS idle **${mib(c.file.idle.rss)}** file / **${mib(c.kubernetes.idle.rss)}** kubernetes; ${num(c.services)} Services **${mibSpan(cf.loaded)}**; start → ready **${ms(c.file.readyMs)}** file / **${ms(c.kubernetes.readyMs)}** kubernetes; +${num(c.step)} Services ${mibSpan(cf.perStep, 1)} | idle ≤ ${GOALS.clusterIdleFileMiB} (file: ${met(cf.idleFileOk)}) / ≤ ${GOALS.clusterIdleKubeMiB} MiB (kubernetes: ${met(cf.idleKubeOk)}); ≤ ${GOALS.clusterLoadedMiB} MiB (${cf.sized(cf.loadedOk)}), ≤ ${ms(GOALS.clusterReadyMs)} (${cf.sized(cf.readyOk)}), ≤ ${GOALS.clusterPerStepMiB} MiB (${cf.sized(cf.perStepOk)}) |`,
+    ...(sv ? [`| \`npx node bench/server/run.ts\` | ${num(sv.d.registered)} simulated agents (TLS 1.3, enrollment, renew sign-in, PONGs) against one edgemesh-server | **${sv.d.kibPerAgent.toFixed(1)} KiB** RSS per agent; heartbeat CPU **${sv.d.heartbeatCpuPct.toFixed(1)} %** of a core; sign-in ${num(sv.d.registerPerSec)} agents/s | ≥ ${num(GOALS.serverAgents)} agents (${met(sv.agentsOk)}) at ≤ ${GOALS.serverKiBPerAgent} KiB each (${met(sv.rssOk)}), heartbeat ≤ ${GOALS.serverHeartbeatCpuPct} % (${met(sv.cpuOk)}) |`] : []),
   ];
 }
 
-function renderSummary(r: Required<Results>): string {
-  const dates = BENCH_NAMES.map((b) => `${b} ${day(r[b].date)}`).join(', ');
+function renderSummary(r: SummaryResults): string {
+  const dates = BENCH_NAMES.flatMap((b) => { const x = r[b]; return x ? [`${b} ${day(x.date)}`] : []; }).join(', ');
   return [
     `Figures from one run of each bench (\`bench/results/*.json\`: ${dates}) on ${host(r.dns)}; a shared machine, so take`,
     'the ratios, not the absolutes. The sections below give the details, from the same files.',
@@ -263,6 +273,38 @@ function renderCluster(r: BenchResult<ClusterData>): string {
   ].join('\n');
 }
 
+function serverFigures(d: ServerBenchData) {
+  return {
+    d,
+    agentsOk: d.registered >= GOALS.serverAgents && d.failed === 0,
+    rssOk: d.kibPerAgent <= GOALS.serverKiBPerAgent,
+    cpuOk: d.heartbeatCpuPct <= GOALS.serverHeartbeatCpuPct,
+  };
+}
+
+function renderServer(r: BenchResult<ServerBenchData>): string {
+  const f = serverFigures(r.data);
+  const d = r.data;
+  const kib = (x: number) => `${num(x / 1024, 1)} MiB`;
+  const capped = d.agents < d.agentsRequested ? ` (${num(d.agentsRequested)} asked; the descriptor hard limit ${num(d.fdLimit)} of this machine holds ${num(d.agents)})` : '';
+  return [
+    `${measured(r)}: ${num(d.agents)} simulated agents${capped} from ${d.procs} client processes and ${d.sources} loopback source addresses, each a real TLS 1.3 connection that enrolled once (bootstrap ENROLL), then signs in with ENROLL renew and answers the server's PINGs (every 10 s), against one edgemesh-server process (its own stateDir):`,
+    '',
+    '| measure | result | goal |',
+    '|---|---|---|',
+    `| agents signed in | ${num(d.registered)} (${num(d.failed)} failed) | ≥ ${num(GOALS.serverAgents)} — ${met(f.agentsOk)} |`,
+    `| server RSS: idle → all signed in (after ${d.settleS} s) | ${kib(d.rssIdleKiB)} → ${kib(d.rssLoadedKiB)} = **${d.kibPerAgent.toFixed(1)} KiB per agent** | ≤ ${GOALS.serverKiBPerAgent} KiB — ${met(f.rssOk)} |`,
+    `| heartbeat CPU: server CPU time over ${d.heartbeatWindowS} s of PING/PONG only | ${d.heartbeatCpuS.toFixed(2)} s = **${d.heartbeatCpuPct.toFixed(1)} %** of a core (${num(d.aliveAfterWindow)} agents still connected) | ≤ ${GOALS.serverHeartbeatCpuPct} % — ${met(f.cpuOk)} |`,
+    `| sign-in of all agents (ENROLL renew, what every reconnect is) | ${ms(d.registerMs)} = ${num(d.registerPerSec)} agents/s (server CPU ${d.registerCpuS.toFixed(1)} s) | |`,
+    ...(d.reference ? [
+      `| reference: bare node:tls server, the same ${num(d.reference.connected)} connections and pings (\`bench/server/tls-ref.ts\`) | ${d.reference.kibPerConn.toFixed(1)} KiB per connection, heartbeat ${d.reference.heartbeatCpuPct.toFixed(1)} % of a core | |`,
+      `| edgemesh-server / bare node:tls | RSS per agent **${ratio(d.kibPerAgent / d.reference.kibPerConn)}**, heartbeat CPU **${ratio(d.heartbeatCpuPct / Math.max(0.1, d.reference.heartbeatCpuPct))}** | |`,
+    ] : []),
+    '',
+    `First enrollment (bootstrap: certificate issued and pinned, then the connection closed): ${num(d.enrolled)} in ${ms(d.enrollMs)} = ${num(Math.round(d.enrolled / (d.enrollMs / 1000)))} agents/s.`,
+  ].join('\n');
+}
+
 /** The generated text of one block, or undefined when its results are missing. */
 function renderSoak(r: BenchResult<SoakData>): string {
   const d = r.data;
@@ -284,12 +326,13 @@ function renderSoak(r: BenchResult<SoakData>): string {
 
 export function renderBlock(block: Block, r: Results): string | undefined {
   switch (block) {
-    case 'summary': return r.dns && r.proxy && r.tunnel && r.cluster ? renderSummary(r as Required<Results>) : undefined;
+    case 'summary': return r.dns && r.proxy && r.tunnel && r.cluster ? renderSummary(r as SummaryResults) : undefined;
     case 'dns': return r.dns && renderDns(r.dns);
     case 'proxy': return r.proxy && renderProxy(r.proxy);
     case 'tunnel': return r.tunnel && renderTunnel(r.tunnel);
     case 'cluster': return r.cluster && renderCluster(r.cluster);
     case 'soak': return r.soak && renderSoak(r.soak);
+    case 'server': return r.server && renderServer(r.server);
   }
 }
 

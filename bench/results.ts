@@ -5,7 +5,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism, cpus, loadavg } from 'node:os';
 import { join, resolve } from 'node:path';
 
-export const BENCH_NAMES = ['dns', 'proxy', 'tunnel', 'cluster', 'soak'] as const;
+export const BENCH_NAMES = ['dns', 'proxy', 'tunnel', 'cluster', 'soak', 'server'] as const;
 export type BenchName = (typeof BENCH_NAMES)[number];
 
 export function resultsDir(): string {

@@ -146,3 +146,42 @@ export interface SoakData {
   /** server, n1, n2. */
   processes: Record<string, SoakProcess>;
 }
+
+/** bench/server/run.ts: N simulated agents against one edgemesh-server. RSS in KiB (VmRSS), CPU in seconds. */
+export interface ServerBenchData {
+  agents: number;
+  /** --agents; `agents` is less when the server's descriptor limit (`fdLimit`) cannot hold that many. */
+  agentsRequested: number;
+  fdLimit: number;
+  /** The server's stateDir on tmpfs (pin writes' fdatasync left out of the enrollment phase). */
+  stateOnTmpfs: boolean;
+  /** EDGEMESH_MEMORY_LIMIT the server ran under (V8 sized for it). */
+  memoryLimit: string;
+  /** Phase 1: every agent enrolled once (bootstrap: certificate issued and pinned), then left. */
+  enrolled: number;
+  enrollMs: number;
+  registered: number;
+  failed: number;
+  /** Client processes and loopback source addresses the agents came from. */
+  procs: number;
+  sources: number;
+  /** Phase 2: every agent signs in again (ENROLL renew) and stays: wall time until all did (or failed), the rate,
+   *  and the server's CPU time meanwhile. */
+  registerMs: number;
+  registerPerSec: number;
+  registerCpuS: number;
+  /** With no agent connected, after phase 1 and `settleS`. */
+  rssIdleKiB: number;
+  /** After all signed in and `settleS` seconds. */
+  rssLoadedKiB: number;
+  rssAfterWindowKiB: number;
+  kibPerAgent: number;
+  settleS: number;
+  /** The same N connections and heartbeats against a bare node:tls server (bench/server/tls-ref.ts). */
+  reference?: { connected: number; connectMs: number; rssIdleKiB: number; rssLoadedKiB: number; kibPerConn: number; heartbeatCpuPct: number };
+  /** The heartbeat window: the agents only answer the server's PINGs. */
+  heartbeatWindowS: number;
+  heartbeatCpuS: number;
+  heartbeatCpuPct: number;
+  aliveAfterWindow: number;
+}

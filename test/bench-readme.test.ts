@@ -119,3 +119,16 @@ test('a bench without results leaves its block, and the summary, as they are', (
   assert.equal(blockText(out.text, 'summary').text, blockText(README, 'summary').text);
   assert.notEqual(blockText(out.text, 'dns').text, blockText(README, 'dns').text);
 });
+
+test('server: the summary row shows the section\'s RSS per agent and heartbeat CPU, judged against the goals', () => {
+  const r = fixtures();
+  const section = renderBlock('server', r)!;
+  const kib = /\*\*([\d.]+) KiB per agent\*\*/.exec(section)![1];
+  const cpu = /\*\*([\d.]+) %\*\* of a core/.exec(section)![1];
+  const row = renderBlock('summary', r)!.split('\n').find((l) => l.startsWith('| `npx node bench/server/run.ts`'))!;
+  assert.ok(row.includes(`**${kib} KiB** RSS per agent`) && row.includes(`**${cpu} %** of a core`), row);
+  // The fixture is a 300-agent run: the 20,000-agent goal is missed, whatever the rest says.
+  assert.match(row, /≥ 20,000 agents \(missed\)/);
+  const { server: _, ...rest } = r;
+  assert.equal(renderBlock('summary', rest)!.includes('bench/server/run.ts'), false, 'no server results: no row');
+});

@@ -316,6 +316,39 @@ describe('templates', () => {
     assert.equal(off.initContainers, undefined);
   });
 
+  test('the server runs 2 replicas, rolls one at a time with none unavailable, and drains inside its grace period', () => {
+    const server = values.server as Obj;
+    assert.equal(server.replicas, 2);
+    assert.deepEqual(server.strategy, { type: 'RollingUpdate', rollingUpdate: { maxSurge: 1, maxUnavailable: 0 } });
+    const src = templates.get('server-deployment.yaml')!;
+    assert.match(src, /replicas: \{\{ \.Values\.server\.replicas \}\}/);
+    assert.match(src, /strategy:\n\s+\{\{- toYaml \.Values\.server\.strategy \| nindent 4 \}\}/);
+    assert.doesNotMatch(src, /would split them|Recreate/, 'the single-replica reasoning is gone');
+    const d = serverSchema.parse({});
+    const cfg = server.config as Obj;
+    const stop = Number(cfg.shutdownUnreadySeconds ?? d.shutdownUnreadySeconds) + Number(cfg.shutdownDrainSeconds ?? d.shutdownDrainSeconds);
+    assert.ok(Number(server.terminationGracePeriodSeconds) > stop + 10, 'grace period > unready + drain + cleanup');
+    assert.match(src, /\{\{- if le \(int \.Values\.server\.terminationGracePeriodSeconds\) \(int \$stopSeconds\) \}\}\n\{\{- fail /, 'a grace period not longer than the drain is refused');
+    // Every replica mounts the one CA Secret (generated once by ca-secret.yaml, or ca.existingSecret): the same CA.
+    const spec = ((render('server-deployment.yaml', values, 'then')[0].spec as Obj).template as Obj).spec as Obj;
+    assert.ok(((spec.volumes as Obj[]).find((v) => v.name === 'ca')!.secret as Obj).secretName);
+    assert.equal((spec.initContainers as Obj[] | undefined), undefined, 'nothing makes a CA per pod');
+    // A claim shared by several replicas must be ReadWriteMany.
+    const pvc = templates.get('server-pvc.yaml')!;
+    assert.match(pvc, /\{\{- if gt \(int \.Values\.server\.replicas\) 1 \}\}\n\s+- ReadWriteMany\n\s+\{\{- else \}\}\n\s+- ReadWriteOnce/);
+  });
+
+  test('a headless Service lists every server pod (ready or not) for the mesh; the server config names it in mesh.dns', () => {
+    const [svc] = render('server-mesh-service.yaml', values, 'then');
+    assert.equal(svc.kind, 'Service');
+    assert.match(String((svc.metadata as Obj).name), /-server-mesh$/);
+    const spec = svc.spec as Obj;
+    assert.equal(spec.clusterIP, 'None');
+    assert.equal(spec.publishNotReadyAddresses, true);
+    assert.deepEqual((spec.ports as Obj[]).map((p) => `${String(p.name)}/${String(p.protocol)}`), ['tunnel/TCP']);
+    assert.match(templates.get('_helpers.tpl')!, /set \$cfg "mesh" \(dict "dns" \(printf "%s-server-mesh\.%s\.svc" \(include "edgemesh\.fullname" \.\) \.Release\.Namespace\)\)/);
+  });
+
   test('the server Service carries TCP and UDP on the server port and UDP on the STUN alt port', () => {
     const [svc] = render('server-service.yaml', withValues({ server: { service: { type: 'NodePort' } } }), 'then');
     const ports = ((svc.spec as Obj).ports as Obj[]).map((p) => `${String(p.name)}/${String(p.protocol)}`);

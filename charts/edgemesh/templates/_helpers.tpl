@@ -88,6 +88,10 @@ is on without persistence (its pins would be lost on every pod restart: a racing
 {{- $_ := set $enr "serviceAccounts" (list (printf "%s/%s" .Release.Namespace (include "edgemesh.serviceAccountName" .))) }}
 {{- $_ := set $cfg "enrollment" $enr }}
 {{- end }}
+{{- if not (get $cfg "mesh") }}
+{{- /* Replicas find each other through the headless Service (server-mesh-service.yaml). */ -}}
+{{- $_ := set $cfg "mesh" (dict "dns" (printf "%s-server-mesh.%s.svc" (include "edgemesh.fullname" .) .Release.Namespace)) }}
+{{- end }}
 {{- if and (ne (toString (dig "bootstrapToken" true $enr)) "false") (not .Values.server.persistence.enabled) }}
 {{- fail "edgemesh: server.config.enrollment.bootstrapToken needs server.persistence.enabled=true (the pins it makes must survive server restarts); or use Kubernetes enrollment and join tokens" }}
 {{- end }}

@@ -52,6 +52,8 @@ test('server defaults are exactly those of INTERFACE.md', () => {
     listen: '0.0.0.0:20004', stunAltPort: 20005, stateDir: '/var/lib/edgemesh-server', tokenFile: '/etc/edgemesh/token', caFile: '', caKeyFile: '',
     cluster: { source: 'none', kubeconfig: '', manifestsDir: '' }, enrollment: { bootstrapToken: true, serviceAccounts: [] },
     relayRateLimit: 0,
+    shutdownUnreadySeconds: 5,
+    shutdownDrainSeconds: 30,
     limits: { relayStreamsPerPair: 16, relayStreamsPerTarget: 1024, relayStreams: 32_768, pendingOpensPerNode: 64, unauthConnectionsPerSource: 128, unauthConnections: 1024, partialFrameBytes: 64 * 1024 * 1024 },
     mesh: { peers: [], dns: '' },
     admin: { listen: '127.0.0.1:10561', maxConnections: 64, tokenFile: '' }, log: { level: 'info' },

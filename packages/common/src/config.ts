@@ -188,6 +188,10 @@ export const serverSchema = z.strictObject({
   }).prefault({}),
   /** Per-agent relay byte rate limit in bytes/s (what one agent may push through the relay); 0 = unlimited. */
   relayRateLimit: z.number().int().min(0).default(0),
+  /** On SIGTERM /readyz fails this long before agents are told to move (the Service stops sending new ones first). */
+  shutdownUnreadySeconds: z.number().int().min(0).max(60).default(5),
+  /** After telling its agents to move (DRAIN), a stopping server waits up to this long for them to leave. */
+  shutdownDrainSeconds: z.number().int().min(0).max(3600).default(30),
   /** Budgets against hostile agents and strangers (packages/server/src/limits.ts has the reasons for the defaults). */
   limits: z.strictObject({
     /** Relay streams one node may open to one other node. */

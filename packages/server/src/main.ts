@@ -8,6 +8,7 @@ import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/
 import { randomBytes } from 'node:crypto';
 import { RelayServer, type RelayIdentity } from './relay.ts';
 import { StunServer } from './stun.ts';
+import { runDrain } from './drain.ts';
 import { FleetStore } from './fleet/store.ts';
 import { addFleetRoutes } from './fleet/http.ts';
 import { IDENTITY_COMMANDS, IDENTITY_USAGE, runIdentityCli } from './identity/cli.ts';
@@ -31,6 +32,7 @@ export class EdgemeshServer {
   private listening = false;
   /** The server mesh (mesh.peers / mesh.dns): undefined when this server runs alone. */
   readonly mesh: Mesh | undefined;
+  private draining = false;
   /** CA, enrollment, registry (identity/): the control channel's TLS certificate and every sign-in come from it. */
   readonly identity: ServerIdentity;
 
@@ -68,6 +70,7 @@ export class EdgemeshServer {
       auth: { token: readAdminToken(cfg) },
     });
     this.admin.addCheck('listening', () => this.listening);
+    this.admin.addCheck('not-draining', () => !this.draining);
     addFleetRoutes({ admin: this.admin, store: this.fleet, server: () => ({ listen: cfg.listen, agentsConnected: this.relay.agents.size }) });
     // Not a readiness check: relaying works without the Node list; enrollment answers "retry later" until it synced.
     this.stops.push(() => identity.stop());
@@ -95,6 +98,18 @@ export class EdgemeshServer {
     this.listening = true;
     this.log.info({ listen: `${bound.host}:${bound.port}`, stun: this.stun.ports() }, 'server listening');
     return bound;
+  }
+
+  /** SIGTERM: readiness false, then agents told to move (DRAIN), then stop once they left or the bound passed. */
+  async drainAndStop(): Promise<{ left: number; ms: number }> {
+    const r = await runDrain({
+      setUnready: () => { this.draining = true; },
+      drain: (withinMs) => this.relay.drainAgents(withinMs),
+      agents: () => this.relay.agents.size,
+    }, { unreadyMs: this.cfg.shutdownUnreadySeconds * 1000, drainMs: this.cfg.shutdownDrainSeconds * 1000 });
+    this.log.info({ agentsLeft: r.left, ms: r.ms }, 'drained');
+    await this.stop();
+    return r;
   }
 
   async stop(): Promise<void> {
@@ -169,7 +184,7 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = log0.log!;
   const server = new EdgemeshServer(cfg, log, identity);
-  handleSignals(log, () => server.stop());
+  handleSignals(log, async () => { await server.drainAndStop(); }, (cfg.shutdownUnreadySeconds + cfg.shutdownDrainSeconds) * 1000);
   try {
     await server.start();
   } catch (e) {

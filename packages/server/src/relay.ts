@@ -178,6 +178,8 @@ export class RelayServer {
   private unsubscribe: (() => void) | undefined;
   /** The server mesh, when configured: agents on other servers of the cluster (setMesh, before start). */
   private mesh: MeshAttachment | undefined;
+  /** Set once the server drains (drain.ts): the reconnect window every agent is told in DRAIN. */
+  private drainWithinMs: number | undefined;
   private readonly m: {
     agents: Gauge; auth: Counter; relayed: Counter; streams: Gauge; streamsTotal: Counter; malformed: Counter;
     violations: Counter; rendezvous: Counter; limited: Counter;
@@ -249,8 +251,17 @@ export class RelayServer {
     if (s) await new Promise<void>((r) => s.close(() => r()));
   }
 
+  /** Stops accepting connections and tells every signed-in agent (and any still signing in) to move (DRAIN). */
+  drainAgents(withinMs: number): void {
+    this.drainWithinMs = withinMs;
+    this.server?.close(); // existing connections stay; stop() waits for the close
+    for (const c of this.conns) if (c.state === 'ready') this.send(c, T.DRAIN, { withinMs });
+    this.log.info({ agents: this.agents.size, withinMs }, 'draining: agents told to move');
+  }
+
   status(): unknown {
     return {
+      draining: this.drainWithinMs !== undefined,
       agents: [...this.agents.values()].map((a) => ({ node: a.node, key: a.key.toString('hex').slice(0, 16), remote: a.remote, since: new Date(a.since).toISOString(), streams: a.conn.streams.size, rttMs: a.conn.rttMs })),
       relayStreams: this.streams.size,
       unauthenticated: this.unauth.size,
@@ -519,6 +530,7 @@ export class RelayServer {
     const list = this.opts.identity.revocationList();
     this.send(c, T.REVOCATIONS, { body: list.body, sig: list.signature });
     this.sendPing(c);
+    if (this.drainWithinMs !== undefined) this.send(c, T.DRAIN, { withinMs: this.drainWithinMs });
   }
 
   /** The revocations changed: every agent gets the new list; a connected node whose key is revoked is dropped. */

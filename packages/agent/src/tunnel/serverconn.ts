@@ -20,6 +20,7 @@ import { DialError } from '../proxy/dialer.ts';
 import type { AgentIdentity } from '../identity/agentidentity.ts';
 import type { AgentEnrollMethod } from '../identity/enroll.ts';
 import { TunnelStream } from './stream.ts';
+import { DrainFollower } from './serverpick.ts';
 import { CONNECT_TIMEOUT_MS, OPEN_TIMEOUT_MS, RECONNECT_MAX_MS, RECONNECT_MIN_MS, SERVER_IDLE_MS, SERVER_KEEPALIVE_MS } from './timers.ts';
 
 /** TLS exporter label of the enrollment channel binding (the server's relay.ts uses the same). */
@@ -67,6 +68,8 @@ export class ServerConn extends EventEmitter {
   private renewTimer: NodeJS.Timeout | undefined;
   private renewFailedAt: number | undefined;
   private lastRefusal = { why: '', at: -Infinity };
+  /** DRAIN from the server: when to reconnect, which of the name's IPs to try last (serverpick.ts). */
+  private readonly drain = new DrainFollower();
   /** Last error that made the connection fail (for status). */
   lastError: string | null = null;
   stunAltPort = 0;
@@ -83,6 +86,9 @@ export class ServerConn extends EventEmitter {
     this.address = `${opts.host}:${opts.port}`;
   }
 
+  /** The server sent DRAIN: new relay streams go to other servers first (Tunnel.openRelay). */
+  get draining(): boolean { return this.drain.draining; }
+
   get connected(): boolean {
     return this.state === 'ready';
   }
@@ -97,6 +103,7 @@ export class ServerConn extends EventEmitter {
     clearTimeout(this.retryTimer);
     clearTimeout(this.idleTimer);
     clearTimeout(this.renewTimer);
+    this.drain.closed();
     this.sock?.destroy();
   }
 
@@ -112,7 +119,7 @@ export class ServerConn extends EventEmitter {
   private dial(): void {
     if (this.stopped) return;
     // We verify the chain ourselves (the pinned CA, not the system roots) before writing anything.
-    const sock = connect({ host: this.opts.host, port: this.opts.port, servername: SERVER_TLS_NAME, minVersion: 'TLSv1.3', rejectUnauthorized: false });
+    const sock = connect({ host: this.opts.host, port: this.opts.port, servername: SERVER_TLS_NAME, minVersion: 'TLSv1.3', rejectUnauthorized: false, ...this.drain.connectOptions(this.opts.host) });
     sock.setNoDelay(true);
     this.sock = sock;
     this.state = 'tls';
@@ -205,6 +212,7 @@ export class ServerConn extends EventEmitter {
       clearTimeout(connectTimer);
       clearTimeout(this.idleTimer);
       clearTimeout(this.renewTimer);
+      const redialNow = this.drain.closed();
       const wasReady = this.state === 'ready';
       this.state = 'idle';
       this.sock = undefined;
@@ -220,7 +228,7 @@ export class ServerConn extends EventEmitter {
         this.emit('down');
       }
       if (!this.stopped) {
-        const wait = this.bo.next();
+        const wait = redialNow ? 0 : this.bo.next();
         this.opts.log.debug({ server: this.address, wait, err: this.lastError }, 'reconnecting to server');
         this.retryTimer = setTimeout(() => this.dial(), wait);
         this.retryTimer.unref();
@@ -311,6 +319,8 @@ export class ServerConn extends EventEmitter {
       case T.ERROR:
         this.onError(body, this.sock!);
         return;
+      case T.DRAIN: // reconnect soon (the same address reaches another replica), at once rather than after a backoff
+        return this.drain.onDrain(body, this.sock?.remoteAddress ?? '', this.opts.log.child({ server: this.address }), () => { this.lastError = 'server drained'; this.sock?.destroy(); });
       case T.OPENED: {
         const m = decodeControl(T.OPENED, body);
         const o = m && this.opens.get(m.req);

@@ -13,6 +13,13 @@ export const CONNECT_TIMEOUT_MS = 10_000;
 export const SERVER_IDLE_MS = 35_000;
 /** TCP keepalive on the server connection: below common NAT idle timeouts for TCP (~30-60 s on home routers). */
 export const SERVER_KEEPALIVE_MS = 15_000;
+/** A draining server's DRAIN names a window to reconnect in (spread by its agent count); we reconnect at a random
+ *  moment in it, but never wait longer than this: a long hint from a hostile or buggy server cannot park us. */
+export const DRAIN_RECONNECT_MAX_MS = 10_000;
+/** After a DRAIN the server's IP is tried last among the addresses the server's name resolves to (a Service name with
+ *  several A records, a headless Service) for this long: longer than any drain (its pod is gone by then), short enough
+ *  that a replica restarted on the same IP is used again. */
+export const DRAINED_AVOID_MS = 300_000;
 /** The server answers OPEN from memory; no answer this long = it is stuck or gone. */
 export const OPEN_TIMEOUT_MS = 10_000;
 

@@ -203,7 +203,8 @@ export class Tunnel {
   /** A relay stream to `node` through the first connected server that has it. */
   private async openRelay(node: string): Promise<{ stream: TunnelStream; server: string }> {
     const errors: string[] = [];
-    for (const s of this.servers) {
+    // A draining server (it sent DRAIN) is asked last: it is about to go.
+    for (const s of [...this.servers.filter((x) => !x.draining), ...this.servers.filter((x) => x.draining)]) {
       if (!s.connected) {
         errors.push(`${s.address}: not connected`);
         continue;

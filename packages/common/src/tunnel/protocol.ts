@@ -23,6 +23,8 @@ export const T = {
   INCOMING: 13,
   RENDEZVOUS: 14,
   REPORT: 15,
+  /** 18: the server is draining (server/drain.ts); 19 is left free in this control block. Mesh frames use their own. */
+  DRAIN: 18,
   DATA: 20,
   CREDIT: 21,
   END: 22,
@@ -60,6 +62,7 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
   { type: T.INCOMING, name: 'INCOMING', dir: 's->a', payload: 'JSON {rid, from}: a peer opened a relay stream to us (its certificate must name `from`)' },
   { type: T.RENDEZVOUS, name: 'RENDEZVOUS', dir: 'both', payload: 'JSON Rendezvous {sid, reply, mode, cand, nat, streamId, ts, cert, sig} signed by the sender (the server adds from, RTTs)' },
   { type: T.REPORT, name: 'REPORT', dir: 'a->s', payload: 'JSON fleet report (common/fleet/report.ts, at most MAX_REPORT_BYTES)' },
+  { type: T.DRAIN, name: 'DRAIN', dir: 's->a', payload: 'JSON {withinMs}: the server is shutting down; reconnect (same address: another replica answers) at a random moment within withinMs' },
   { type: T.DATA, name: 'DATA', dir: 'both', payload: '[rid u32][offset u64][ciphertext]' },
   { type: T.CREDIT, name: 'CREDIT', dir: 'both', payload: '[rid u32][ack u64]' },
   { type: T.END, name: 'END', dir: 'both', payload: '[rid u32][fin u64]' },
@@ -69,13 +72,15 @@ export const SERVER_FRAMES: readonly FrameSpec[] = [
 export const RELAY_STREAM_TYPES: StreamTypes = { DATA: T.DATA, CREDIT: T.CREDIT, END: T.END, RESET: T.RESET };
 
 /** Types whose payload is a JSON control message. */
-export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.ENROLL, T.ENROLL_FAIL, T.WELCOME, T.CERT, T.REVOCATIONS, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT]);
+export const CONTROL_TYPES: ReadonlySet<number> = new Set([T.ENROLL, T.ENROLL_FAIL, T.WELCOME, T.CERT, T.REVOCATIONS, T.ERROR, T.PING, T.PONG, T.OPEN, T.OPENED, T.OPEN_FAIL, T.INCOMING, T.RENDEZVOUS, T.REPORT, T.DRAIN]);
 
 /** Relay flow control: a sender may have this many unacknowledged bytes per relay stream and direction. A relay stream
  *  carries a whole peer link (its streams have their own windows inside), so this bounds the link at window/RTT. */
 export const RELAY_WINDOW_BYTES = 8 * 1024 * 1024;
 /** Data frames are cut to at most this many bytes. */
 export const MAX_DATA_CHUNK = 64 * 1024;
+/** The longest reconnect window a DRAIN may name (the agent clamps it further: tunnel/timers.ts). */
+export const MAX_DRAIN_WINDOW_MS = 60_000;
 /** Candidates a rendezvous may carry (each side's LAN addresses + its STUN address). */
 export const MAX_CANDIDATES = 16;
 
@@ -141,6 +146,7 @@ const SCHEMAS = {
     rttFromMs: z.number().min(0).max(60_000).catch(0).optional(), rttToMs: z.number().min(0).max(60_000).catch(0).optional() }),
   /** Any JSON object here: the server's fleet store validates it against the report schema (and counts what fails). */
   [T.REPORT]: z.record(z.string(), z.unknown()),
+  [T.DRAIN]: z.object({ withinMs: z.number().int().min(0).max(MAX_DRAIN_WINDOW_MS) }),
 } as const;
 
 type Schemas = typeof SCHEMAS;
