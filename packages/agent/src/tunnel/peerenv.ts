@@ -40,4 +40,4 @@ export interface PeerEnv {
   budgets?: TunnelBudgets;
 }
 
-export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'relay' | null; remote: string | null; rttMs: number | null }
+export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'tcp' | 'relay' | null; remote: string | null; rttMs: number | null }
