@@ -48,6 +48,8 @@ export class Link extends EventEmitter {
   readonly kind: PathKind;
   readonly transport: TransportKind;
   readonly peer: string;
+  /** We opened the transport (dialed, or initiated the Noise handshake). */
+  readonly initiator: boolean;
   readonly server: string | undefined;
   readonly handshakeHash: Buffer;
   /** The static key the peer proved in the Noise handshake (its certificate must bind it). */
@@ -79,6 +81,7 @@ export class Link extends EventEmitter {
     this.kind = t.kind === 'relay' ? 'relay' : 'direct';
     this.transport = t.kind;
     this.peer = o.peer;
+    this.initiator = o.initiator;
     this.server = t.server;
     this.remote = t.remote;
     this.clock = o.clock;
