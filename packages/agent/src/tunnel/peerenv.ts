@@ -17,6 +17,8 @@ import type { TcpPeer } from './tcplink.ts';
 /** How the tunnel dials a peer over TCP (tunnel.ts: dialTcpLink with our link certificate). */
 export interface TcpEnv {
   dial(node: string, targets: readonly { host: string; port: number }[]): Promise<TcpPeer>;
+  /** Our IPv4 subnets (CIDR): a peer's LAN candidate inside one is on our LAN. */
+  subnets(): readonly string[];
 }
 
 /** What PeerDirect sends; the tunnel signs it (rendezvous.ts) and adds ts, cert, sig. */

@@ -335,7 +335,7 @@ export class PeerPaths implements DirectHost, TcpHost {
     // The offer's certificate (verified by the tunnel) proved this key: pings are MAC'd with it; the punched link
     // still proves the certificate in its HELLO.
     this.setKey(provedKey);
-    this.t?.onCandidates(m.cand);
+    this.t?.onCandidates(m.cand, m.nat);
     this.d.onRendezvous(m, reply);
   }
 

@@ -44,8 +44,8 @@ export class PeerTcp {
   }
 
   /** The peer's candidates (a rendezvous request or reply): dial them over TCP unless a link is up or due later. */
-  onCandidates(cand: readonly Candidate[]): void {
-    const targets = tcpDialTargets(cand);
+  onCandidates(cand: readonly Candidate[], peerNat: string): void {
+    const targets = tcpDialTargets(cand, { ourSubnets: this.t.subnets(), peerNat });
     const now = this.env.clock.now();
     if (this.closed || !shouldDialTcp({ haveTcp: !!this.up, dialing: this.dialing, lastFailedAt: this.lastFailedAt, now, retryMs: TCP_REDIAL_MS, targets: targets.length })) return;
     this.dialing = true;

@@ -298,6 +298,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
       },
     };
     if (o.tcp) {
+      udp.nat = 'open'; // its candidate is its own public address: a TCP dial target (transport.ts)
       // The TCP transport for real, on loopback: each side listens on 127.0.0.1; a dial (whatever the candidates say)
       // goes to the peer's listener unless tcpBlocked says the firewall drops it.
       const tls = new TcpLinkTls({ node: name, keyPair: keys, identity: env.identity });
@@ -308,6 +309,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
           if (tcp.blocked) throw new Error('TCP dropped (test)');
           return dialTcpLink([{ host: '127.0.0.1', port: (await listeners.get(node)!).port }], node, tls, env.identity);
         },
+        subnets: () => ['203.0.113.0/24'],
       };
     }
     side.env = env;

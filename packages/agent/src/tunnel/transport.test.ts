@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseTransport, keepTcpLink, MAX_TCP_DIAL_TARGETS, shouldDialTcp, tcpDialTargets } from './transport.ts';
+import { chooseTransport, inSubnets, keepTcpLink, MAX_TCP_DIAL_TARGETS, shouldDialTcp, tcpDialTargets } from './transport.ts';
 import type { Candidate } from './punch.ts';
 
 const none = { tcp: false, udx: false, udxSuspect: false, relay: false };
@@ -20,7 +20,7 @@ test('chooseTransport: without TCP, UDX (the warm fallback), the relay while UDX
   assert.equal(chooseTransport(none), 'none');
 });
 
-test('tcpDialTargets: LAN candidates first, then the public mapping, deduplicated and bounded', () => {
+test('tcpDialTargets: LAN candidates on our subnets; every candidate of a peer with a public address; never a NATed mapping', () => {
   const cand: Candidate[] = [
     { host: '203.0.113.5', port: 40000, kind: 'stun' },
     { host: '10.0.0.2', port: 20006, kind: 'lan' },
@@ -28,13 +28,24 @@ test('tcpDialTargets: LAN candidates first, then the public mapping, deduplicate
     { host: '10.0.0.2', port: 20006, kind: 'lan' },
     { host: '192.168.1.2', port: 20006, kind: 'lan' },
   ];
-  assert.deepEqual(tcpDialTargets(cand), [
-    { host: '10.0.0.2', port: 20006 }, { host: '192.168.1.2', port: 20006 }, { host: '203.0.113.5', port: 40000 }, { host: '198.51.100.9', port: 1234 },
-  ]);
+  const lan = { ourSubnets: ['10.0.0.7/24', '172.16.0.1/16'], peerNat: 'cone' };
+  assert.deepEqual(tcpDialTargets(cand, lan), [{ host: '10.0.0.2', port: 20006 }], 'the LAN candidate on our subnet only');
+  assert.deepEqual(tcpDialTargets(cand, { ourSubnets: ['198.18.3.10/24'], peerNat: 'symmetric' }), [], 'a NATed peer elsewhere: no TCP attempt');
+  assert.deepEqual(tcpDialTargets(cand, { ourSubnets: [], peerNat: 'open' }), [
+    { host: '10.0.0.2', port: 20006 }, { host: '192.168.1.2', port: 20006 }, { host: '203.0.113.5', port: 40000 },
+  ], 'a public peer: its candidates, LAN kind first, no peer-reflexive ones');
   const many: Candidate[] = Array.from({ length: 10 }, (_, i) => ({ host: `10.0.0.${i + 1}`, port: 20006, kind: 'lan' }));
-  assert.equal(tcpDialTargets(many).length, MAX_TCP_DIAL_TARGETS);
-  assert.deepEqual(tcpDialTargets([{ host: '10.0.0.1', port: 0, kind: 'lan' }]), []);
-  assert.deepEqual(tcpDialTargets([]), []);
+  assert.equal(tcpDialTargets(many, lan).length, MAX_TCP_DIAL_TARGETS);
+  assert.deepEqual(tcpDialTargets([{ host: '10.0.0.1', port: 0, kind: 'lan' }], lan), []);
+  assert.deepEqual(tcpDialTargets([], lan), []);
+});
+
+test('inSubnets: IPv4 CIDR membership; malformed ranges and IPv6 never match', () => {
+  assert.equal(inSubnets('10.0.0.200', ['10.0.0.7/24']), true);
+  assert.equal(inSubnets('10.0.1.1', ['10.0.0.7/24']), false);
+  assert.equal(inSubnets('10.0.1.1', ['bogus', '10.0.0.0/33', '10.0.0.0/16']), true);
+  assert.equal(inSubnets('fe80::1', ['10.0.0.0/8']), false);
+  assert.equal(inSubnets('10.0.0.1', []), false);
 });
 
 test('shouldDialTcp: once at a time, not while a TCP link is up, not again soon after a failure', () => {

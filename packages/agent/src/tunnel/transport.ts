@@ -3,6 +3,7 @@
 // server. TCP is preferred when it works: the kernel does segmentation, checksums and retransmission, and OpenSSL's
 // AES-GCM is far cheaper per byte than the userspace UDX stream with Noise (bench/tunnel measures both in one run).
 // UDX stays up beside it as the warm fallback: when the TCP link closes, the session moves to UDX (or the relay).
+import { BlockList, isIPv4 } from 'node:net';
 import { addrKey, choosePath, type Addr, type Candidate } from './punch.ts';
 
 export type TransportChoice = 'tcp' | 'udx' | 'relay' | 'none';
@@ -34,16 +35,30 @@ export const MAX_TCP_DIAL_TARGETS = 4;
 
 const KIND_ORDER: Record<Candidate['kind'], number> = { lan: 0, stun: 1, prflx: 2 };
 
+/** Whether `ip` (IPv4) is inside one of `cidrs` (`a.b.c.d/n`; others are ignored). */
+export function inSubnets(ip: string, cidrs: readonly string[]): boolean {
+  if (!isIPv4(ip)) return false;
+  const bl = new BlockList();
+  for (const c of cidrs) {
+    const [net, bits] = c.split('/');
+    if (isIPv4(net) && Number(bits) >= 0 && Number(bits) <= 32) bl.addSubnet(net, Number(bits), 'ipv4');
+  }
+  return bl.check(ip, 'ipv4');
+}
+
 /**
- * The peer's addresses worth a TCP dial, best first: its LAN candidates (the TCP listener has the UDP port's number),
- * then its public mapping (a node with a public or forwarded address answers there; behind a NAT the dial fails and
- * UDX carries on), then peer-reflexive ones. Duplicates and port 0 are dropped.
+ * The peer's addresses worth a TCP dial, best first (the TCP listener has the UDP port's number): its LAN candidates
+ * inside one of our own subnets (`ourSubnets`: a peer on our LAN), and when the peer has a public address (`peerNat`
+ * `open`: its interface address is public) its other candidates too. A peer behind a NAT is not dialed on its
+ * mapping (a NAT does not forward unsolicited TCP; a port forward cannot be told from here), so NATed pairs make no
+ * TCP attempt at all and stay on UDX. Duplicates and port 0 are dropped.
  */
-export function tcpDialTargets(cand: readonly Candidate[], max = MAX_TCP_DIAL_TARGETS): Addr[] {
+export function tcpDialTargets(cand: readonly Candidate[], o: { ourSubnets: readonly string[]; peerNat: string }, max = MAX_TCP_DIAL_TARGETS): Addr[] {
   const seen = new Set<string>();
   const out: Addr[] = [];
   for (const c of [...cand].sort((a, b) => KIND_ORDER[a.kind] - KIND_ORDER[b.kind])) {
     if (!(c.port > 0 && c.port < 65536)) continue;
+    if (c.kind === 'prflx' || !(o.peerNat === 'open' || (c.kind === 'lan' && inSubnets(c.host, o.ourSubnets)))) continue;
     const k = addrKey(c);
     if (seen.has(k)) continue;
     seen.add(k);

@@ -112,7 +112,7 @@ export class Tunnel {
     this.env = {
       self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs, budgets: this.budgets,
       identity: opts.identity,
-      tcp: this.tcpTls && { dial: (node, targets) => dialTcpLink(targets, node, this.tcpTls!, opts.identity) },
+      tcp: this.tcpTls && { dial: (node, targets) => dialTcpLink(targets, node, this.tcpTls!, opts.identity), subnets: () => this.udp?.lanSubnets() ?? [] },
       openRelay: (node) => this.openRelay(node),
       rendezvous: (msg: RendezvousOut) => {
         const signed = this.sign(msg);
