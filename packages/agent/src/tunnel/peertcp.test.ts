@@ -6,15 +6,16 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { collect, fakeDeadline, makePair, metric, TARGET } from './testfixture.ts';
 import type { TunnelStream } from './stream.ts';
+import { TCP_REDIAL_MS } from './timers.ts';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 type Env = ReturnType<typeof makePair>;
 
-/** Real sockets and TLS under a manual clock: advance the clock with real time until `cond`. */
-async function until(env: Env, cond: () => boolean, ms = 15_000): Promise<boolean> {
-  for (let t = 0; t < ms && !cond(); t += 10) {
+/** Real sockets and TLS under a manual clock: advance the clock (`step` ms per 10 ms of real time) until `cond`. */
+async function until(env: Env, cond: () => boolean, ms = 15_000, step = 10): Promise<boolean> {
+  for (let t = 0; t < ms && !cond(); t += step) {
     await new Promise((r) => setTimeout(r, 10));
-    env.clock.advance(10);
+    env.clock.advance(step);
   }
   return cond();
 }
@@ -56,7 +57,7 @@ test('the peer answers on TCP: the session moves onto the TCP link; when it dies
   }
 });
 
-test('TCP dropped between the peers: the session stays on UDX, bytes intact', async () => {
+test('TCP dropped between the peers: the session stays on UDX, bytes intact; once TCP answers again, the redial moves it back', async () => {
   const env = makePair({ direct: true, tcp: true });
   env.tcp.blocked = true;
   try {
@@ -66,9 +67,12 @@ test('TCP dropped between the peers: the session stays on UDX, bytes intact', as
     assert.ok(await until(env, () => transport(env, 'a') === 'udx' && transport(env, 'b') === 'udx'), 'on udx');
     await until(env, () => false, 500);
     assert.equal(transport(env, 'a'), 'udx');
+    s.write(data);
+    env.tcp.blocked = false;
+    assert.ok(await until(env, () => transport(env, 'a') === 'tcp', TCP_REDIAL_MS + 10_000, 100), `back on tcp after the redial (${transport(env, 'a')})`);
     s.end(data);
     assert.ok(await until(env, () => reply.ended()), 'reply');
-    assert.equal(reply.text(), sha(data));
+    assert.equal(reply.text(), sha(Buffer.concat([data, data])));
   } finally {
     env.a.paths.close();
     env.b.paths.close();

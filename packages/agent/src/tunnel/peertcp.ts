@@ -27,6 +27,9 @@ export class PeerTcp {
   private dialing = false;
   private lastFailedAt = -Infinity;
   private beat: Timer | undefined;
+  private redial: Timer | undefined;
+  /** The peer's last candidates and NAT type: dialed again TCP_REDIAL_MS after a failed dial or a lost link. */
+  private last: { cand: readonly Candidate[]; nat: string } | undefined;
   private closed = false;
 
   constructor(host: TcpHost, t: TcpEnv) {
@@ -45,6 +48,7 @@ export class PeerTcp {
 
   /** The peer's candidates (a rendezvous request or reply): dial them over TCP unless a link is up or due later. */
   onCandidates(cand: readonly Candidate[], peerNat: string): void {
+    this.last = { cand, nat: peerNat };
     const targets = tcpDialTargets(cand, { ourSubnets: this.t.subnets(), peerNat });
     const now = this.env.clock.now();
     if (this.closed || !shouldDialTcp({ haveTcp: !!this.up, dialing: this.dialing, lastFailedAt: this.lastFailedAt, now, retryMs: TCP_REDIAL_MS, targets: targets.length })) return;
@@ -55,7 +59,17 @@ export class PeerTcp {
     }).catch((e: Error) => {
       this.lastFailedAt = this.env.clock.now();
       this.env.log.debug({ peer: this.host.node, err: e.message }, 'no TCP link, UDX or the relay carries on');
+      this.scheduleRedial();
     }).finally(() => { this.dialing = false; });
+  }
+
+  /** Dial the last candidates again in TCP_REDIAL_MS (a firewall may heal; the UDX path brings no new rendezvous). */
+  private scheduleRedial(): void {
+    this.env.clock.clearTimeout(this.redial);
+    this.redial = this.env.clock.setTimeout(() => {
+      this.redial = undefined;
+      if (!this.closed && !this.up && this.last) this.onCandidates(this.last.cand, this.last.nat);
+    }, TCP_REDIAL_MS);
   }
 
   /** A verified TCP connection the peer opened to us (tcplink.ts's listener). */
@@ -101,10 +115,12 @@ export class PeerTcp {
     if (link !== this.link) return;
     this.link = undefined;
     this.env.clock.clearTimeout(this.beat);
+    if (!this.closed) this.scheduleRedial();
   }
 
   close(): void {
     this.closed = true;
     this.env.clock.clearTimeout(this.beat);
+    this.env.clock.clearTimeout(this.redial);
   }
 }
