@@ -5,9 +5,8 @@ import { AdminServer, createRegistry } from '@edgemesh/common/admin';
 import { Budgets } from '@edgemesh/common/budget';
 import { FdPressure } from '@edgemesh/common/fds';
 import { exitOnConfigError, handleSignals, readVersion } from '@edgemesh/common/process';
-import { randomBytes } from 'node:crypto';
 import { RelayServer, type RelayIdentity } from './relay.ts';
-import { StunServer } from './stun.ts';
+import { StunServer, stunKeyFor } from './stun.ts';
 import { runDrain } from './drain.ts';
 import { FleetStore } from './fleet/store.ts';
 import { addFleetRoutes } from './fleet/http.ts';
@@ -44,8 +43,8 @@ export class EdgemeshServer {
     this.identity = identity;
     identity.enroller.useRegistry(this.registry); // made before the server: its metrics join the server's registry here
     const hp = parseHostPort(cfg.listen)!;
-    // The STUN integrity key: random per process, handed to agents inside TLS once they signed in.
-    const stunKey = randomBytes(20);
+    // The STUN integrity key, handed to agents inside TLS once they signed in: the same on every server of the CA.
+    const stunKey = stunKeyFor(identity.ca.privateKey);
     const rid = relayIdentity(identity, stunKey);
     this.fleet = new FleetStore({ registry: this.registry, log, connected: () => this.relay.agents });
     this.relay = new RelayServer({

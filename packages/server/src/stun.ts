@@ -1,11 +1,24 @@
 // STUN Binding server on UDP: the TCP listen port and stunAltPort. Answers only requests carrying a valid
 // MESSAGE-INTEGRITY (a key this server hands to signed-in agents in WELCOME), so it is no open reflector; the answers are
 // signed too. Anything else is counted and dropped.
+import { hkdfSync, randomBytes, type KeyObject } from 'node:crypto';
 import { createSocket, type Socket } from 'node:dgram';
 import type { Registry } from 'prom-client';
 import { Counter } from 'prom-client';
 import type { Logger } from '@edgemesh/common/log';
 import { BINDING_REQUEST, bindingSuccess, decodeStun } from '@edgemesh/common/tunnel/stun';
+
+/** MESSAGE-INTEGRITY key length (bytes): HMAC-SHA1's, as RFC 8489 uses it. */
+export const STUN_KEY_BYTES = 20;
+
+/** The STUN integrity key: derived from the cluster CA's private key (HKDF-SHA256, its own label), so every server of
+ *  a mesh — replicas behind one Service, where an agent's STUN packet may reach another replica than its TCP
+ *  connection — answers the key it handed out; random per process for a server without the CA key. One-way: the key
+ *  (which every signed-in agent holds) says nothing about the CA key. */
+export function stunKeyFor(caKey: KeyObject | undefined): Buffer {
+  if (!caKey) return randomBytes(STUN_KEY_BYTES);
+  return Buffer.from(hkdfSync('sha256', caKey.export({ type: 'pkcs8', format: 'der' }), Buffer.alloc(0), 'edgemesh stun integrity key v1', STUN_KEY_BYTES));
+}
 
 export interface StunServerOptions {
   host: string;
