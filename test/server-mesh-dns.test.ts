@@ -6,13 +6,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createServer } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { serverSchema } from '../packages/common/src/config.ts';
 import { silentLogger } from '../packages/common/src/log.ts';
 import { EdgemeshServer } from '../packages/server/src/main.ts';
 import { startServerIdentity } from '../packages/server/src/identity/index.ts';
 import { waitFor } from './lib/tunnel-fixture.ts';
+import { freePort } from './lib/ports.ts';
 
 const dirs: string[] = [];
 const servers: EdgemeshServer[] = [];
@@ -20,14 +20,6 @@ after(async () => {
   for (const s of servers) await s.stop();
   for (const d of dirs) rmSync(d, { recursive: true, force: true });
 });
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 test('servers found by mesh.dns link up; their own record is skipped, their own address as a peer is recognised', async () => {
   const port = await freePort();

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { connect } from 'node:tls';
-import { createServer, type Server } from 'node:net';
+import type { Server } from 'node:net';
 import { encodeData, encodeCredit, decodeStreamFrame } from '../packages/common/src/tunnel/streams.ts';
 import { MAX_DATA_CHUNK, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T } from '../packages/common/src/tunnel/protocol.ts';
 import { makeSnapshot, sendAndHash, startHashSink, startServer, startTunnel, waitFor, TEST_TOKEN, type TestAgent } from './lib/tunnel-fixture.ts';
@@ -14,6 +14,7 @@ import { RawAgent } from './lib/raw-agent.ts';
 import { TunnelDialer } from '../packages/agent/src/tunnel/dialer.ts';
 import type { EdgemeshServer } from '../packages/server/src/main.ts';
 import { checkMeshPeer, MESH_TLS_NAME } from '../packages/server/src/mesh/cert.ts';
+import { freePort } from './lib/ports.ts';
 
 let s1: EdgemeshServer;
 let s2: EdgemeshServer;
@@ -23,14 +24,6 @@ let backend: Server;
 let backendPort: number;
 const agents: TestAgent[] = [];
 const raws: RawAgent[] = [];
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 type MeshStatus = { id: string; peers: { id: string; synced: boolean; agents: number }[] };
 const meshOf = (s: EdgemeshServer) => s.mesh!.status() as MeshStatus;

@@ -11,7 +11,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
@@ -20,6 +19,7 @@ import { decodeStreamFrame, encodeCredit, encodeData } from '../../packages/comm
 import { MAX_DATA_CHUNK, RELAY_STREAM_TYPES, RELAY_WINDOW_BYTES, T } from '../../packages/common/src/tunnel/protocol.ts';
 import { FrameDecoder, type Frame } from '../../packages/common/src/tunnel/frame.ts';
 import { hostInfo, resultsDir } from '../results.ts';
+import { freePort } from '../../test/lib/ports.ts';
 
 const SERVER_BIN = resolve(import.meta.dirname, '../../packages/server/bin/edgemesh-server.js');
 const SELF = import.meta.filename;
@@ -140,14 +140,6 @@ function cpuMs(pid: number | undefined): number {
   } catch {
     return 0;
   }
-}
-
-async function freePort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as { port: number }).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
 }
 
 async function bench(): Promise<void> {
