@@ -247,3 +247,36 @@ test('a stream accepted after the session ended is closed at once (its local soc
   await new Promise((r) => s.once('close', r));
   assert.equal(s.destroyed, true);
 });
+
+test('both sides moving at once, each to another link, end on one link (the odd side\'s): no session on two paths', async () => {
+  for (const [aOn, order] of [['direct', 'direct-first'], ['direct', 'relay-first'], ['relay', 'direct-first'], ['relay', 'relay-first']] as const) {
+    const { a, b, served } = pair();
+    const [ra, rb] = linkPair(a, b);
+    const [da, db] = linkPair(a, b);
+    // a (odd) moves to one link while b, which has not seen that one yet, moves to the other.
+    a.attach(aOn === 'direct' ? da : ra);
+    b.attach(aOn === 'direct' ? rb : db);
+    await pump(order === 'direct-first' ? [da, db, ra, rb] : [ra, rb, da, db]);
+    const want = aOn === 'direct' ? [da, db] : [ra, rb];
+    assert.equal(a.current, want[0], `${aOn} ${order}: a stays on its link`);
+    assert.equal(b.current, want[1], `${aOn} ${order}: b follows a`);
+    assert.ok(a.isResumed && b.isResumed, `${aOn} ${order}: both resumed`);
+    const { stream, answered } = a.open(HEADER, 3000);
+    const read = reader(stream!);
+    stream!.end('ping');
+    await pump([da, db, ra, rb]);
+    await answered;
+    assert.equal(read(), sha(Buffer.from('ping')), `${aOn} ${order}: a stream works after`);
+    assert.equal(served.length, 1);
+    // Nothing went on the link the session left.
+    const left = aOn === 'direct' ? [ra, rb] : [da, db];
+    let sent = 0;
+    for (const l of left) { const send = l.send; l.send = (f) => { sent++; send(f); }; }
+    const s2 = a.open(HEADER, 3000);
+    reader(s2.stream!);
+    s2.stream!.end('again');
+    await pump([da, db, ra, rb]);
+    await s2.answered;
+    assert.equal(sent, 0, `${aOn} ${order}: the left link carries nothing`);
+  }
+});

@@ -42,6 +42,7 @@ export class Session {
   /** The peer's session id, from the first HELLO (a different one later means the peer lost this session). */
   remoteSid: Buffer | undefined;
   private readonly clock: Clock;
+  private readonly keepsOwnOnCross: boolean; // the odd side: its link wins when both move at once (onAttach)
   private link: SessionLink | undefined;
   /** The peer's state arrived on the current link (its ATTACH): data may flow. */
   private resumed = false;
@@ -67,6 +68,7 @@ export class Session {
   constructor(o: { localSid: Buffer; odd: boolean; clock: Clock; after?: Session }) {
     this.localSid = o.localSid;
     this.clock = o.clock;
+    this.keepsOwnOnCross = o.odd;
     this.nextId = o.after ? o.after.nextId : o.odd ? 1 : 2;
   }
 
@@ -312,21 +314,26 @@ export class Session {
   }
 
   private onAttach(link: SessionLink, flags: number, seq: number, entries: AttachEntry[]): void {
+    let crossed = false;
     if (flags & ATTACH_REQUEST) {
       if (seq <= this.peerSeq) return; // an old request arriving late over a slower link
       this.peerSeq = seq;
-      if (this.link !== link) {
-        this.link = link;
-        this.onFollow(link);
-      }
+      // Both sides asked at once, each on another link: the odd side keeps its own and only answers (the peer
+      // resumes, then follows ours); the even side follows (docs/tunnel-protocol.md, Moving).
+      crossed = this.link !== link && !this.resumed && !!this.link && !this.link.closed && this.seq > 0;
+      const follow = this.link !== link && !(crossed && this.keepsOwnOnCross);
+      if (follow) this.onFollow(this.link = link);
       link.send(encodeAttach({ flags: ATTACH_REPLY, seq, entries: this.entries() }));
+      if (this.link !== link) return;
     } else if (!(flags & ATTACH_REPLY) || link !== this.link || seq !== this.seq) {
       return; // a reply to an attach we have moved on from
     }
     this.resumed = true;
     // A stream the peer did not list may be newer than its entries: ask again without pausing (resends are dropped by
-    // offset); only the answer to a request sent after a stream opened proves the peer dropped it.
-    if (this.reconcile(entries, flags & ATTACH_REQUEST ? 0 : seq)) link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
+    // offset); only the answer to a request sent after a stream opened proves the peer dropped it. Having followed a
+    // crossing request, ask again too: then our own request, still on its way, is a late one when it lands.
+    const unsure = this.reconcile(entries, flags & ATTACH_REQUEST ? 0 : seq);
+    if (unsure || crossed) link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
     this.onResumed(link);
   }
 
