@@ -57,6 +57,8 @@ export interface TunnelData {
    *  over the tunnel's direct path between them. Absent in results written before the pair was added. */
   lanRawMbps?: number[];
   lanMbps?: number[];
+  /** What carried the same-LAN streams (/status transport: tcp, udx). */
+  lanTransport?: string;
   ttd: TunnelTtd[];
 }
 

@@ -1,6 +1,7 @@
 // One-stream throughput of the tunnel's direct path (UDX + Noise) between two agents behind port-restricted NATs,
 // optionally with the agents' CPU profiles (root; network namespaces):
-//   node bench/tunnel/profile.ts [--mb 200] [--repeats 3] [--prof DIR]
+//   node bench/tunnel/profile.ts [--mb 200] [--repeats 3] [--prof DIR] [--pair pr|lan]
+// (--pair lan: two hosts of one LAN instead, whose session goes on the TCP transport when it works)
 // With --prof, both tunnel nodes run with --cpu-prof into DIR (one .cpuprofile per process, written at exit); read
 // them with Chrome DevTools or summarise the self time per function. Prints Mb/s per run and the median.
 import { mkdirSync, readFileSync } from 'node:fs';
@@ -8,13 +9,15 @@ import { parseArgs } from 'node:util';
 import { buildLab } from '../../test/lib/netlab.ts';
 import { TunnelLab, waitUntil } from '../../test/lib/tunnel-lab.ts';
 
-const { values } = parseArgs({ options: { mb: { type: 'string', default: '200' }, repeats: { type: 'string', default: '3' }, prof: { type: 'string' } } });
+const { values } = parseArgs({ options: { mb: { type: 'string', default: '200' }, repeats: { type: 'string', default: '3' }, prof: { type: 'string' }, pair: { type: 'string', default: 'pr' } } });
+const LAN = values.pair === 'lan';
 const MB = 1024 * 1024;
 const TICKS_PER_S = 100; // USER_HZ of /proc/PID/stat on Linux
 /** CPU seconds (user + system) a process has used, from /proc (the load on a shared machine makes Mb/s noisy;
  *  CPU per byte is what the code changes). */
 const cpuS = (pid: number) => { const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' '); return (Number(f[11]) + Number(f[12])) / TICKS_PER_S; };
-const lab = await buildLab({ publicHosts: ['srv'], sites: [{ name: 'pr1', nat: 'port-restricted', hosts: ['hp1'] }, { name: 'pr2', nat: 'port-restricted', hosts: ['hp2'] }] });
+const sites = LAN ? [{ name: 'lan', nat: 'port-restricted' as const, hosts: ['hp1', 'hp2'] }] : [{ name: 'pr1', nat: 'port-restricted' as const, hosts: ['hp1'] }, { name: 'pr2', nat: 'port-restricted' as const, hosts: ['hp2'] }];
+const lab = await buildLab({ publicHosts: ['srv'], sites });
 const tl = new TunnelLab(lab);
 try {
   tl.planEndpoints([{ name: 'p1', host: 'hp1' }, { name: 'p2', host: 'hp2' }]);
@@ -27,6 +30,8 @@ try {
   await waitUntil(async () => (await tl.node('p1').status()).servers[0].connected && (await tl.node('p2').status()).servers[0].connected, 20_000, 'connected');
   await tl.transfer('p1', 'p2', MB);
   await waitUntil(async () => (await tl.node('p1').path('p2')) === 'direct', 20_000, 'p1-p2 direct');
+  if (LAN) await waitUntil(async () => (await tl.node('p1').transport('p2')) === 'tcp', 10_000, 'p1-p2 on tcp').catch(() => {});
+  console.log(`transport: ${await tl.node('p1').transport('p2')}`);
   const runs: number[] = [];
   const send: number[] = [];
   const recv: number[] = [];

@@ -131,6 +131,11 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
 
   test('a peer whose public address changes is followed without a failover (roaming)', async () => {
     // c is public, a behind pr1: once direct, make pr1 map a to a new port and drop its conntrack state.
+    // Roaming is the UDX path's (a TCP link does not roam, it dies and the session moves to UDX): c answers on TCP
+    // too (public), so TCP to c's tunnel port is dropped and the pair starts a fresh session on UDX.
+    const noTcp = await tl.lab.blackhole('pub', { proto: 'tcp', dport: 20006 });
+    await tl.node('c').request('forget', { node: 'a' });
+    await tl.node('a').request('forget', { node: 'c' });
     assert.equal((await tl.transfer('c', 'a', MB)).ok, true);
     await waitUntil(async () => (await tl.node('c').path('a')) === 'direct', 20_000, 'c<->a direct');
     const remoteBefore = (await tl.node('c').status()).peers.find((p) => p.node === 'a')!.remote;
@@ -148,6 +153,7 @@ describe('tunnel faults', { timeout: 300_000 }, () => {
     assert.equal(r.path, 'direct');
     assert.equal(await tl.node('c').metric(/^edgemesh_tunnel_failovers_total/), failoversBefore);
     await tl.lab.exec('pr1', 'iptables', ['-t', 'nat', '-D', 'POSTROUTING', '-o', 'wan0', '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40100'], { reject: true });
+    await noTcp.remove();
   });
 
   test('malformed frames and STUN packets fuzzed at the server: no crash, agents unaffected', async () => {

@@ -11,7 +11,7 @@ import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { buildLab, type Lab } from '../lib/netlab.ts';
-import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest } from '../../packages/lab/src/mesh.ts';
+import { AGENT_IP, Mesh, nodeManifest, serviceManifest, sliceManifest, TUNNEL_PORT } from '../../packages/lab/src/mesh.ts';
 
 const GROUP = 'apps.kubeedge.io/belonging-to';
 const TRANSFER = resolve(import.meta.dirname, '../../packages/lab/src/transfer.ts');
@@ -178,6 +178,9 @@ describe('connections survive a path change', { timeout: 900_000 }, () => {
 
   test('(c) the peer\'s NAT mapping changes mid-transfer (roaming): the path follows it', async () => {
     // n3 is public; n1 sits behind site-1's NAT, which is made to map n1 to new ports and forget its old mappings.
+    // Roaming is the UDX path's: n3 is public, so n1 would reach it over the TCP transport; TCP to n3's tunnel port
+    // is dropped to keep the pair on UDX (a TCP link does not roam: it dies and the session moves to UDX).
+    const noTcp = await lab.blackhole('pub', { proto: 'tcp', dport: TUNNEL_PORT });
     const w = watchPath('pub', 'n1');
     const rule = ['-t', 'nat', '-I', 'POSTROUTING', '1', '-o', 'wan0', '-p', 'udp', '-j', 'MASQUERADE', '--to-ports', '40000-40100'];
     let ruleIn = false;
@@ -200,6 +203,7 @@ describe('connections survive a path change', { timeout: 900_000 }, () => {
       assert.equal(await metric('pub', /^edgemesh_tunnel_sessions_reset_total/), 0, 'no session was reset');
     } finally {
       if (ruleIn) await lab.exec('site-1', 'iptables', ['-t', 'nat', '-D', ...rule.slice(3).filter((_, i) => i !== 1)]);
+      await noTcp.remove();
       await w.stop();
     }
   });

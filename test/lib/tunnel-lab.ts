@@ -67,12 +67,17 @@ export class NodeProc {
     });
   }
 
-  async status(): Promise<{ servers: { connected: boolean }[]; nat: { type: string; mapped: string | null }; peers: { node: string; path: string; remote: string | null }[] }> {
+  async status(): Promise<{ servers: { connected: boolean }[]; nat: { type: string; mapped: string | null }; peers: { node: string; path: string; transport: string | null; remote: string | null }[] }> {
     return (await this.request('status')).status as never;
   }
 
   async path(peer: string): Promise<string | undefined> {
     return (await this.status()).peers.find((p) => p.node === peer)?.path;
+  }
+
+  /** What carries the session to `peer` now (/status peers[].transport: tcp, udx, relay). */
+  async transport(peer: string): Promise<string | null | undefined> {
+    return (await this.status()).peers.find((p) => p.node === peer)?.transport;
   }
 
   async metric(re: RegExp): Promise<number> {

@@ -1,5 +1,6 @@
-// A link: one Noise (secret-stream, XX) channel to a peer over one transport (a relay stream, a UDX stream; later a
-// TCP/TLS stream), the peer's static key checked (identity.ts). It carries link frames (linkproto.ts): the HELLO
+// A link: one secure channel to a peer over one transport: Noise (secret-stream, XX) over a relay stream or a UDX
+// stream, or TLS 1.3 over kernel TCP (tcplink.ts: the handshake proves the peer's node key, the TLS exporter stands in
+// for the Noise handshake hash), the peer's static key checked (identity.ts). It carries link frames (linkproto.ts): the HELLO
 // that binds it to a session, PING/PONG for its RTT, and the session's frames, which it hands to `onFrame`.
 // A link dies with its transport; the session's streams do not (mux.ts).
 import { EventEmitter } from 'node:events';
@@ -14,7 +15,7 @@ import { HANDSHAKE_TIMEOUT_MS, LINK_PING_MS, LINK_PROBE_IDLE_MS } from './timers
 /** Which path a link is: through a server, or straight to the peer. */
 export type PathKind = 'relay' | 'direct';
 /** What carries it. */
-export type TransportKind = 'relay' | 'udx';
+export type TransportKind = 'relay' | 'udx' | 'tcp';
 
 export interface Transport {
   stream: Duplex;
@@ -37,11 +38,18 @@ export interface LinkOptions {
 
 let nextLinkId = 1;
 
+/** What a link runs over once secured: a Noise stream, or a TLS socket (which encrypts what it is written). */
+interface SecureChannel extends Duplex {
+  alloc?(len: number): Buffer;
+}
+
 export class Link extends EventEmitter {
   readonly id = nextLinkId++;
   readonly kind: PathKind;
   readonly transport: TransportKind;
   readonly peer: string;
+  /** We opened the transport (dialed, or initiated the Noise handshake). */
+  readonly initiator: boolean;
   readonly server: string | undefined;
   readonly handshakeHash: Buffer;
   /** The static key the peer proved in the Noise handshake (its certificate must bind it). */
@@ -56,7 +64,7 @@ export class Link extends EventEmitter {
   /** Session frames (everything but HELLO, PING, PONG); held in `held` until start(). */
   private onFrame: ((type: number, payload: Buffer) => void) | undefined;
   private held: { type: number; payload: Buffer }[] = [];
-  private readonly noise: SecretStream;
+  private readonly noise: SecureChannel;
   private readonly decoder: FrameDecoder;
 
   private readonly clock: Clock;
@@ -67,18 +75,19 @@ export class Link extends EventEmitter {
   readonly hello: Promise<Hello>;
   private helloDone: ((h: Hello | Error) => void) | undefined;
 
-  private constructor(noise: SecretStream, t: Transport, o: LinkOptions) {
+  private constructor(noise: SecureChannel, t: Transport, o: LinkOptions, handshakeHash: Buffer, remoteKey: Buffer) {
     super();
     this.noise = noise;
     this.kind = t.kind === 'relay' ? 'relay' : 'direct';
     this.transport = t.kind;
     this.peer = o.peer;
+    this.initiator = o.initiator;
     this.server = t.server;
     this.remote = t.remote;
     this.clock = o.clock;
     this.decoder = new FrameDecoder();
-    this.handshakeHash = Buffer.from(noise.handshakeHash!);
-    this.remoteKey = Buffer.from(noise.remotePublicKey!);
+    this.handshakeHash = handshakeHash;
+    this.remoteKey = remoteKey;
     this.lastHeard = o.clock.now();
     this.hello = new Promise((resolve, reject) => {
       const timer = o.clock.setTimeout(() => this.close(new Error('no HELLO on the new link')), HANDSHAKE_TIMEOUT_MS);
@@ -124,14 +133,26 @@ export class Link extends EventEmitter {
         o.clock.clearTimeout(timer);
         noise.off('error', fail);
         noise.removeAllListeners('close');
-        const link = new Link(noise, t, o);
-        link.send(o.hello(link.handshakeHash, link.remoteKey));
-        resolve(link);
+        resolve(Link.started(noise, t, o, Buffer.from(noise.handshakeHash!), Buffer.from(noise.remotePublicKey)));
       }).catch((e: unknown) => {
         settled = false;
         fail(e instanceof Error ? e : new Error(String(e)));
       });
     });
+  }
+
+  /**
+   * A link over a TLS 1.3 socket whose handshake is done (tcplink.ts): `remoteKey` is the node key the peer's TLS
+   * certificate carried and proved, `binding` this connection's TLS exporter value (what the HELLO proof covers).
+   */
+  static overTls(t: Transport, o: LinkOptions, remoteKey: Buffer, binding: Buffer): Link {
+    return Link.started(t.stream, t, o, binding, remoteKey);
+  }
+
+  private static started(ch: SecureChannel, t: Transport, o: LinkOptions, handshakeHash: Buffer, remoteKey: Buffer): Link {
+    const link = new Link(ch, t, o, handshakeHash, remoteKey);
+    link.send(o.hello(link.handshakeHash, link.remoteKey));
+    return link;
   }
 
   private onData(c: Buffer): void {
@@ -181,7 +202,7 @@ export class Link extends EventEmitter {
   /** A buffer for the next frame: pass it to send() right away (before another alloc) and Noise encrypts it in place
    *  rather than copying it into a record of its own (one copy and one allocation per DATA frame fewer). */
   alloc(len: number): Buffer {
-    return this.noise.alloc(len);
+    return this.noise.alloc ? this.noise.alloc(len) : Buffer.allocUnsafe(len);
   }
 
   send(frame: Buffer): void {

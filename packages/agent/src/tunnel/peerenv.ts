@@ -12,6 +12,14 @@ import type { TunnelMetrics } from './metrics.ts';
 import type { TunnelStream } from './stream.ts';
 import type { DirectEnv } from './udptypes.ts';
 import type { PeerIdentity } from './identity.ts';
+import type { TcpPeer } from './tcplink.ts';
+
+/** How the tunnel dials a peer over TCP (tunnel.ts: dialTcpLink with our link certificate). */
+export interface TcpEnv {
+  dial(node: string, targets: readonly { host: string; port: number }[]): Promise<TcpPeer>;
+  /** Our IPv4 subnets (CIDR): a peer's LAN candidate inside one is on our LAN. */
+  subnets(): readonly string[];
+}
 
 /** What PeerDirect sends; the tunnel signs it (rendezvous.ts) and adds ts, cert, sig. */
 export type RendezvousOut = Omit<ControlInput<typeof T.RENDEZVOUS>, 'ts' | 'cert' | 'sig'>;
@@ -33,6 +41,8 @@ export interface PeerEnv {
   serve: (peer: string, h: StreamHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
   /** The serving side for node-access streams the peer opens (`peer`: its name, as the link authenticated it). */
   serveNode: (peer: string, h: NodeAccessHeader, accept: () => TunnelStream, reject: (code: DialErrorCode, message: string) => void, rttMs: number | null) => void;
+  /** The TCP transport (tcplink.ts); absent = no TCP links. */
+  tcp?: TcpEnv;
   /** The UDP side; absent = relay only. */
   direct?: DirectEnv;
   upgradeRetryMs?: number;
@@ -40,4 +50,4 @@ export interface PeerEnv {
   budgets?: TunnelBudgets;
 }
 
-export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'relay' | null; remote: string | null; rttMs: number | null }
+export interface PeerStatus { node: string; path: 'direct' | 'relay' | 'connecting'; transport: 'udx' | 'tcp' | 'relay' | null; remote: string | null; rttMs: number | null }

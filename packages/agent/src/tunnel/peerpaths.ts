@@ -13,13 +13,15 @@ import { encodeHello, isNodeAccess, SID_BYTES, type Hello, type OpenHeader } fro
 import { Session } from './mux.ts';
 import { PeerDirect, type DirectHost } from './peerdirect.ts';
 import type { PeerEnv, PeerStatus, RendezvousOut } from './peerenv.ts';
-import { choosePath } from './punch.ts';
+import { PeerTcp, type TcpHost } from './peertcp.ts';
+import type { TcpPeer } from './tcplink.ts';
+import { chooseTransport } from './transport.ts';
 import type { TunnelStream } from './stream.ts';
 import { ATTACH_TIMEOUT_MS, directFallbackMs, RELINK_RETRY_MS, SESSION_RESUME_MS, TICK_MS } from './timers.ts';
 
 const NO_SID = Buffer.alloc(SID_BYTES);
 
-export class PeerPaths implements DirectHost {
+export class PeerPaths implements DirectHost, TcpHost {
   readonly node: string;
   readonly env: PeerEnv;
   private readonly clock: Clock;
@@ -28,6 +30,7 @@ export class PeerPaths implements DirectHost {
   private key: Buffer | undefined;
   private keyValidUntil = -Infinity;
   private readonly d: PeerDirect | undefined; // the direct half (punching, upgrade policy, heartbeats); undefined: no UDP
+  readonly t: PeerTcp | undefined; // the TCP half (peertcp.ts; tunnel.ts hands it accepted connections); undefined: no TCP
   private session: Session;
   private readonly links = new Set<Link>();
   private direct: Link | undefined;
@@ -46,6 +49,7 @@ export class PeerPaths implements DirectHost {
     this.log = env.log.child({ peer: node });
     this.session = this.newSession(randomBytes(SID_BYTES));
     this.d = env.direct ? new PeerDirect(this, env.direct) : undefined;
+    this.t = env.tcp ? new PeerTcp(this, env.tcp) : undefined;
   }
 
   private newSession(localSid: Buffer, after?: Session): Session {
@@ -85,7 +89,7 @@ export class PeerPaths implements DirectHost {
     if (this.closed) throw new DialError('unreachable', `node ${this.node} was forgotten`);
     const remaining = deadline.remaining();
     if (deadline.signal.aborted || remaining <= 0) throw new DialError('timeout', `dial ${this.node} ${what}: no time left`);
-    this.want();
+    this.d?.want();
     const { stream, answered } = this.session.open({ ...header, timeoutMs: remaining }, this.clock.now() + remaining);
     let path = (this.session.current as Link | undefined)?.kind ?? 'relay';
     const sentAt = this.clock.now();
@@ -93,7 +97,8 @@ export class PeerPaths implements DirectHost {
     else (this.session.current as Link).probe();
     const fallback = this.clock.setTimeout(() => {
       const cur = this.session.current as Link | undefined;
-      if (stream && this.session.isOpening(stream) && cur?.kind === 'direct' && !cur.heardSince(sentAt)) this.suspectDirect();
+      if (!stream || !this.session.isOpening(stream) || !cur || cur.heardSince(sentAt)) return;
+      if (cur.transport === 'udx') this.suspectDirect(); else if (cur.transport === 'tcp') this.t?.fail(cur, 'a dial got no answer on the TCP link');
     }, directFallbackMs(remaining));
     const onAbort = () => { if (stream) this.session.cancel(stream); };
     deadline.signal.addEventListener('abort', onAbort, { once: true });
@@ -117,7 +122,7 @@ export class PeerPaths implements DirectHost {
    *  link at once, punching in parallel. Resolves once the session is on a link. */
   connect(): Promise<void> {
     if (this.closed) return Promise.reject(new DialError('unreachable', `node ${this.node} was forgotten`));
-    this.want();
+    this.d?.want();
     if (this.current) return Promise.resolve();
     if (!this.linked) (this.linked = Promise.withResolvers<void>()).promise.catch(() => {});
     this.ensureRelay();
@@ -150,11 +155,10 @@ export class PeerPaths implements DirectHost {
     return encodeHello({ sid, peerSid, proof: helloProof(this.env.keyPair, remoteKey, handshakeHash, sid, peerSid), identity: this.env.identity.ourCert() });
   }
 
-  private async establish(t: Transport, initiator: boolean, side: 'in' | 'out'): Promise<Link> {
+  private async establish(t: Transport, initiator: boolean, side: 'in' | 'out', tls?: TcpPeer): Promise<Link> {
     this.env.budgets?.linkLease(this.node, t.stream); // links per peer (limits.ts): released when the transport closes
-    const link = await Link.establish(t, {
-      keyPair: this.env.keyPair, peer: this.node, initiator, clock: this.clock, hello: (hh, rk) => this.hello(hh, rk),
-    });
+    const o = { keyPair: this.env.keyPair, peer: this.node, initiator, clock: this.clock, hello: (hh: Buffer, rk: Buffer) => this.hello(hh, rk) };
+    const link = tls ? Link.overTls(t, o, tls.remoteKey, tls.binding) : await Link.establish(t, o);
     // A key a valid certificate of this peer proved before: use the link at once (a first stream rides the last
     // handshake message), check the HELLO when it comes; a fresh key waits for its certificate. A HELLO naming another
     // session (the peer restarted) starts the session over below.
@@ -192,9 +196,9 @@ export class PeerPaths implements DirectHost {
 
   /** A link whose peer proved its key: it joins the session, which may move onto it. */
   private adopt(link: Link, side: 'in' | 'out'): void {
-    if (this.closed || link.closed) return link.close();
+    if (this.closed || link.closed || (link.transport === 'tcp' && !this.t?.adopt(link))) return link.close(); // one TCP link kept
     this.links.add(link);
-    if (link.kind === 'direct') this.direct = link;
+    if (link.transport === 'udx') this.direct = link;
     const bytesIn = this.env.metrics.bytes.labels({ path: link.kind, direction: 'in' });
     const bytesOut = this.env.metrics.bytes.labels({ path: link.kind, direction: 'out' });
     let seenIn = 0, seenOut = 0;
@@ -210,7 +214,7 @@ export class PeerPaths implements DirectHost {
     this.env.metrics.links.inc({ path: link.kind, side });
     this.log.debug({ transport: link.transport, server: link.server, side }, 'link up');
     this.reselect();
-    if (link.kind === 'relay') this.want();
+    if (link.kind === 'relay') this.d?.want();
   }
 
   private onLinkClose(link: Link): void {
@@ -221,6 +225,7 @@ export class PeerPaths implements DirectHost {
       this.suspectAt = undefined;
       this.d?.lost();
     }
+    this.t?.lost(link);
     this.session.detach(link);
     if (!this.closed && !this.resetting) this.reselect();
   }
@@ -232,8 +237,9 @@ export class PeerPaths implements DirectHost {
     const cur = this.session.current as Link | undefined;
     let relay = cur?.kind === 'relay' && !cur.closed ? cur : undefined;
     for (const l of this.links) if (!relay && l.kind === 'relay' && !l.closed) relay = l;
-    const want = choosePath({ direct: !!direct, directSuspect: this.suspectAt !== undefined, relay: !!relay });
-    const link = want === 'direct' ? direct : want === 'relay' ? relay : undefined;
+    const tcp = this.t?.up;
+    const want = chooseTransport({ tcp: !!tcp, udx: !!direct, udxSuspect: this.suspectAt !== undefined, relay: !!relay });
+    const link = want === 'tcp' ? tcp : want === 'udx' ? direct : want === 'relay' ? relay : undefined;
     if (this.suspectAt !== undefined && !relay) this.ensureRelay();
     if (!link) {
       this.session.detach();
@@ -260,11 +266,7 @@ export class PeerPaths implements DirectHost {
     if (this.closed || this.relayPending) return;
     for (const l of this.links) if (l.kind === 'relay' && !l.closed) return;
     this.relayPending = true;
-    this.env.openRelay(this.node).then(
-      (r) => {
-        return this.establish({ stream: r.stream, kind: 'relay', remote: r.server, server: r.server }, true, 'out');
-      },
-    ).then(() => { this.relayPending = false; }, (e: Error) => {
+    this.env.openRelay(this.node).then((r) => this.establish({ stream: r.stream, kind: 'relay', remote: r.server, server: r.server }, true, 'out')).then(() => { this.relayPending = false; }, (e: Error) => {
       this.relayPending = false;
       if (this.closed) return;
       this.log.debug({ err: e.message }, 'no relay link');
@@ -309,13 +311,9 @@ export class PeerPaths implements DirectHost {
 
   // ---------- direct path ----------
 
-  private want(): void {
-    this.d?.want();
-  }
-
-  /** A punched stream: the link handshake over it; the session moves onto it (reselect). */
-  establishDirect(t: Transport, initiator: boolean): Promise<Link> {
-    return this.establish(t, initiator, initiator ? 'out' : 'in');
+  /** A punched stream or a verified TLS connection (`tls`, peertcp.ts): the link handshake; the session moves onto it. */
+  establishDirect(t: Transport, initiator: boolean, tls?: TcpPeer): Promise<Link> {
+    return this.establish(t, initiator, initiator ? 'out' : 'in', tls);
   }
 
   /** Bytes (inside Noise) on the peer's open links (the fleet report's per-peer traffic). */
@@ -337,6 +335,7 @@ export class PeerPaths implements DirectHost {
     // The offer's certificate (verified by the tunnel) proved this key: pings are MAC'd with it; the punched link
     // still proves the certificate in its HELLO.
     this.setKey(provedKey);
+    this.t?.onCandidates(m.cand, m.nat);
     this.d.onRendezvous(m, reply);
   }
 
@@ -379,7 +378,7 @@ export class PeerPaths implements DirectHost {
   status(): PeerStatus | undefined {
     const cur = this.session.current as Link | undefined;
     if (cur && !cur.closed) {
-      const remote = cur.kind === 'direct' ? (this.d?.remote ?? cur.remote) : (cur.server ?? null);
+      const remote = cur.transport === 'udx' ? (this.d?.remote ?? cur.remote) : cur.transport === 'tcp' ? cur.remote : (cur.server ?? null);
       return { node: this.node, path: cur.kind, transport: cur.transport, remote, rttMs: cur.rttMs };
     }
     if (this.relayPending || this.d?.punching || this.links.size) return { node: this.node, path: 'connecting', transport: null, remote: null, rttMs: null };
@@ -392,6 +391,7 @@ export class PeerPaths implements DirectHost {
     this.closed = true;
     for (const k of Object.keys(this.timers) as (keyof PeerPaths['timers'])[]) this.clear(k);
     this.d?.close();
+    this.t?.close();
     this.settleLinked(new DialError('unreachable', `node ${this.node} was forgotten`));
     this.session.close(new Error(`node ${this.node} was forgotten`));
     for (const l of [...this.links]) l.close();

@@ -53,6 +53,8 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   private stunRunning: Promise<NatType> | undefined;
   /** This host's IPv4 addresses (LAN candidates), read at start and every INTERFACES_REFRESH_MS. */
   private lan: string[] = [];
+  /** Their subnets (CIDR), for telling a same-LAN peer (transport.ts, the TCP transport). */
+  private subnets: string[] = [];
   private lanTimer: NodeJS.Timeout | undefined;
 
   constructor(o: TunnelSocketOptions) {
@@ -102,11 +104,18 @@ export class TunnelSocket implements DirectEnv, PunchIO {
   refreshInterfaces(): void {
     try {
       const out: string[] = [];
-      for (const list of Object.values((this.o.interfaces ?? networkInterfaces)())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) out.push(a.address);
+      const nets: string[] = [];
+      for (const list of Object.values((this.o.interfaces ?? networkInterfaces)())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) { out.push(a.address); if (a.cidr) nets.push(a.cidr); }
       this.lan = out;
+      this.subnets = nets;
     } catch (e) {
       this.o.log.debug({ err: (e as Error).message }, 'reading the network interfaces failed, keeping the last list');
     }
+  }
+
+  /** This host's IPv4 subnets (CIDR), read with the LAN candidates. */
+  lanSubnets(): readonly string[] {
+    return this.subnets;
   }
 
   private lanHosts(): string[] {

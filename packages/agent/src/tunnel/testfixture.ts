@@ -16,6 +16,8 @@ import type { PeerEnv, RendezvousOut } from './peerenv.ts';
 import { PeerPaths } from './peerpaths.ts';
 import { addrKey, type Addr, type Candidate, type NatType } from './punch.ts';
 import type { TunnelStream } from './stream.ts';
+import { dialTcpLink, TcpLinkListener, TcpLinkTls } from './tcplink.ts';
+import { Budgets } from '@edgemesh/common/budget';
 import type { DirectEnv, PeerChannel, PeerPacket, PunchIO, UdpSock, UdpStream } from './udptypes.ts';
 
 /** Lets in-memory I/O (streams, Noise, promise chains) run until it settles. */
@@ -247,11 +249,14 @@ export function fakeCa(): { ca: CaPublic; issue(name: string, publicKey: Buffer,
  * Two nodes `a` and `b`, each with a PeerPaths for the other, relayed through `servers` (the first that is up) and,
  * with `direct`, punching over the fake network. b serves a hash sink: it answers the sha256 of what it received.
  */
-export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number; budgets?: (side: string) => TunnelBudgets | undefined } = {}) {
+export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: ManualClock; upgradeRetryMs?: number; budgets?: (side: string) => TunnelBudgets | undefined; tcp?: boolean } = {}) {
   const clock = o.clock ?? new ManualClock();
   const net = new FakeNet();
   const servers = o.servers ?? [new FakeServer('srv1')];
   const sides = new Map<string, Side>();
+  const listeners = new Map<string, Promise<TcpLinkListener>>();
+  /** With `tcp`: whether dials fail (a firewall dropping TCP), and closing the listeners at the end of a test. */
+  const tcp = { blocked: false, close: async () => { for (const l of listeners.values()) await (await l).close(); } };
   const cas = fakeCa();
   const mk = (name: string, host: string): Side => {
     const keys = generateKeyPair();
@@ -292,6 +297,21 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
         s.end(`node ${name} port ${h.nodePort} for ${peer}`);
       },
     };
+    if (o.tcp) {
+      udp.nat = 'open'; // its candidate is its own public address: a TCP dial target (transport.ts)
+      // The TCP transport for real, on loopback: each side listens on 127.0.0.1; a dial (whatever the candidates say)
+      // goes to the peer's listener unless tcpBlocked says the firewall drops it.
+      const tls = new TcpLinkTls({ node: name, keyPair: keys, identity: env.identity });
+      const l = new TcpLinkListener({ port: 0, host: '127.0.0.1', tls, identity: env.identity, budgets: new Budgets(), log: silentLogger, isPeerNode: (n) => sides.has(n), onPeer: (p) => side.paths.t?.onIncoming(p) });
+      listeners.set(name, l.listen().then(() => l));
+      env.tcp = {
+        dial: async (node) => {
+          if (tcp.blocked) throw new Error('TCP dropped (test)');
+          return dialTcpLink([{ host: '127.0.0.1', port: (await listeners.get(node)!).port }], node, tls, env.identity);
+        },
+        subnets: () => ['203.0.113.0/24'],
+      };
+    }
     side.env = env;
     side.paths = new PeerPaths(name === 'a' ? 'b' : 'a', env);
     sides.set(name, side);
@@ -311,7 +331,7 @@ export function makePair(o: { servers?: FakeServer[]; direct?: boolean; clock?: 
     side.paths.close();
     side.paths = new PeerPaths(side.name === 'a' ? 'b' : 'a', side.env);
   };
-  return { clock, net, servers, a, b, restart };
+  return { clock, net, servers, a, b, restart, tcp };
 }
 
 /** A metric's value (summed over the label sets matching `labels`). */

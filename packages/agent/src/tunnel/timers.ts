@@ -126,3 +126,13 @@ export const BIRTHDAY_HEAD_START_MS = 200;
 /** While a session waits for a transport, a relay link that could not be opened is tried again this often (a server
  *  may be reconnecting, or the peer not yet registered). */
 export const RELINK_RETRY_MS = 1_000;
+
+// ---------- TCP transport (tcplink.ts, peertcp.ts) ----------
+/** A TCP link is pinged this often (the UDX path's heartbeat): the kernel retransmits for minutes on a path a
+ *  firewall started to drop, so silence, not an error, is how a dead TCP path shows. */
+export const TCP_HEARTBEAT_MS = HEARTBEAT_MS;
+/** A TCP link not heard from for this long is closed and the session moves to UDX or the relay (as PATH_TIMEOUT_MS). */
+export const TCP_SILENT_MS = PATH_TIMEOUT_MS;
+/** After a TCP dial to a peer failed, it is not dialed again for this long (a rendezvous comes with every punch
+ *  attempt, up to one a second after a failover: a peer that does not answer on TCP is not dialed on each). */
+export const TCP_REDIAL_MS = 30_000;

@@ -23,6 +23,7 @@ import { serveStream } from './serve.ts';
 import { ServerConn } from './serverconn.ts';
 import type { AgentIdentity } from '../identity/agentidentity.ts';
 import { TunnelSocket } from './socket.ts';
+import { dialTcpLink, TcpLinkListener, TcpLinkTls } from './tcplink.ts';
 import type { TunnelStream } from './stream.ts';
 import { STUN_FRESH_MS } from './timers.ts';
 import { RENDEZVOUS_CONTEXT, rendezvousMessage, screenOffer } from './rendezvous.ts';
@@ -65,6 +66,9 @@ export class Tunnel {
   readonly peers = new Map<string, PeerPaths>();
   /** The UDP socket (STUN, pings, UDX streams); undefined when the direct path is disabled. */
   readonly udp: TunnelSocket | undefined;
+  /** The TCP transport (tcplink.ts): with the direct path, on the UDP socket's port number. */
+  private readonly tcpTls: TcpLinkTls | undefined;
+  private tcpListener: TcpLinkListener | undefined;
   readonly m: TunnelMetrics;
   /** The serving side of node access (opts.nodeAccess). */
   readonly nodeAccess: NodeAccessServer | undefined;
@@ -95,6 +99,7 @@ export class Tunnel {
         stunServers: () => this.servers.flatMap((s) => (s.connected && s.stunKey ? [{ host: s.host, port: s.port, altPort: s.stunAltPort, key: s.stunKey }] : [])),
       });
     }
+    if (this.udp) this.tcpTls = new TcpLinkTls({ node: opts.node, keyPair: opts.keyPair, identity: opts.identity });
     const na = opts.nodeAccess;
     this.nodeAccess = na && new NodeAccessServer({ ...na, self: opts.node, nodes: () => opts.snapshot().nodes, registry: opts.registry, log: opts.log.child({ mod: 'nodeaccess' }) });
     this.budgets = new TunnelBudgets(opts.budgets ?? new Budgets({ registry: opts.registry, log: opts.log }), opts.limits, opts.fds,
@@ -108,6 +113,7 @@ export class Tunnel {
     this.env = {
       self: opts.node, keyPair: opts.keyPair, clock: this.clock, metrics: this.m, direct: this.udp, upgradeRetryMs: opts.upgradeRetryMs, budgets: this.budgets,
       identity: opts.identity,
+      tcp: this.tcpTls && { dial: (node, targets) => dialTcpLink(targets, node, this.tcpTls!, opts.identity), subnets: () => this.udp?.lanSubnets() ?? [] },
       openRelay: (node) => this.openRelay(node),
       rendezvous: (msg: RendezvousOut) => {
         const signed = this.sign(msg);
@@ -139,7 +145,25 @@ export class Tunnel {
       this.udp.start();
       this.natTimer = setInterval(() => void this.udp?.freshNat(), STUN_FRESH_MS);
       this.natTimer.unref();
+      await this.startTcp();
     }
+  }
+
+  /** The TCP link listener on the UDP socket's port number (the LAN candidates name it); without it we still dial. */
+  private async startTcp(): Promise<void> {
+    if (!this.tcpTls || !this.udp) return;
+    const l = new TcpLinkListener({
+      port: this.udp.port, host: '0.0.0.0', tls: this.tcpTls, identity: this.opts.identity, budgets: this.budgets.budgets, log: this.log,
+      // Only the cluster's Nodes (our snapshot) get a link; a refusal is counted by the listener's budgets.
+      isPeerNode: (n) => n !== this.opts.node && this.opts.snapshot().nodes.has(n),
+      onPeer: (p) => {
+        if (this.stopped) return void p.socket.destroy();
+        const t = this.peer(p.node).t;
+        if (t) t.onIncoming(p); else p.socket.destroy();
+      },
+      onRefused: () => this.m.peersRefused.inc({ reason: 'certificate' }),
+    });
+    if (await l.listen()) this.tcpListener = l;
   }
 
   /** Our signature over an offer (the server forwards it; the peer checks it against our certificate). */
@@ -181,7 +205,7 @@ export class Tunnel {
     for (const s of this.servers) s.stop();
     for (const p of this.peers.values()) p.close();
     this.peers.clear();
-    await this.udp?.stop();
+    await Promise.all([this.udp?.stop(), this.tcpListener?.close()]);
   }
 
   /** Whether `node` may be a peer: another Node of the cluster in our snapshot (refusals counted, logged rate-limited). */
