@@ -31,6 +31,9 @@ export interface ProxyData {
   rows: ProxyRow[];
   /** Keep-alive request latency (µs, wrk -c1), direct to the backend and through each proxy, runs in turn. */
   latency?: { direct: LatencyRun[]; agent: LatencyRun[]; haproxy: LatencyRun[] };
+  /** The flat-group phase (proxy.directCIDRs): the backends on a second host (a network namespace across a veth),
+   *  dialed directly from this one as pods of another node; the same measures through the agent and haproxy. */
+  flat?: { link: string; rows: ProxyRow[]; latency?: { direct: LatencyRun[]; agent: LatencyRun[]; haproxy: LatencyRun[] }; tunnelDials: number };
   sync: { ports: number; agentSyncMsAvg: number; syncs: number; restoreMs: number; rules: number; listeners: number; startMs: number; rulesLeftAfterStop: boolean; rssMiB: number };
 }
 

@@ -10,7 +10,9 @@
 // Backend for HTTP: a haproxy instance answering 200 itself (`http-request return`), so the backend is never the
 // bottleneck. Plus: interception rule sync time and agent RSS with 5,000 service ports (iptables-restore inside a
 // scratch network namespace — never in the root namespace).
-// Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000] [--only bulk-up,new-conns,...] [--no-sync]
+// Flat group (proxy.directCIDRs), unless --no-flat: the same measures with the backends on a second host (a network
+// namespace across a veth) as pods of another node dialed directly, through the agent and through haproxy.
+// Run as root: node bench/proxy/run.ts [--seconds 5] [--ports 5000] [--only bulk-up,new-conns,...] [--no-sync] [--no-flat]
 //   [--runner PATH]  another checkout's test/e2e/helpers/agent-runner.ts (before/after comparisons in one setup)
 //   [--out FILE]  with --no-sync: where the rows go (default bench/results/proxy-nosync.json; not a README source)
 //   [--agent-node-args '--cpu-prof --cpu-prof-dir=/tmp/prof']  extra node flags for the agent (profiling)
@@ -38,6 +40,7 @@ const SECONDS = arg('seconds', 5);
 const SYNC_PORTS = arg('ports', 5000);
 const ONLY = strArg('only')?.split(',');
 const NO_SYNC = process.argv.includes('--no-sync');
+const NO_FLAT = process.argv.includes('--no-flat');
 const WRK_CONNS = 32;
 /** The proxies' CPU, and the one of everything else (backends, iperf3, wrk). */
 const PROXY_CPU = 0;
@@ -50,6 +53,7 @@ const SCRATCH = `emb${process.pid % 1000}s`;
 async function cleanup(): Promise<void> {
   for (const p of procs) p.kill('SIGKILL');
   await execa('ip', ['netns', 'del', SCRATCH], { reject: false });
+  await execa('ip', ['netns', 'del', FLAT_NS], { reject: false }); // (its veth goes with it)
   rmSync(dir, { recursive: true, force: true });
 }
 process.on('SIGINT', () => void cleanup().then(() => process.exit(130)));
@@ -133,8 +137,8 @@ async function wrk(port: number, close: boolean): Promise<number> {
 const US: Record<string, number> = { us: 1, ms: 1000, s: 1e6 };
 
 /** Median and p99 request latency (µs) over one keep-alive connection, one request at a time. */
-async function pingPong(port: number): Promise<{ p50: number; p99: number }> {
-  const r = await execa(...pinned(LOAD_CPU, 'wrk', ['-t1', '-c1', `-d${SECONDS}s`, '--latency', `http://127.0.0.1:${port}/`]));
+async function pingPong(port: number, host = '127.0.0.1'): Promise<{ p50: number; p99: number }> {
+  const r = await execa(...pinned(LOAD_CPU, 'wrk', ['-t1', '-c1', `-d${SECONDS}s`, '--latency', `http://${host}:${port}/`]));
   const at = (p: string) => {
     const m = new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(r.stdout);
     if (!m) throw new Error(`wrk latency output: ${r.stdout}`);
@@ -155,11 +159,127 @@ function cpuSeconds(pid: number | undefined): number {
   }
 }
 
+type CpuPerUnit = Record<string, { agent: number[]; haproxy: number[] }>;
+
+/** Measures one row: agent, haproxy, agent, haproxy (alternating, so drift hits both), with each one's CPU per unit. */
+function measurer(rows: ProxyRow[], cpuPerUnit: CpuPerUnit, agentPid: number | undefined, haPid: number | undefined) {
+  return async (key: ProxyRow['key'], name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
+    if (ONLY && !ONLY.includes(key)) return;
+    const cpu = (cpuPerUnit[key] = { agent: [] as number[], haproxy: [] as number[] });
+    const run = async (port: number, pid: number | undefined, into: number[]) => {
+      const c0 = cpuSeconds(pid);
+      const v = await fn(port);
+      into.push((cpuSeconds(pid) - c0) / (v * SECONDS) * (unit === 'req/s' ? 1e6 : 1e3));
+      return v;
+    };
+    const ag = await run(a, agentPid, cpu.agent);
+    const ha = await run(h, haPid, cpu.haproxy);
+    const ag2 = await run(a, agentPid, cpu.agent);
+    const ha2 = await run(h, haPid, cpu.haproxy);
+    const agBest = Math.max(ag, ag2);
+    const haBest = Math.max(ha, ha2);
+    rows.push({ key, name, unit, agentRuns: [ag, ag2], haproxyRuns: [ha, ha2] });
+    const cu = unit === 'req/s' ? 'µs/req' : 'ms/Gbit';
+    const [ac, hc] = [Math.min(...cpu.agent), Math.min(...cpu.haproxy)];
+    console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}   CPU ${ac.toFixed(1)} vs ${hc.toFixed(1)} ${cu} (haproxy/agent ${(hc / ac).toFixed(2)})`);
+  };
+}
+
+/** Keep-alive latency, two rounds of: the backend directly, through the agent, through haproxy. */
+async function latencyRuns(direct: { port: number; host: string }, agentPort: number, haPort: number): Promise<ProxyData['latency']> {
+  if (ONLY && !ONLY.includes('latency')) return undefined;
+  const runs = { direct: [] as { p50: number; p99: number }[], agent: [] as { p50: number; p99: number }[], haproxy: [] as { p50: number; p99: number }[] };
+  for (let i = 0; i < 2; i++) {
+    runs.direct.push(await pingPong(direct.port, direct.host));
+    runs.agent.push(await pingPong(agentPort));
+    runs.haproxy.push(await pingPong(haPort));
+  }
+  const best = (xs: { p50: number }[]) => Math.min(...xs.map((x) => x.p50));
+  const [d, a, h] = [best(runs.direct), best(runs.agent), best(runs.haproxy)];
+  console.log(`${'added latency (wrk -c1 p50)'.padEnd(26)} agent ${(a - d).toFixed(1).padStart(10)} µs       haproxy ${(h - d).toFixed(1).padStart(10)} µs       ratio ${((a - d) / (h - d)).toFixed(2)}   (direct ${d.toFixed(1)} µs)`);
+  return runs;
+}
+
+const haCfg = (lines: string[]) => ['global', '  nbthread 1', '  maxconn 4000', 'defaults', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s', ...lines].join('\n') + '\n';
+const agentCfg = (intercept: string, bind: string, manifests: string, directCIDRs: string[] = []) => stringify({
+  nodeName: 'bench', stateDir: join(dir, `state-${manifests.split('/').pop()}`), cluster: { source: 'file', manifestsDir: manifests },
+  dns: { enabled: false }, tunnel: { enabled: false }, proxy: { intercept, bindAddress: bind, ...(directCIDRs.length ? { directCIDRs } : {}) },
+  routing: { default: 'cluster' }, admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
+});
+
 function writeManifests(name: string, objects: object[]): string {
   const d = join(dir, name);
   mkdirSync(d);
   writeFileSync(join(d, 'objects.yaml'), objects.map((o) => stringify(o)).join('---\n'));
   return d;
+}
+
+/** The second host of the flat phase: a namespace across a veth (198.19.255.0/30 of the benchmarking range). */
+const FLAT_NS = `emb${process.pid % 1000}f`;
+const FLAT_VETH = `embf${process.pid % 1000}`;
+const FLAT_HERE = '198.19.255.1';
+const FLAT_THERE = '198.19.255.2';
+const FLAT_CIDR = '198.19.255.0/30';
+const FLAT_IPERF_PORT = 5201;
+const FLAT_HTTP_PORT = 8080;
+
+/**
+ * Flat group (proxy.directCIDRs): the backends run on a second host, as pods of node `far` whose IPs are routable
+ * from here; the agent (with a tunnel stand-in, so the flat path is the one taken: agent-runner.ts) and haproxy both
+ * forward to them across the veth. Same measures as on loopback; fails when any dial fell back to the tunnel.
+ */
+async function flatPhase(): Promise<NonNullable<ProxyData['flat']>> {
+  const ns = (args: string[]) => execa('ip', ['netns', 'exec', FLAT_NS, ...args]);
+  await execa('ip', ['netns', 'add', FLAT_NS]);
+  await ns(['ip', 'link', 'set', 'dev', 'lo', 'up']);
+  await execa('ip', ['link', 'add', FLAT_VETH, 'type', 'veth', 'peer', 'name', `${FLAT_VETH}b`, 'netns', FLAT_NS]);
+  await execa('ip', ['addr', 'add', `${FLAT_HERE}/30`, 'dev', FLAT_VETH]);
+  await execa('ip', ['link', 'set', 'dev', FLAT_VETH, 'up']);
+  await ns(['ip', 'addr', 'add', `${FLAT_THERE}/30`, 'dev', `${FLAT_VETH}b`]);
+  await ns(['ip', 'link', 'set', 'dev', `${FLAT_VETH}b`, 'up']);
+  await start(LOAD_CPU, 'ip', ['netns', 'exec', FLAT_NS, 'iperf3', '-s', '-B', FLAT_THERE, '-p', String(FLAT_IPERF_PORT)]);
+  writeFileSync(join(dir, 'flat-backend.cfg'), haCfg(['frontend be', '  mode http', `  bind ${FLAT_THERE}:${FLAT_HTTP_PORT}`, '  http-request return status 200 content-type text/plain string "hello from the backend\\n"']));
+  await start(LOAD_CPU, 'ip', ['netns', 'exec', FLAT_NS, 'haproxy', '-f', join(dir, 'flat-backend.cfg'), '-db']);
+  const [haBulk, haHttp] = await Promise.all([freePort(), freePort()]);
+  writeFileSync(join(dir, 'flat-proxy.cfg'), haCfg([
+    'listen bulk', '  mode tcp', `  bind 127.0.0.1:${haBulk}`, `  server s1 ${FLAT_THERE}:${FLAT_IPERF_PORT}`,
+    'listen http', '  mode tcp', `  bind 127.0.0.1:${haHttp}`, `  server s1 ${FLAT_THERE}:${FLAT_HTTP_PORT}`,
+  ]));
+  const haProxy = await start(PROXY_CPU, 'haproxy', ['-f', join(dir, 'flat-proxy.cfg'), '-db']);
+  const objects = [
+    node('bench'), node('far'),
+    service({ name: 'bulk', ip: '10.96.0.1', ports: [{ port: 5201, targetPort: FLAT_IPERF_PORT }] }),
+    slice('bulk', [{ port: FLAT_IPERF_PORT }], [{ ip: FLAT_THERE, node: 'far' }]),
+    service({ name: 'http', ip: '10.96.0.2', ports: [{ port: 80, targetPort: FLAT_HTTP_PORT }] }),
+    slice('http', [{ port: FLAT_HTTP_PORT }], [{ ip: FLAT_THERE, node: 'far' }]),
+  ];
+  writeFileSync(join(dir, 'flat-agent.yaml'), agentCfg('none', '127.0.0.1', writeManifests('m-flat', objects), [FLAT_CIDR]));
+  writeFileSync(join(dir, 'flat-objects.json'), JSON.stringify(objects));
+  process.env.AGENT_RUNNER_TUNNEL_STANDIN = '1';
+  const agent = await start(PROXY_CPU, process.execPath, [...AGENT_NODE_ARGS, RUNNER, join(dir, 'flat-agent.yaml'), join(dir, 'flat-objects.json')], 'READY');
+  delete process.env.AGENT_RUNNER_TUNNEL_STANDIN;
+  const ports = JSON.parse(agent.line.slice('READY '.length)).ports as Record<string, number>;
+  const [agBulk, agHttp] = [ports['default/bulk:5201/TCP'], ports['default/http:80/TCP']];
+  await Promise.all([haBulk, haHttp].map(waitPort));
+  const rows: ProxyRow[] = [];
+  const measure = measurer(rows, {}, agent.p.pid, haProxy.p.pid);
+  console.log(`# flat group: backends on a second host (${FLAT_THERE}, a namespace across a veth), pods of another node inside proxy.directCIDRs`);
+  await measure('bulk-up', 'flat: bulk upload', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
+  await measure('bulk-down', 'flat: bulk download', 'Gbit/s', (p) => iperf(p, true), agBulk, haBulk);
+  await measure('keep-alive', 'flat: keep-alive', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
+  await measure('new-conns', 'flat: new connections', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
+  const latency = await latencyRuns({ port: FLAT_HTTP_PORT, host: FLAT_THERE }, agHttp, haHttp);
+  let stopped = '';
+  agent.p.stdout!.on('data', (d: Buffer) => { stopped += d; });
+  const exit = new Promise((r) => agent.p.once('exit', r));
+  agent.p.kill('SIGTERM');
+  await exit;
+  haProxy.p.kill('SIGTERM');
+  const m = /^STOPPED (.*)$/m.exec(stopped);
+  if (!m) throw new Error('flat phase: the agent printed no STOPPED line');
+  const tunnelDials = (JSON.parse(m[1]) as { tunnelDials: number }).tunnelDials;
+  if (tunnelDials) throw new Error(`flat phase: ${tunnelDials} dials fell back to the tunnel (the direct dial failed)`);
+  return { link: `veth between two network namespaces, ${FLAT_CIDR}`, rows, latency, tunnelDials };
 }
 
 async function main(): Promise<void> {
@@ -170,7 +290,6 @@ async function main(): Promise<void> {
 
   // Backends.
   await start(LOAD_CPU, 'iperf3', ['-s', '-B', '127.0.0.1', '-p', String(iperfPort)]);
-  const haCfg = (lines: string[]) => ['global', '  nbthread 1', '  maxconn 4000', 'defaults', '  timeout connect 5s', '  timeout client 60s', '  timeout server 60s', ...lines].join('\n') + '\n';
   writeFileSync(join(dir, 'backend.cfg'), haCfg(['frontend be', '  mode http', `  bind 127.0.0.1:${httpPort}`, '  http-request return status 200 content-type text/plain string "hello from the backend\\n"']));
   await start(LOAD_CPU, 'haproxy', ['-f', join(dir, 'backend.cfg'), '-db']);
   // haproxy as the proxy under comparison: L4 (mode tcp), one thread, like the agent's single event loop.
@@ -189,11 +308,6 @@ async function main(): Promise<void> {
     slice('http', [{ port: httpPort }], [{ ip: '127.0.0.1', node: 'bench' }]),
   ];
   // The runner feeds the model from a JSON file; the agent's file source reads the same objects as manifests.
-  const agentCfg = (intercept: string, bind: string, manifests: string) => stringify({
-    nodeName: 'bench', stateDir: join(dir, 'state'), cluster: { source: 'file', manifestsDir: manifests },
-    dns: { enabled: false }, tunnel: { enabled: false }, proxy: { intercept, bindAddress: bind },
-    routing: { default: 'cluster' }, admin: { listen: '127.0.0.1:0' }, log: { level: 'warn' },
-  });
   writeFileSync(join(dir, 'agent.yaml'), agentCfg('none', '127.0.0.1', writeManifests('m1', objects)));
   writeFileSync(join(dir, 'objects.json'), JSON.stringify(objects));
   const agent = await start(PROXY_CPU, process.execPath, [...AGENT_NODE_ARGS, RUNNER, join(dir, 'agent.yaml'), join(dir, 'objects.json')], 'READY');
@@ -207,28 +321,8 @@ async function main(): Promise<void> {
   const rows: ProxyRow[] = [];
   // CPU time of each proxy per unit of work (µs per request, ms per Gbit), per run: a throughput ratio on a shared
   // machine depends on how much of its core each proxy got during its run; its CPU per unit of work much less so.
-  const cpuPerUnit: Record<string, { agent: number[]; haproxy: number[] }> = {};
-  const measure = async (key: ProxyRow['key'], name: string, unit: string, fn: (port: number) => Promise<number>, a: number, h: number) => {
-    if (ONLY && !ONLY.includes(key)) return;
-    const cpu = (cpuPerUnit[key] = { agent: [] as number[], haproxy: [] as number[] });
-    const run = async (port: number, pid: number | undefined, into: number[]) => {
-      const c0 = cpuSeconds(pid);
-      const v = await fn(port);
-      into.push((cpuSeconds(pid) - c0) / (v * SECONDS) * (unit === 'req/s' ? 1e6 : 1e3));
-      return v;
-    };
-    // Alternate agent / haproxy / agent / haproxy and keep each one's best, to soften the noise of a shared machine.
-    const ag = await run(a, agent.p.pid, cpu.agent);
-    const ha = await run(h, haProxy.p.pid, cpu.haproxy);
-    const ag2 = await run(a, agent.p.pid, cpu.agent);
-    const ha2 = await run(h, haProxy.p.pid, cpu.haproxy);
-    const agBest = Math.max(ag, ag2);
-    const haBest = Math.max(ha, ha2);
-    rows.push({ key, name, unit, agentRuns: [ag, ag2], haproxyRuns: [ha, ha2] });
-    const cu = unit === 'req/s' ? 'µs/req' : 'ms/Gbit';
-    const [ac, hc] = [Math.min(...cpu.agent), Math.min(...cpu.haproxy)];
-    console.log(`${name.padEnd(26)} agent ${agBest.toFixed(2).padStart(10)} ${unit}   haproxy ${haBest.toFixed(2).padStart(10)} ${unit}   ratio ${(agBest / haBest).toFixed(2)}   CPU ${ac.toFixed(1)} vs ${hc.toFixed(1)} ${cu} (haproxy/agent ${(hc / ac).toFixed(2)})`);
-  };
+  const cpuPerUnit: CpuPerUnit = {};
+  const measure = measurer(rows, cpuPerUnit, agent.p.pid, haProxy.p.pid);
   const haproxyVersion = (await execa('haproxy', ['-v'])).stdout.split('\n')[0].split(' ').slice(0, 3).join(' ');
   console.log(`# loopback, ${SECONDS} s per run, best of 2 alternating runs each; wrk -t1 -c${WRK_CONNS}; haproxy ${haproxyVersion} nbthread 1, mode tcp; ${pin ? `proxies on CPU ${PROXY_CPU}, the rest on CPU ${LOAD_CPU}` : 'not pinned'}`);
   await measure('bulk-up', 'bulk upload (iperf3)', 'Gbit/s', (p) => iperf(p), agBulk, haBulk);
@@ -236,27 +330,16 @@ async function main(): Promise<void> {
   await measure('keep-alive', 'keep-alive (wrk)', 'req/s', (p) => wrk(p, false), agHttp, haHttp);
   await measure('new-conns', 'new connections (wrk close)', 'req/s', (p) => wrk(p, true), agHttp, haHttp);
   // Added latency: direct, agent, haproxy, twice in turn; each side's smaller median (the less disturbed run).
-  let latency: ProxyData['latency'];
-  if (!ONLY || ONLY.includes('latency')) {
-    const runs = { direct: [] as { p50: number; p99: number }[], agent: [] as { p50: number; p99: number }[], haproxy: [] as { p50: number; p99: number }[] };
-    for (let i = 0; i < 2; i++) {
-      runs.direct.push(await pingPong(httpPort));
-      runs.agent.push(await pingPong(agHttp));
-      runs.haproxy.push(await pingPong(haHttp));
-    }
-    latency = runs;
-    const best = (xs: { p50: number }[]) => Math.min(...xs.map((x) => x.p50));
-    const [d, a, h] = [best(runs.direct), best(runs.agent), best(runs.haproxy)];
-    console.log(`${'added latency (wrk -c1 p50)'.padEnd(26)} agent ${(a - d).toFixed(1).padStart(10)} µs       haproxy ${(h - d).toFixed(1).padStart(10)} µs       ratio ${((a - d) / (h - d)).toFixed(2)}   (direct ${d.toFixed(1)} µs)`);
-  }
+  const latency = await latencyRuns({ port: httpPort, host: '127.0.0.1' }, agHttp, haHttp);
   const agentExit = new Promise((r) => agent.p.once('exit', r));
   agent.p.kill('SIGTERM');
   await agentExit; // (a --cpu-prof profile is written on exit)
+  const flat = NO_FLAT ? undefined : await flatPhase();
   if (NO_SYNC) {
     for (const r of rows) console.log(`| ${r.name} | ${Math.max(...r.agentRuns).toFixed(2)} ${r.unit} | ${Math.max(...r.haproxyRuns).toFixed(2)} ${r.unit} | ${(Math.max(...r.agentRuns) / Math.max(...r.haproxyRuns)).toFixed(2)} |`);
     const out = resolve(strArg('out') ?? join(resultsDir(), 'proxy-nosync.json'));
     mkdirSync(resolve(out, '..'), { recursive: true });
-    writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), runner: RUNNER, rows, latency, cpuPerUnit }, null, 2) + '\n');
+    writeFileSync(out, JSON.stringify({ date: new Date().toISOString(), runner: RUNNER, rows, latency, cpuPerUnit, flat }, null, 2) + '\n');
     return;
   }
 
@@ -297,7 +380,7 @@ async function main(): Promise<void> {
     console.log(`| ${r.name} | ${a.toFixed(2)} ${r.unit} | ${h.toFixed(2)} ${r.unit} | ${(a / h).toFixed(2)} |`);
   }
   writeResult<ProxyData>('proxy', {
-    seconds: SECONDS, wrkConns: WRK_CONNS, haproxy: haproxyVersion, rows, latency,
+    seconds: SECONDS, wrkConns: WRK_CONNS, haproxy: haproxyVersion, rows, latency, flat,
     sync: {
       ports: SYNC_PORTS, agentSyncMsAvg: info.syncMsAvg, syncs: info.syncs, restoreMs: resyncMs, rules, listeners: Object.keys(info.ports).length,
       startMs, rulesLeftAfterStop: left, rssMiB: info.rssBytes / 2 ** 20,
