@@ -21,6 +21,7 @@ import { keepLink, meshTargets, type LinkDirection } from './decide.ts';
 import {
   decodeHello, decodePing, decodePresence, decodeRevocations, encodeHello, encodePing, encodePresence, encodeRevocations, M, MESH_PROTOCOL_VERSION,
 } from './frames.ts';
+import { MESH_CONTROL_PER_SEC, MeshInbox } from './inbox.ts';
 import { MeshLink, MESH_HELLO_TIMEOUT_MS, MESH_IDLE_TIMEOUT_MS, MESH_PING_INTERVAL_MS } from './link.ts';
 import { PresenceTable } from './presence.ts';
 import { MeshForwarder } from './forward.ts';
@@ -328,6 +329,26 @@ export class Mesh implements MeshHooks {
     this.m.peers.set(this.links.size);
     const helloTimer = setTimeout(() => { if (!link.helloSeen) link.close(); }, MESH_HELLO_TIMEOUT_MS);
     helloTimer.unref();
+    // Frames are handled in order under the link's control budget (inbox.ts: over it, reading pauses).
+    const inbox = new MeshInbox({
+      handle: (f) => {
+        if (link.closed) return false;
+        try {
+          this.onFrame(link, f);
+        } catch (e) {
+          this.m.malformed.inc({ what: 'handler' });
+          this.log.warn({ peer: peerId, err: (e as Error).message }, 'mesh frame handling failed, closing the link');
+          link.close();
+        }
+        return !link.closed;
+      },
+      pause: () => sock.pause(),
+      resume: () => sock.resume(),
+      refused: () => this.opts.budgets.refuse('mesh_control_rate', { peer: peerId, perSec: MESH_CONTROL_PER_SEC }),
+      now: Date.now,
+      setTimer: (fn, ms) => setTimeout(fn, ms).unref(),
+      clearTimer: (t) => clearTimeout(t as NodeJS.Timeout),
+    });
     sock.on('data', (chunk: Buffer) => {
       let frames: Frame[];
       try {
@@ -337,20 +358,12 @@ export class Mesh implements MeshHooks {
         this.log.warn({ peer: peerId, err: (e as FrameError).message }, 'bad mesh frame, closing the link');
         return link.close();
       }
-      for (const f of frames) {
-        if (link.closed) return;
-        try {
-          this.onFrame(link, f);
-        } catch (e) {
-          this.m.malformed.inc({ what: 'handler' });
-          this.log.warn({ peer: peerId, err: (e as Error).message }, 'mesh frame handling failed, closing the link');
-          return link.close();
-        }
-      }
+      inbox.push(frames);
     });
     sock.on('drain', () => this.forwarder.drained(link));
     sock.once('close', () => {
       clearTimeout(helloTimer);
+      inbox.close();
       this.down(link, 'closed');
     });
     // Our side of the start: HELLO, the full presence set, the revocations.
