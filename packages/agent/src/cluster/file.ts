@@ -20,7 +20,7 @@ import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
 import { BoundedRunner } from '@edgemesh/common/runner';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
-import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
+import { ManifestError, normalizeDestinationRule, normalizeNode, objectKey, prenormalize, RESOURCE_KINDS } from './model.ts';
 import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService } from './istio.ts';
 
 /** A change event is read this long after it (editors write in several steps; the burst becomes one scan). */
@@ -58,8 +58,7 @@ const KIND_API: Record<string, { kind: ResourceKind; api: (v: string) => boolean
 /** Checks a raw object the way the model will, so the file source can name the file in the log. Throws ManifestError. */
 export function validateObject(kind: ResourceKind, obj: RawObject): void {
   objectKey(obj, kind);
-  if (kind === 'Service') normalizeService(obj);
-  else if (kind === 'EndpointSlice') normalizeSlice(obj);
+  if (kind === 'Service' || kind === 'EndpointSlice') prenormalize(kind, obj); // the model reuses it (parsed copies are never modified)
   else if (kind === 'Node') normalizeNode(obj, []);
   else if (kind === 'Gateway') normalizeGateway(obj);
   else if (kind === 'VirtualService') normalizeVirtualService(obj);
@@ -159,8 +158,10 @@ export function parseManifest(text: string): ParsedManifest {
         if (!k) { out.ignored++; continue; }
         const api = typeof item.apiVersion === 'string' ? item.apiVersion : '';
         if (!k.api(api)) throw new ManifestError(`${kindName}: unsupported apiVersion ${JSON.stringify(api)}`);
-        validateObject(k.kind, item as RawObject);
-        out.objects.get(k.kind)!.push(compact(item as RawObject));
+        // The kept copy is the one checked: the model takes its Service and EndpointSlice normalised forms from there.
+        const kept = compact(item as RawObject);
+        validateObject(k.kind, kept);
+        out.objects.get(k.kind)!.push(kept);
       } catch (e) {
         out.skipped.push({ doc: i, reason: (e as Error).message });
       }
