@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { Writable } from 'node:stream';
 import { ClusterModel } from './model.ts';
-import { FileSource, MANIFEST_MAX_ALIASES, parseManifest, yamlChunks } from './file.ts';
+import { compact, FileSource, MANIFEST_MAX_ALIASES, parseManifest, yamlChunks } from './file.ts';
 import { startCluster } from './setup.ts';
 import { loadState, statePath } from './state.ts';
 
@@ -242,4 +242,27 @@ test('file source: a ConfigMap-style mount (files symlinked through a swapped ..
   } finally {
     await src.stop();
   }
+});
+
+test('compact: the kept copy of a document is what a JSON round trip made, and an alias cycle is a skipped document', () => {
+  const text = `apiVersion: v1
+kind: Service
+metadata: {name: a-rather-long-service-name, namespace: demo, labels: {__proto__: x, app.kubernetes.io/name: a-rather-long-service-name}}
+spec: {clusterIP: 10.96.0.10, ports: [{port: 80, targetPort: 8080}], weird: [.inf, .nan, ~, true, 1.5]}
+`;
+  const parsed = parseManifest(text).objects.get('Service')![0];
+  assert.deepEqual(parsed, JSON.parse(JSON.stringify(parsed)));
+  const md = parsed.metadata as Record<string, Record<string, unknown>>;
+  assert.equal(Object.getPrototypeOf(md.labels), Object.prototype, '__proto__ is a plain key, never the prototype');
+  assert.deepEqual(Object.keys(md.labels), ['__proto__', 'app.kubernetes.io/name']);
+  assert.deepEqual((parsed.spec as Record<string, unknown>).weird, [null, null, null, true, 1.5]);
+  const shared = { s: 'x'.repeat(40) };
+  const c = compact({ a: shared, b: shared });
+  assert.notEqual(c.a, c.b, 'aliases are expanded, as JSON did');
+  const cyc: Record<string, unknown> = { kind: 'Service' };
+  cyc.self = cyc;
+  assert.throws(() => compact(cyc), /nesting deeper/);
+  const p = parseManifest(`${service('ok', 80)}---\napiVersion: v1\nkind: Service\nmetadata: &m {name: loop, namespace: demo, labels: {x: *m}}\nspec: {ports: [{port: 80}]}\n`);
+  assert.deepEqual(p.objects.get('Service')!.map((o) => (o.metadata as { name: string }).name), ['ok']);
+  assert.equal(p.skipped.length, 1);
 });

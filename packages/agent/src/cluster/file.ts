@@ -20,7 +20,7 @@ import { CORE_SCHEMA, loadAll, YAMLException } from 'js-yaml';
 import type { Logger } from '@edgemesh/common/log';
 import { BoundedRunner } from '@edgemesh/common/runner';
 import type { ClusterSource, ModelSink, RawObject, ResourceKind } from './types.ts';
-import { ManifestError, normalizeDestinationRule, normalizeNode, normalizeService, normalizeSlice, objectKey, RESOURCE_KINDS } from './model.ts';
+import { ManifestError, normalizeDestinationRule, normalizeNode, objectKey, prenormalize, RESOURCE_KINDS } from './model.ts';
 import { normalizeGateway, normalizeTlsSecret, normalizeVirtualService } from './istio.ts';
 
 /** A change event is read this long after it (editors write in several steps; the burst becomes one scan). */
@@ -58,8 +58,7 @@ const KIND_API: Record<string, { kind: ResourceKind; api: (v: string) => boolean
 /** Checks a raw object the way the model will, so the file source can name the file in the log. Throws ManifestError. */
 export function validateObject(kind: ResourceKind, obj: RawObject): void {
   objectKey(obj, kind);
-  if (kind === 'Service') normalizeService(obj);
-  else if (kind === 'EndpointSlice') normalizeSlice(obj);
+  if (kind === 'Service' || kind === 'EndpointSlice') prenormalize(kind, obj); // the model reuses it (parsed copies are never modified)
   else if (kind === 'Node') normalizeNode(obj, []);
   else if (kind === 'Gateway') normalizeGateway(obj);
   else if (kind === 'VirtualService') normalizeVirtualService(obj);
@@ -159,8 +158,10 @@ export function parseManifest(text: string): ParsedManifest {
         if (!k) { out.ignored++; continue; }
         const api = typeof item.apiVersion === 'string' ? item.apiVersion : '';
         if (!k.api(api)) throw new ManifestError(`${kindName}: unsupported apiVersion ${JSON.stringify(api)}`);
-        validateObject(k.kind, item as RawObject);
-        out.objects.get(k.kind)!.push(compact(item as RawObject));
+        // The kept copy is the one checked: the model takes its Service and EndpointSlice normalised forms from there.
+        const kept = compact(item as RawObject);
+        validateObject(k.kind, kept);
+        out.objects.get(k.kind)!.push(kept);
       } catch (e) {
         out.skipped.push({ doc: i, reason: (e as Error).message });
       }
@@ -170,11 +171,38 @@ export function parseManifest(text: string): ParsedManifest {
 }
 
 /**
- * A compact copy of a parsed object for keeping: the parser's strings are slices of the file's text (each keeps the
- * whole file alive: 3.7 MiB of manifest text for 5,000 Services) and its arrays have spare capacity. A JSON round
- * trip (the object is plain JSON data) makes fresh flat strings and exact arrays.
+ * Strings this long or longer may be V8 slices of the text they were cut from (shorter ones are always copies): the
+ * parser's scalars are slices of its input, so one kept value keeps that whole chunk of manifest text alive.
  */
-const compact = (o: RawObject): RawObject => JSON.parse(JSON.stringify(o)) as RawObject;
+const SLICED_MIN_CHARS = 13;
+
+/**
+ * A compact copy of a parsed document for keeping: fresh flat strings (each parser string is a slice of the file's
+ * text: kept, they held 3.7 MiB of manifest text for 5,000 Services) and exact-size arrays (the parser's have spare
+ * capacity). The same result as a JSON round trip (non-finite numbers become null, `__proto__` stays a plain key), at
+ * about a third of its cost: that round trip was a tenth of the file source's start with 5,000 Services. A document
+ * nested deeper than MANIFEST_MAX_DEPTH (only an alias to its own ancestor can be: the parser bounds the rest) is
+ * rejected, as JSON.stringify rejected the cycle. Throws ManifestError.
+ */
+export function compact(o: RawObject): RawObject {
+  return copyValue(o, 0) as RawObject;
+}
+
+function copyValue(v: unknown, depth: number): unknown {
+  if (typeof v === 'string') return v.length < SLICED_MIN_CHARS ? v : (JSON.parse(JSON.stringify(v)) as string);
+  if (typeof v === 'number') return Number.isFinite(v) ? v : null;
+  if (typeof v !== 'object' || v === null) return v;
+  if (depth >= MANIFEST_MAX_DEPTH) throw new ManifestError(`nesting deeper than ${MANIFEST_MAX_DEPTH} (an alias to its own ancestor?)`);
+  if (Array.isArray(v)) return v.map((x) => copyValue(x, depth + 1));
+  const out: Record<string, unknown> = {};
+  for (const k of Object.keys(v)) {
+    const x = copyValue((v as Record<string, unknown>)[k], depth + 1);
+    // An assignment to __proto__ would set the copy's prototype: defined as an own data property, as JSON.parse does.
+    if (k === '__proto__') Object.defineProperty(out, k, { value: x, enumerable: true, writable: true, configurable: true });
+    else out[k] = x;
+  }
+  return out;
+}
 
 const isObj = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
 

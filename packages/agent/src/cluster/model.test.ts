@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ClusterModel, endpointPort, groupOf, normalizeService, normalizeSlice } from './model.ts';
+import { ClusterModel, endpointPort, groupOf, normalizeService, normalizeSlice, prenormalize } from './model.ts';
 import type { RawObject, Snapshot } from './types.ts';
 
 const GROUPS = ['apps.kubeedge.io/belonging-to', 'apps.openyurt.io/nodepool', 'topology.kubernetes.io/zone'];
@@ -206,4 +206,27 @@ test('external destinations: nodePorts of NodePort/LoadBalancer Services, extern
   assert.equal('nodePort' in cip.ports[0], false);
   assert.deepEqual(cip.externalIPs, ['192.0.2.8'], 'externalIPs work on any Service type');
   assert.equal(cip.externalTrafficPolicy, 'Cluster');
+});
+
+test('prenormalize: put() takes the normalised form a source already made of that object, and normalises others itself', () => {
+  const s = svc('web', { clusterIP: '10.96.0.10', ports: [{ port: 80 }] });
+  const sl = slice('web-a', 'web', [{ port: 8080 }], [{ addresses: ['10.0.0.1'] }]);
+  const unlabelled: RawObject = { apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: 'stray', namespace: 'shop' }, addressType: 'IPv4', endpoints: [] };
+  const pre = prenormalize('Service', s);
+  assert.equal(prenormalize('EndpointSlice', unlabelled), undefined);
+  assert.equal(prenormalize('EndpointSlice', sl)?.key, 'shop/web-a');
+  assert.throws(() => prenormalize('Service', svc('bad', { ports: [{ port: 0 }] })), /port must be/);
+  const m = new ClusterModel(GROUPS);
+  m.replace('Service', [s]);
+  m.replace('EndpointSlice', [sl, unlabelled]);
+  let snap = m.flush();
+  assert.equal(snap.services.get('shop/web'), pre, 'the same object: not normalised a second time');
+  assert.deepEqual(snap.endpoints.get('shop/web')?.map((e) => e.address), ['10.0.0.1']);
+  assert.equal(m.rawState().endpointSlices.length, 2, 'an unlabelled slice is still kept raw, as without prenormalize');
+  // An object nobody prenormalised is normalised by put() as before.
+  const other = svc('api', { clusterIP: '10.96.0.11', ports: [{ port: 81 }] });
+  m.upsert('Service', other);
+  snap = m.flush();
+  assert.equal(snap.services.get('shop/api')?.ports[0].port, 81);
+  assert.notEqual(snap.services.get('shop/api'), normalizeService(other));
 });

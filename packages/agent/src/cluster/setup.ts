@@ -6,7 +6,7 @@ import type { Logger } from '@edgemesh/common/log';
 import type { ClusterModel } from './model.ts';
 import type { ClusterSource } from './types.ts';
 import { FileSource } from './file.ts';
-import { applyState, loadState, StateWriter } from './state.ts';
+import { applyState, loadState, STATE_FIRST_WRITE_DELAY_MS, StateWriter } from './state.ts';
 
 export interface ClusterRuntime {
   readonly source: ClusterSource;
@@ -43,7 +43,10 @@ export async function startCluster(opts: ClusterSetupOptions): Promise<ClusterRu
     const { KubeSource, loadKubeConfig } = await import('./kube.ts');
     source = new KubeSource({ kubeConfig: loadKubeConfig(cfg.cluster.kubeconfig), log, offlineLoaded: !!loaded, registry, gateway: cfg.gateway?.enabled });
   }
-  const writer = new StateWriter({ stateDir: cfg.stateDir, log, source: cfg.cluster.source, read: () => model.rawState(), version: () => model.changes, live: () => source.live() });
+  const writer = new StateWriter({
+    stateDir: cfg.stateDir, log, source: cfg.cluster.source, read: () => model.rawState(), version: () => model.changes, live: () => source.live(),
+    firstWriteDelayMs: STATE_FIRST_WRITE_DELAY_MS,
+  });
   if (loaded) writer.markWritten(model.rawState());
   const unsubscribe = opts.persist === false ? () => {} : model.subscribe(writer.onSnapshot);
   if (registry) {
@@ -58,7 +61,8 @@ export async function startCluster(opts: ClusterSetupOptions): Promise<ClusterRu
     model.onReject = (kind, key, reason) => { rejected.inc({ kind }); prev(kind, key, reason); };
   }
   await source.start(model);
-  if (source.live()) void writer.writeNow();
+  // Off the start path (STATE_FIRST_WRITE_DELAY_MS); stop() still writes a pending state.
+  if (source.live()) writer.changed();
   log.info({ source: cfg.cluster.source, synced: source.synced() }, 'cluster source started');
   return {
     source,

@@ -94,3 +94,31 @@ test('state writer with version (ClusterModel.changes): an unchanged model is no
   await w.stop();
   await w2.stop();
 });
+
+test('state writer: firstWriteDelayMs holds the first write back (the agent: off its start path); stop() still writes it', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const DELAY_MS = 5000;
+  const dir = mkdtempSync(join(tmpdir(), 'em-state-'));
+  const model = new ClusterModel([]);
+  let reads = 0;
+  const w = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => { reads++; return model.rawState(); }, live: () => true, firstWriteDelayMs: DELAY_MS });
+  model.subscribe(w.onSnapshot);
+  model.replace('Service', [svc('one', 1)]);
+  model.flush();
+  t.mock.timers.tick(DELAY_MS - 1);
+  await turn();
+  assert.deepEqual([w.writes, reads], [0, 0], 'not before the delay: the state is not even read');
+  t.mock.timers.tick(1);
+  await turn();
+  await w.writeNow();
+  assert.equal(w.writes, 1);
+  assert.equal((await loadState(dir, silentLogger))?.state.services.length, 1);
+
+  const w2 = new StateWriter({ stateDir: dir, log: silentLogger, source: 'test', read: () => model.rawState(), version: () => -1, live: () => true, firstWriteDelayMs: DELAY_MS });
+  model.upsert('Service', svc('two', 2));
+  model.flush();
+  w2.changed();
+  await w2.stop();
+  assert.equal(w2.writes, 1, 'a pending first write is not lost at stop');
+  assert.equal((await loadState(dir, silentLogger))?.state.services.length, 2);
+});

@@ -2,8 +2,9 @@
 // before the source connects, so an agent that restarts while the API server is unreachable keeps serving.
 //
 // Rules:
-// - Written only while the source reports live-synced (never a half-listed state): the first time right away, then
-//   at most once per STATE_WRITE_INTERVAL_MS, atomically (temp file + fsync + rename), and only when the content changed.
+// - Written only while the source reports live-synced (never a half-listed state): the first time right away (the
+//   agent: STATE_FIRST_WRITE_DELAY_MS after its source synced, once it started), then at most once per
+//   STATE_WRITE_INTERVAL_MS, atomically (temp file + fsync + rename), and only when the content changed.
 // - A missing file is normal (first start); a corrupt or unreadable one is logged and ignored.
 // - Loading feeds the sink with replace() per kind; the live source replaces each kind again when it lists.
 import { createHash } from 'node:crypto';
@@ -16,6 +17,12 @@ import type { RawState } from './model.ts';
 export const STATE_FILE = 'cluster-state.json';
 /** At most one write per this interval (trailing: the newest state is what gets written). */
 export const STATE_WRITE_INTERVAL_MS = 2000;
+/**
+ * The agent's first write waits this long after its source synced: with 5,000 Services it serialises a 4 MiB JSON
+ * text and hashes it on the event loop, which sat on the start -> ready path (DNS, tunnel and proxy start after the
+ * source); ready comes about a second later. Until then the previous run's file stays, as during any write interval.
+ */
+export const STATE_FIRST_WRITE_DELAY_MS = 2000;
 export const STATE_FORMAT = 1;
 
 interface StateFileV1 {
@@ -104,6 +111,8 @@ export interface StateWriterOptions {
    */
   version?: () => number;
   intervalMs?: number;
+  /** Delay of the first write after a change (default 0: right away). */
+  firstWriteDelayMs?: number;
 }
 
 /** Persists the model's raw state after changes, throttled. Call `changed()` on every published snapshot. */
@@ -132,7 +141,7 @@ export class StateWriter {
   changed(): void {
     if (this.stopped || this.timer) return;
     // The first good state goes to disk as soon as the source is live; after that at most once per interval.
-    const delay = this.writes === 0 ? 0 : this.opts.intervalMs ?? STATE_WRITE_INTERVAL_MS;
+    const delay = this.writes === 0 ? this.opts.firstWriteDelayMs ?? 0 : this.opts.intervalMs ?? STATE_WRITE_INTERVAL_MS;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       void this.writeNow();
