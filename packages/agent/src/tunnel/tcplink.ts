@@ -13,7 +13,7 @@
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { connect, createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
 import type { Budget, Budgets } from '@edgemesh/common/budget';
-import { linkCertParts, makeLinkCert } from '@edgemesh/common/identity/linkcert';
+import type * as LinkCertModule from '@edgemesh/common/identity/linkcert';
 import { decodeNodeCert } from '@edgemesh/common/identity/cert';
 import { isNodeName } from '@edgemesh/common/identity/names';
 import type { Logger } from '@edgemesh/common/log';
@@ -49,6 +49,14 @@ export interface TcpPeer {
   remote: string;
 }
 
+/**
+ * linkcert.ts and @peculiar/x509 under it (~135 ms to load, on an agent's start -> ready path when imported up front)
+ * are needed only once a TCP link is made: loaded with our first link certificate. Every TLS link waits for that
+ * certificate (accept and dial both await context()), so checkTlsPeer always finds the module loaded.
+ */
+let linkCert: typeof LinkCertModule | undefined;
+const loadLinkCert = async (): Promise<typeof LinkCertModule> => (linkCert ??= await import('@edgemesh/common/identity/linkcert'));
+
 /** Our link certificate, made again when our node certificate changes (renewal). */
 export class TcpLinkTls {
   private readonly o: { node: string; keyPair: RawKeyPair; identity: PeerIdentity };
@@ -64,7 +72,8 @@ export class TcpLinkTls {
     if (!nodeCert.length) return undefined;
     if (!this.made?.nodeCert.equals(nodeCert)) {
       const notAfter = decodeNodeCert(nodeCert).notAfter;
-      const ctx = makeLinkCert({ name: this.o.node, secretKey: this.o.keyPair.secretKey, nodeCert, notAfter, now: Date.now() })
+      const ctx = loadLinkCert()
+        .then((m) => m.makeLinkCert({ name: this.o.node, secretKey: this.o.keyPair.secretKey, nodeCert, notAfter, now: Date.now() }))
         .then(({ certPem, keyPem }) => createSecureContext({ cert: certPem, key: keyPem, minVersion: 'TLSv1.3' }));
       ctx.catch(() => { if (this.made?.ctx === ctx) this.made = undefined; });
       this.made = { nodeCert, ctx };
@@ -80,7 +89,7 @@ export class TcpLinkTls {
 export function checkTlsPeer(socket: TLSSocket, id: PeerIdentity, expect: string | undefined, isPeerNode: (node: string) => boolean): { node: string; remoteKey: Buffer } | { why: string } {
   if (socket.alpnProtocol !== TCP_LINK_ALPN) return { why: 'not an edgemesh link (ALPN)' };
   const der = socket.getPeerX509Certificate()?.raw;
-  const parts = der && linkCertParts(der);
+  const parts = der && linkCert?.linkCertParts(der);
   if (!parts) return { why: 'no link certificate' };
   let name: string;
   try {
