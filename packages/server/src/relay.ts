@@ -25,6 +25,7 @@ import {
 import type { EnrollRequest, EnrollResult } from './identity/enroller.ts';
 import { MESH_TLS_NAME } from './mesh/cert.ts';
 import type { AgentEnd, MeshHooks, RelayPort } from './mesh/port.ts';
+import { PingFrames, pongTime } from './heartbeat.ts';
 
 /** The server mesh as the relay sees it (mesh/mesh.ts): hooks for agents of other servers, the mesh TLS context. */
 export interface MeshAttachment extends MeshHooks {
@@ -167,6 +168,8 @@ export class RelayServer {
   private readonly streams = new Map<number, RelayStream>();
   private nextRid = 1;
   private pingTimer: NodeJS.Timeout | undefined;
+  /** pingAll writes one PING to every agent in one loop: the frame is encoded once per millisecond (heartbeat.ts). */
+  private readonly pings = new PingFrames();
   private sweepTimer: NodeJS.Timeout | undefined;
   readonly budgets: Budgets;
   readonly limits: ServerLimits;
@@ -433,8 +436,8 @@ export class RelayServer {
         return m ? this.send(c, T.PONG, { t: m.t }) : void this.m.malformed.inc();
       }
       case T.PONG: {
-        const m = decodeControl(T.PONG, body);
-        if (m) c.rttMs = Math.max(0, Date.now() - m.t);
+        const t = pongTime(body);
+        if (t !== undefined) c.rttMs = Math.max(0, Date.now() - t);
         return;
       }
       case T.OPEN: {
@@ -741,7 +744,8 @@ export class RelayServer {
   }
 
   private sendPing(c: Conn): void {
-    this.send(c, T.PING, { t: Date.now() });
+    if (c.state === 'closed' || c.sock.destroyed) return;
+    this.write(c, this.pings.at(Date.now()));
   }
 
   private pingAll(): void {
