@@ -101,17 +101,22 @@ function rowFigures(rs: ProxyRow[]) {
   });
 }
 
+/** Added latency (wrk -c1 median minus the direct median; each side's least disturbed run). */
+function addedLatency(l: NonNullable<ProxyData['latency']>) {
+  const best = (xs: { p50: number }[]) => Math.min(...xs.map((x) => x.p50));
+  const direct = best(l.direct);
+  return { direct, agent: best(l.agent) - direct, haproxy: best(l.haproxy) - direct };
+}
+
 function proxyFigures(d: ProxyData) {
   const rows = rowFigures(d.rows);
   const flatRows = d.flat ? rowFigures(d.flat.rows) : [];
   const flatOk = flatRows.length > 0 && flatRows.every((x) => x.ratio >= GOALS.proxyFlat);
   const row = (k: ProxyRow['key']) => rows.find((r) => r.key === k)!;
   const bulkOk = row('bulk-up').ratio >= GOALS.proxyBulkUp && row('bulk-down').ratio >= GOALS.proxyBulkDown;
-  // Added latency (wrk -c1 median minus the direct median; each side's least disturbed run), when the run has it.
-  const best = (xs: { p50: number }[]) => Math.min(...xs.map((x) => x.p50));
-  const latency = d.latency && { direct: best(d.latency.direct), agent: best(d.latency.agent) - best(d.latency.direct), haproxy: best(d.latency.haproxy) - best(d.latency.direct) };
+  const latency = d.latency && addedLatency(d.latency);
   const latencyRatio = latency && latency.agent / latency.haproxy;
-  const flatLatency = d.flat?.latency && { direct: best(d.flat.latency.direct), agent: best(d.flat.latency.agent) - best(d.flat.latency.direct), haproxy: best(d.flat.latency.haproxy) - best(d.flat.latency.direct) };
+  const flatLatency = d.flat?.latency && addedLatency(d.flat.latency);
   return { rows, row, bulkOk, keepAliveOk: row('keep-alive').ratio >= GOALS.proxyKeepAlive, syncOk: d.sync.agentSyncMsAvg <= GOALS.proxySyncMs, latency, latencyRatio, flatRows, flatOk, flatLatency };
 }
 
@@ -159,7 +164,7 @@ const mibSpan = (xs: number[], digits = 0) => {
 };
 
 /** Short names of the proxy measures (summary). */
-const FLAT_SHORT: Record<ProxyRow['key'], string> = { 'bulk-up': 'bulk up', 'bulk-down': 'bulk down', 'keep-alive': 'keep-alive', 'new-conns': 'new connections' };
+const MEASURE_SHORT: Record<ProxyRow['key'], string> = { 'bulk-up': 'bulk up', 'bulk-down': 'bulk down', 'keep-alive': 'keep-alive', 'new-conns': 'new connections' };
 
 // --- the summary table ---
 function summaryRows(r: SummaryResults): string[] {
@@ -174,7 +179,7 @@ function summaryRows(r: SummaryResults): string[] {
   const sv = r.server && serverFigures(r.server.data);
   return [
     `| \`npx node bench/dns/run.ts\` | dnsperf against the agent and unbound serving the same names | ${cl.what} ${kqps(cl.agentQps)} vs ${kqps(cl.unboundQps)} qps = **${ratio(cl.ratio)}**; ${fw.what} **${ratio(fw.ratio)}** | ≥ ${GOALS.dnsRatio}× (${met(dns.ok)}) |`,
-    `| \`npx node bench/proxy/run.ts\` | iperf3 and wrk through the agent's proxy and ${r.proxy.data.haproxy} (1 thread) | bulk up **${ratio(p.row('bulk-up').ratio)}**, bulk down **${ratio(p.row('bulk-down').ratio)}**, keep-alive **${ratio(p.row('keep-alive').ratio)}**, new connections ${ratio(p.row('new-conns').ratio)}${p.latencyRatio !== undefined ? `, added latency ${ratio(p.latencyRatio)}` : ''}${p.flatRows.length ? `; flat group (another node's pods dialed directly) ${p.flatRows.map((x) => `${FLAT_SHORT[x.key]} ${ratio(x.ratio)}`).join(', ')}` : ''}; ${num(r.proxy.data.sync.ports)}-port rule sync **${ms(r.proxy.data.sync.agentSyncMsAvg)}**; RSS ${mib(r.proxy.data.sync.rssMiB)} | bulk ≥ ${GOALS.proxyBulkUp}× up / ≥ ${GOALS.proxyBulkDown}× down (${met(p.bulkOk)}), new connections ≥ ${GOALS.proxyNewConns}× (${met(p.row('new-conns').ratio >= GOALS.proxyNewConns)}),${p.latencyRatio !== undefined ? ` added latency ≤ ${GOALS.proxyLatency}× (${met(p.latencyRatio <= GOALS.proxyLatency)}),` : ''} keep-alive ≥ ${GOALS.proxyKeepAlive}× (${met(p.keepAliveOk)}), sync ≤ ${ms(GOALS.proxySyncMs)} (${met(p.syncOk)})${p.flatRows.length ? `, flat group ≥ ${GOALS.proxyFlat}× each (${p.flatOk ? 'met' : `missed: ${p.flatRows.filter((x) => x.ratio < GOALS.proxyFlat).map((x) => FLAT_SHORT[x.key]).join(', ')}`})` : ''} |`,
+    `| \`npx node bench/proxy/run.ts\` | iperf3 and wrk through the agent's proxy and ${r.proxy.data.haproxy} (1 thread) | bulk up **${ratio(p.row('bulk-up').ratio)}**, bulk down **${ratio(p.row('bulk-down').ratio)}**, keep-alive **${ratio(p.row('keep-alive').ratio)}**, new connections ${ratio(p.row('new-conns').ratio)}${p.latencyRatio !== undefined ? `, added latency ${ratio(p.latencyRatio)}` : ''}${p.flatRows.length ? `; flat group (another node's pods dialed directly) ${p.flatRows.map((x) => `${MEASURE_SHORT[x.key]} ${ratio(x.ratio)}`).join(', ')}` : ''}; ${num(r.proxy.data.sync.ports)}-port rule sync **${ms(r.proxy.data.sync.agentSyncMsAvg)}**; RSS ${mib(r.proxy.data.sync.rssMiB)} | bulk ≥ ${GOALS.proxyBulkUp}× up / ≥ ${GOALS.proxyBulkDown}× down (${met(p.bulkOk)}), new connections ≥ ${GOALS.proxyNewConns}× (${met(p.row('new-conns').ratio >= GOALS.proxyNewConns)}),${p.latencyRatio !== undefined ? ` added latency ≤ ${GOALS.proxyLatency}× (${met(p.latencyRatio <= GOALS.proxyLatency)}),` : ''} keep-alive ≥ ${GOALS.proxyKeepAlive}× (${met(p.keepAliveOk)}), sync ≤ ${ms(GOALS.proxySyncMs)} (${met(p.syncOk)})${p.flatRows.length ? `, flat group ≥ ${GOALS.proxyFlat}× each (${p.flatOk ? 'met' : `missed: ${p.flatRows.filter((x) => x.ratio < GOALS.proxyFlat).map((x) => MEASURE_SHORT[x.key]).join(', ')}`})` : ''} |`,
     `| \`npx node bench/tunnel/run.ts\` | one stream direct (UDX + Noise), relayed and between two hosts of one LAN, iperf3 raw over the same namespaces; time to direct per NAT pair | direct ${num(t.direct)} Mb/s = **${ratio(t.direct / t.raw)}** raw (${num(t.raw)} Mb/s); relay ${num(t.relay)} Mb/s = **${ratio(t.relay / t.direct)}** direct (${ratio(t.relay / t.raw)} raw)${t.lan ? `; same LAN ${num(t.lan.mbps)} Mb/s = **${ratio(t.lan.mbps / t.lan.raw)}** its raw (${num(t.lan.raw)} Mb/s)` : ''}; time to direct p95 **${msRange(Math.min(...coneP95), Math.max(...coneP95))}** for cone pairs${t.other.map((x) => `, ${ms(x.p95)} ${x.name.includes('birthday') ? 'for birthday' : `for ${x.name}`}`).join('')}${misses ? ` (${misses} miss${misses === 1 ? '' : 'es'} counted as ${ms(r.tunnel.data.ttdTimeoutMs)})` : ''} | direct ≥ ${GOALS.tunnelDirectRaw}× raw (${met(t.directOk)}), relay ≥ ${GOALS.tunnelRelayDirect}× direct (${met(t.relayOk)}), p95 < ${ms(GOALS.tunnelTtdP95Ms)} (${met(t.ttdOk)}) |`,
     `| \`npx node bench/cluster/run.ts\` | the agent binary (${codeLabel(c)}, V8 sized for ${c.agentV8.memoryLimit}; DNS + proxy + tunnel on) with ${num(c.services)} Services × ${c.endpoints} endpoints, both sources | RSS idle **${mib(c.file.idle.rss)}** file / **${mib(c.kubernetes.idle.rss)}** kubernetes; ${num(c.services)} Services **${mibSpan(cf.loaded)}**; start → ready **${ms(c.file.readyMs)}** file / **${ms(c.kubernetes.readyMs)}** kubernetes; +${num(c.step)} Services ${mibSpan(cf.perStep, 1)} | idle ≤ ${GOALS.clusterIdleFileMiB} (file: ${met(cf.idleFileOk)}) / ≤ ${GOALS.clusterIdleKubeMiB} MiB (kubernetes: ${met(cf.idleKubeOk)}); ≤ ${GOALS.clusterLoadedMiB} MiB (${cf.sized(cf.loadedOk)}), ≤ ${ms(GOALS.clusterReadyMs)} (${cf.sized(cf.readyOk)}), ≤ ${GOALS.clusterPerStepMiB} MiB (${cf.sized(cf.perStepOk)}) |`,
     ...(sv ? [`| \`npx node bench/server/run.ts\` | ${num(sv.d.registered)} simulated agents (TLS 1.3, enrollment, renew sign-in, PONGs) against one edgemesh-server | **${sv.d.kibPerAgent.toFixed(1)} KiB** RSS per agent; heartbeat CPU **${sv.d.heartbeatCpuPct.toFixed(1)} %** of a core; sign-in ${num(sv.d.registerPerSec)} agents/s | ≥ ${num(GOALS.serverAgents)} agents (${met(sv.agentsOk)}) at ≤ ${GOALS.serverKiBPerAgent} KiB each (${met(sv.rssOk)}), heartbeat ≤ ${GOALS.serverHeartbeatCpuPct} % (${met(sv.cpuOk)}) |`] : []),
