@@ -42,7 +42,7 @@ export class Session {
   /** The peer's session id, from the first HELLO (a different one later means the peer lost this session). */
   remoteSid: Buffer | undefined;
   private readonly clock: Clock;
-  private readonly keepsOwnOnCross: boolean; // the odd side: its link wins when both move at once (onAttach)
+  private readonly odd: boolean; // the odd side's move wins a tie (onAttach)
   private link: SessionLink | undefined;
   /** The peer's state arrived on the current link (its ATTACH): data may flow. */
   private resumed = false;
@@ -53,8 +53,11 @@ export class Session {
   /** Our ATTACH seq when each stream opened on both sides (an ATTACH and an OK can take different links). */
   private readonly openAt = new WeakMap<TunnelStream, number>();
   private nextId: number;
+  // ATTACH request seqs are a Lamport clock over both sides' moves (request(), onAttach): ours last sent, the peer's
+  // newest seen, and the move that put the session on its current link (its seq; whether the odd side made it).
   private seq = 0;
   private peerSeq = 0;
+  private move = { seq: 0, odd: false };
   private closedErr: Error | undefined;
   onIncoming: IncomingHandler = (_h, _a, reject) => reject('refused', 'no handler');
   /** The session moved to `link` because the peer asked (its ATTACH request arrived there). */
@@ -68,25 +71,17 @@ export class Session {
   constructor(o: { localSid: Buffer; odd: boolean; clock: Clock; after?: Session }) {
     this.localSid = o.localSid;
     this.clock = o.clock;
-    this.keepsOwnOnCross = o.odd;
+    this.odd = o.odd;
     this.nextId = o.after ? o.after.nextId : o.odd ? 1 : 2;
   }
 
-  get current(): SessionLink | undefined {
-    return this.link;
-  }
+  get current(): SessionLink | undefined { return this.link; }
 
-  get isResumed(): boolean {
-    return this.resumed && !!this.link && !this.link.closed;
-  }
+  get isResumed(): boolean { return this.resumed && !!this.link && !this.link.closed; }
 
-  get size(): number {
-    return this.streams.size + this.opening.size + this.answering.size;
-  }
+  get size(): number { return this.streams.size + this.opening.size + this.answering.size; }
 
-  get closed(): boolean {
-    return this.closedErr !== undefined;
-  }
+  get closed(): boolean { return this.closedErr !== undefined; }
 
   // ---------- links ----------
 
@@ -95,7 +90,7 @@ export class Session {
     if (this.closedErr) return;
     this.link = link;
     this.resumed = false;
-    link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
+    this.request(link);
     // Opens that never went out go now, behind the ATTACH (the peer takes them in order).
     for (const [id, o] of this.opening) if (!o.via) this.sendOpen(id);
   }
@@ -118,9 +113,14 @@ export class Session {
     }
   }
 
-  private canSend(): boolean {
-    return this.resumed && !!this.link && !this.link.closed;
+  /** An ATTACH request on `link` (a move there, or asking again there), numbered past every seq either side used. */
+  private request(link: SessionLink): void {
+    this.seq = Math.max(this.seq, this.peerSeq) + 1;
+    this.move = { seq: this.seq, odd: this.odd };
+    link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: this.seq, entries: this.entries() }));
   }
+
+  private canSend(): boolean { return this.resumed && !!this.link && !this.link.closed; }
 
   /** Control frames go on the current link as soon as our ATTACH went before them. */
   private sendCtl(frame: Buffer): void {
@@ -314,15 +314,17 @@ export class Session {
   }
 
   private onAttach(link: SessionLink, flags: number, seq: number, entries: AttachEntry[]): void {
-    let crossed = false;
     if (flags & ATTACH_REQUEST) {
       if (seq <= this.peerSeq) return; // an old request arriving late over a slower link
       this.peerSeq = seq;
-      // Both sides asked at once, each on another link: the odd side keeps its own and only answers (the peer
-      // resumes, then follows ours); the even side follows (docs/tunnel-protocol.md, Moving).
-      crossed = this.link !== link && !this.resumed && !!this.link && !this.link.closed && this.seq > 0;
-      const follow = this.link !== link && !(crossed && this.keepsOwnOnCross);
-      if (follow) this.onFollow(this.link = link);
+      // Moves can cross, each side asking on another link: both end where the later one by seq (a tie: the odd side's)
+      // went. The peer's request moves us only when later than the move that put us on our link; else we answer it
+      // there and stay, and our request, on its way, moves the peer (docs/tunnel-protocol.md, Moving).
+      const later = seq > this.move.seq || (seq === this.move.seq && !this.odd && !this.move.odd);
+      if (later) {
+        this.move = { seq, odd: !this.odd };
+        if (this.link !== link) this.onFollow(this.link = link);
+      }
       link.send(encodeAttach({ flags: ATTACH_REPLY, seq, entries: this.entries() }));
       if (this.link !== link) return;
     } else if (!(flags & ATTACH_REPLY) || link !== this.link || seq !== this.seq) {
@@ -330,10 +332,8 @@ export class Session {
     }
     this.resumed = true;
     // A stream the peer did not list may be newer than its entries: ask again without pausing (resends are dropped by
-    // offset); only the answer to a request sent after a stream opened proves the peer dropped it. Having followed a
-    // crossing request, ask again too: then our own request, still on its way, is a late one when it lands.
-    const unsure = this.reconcile(entries, flags & ATTACH_REQUEST ? 0 : seq);
-    if (unsure || crossed) link.send(encodeAttach({ flags: ATTACH_REQUEST, seq: ++this.seq, entries: this.entries() }));
+    // offset); only the answer to a request sent after a stream opened proves the peer dropped it.
+    if (this.reconcile(entries, flags & ATTACH_REQUEST ? 0 : seq)) this.request(link);
     this.onResumed(link);
   }
 
