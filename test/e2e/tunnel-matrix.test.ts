@@ -34,7 +34,7 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
     tl.planEndpoints(nodes);
     // As production: the server reads the cluster's Nodes, and each node enrolls with a join token (no bootstrap token).
     await tl.startServer('srv', undefined, '', { clusterNodes: nodes.map((n) => n.name) });
-    await Promise.all(nodes.map((n) => tl.startNode(n.name, n.host)));
+    await Promise.all(nodes.map((n) => tl.startNode(n.name, n.host, { logLevel: 'debug' })));
     await waitUntil(async () => (await Promise.all(nodes.map(async (n) => (await tl.node(n.name).status()).servers[0].connected))).every(Boolean), 20_000, 'all nodes connected');
   });
 
@@ -80,7 +80,7 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
           const lines = async (n: string) => ((await tl.node(n).request('metrics')).metrics as string).split('\n')
             .filter((l) => /^edgemesh_(tunnel_punch_(attempts|outcomes)_total|budget_refusals_total|tunnel_peer_refused_total|tunnel_failovers_total)[{ ]/.test(l)).join('; ');
           const paths = async (x: string, y: string) => JSON.stringify((await tl.node(x).status()).peers.find((q) => q.node === y));
-          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)} ${await paths(p.a, p.b)}\n${p.b}: ${await lines(p.b)} ${await paths(p.b, p.a)}`);
+          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)} ${await paths(p.a, p.b)}\n${p.b}: ${await lines(p.b)} ${await paths(p.b, p.a)}\n${await tl.explain(p.a, p.b)}`);
         });
       } else {
         await waitUntil(async () => (await tl.node(p.a).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1

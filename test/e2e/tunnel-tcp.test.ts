@@ -29,7 +29,7 @@ describe('tunnel TCP transport', { timeout: 300_000 }, () => {
     const nodes = [{ name: 'l1', host: 'hl1' }, { name: 'l2', host: 'hl2' }, { name: 'a', host: 'ha' }, { name: 'b', host: 'hb' }];
     tl.planEndpoints(nodes);
     await tl.startServer('srv');
-    await Promise.all(nodes.map((n) => tl.startNode(n.name, n.host, { listenPort: PORT, upgradeRetryMs: 3_000 })));
+    await Promise.all(nodes.map((n) => tl.startNode(n.name, n.host, { listenPort: PORT, upgradeRetryMs: 3_000, logLevel: 'debug' })));
     await waitUntil(async () => (await Promise.all(nodes.map(async (n) => (await tl.node(n.name).status()).servers[0].connected))).every(Boolean), 20_000, 'nodes connected');
   });
 
@@ -45,7 +45,7 @@ describe('tunnel TCP transport', { timeout: 300_000 }, () => {
 
   test('same-LAN peers: the session goes onto TCP, transfers both ways check out', async () => {
     await transferOk('l1', 'l2', MB);
-    await waitUntil(async () => (await tl.node('l1').transport('l2')) === 'tcp' && (await tl.node('l2').transport('l1')) === 'tcp', UP_BOUND_MS, 'l1<->l2 on tcp');
+    await waitUntil(async () => (await tl.node('l1').transport('l2')) === 'tcp' && (await tl.node('l2').transport('l1')) === 'tcp', UP_BOUND_MS, 'l1<->l2 on tcp', () => tl.explain('l1', 'l2'));
     const st = (await tl.node('l1').status()).peers.find((p) => p.node === 'l2')!;
     assert.equal(st.path, 'direct');
     assert.equal(st.remote, `${tl.lab.host('hl2').ip}:${PORT}`, 'the TCP link goes to the peer\'s LAN address');

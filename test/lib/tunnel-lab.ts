@@ -2,7 +2,7 @@
 // tunnel-node.ts processes on the other hosts, driven over stdio.
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { X509Certificate, createHash } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -52,7 +52,10 @@ export class NodeProc {
       this.waiting.delete(m.id as number);
       w?.(m);
     });
+    // E2E_LOG_DIR: each node's log also goes to <dir>/<node>.log (a flaky run read afterwards; with E2E_LOG_LEVEL).
+    const logFile = process.env.E2E_LOG_DIR ? join(process.env.E2E_LOG_DIR, `${name}.log`) : undefined;
     proc.stderr!.on('data', (c: Buffer) => {
+      if (logFile) appendFileSync(logFile, c);
       this.stderr += c.toString();
       if (this.stderr.length > 200_000) this.stderr = this.stderr.slice(-100_000);
     });
@@ -78,6 +81,19 @@ export class NodeProc {
   /** What carries the session to `peer` now (/status peers[].transport: tcp, udx, relay). */
   async transport(peer: string): Promise<string | null | undefined> {
     return (await this.status()).peers.find((p) => p.node === peer)?.transport;
+  }
+
+  /** The last `n` log lines about `peer` (pino JSON on stderr), compact: ms clock, level, message, fields. */
+  logAbout(peer: string, n = 40): string {
+    const out: string[] = [];
+    for (const line of this.stderr.split('\n')) {
+      let j: Record<string, unknown>;
+      try { j = JSON.parse(line); } catch { continue; }
+      if (j.peer !== peer) continue;
+      const { time, level, msg, node: _n, name: _m, peer: _p, pid: _i, hostname: _h, ...rest } = j;
+      out.push(`  ${this.name} ${Number(time) % 100_000} ${level} ${msg} ${JSON.stringify(rest)}`);
+    }
+    return out.slice(-n).join('\n');
   }
 
   async metric(re: RegExp): Promise<number> {
@@ -183,7 +199,7 @@ export class TunnelLab {
       ...enroll,
       node: name, servers: [this.serverAddr()], token: opts.token ?? E2E_TOKEN, stateDir: join(this.dir, `state-${name}`),
       listenPort: opts.listenPort === null ? undefined : (opts.listenPort ?? 20006), endpoints: this.endpoints,
-      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? 'info', upgradeRetryMs: opts.upgradeRetryMs, clusterNodes: opts.clusterNodes,
+      sinkHost: this.lab.host(host).ip, sinkPort: SINK_PORT, logLevel: opts.logLevel ?? process.env.E2E_LOG_LEVEL ?? 'info', upgradeRetryMs: opts.upgradeRetryMs, clusterNodes: opts.clusterNodes,
     };
     const p = this.lab.spawn(host, process.execPath, [NODE_SCRIPT], { env: { ...process.env, EM_NODE: JSON.stringify(cfg) } });
     const n = new NodeProc(name, host, p);
@@ -213,6 +229,16 @@ export class TunnelLab {
     return (await this.node(from).request('ttd', { to, service: ep.service, ip: ep.ip, port: ep.port, timeoutMs: opts.timeoutMs })) as never;
   }
 
+  /** For a failure message: how each of `x` and `y` sees the other now (/status) and what its log says about it
+   *  (nodes started with logLevel debug log every link and session move). */
+  async explain(x: string, y: string): Promise<string> {
+    const side = async (a: string, b: string) => {
+      const st = (await this.node(a).status()).peers.find((p) => p.node === b);
+      return `${a} sees ${b}: ${JSON.stringify(st)}\n${this.node(a).logAbout(b)}`;
+    };
+    return `${await side(x, y)}\n${await side(y, x)}`;
+  }
+
   async destroy(): Promise<void> {
     for (const n of this.nodes.values()) n.proc.kill('SIGKILL');
     this.server?.kill('SIGKILL');
@@ -221,10 +247,11 @@ export class TunnelLab {
   }
 }
 
-export async function waitUntil(cond: () => Promise<boolean>, ms: number, what: string): Promise<void> {
+/** Polls `cond` until true; after `ms` fails naming `what` and, with `explain`, what it returns (tl.explain). */
+export async function waitUntil(cond: () => Promise<boolean>, ms: number, what: string, explain?: () => Promise<string>): Promise<void> {
   const end = Date.now() + ms;
   while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}${explain ? `\n${await explain()}` : ''}`);
     await new Promise((r) => setTimeout(r, 200));
   }
 }

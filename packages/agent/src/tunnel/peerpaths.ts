@@ -57,7 +57,7 @@ export class PeerPaths implements DirectHost, TcpHost {
     const rtt = () => (s.current as Link | undefined)?.rttMs ?? null;
     s.onIncoming = (h, accept, reject) => (isNodeAccess(h) ? this.env.serveNode(this.node, h, accept, reject, rtt()) : this.env.serve(this.node, h, accept, reject, rtt()));
     s.onResumed = (l) => { if (this.session === s && l === s.current) this.clear('attach'); };
-    s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id }, 'peer moved the session to another link'); };
+    s.onFollow = (l) => { this.clear('resume'); this.log.debug({ link: l.id, transport: (l as Link).transport }, 'peer moved the session to another link'); };
     s.onProtocolError = (l, why) => (l as Link).close(new Error(`protocol error: ${why}`));
     return s;
   }
@@ -212,7 +212,7 @@ export class PeerPaths implements DirectHost, TcpHost {
     });
     link.start((type, p) => this.session.onFrame(link, type, p));
     this.env.metrics.links.inc({ path: link.kind, side });
-    this.log.debug({ transport: link.transport, server: link.server, side }, 'link up');
+    this.log.debug({ link: link.id, transport: link.transport, server: link.server, side }, 'link up');
     this.reselect();
     if (link.kind === 'relay') this.d?.want();
   }
@@ -254,6 +254,7 @@ export class PeerPaths implements DirectHost, TcpHost {
     if (this.session.current === link) return;
     // Leaving a direct link suspected dead: opens sent there since are asked again on the new link.
     if (this.direct && link !== this.direct && this.suspectAt !== undefined) this.session.distrust(this.direct);
+    this.log.debug({ link: link.id, transport: link.transport, suspect: this.suspectAt !== undefined }, 'moving the session to a link');
     this.session.attach(link);
     this.env.metrics.resumes.inc({ path: link.kind });
     this.set('attach', ATTACH_TIMEOUT_MS, () => {
@@ -322,13 +323,9 @@ export class PeerPaths implements DirectHost, TcpHost {
     return { bytesIn: open.reduce((n, l) => n + l.bytesIn, 0), bytesOut: open.reduce((n, l) => n + l.bytesOut, 0) };
   }
 
-  directLink(): Link | undefined {
-    return this.direct && !this.direct.closed ? this.direct : undefined;
-  }
+  directLink(): Link | undefined { return this.direct && !this.direct.closed ? this.direct : undefined; }
 
-  inUse(): boolean {
-    return this.links.size > 0 || this.session.size > 0;
-  }
+  inUse(): boolean { return this.links.size > 0 || this.session.size > 0; }
 
   onRendezvous(m: Rendezvous, reply: (msg: RendezvousOut) => boolean, provedKey: Buffer): void {
     if (this.closed || !this.d) return;
