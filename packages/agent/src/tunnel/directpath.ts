@@ -7,7 +7,7 @@
 // new punch (to the address the peer now answers from) replaces the stuck stream.
 import type { Clock } from './clock.ts';
 import { addrKey, pathAlive, sameAddr, type Addr } from './punch.ts';
-import { HEARTBEAT_MS, ROAM_CONFIRM_MS } from './timers.ts';
+import { HEARTBEAT_MS, LINK_PROBE_IDLE_MS, ROAM_CONFIRM_MS } from './timers.ts';
 import type { PeerChannel, PeerPacket, UdpSock, UdpStream } from './udptypes.ts';
 
 /** Heartbeat txids remembered (pongs to older ones are ignored). */
@@ -20,7 +20,8 @@ export class DirectPath {
   readonly remoteStreamId: number;
   lastHeard: number;
   private lastPing: number;
-  private readonly hbTx = new Set<string>();
+  /** Heartbeats in flight: txid -> when sent (their pongs give the path's RTT). */
+  private readonly hbTx = new Map<string, number>();
   /** A move to a new address the stream has not confirmed yet. */
   private moving: { since: number; to: string } | undefined;
   private readonly channel: PeerChannel;
@@ -33,7 +34,8 @@ export class DirectPath {
     this.remoteStreamId = o.remoteStreamId;
     this.channel = o.channel;
     this.clock = o.clock;
-    this.lastHeard = this.lastPing = o.clock.now();
+    this.lastHeard = o.clock.now();
+    this.lastPing = -Infinity; // the first tick sends a heartbeat: the link's first RTT
   }
 
   /** Runs every TICK_MS: why the path is dead (the peer has not answered for PATH_TIMEOUT_MS, or a move is stuck),
@@ -42,24 +44,32 @@ export class DirectPath {
     const now = this.clock.now();
     if (!pathAlive(this.lastHeard, now)) return `no answer on the direct path for ${Math.round(now - this.lastHeard)} ms`;
     if (this.moving && now - this.moving.since >= ROAM_CONFIRM_MS) return `the stream did not confirm the move to ${this.moving.to} within ${ROAM_CONFIRM_MS} ms`;
-    if (now - this.lastPing >= HEARTBEAT_MS) {
-      this.lastPing = now;
-      const tx = this.channel.ping(this.addr, this.stream.id, this.socket).toString('hex');
-      this.hbTx.add(tx);
-      if (this.hbTx.size > MAX_HEARTBEATS_IN_FLIGHT) this.hbTx.delete(this.hbTx.values().next().value!);
-    }
+    if (now - this.lastPing >= HEARTBEAT_MS) this.ping(now);
     return undefined;
+  }
+
+  /** A heartbeat now (a dial waits on the link, or it is suspected dead), unless one went out just before. */
+  probe(): void {
+    const now = this.clock.now();
+    if (now - this.lastPing >= LINK_PROBE_IDLE_MS) this.ping(now);
+  }
+
+  private ping(now: number): void {
+    this.lastPing = now;
+    const tx = this.channel.ping(this.addr, this.stream.id, this.socket).toString('hex');
+    this.hbTx.set(tx, now);
+    if (this.hbTx.size > MAX_HEARTBEATS_IN_FLIGHT) this.hbTx.delete(this.hbTx.keys().next().value!);
   }
 
   /**
    * An authenticated packet from the peer. Only packets naming the stream of our link count as the path being alive:
    * a peer that dropped the link (and answers pings for a newer one) must not keep a dead link looking healthy.
-   * Returns the new address when the peer roamed and we followed it.
+   * Returns whether it counted (`alive`), and the new address when the peer roamed and we followed it.
    */
-  heard(p: PeerPacket): { roamed?: string; failedRoam?: string } {
+  heard(p: PeerPacket): { alive?: true; roamed?: string; failedRoam?: string } {
     if (p.streamId !== this.remoteStreamId) return {};
     this.lastHeard = this.clock.now();
-    if (sameAddr(this.addr, p.from)) return {};
+    if (sameAddr(this.addr, p.from)) return { alive: true };
     try {
       // Throws at once while a previous change is still being confirmed; the next heartbeat tries again.
       const changing = this.stream.changeRemote(this.socket, this.remoteStreamId, p.from.port, p.from.host);
@@ -70,14 +80,18 @@ export class DirectPath {
         const done = () => { if (this.moving === move) this.moving = undefined; };
         changing.then(done, done);
       }
-      return { roamed: addrKey(p.from) };
+      return { alive: true, roamed: addrKey(p.from) };
     } catch (e) {
-      return { failedRoam: (e as Error).message };
+      return { alive: true, failedRoam: (e as Error).message };
     }
   }
 
-  /** Whether a PONG answers one of our heartbeats (consumed). */
-  isHeartbeat(txid: Buffer): boolean {
-    return this.hbTx.delete(txid.toString('hex'));
+  /** The round trip of the heartbeat a PONG answers (consumed), or undefined when it answers none of ours. */
+  heartbeatRtt(txid: Buffer): number | undefined {
+    const k = txid.toString('hex');
+    const sent = this.hbTx.get(k);
+    if (sent === undefined) return undefined;
+    this.hbTx.delete(k);
+    return this.clock.now() - sent;
   }
 }

@@ -68,6 +68,10 @@ export class Link extends EventEmitter {
   private readonly decoder: FrameDecoder;
 
   private readonly clock: Clock;
+  /** UDX links: a PING inside the reliable stream would be stuck on a mapping the peer's NAT just forgot, holding up
+   *  the stream's move to the new address (directpath.ts), so liveness and RTT come from the direct path's heartbeats
+   *  outside the stream: ping() asks for one, noteHeard() reports it. */
+  outOfBandPing: (() => void) | undefined;
   private closedFlag = false;
   private pinger: Timer | undefined;
 
@@ -103,7 +107,7 @@ export class Link extends EventEmitter {
     noise.on('error', (e: Error) => this.close(e));
     noise.on('close', () => this.close());
     noise.on('end', () => noise.end());
-    this.schedulePing();
+    if (t.kind !== 'udx') this.schedulePing();
   }
 
   /**
@@ -213,7 +217,17 @@ export class Link extends EventEmitter {
 
   ping(): void {
     this.lastPing = this.clock.now();
+    if (this.transport === 'udx') return this.outOfBandPing?.();
     this.send(encodePingFrame(L.PING, this.lastPing));
+  }
+
+  /** The peer was heard outside the link (a direct-path heartbeat naming this link's stream), `rttMs` when it
+   *  answered one of ours. */
+  noteHeard(rttMs?: number): void {
+    this.lastHeard = this.clock.now();
+    if (rttMs === undefined) return;
+    this.rttMs = Math.round(rttMs * 100) / 100;
+    this.emit('pong');
   }
 
   /** A dial is waiting on this link: make sure it will hear from the peer soon if the path is alive. */

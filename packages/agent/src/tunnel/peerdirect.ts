@@ -216,21 +216,27 @@ export class PeerDirect {
   private onPacket(p: PeerPacket): void {
     this.punch?.noteVerified(p.from);
     const dp = this.path;
+    const link = this.host.directLink();
     if (dp) {
       const r = dp.heard(p);
       if (r.roamed) {
         this.env.metrics.roams.inc();
         this.env.log.info({ peer: this.host.node, to: r.roamed }, 'peer address changed, following it');
-        const l = this.host.directLink();
-        if (l) l.remote = r.roamed;
+        if (link) link.remote = r.roamed;
       }
+      // The link's liveness and RTT (link.ts: a UDX link sends no PING of its own).
+      if (r.alive && p.type === 'ping') link?.noteHeard();
     }
     if (p.type === 'ping') {
       this.channel?.pong(p.txid, p.from, p.sock, dp?.stream.id ?? this.punch?.stream.id ?? 0);
       this.punch?.onPing(p.from);
       return;
     }
-    if (dp?.isHeartbeat(p.txid)) return;
+    const rtt = dp?.heartbeatRtt(p.txid);
+    if (rtt !== undefined) {
+      if (p.streamId === dp!.remoteStreamId) link?.noteHeard(rtt);
+      return;
+    }
     this.punch?.onPong(p.txid, p.from, p.streamId, p.sock);
   }
 
@@ -241,6 +247,11 @@ export class PeerDirect {
     const dead = dp.tick();
     if (dead) return this.host.failDirect(dead);
     this.tickTimer = this.env.clock.setTimeout(() => this.tick(), TICK_MS);
+  }
+
+  /** A heartbeat on the direct path now (the direct link's ping(): a dial waits on it, or it is suspected dead). */
+  probe(): void {
+    this.path?.probe();
   }
 
   /** The direct link is gone (given up, or it died): forget the path, punch again soon. */

@@ -7,7 +7,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { ManualClock } from './clock.ts';
 import { collect, fakeDeadline, FakeServer, makePair, metric, runUntil, settle, TARGET } from './testfixture.ts';
 import type { TunnelStream } from './stream.ts';
-import { PATH_TIMEOUT_MS, ROAM_CONFIRM_MS, SESSION_RESUME_MS } from './timers.ts';
+import { LINK_PING_MS, PATH_TIMEOUT_MS, ROAM_CONFIRM_MS, SESSION_RESUME_MS } from './timers.ts';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -80,6 +80,33 @@ test('roaming while idle: the peer\'s public address changes; the path follows i
   assert.equal(await metric(env.a, 'edgemesh_tunnel_roams_total'), 1);
   assert.equal(await metric(env.a, 'edgemesh_tunnel_failovers_total'), 0);
   assert.equal(path(env), 'direct');
+  env.a.paths.close();
+  env.b.paths.close();
+});
+
+test('an idle direct link writes nothing into its UDX stream (liveness and RTT from the heartbeats), so a roam found many seconds in moves at once', async () => {
+  // A PING inside the stream sent after the peer's NAT forgot its mapping, before the peer is heard from its new one,
+  // would be retransmitted to the old address for good and hold the stream's move (the e2e roaming flake).
+  const env = makePair({ direct: true });
+  const s = await openStream(env);
+  const reply = collect(s);
+  s.end('x');
+  assert.ok(await runUntil(env.clock, () => reply.ended() && path(env) === 'direct' && env.b.paths.status()?.path === 'direct'));
+  await runUntil(env.clock, () => false, 2 * LINK_PING_MS);
+  const link = env.a.paths.directLink()!;
+  const out = link.bytesOut;
+  await runUntil(env.clock, () => false, 4 * LINK_PING_MS);
+  assert.equal(link.bytesOut, out, 'nothing written while idle');
+  assert.ok((env.a.paths.status()?.rttMs ?? -1) >= 0, 'RTT known from the heartbeats');
+  env.net.rebind(env.b.udp, { host: '198.51.100.7', port: 40001 });
+  assert.ok(await runUntil(env.clock, () => env.a.paths.status()?.remote === '198.51.100.7:40001', 5_000), 'followed the new address');
+  const s2 = await openStream(env);
+  const r2 = collect(s2);
+  s2.end('after the roam');
+  assert.ok(await runUntil(env.clock, () => r2.ended()));
+  assert.equal(r2.text(), sha(Buffer.from('after the roam')));
+  assert.equal(s2.path, 'direct');
+  assert.equal(await metric(env.a, 'edgemesh_tunnel_failovers_total'), 0);
   env.a.paths.close();
   env.b.paths.close();
 });

@@ -198,7 +198,7 @@ export class PeerPaths implements DirectHost, TcpHost {
   private adopt(link: Link, side: 'in' | 'out'): void {
     if (this.closed || link.closed || (link.transport === 'tcp' && !this.t?.adopt(link))) return link.close(); // one TCP link kept
     this.links.add(link);
-    if (link.transport === 'udx') this.direct = link;
+    if (link.transport === 'udx') [this.direct, link.outOfBandPing] = [link, () => this.d?.probe()];
     const bytesIn = this.env.metrics.bytes.labels({ path: link.kind, direction: 'in' });
     const bytesOut = this.env.metrics.bytes.labels({ path: link.kind, direction: 'out' });
     let seenIn = 0, seenOut = 0;

@@ -26,7 +26,8 @@ export const OPEN_TIMEOUT_MS = 10_000;
 // ---------- links (Noise over a transport) ----------
 /** Noise XX handshake plus our HELLO: three messages and one more each way, over the slowest path (a relay). */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
-/** RTT probe on every link (shown in /status); also keeps an idle relay link's NAT mappings warm. */
+/** RTT probe on relay and TCP links (shown in /status); also keeps an idle relay link's NAT mappings warm. A UDX link
+ *  has the direct path's heartbeats instead (link.ts). */
 export const LINK_PING_MS = 5_000;
 /** A link that was sent an OPEN and has been silent this long gets a PING at once, so the dial's fallback can tell a
  *  dead path from a slow remote dial. */
