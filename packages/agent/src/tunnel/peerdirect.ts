@@ -217,24 +217,22 @@ export class PeerDirect {
     this.punch?.noteVerified(p.from);
     const dp = this.path;
     const link = this.host.directLink();
-    if (dp) {
-      const r = dp.heard(p);
-      if (r.roamed) {
-        this.env.metrics.roams.inc();
-        this.env.log.info({ peer: this.host.node, to: r.roamed }, 'peer address changed, following it');
-        if (link) link.remote = r.roamed;
-      }
-      // The link's liveness and RTT (link.ts: a UDX link sends no PING of its own).
-      if (r.alive && p.type === 'ping') link?.noteHeard();
+    const r = dp?.heard(p);
+    if (r?.roamed) {
+      this.env.metrics.roams.inc();
+      this.env.log.info({ peer: this.host.node, to: r.roamed }, 'peer address changed, following it');
+      if (link) link.remote = r.roamed;
     }
+    // What names our link's stream is its liveness, a heartbeat's answer its RTT (link.ts: a UDX link sends no PING).
     if (p.type === 'ping') {
+      if (r?.alive) link?.noteHeard();
       this.channel?.pong(p.txid, p.from, p.sock, dp?.stream.id ?? this.punch?.stream.id ?? 0);
       this.punch?.onPing(p.from);
       return;
     }
     const rtt = dp?.heartbeatRtt(p.txid);
     if (rtt !== undefined) {
-      if (p.streamId === dp!.remoteStreamId) link?.noteHeard(rtt);
+      if (r?.alive) link?.noteHeard(rtt);
       return;
     }
     this.punch?.onPong(p.txid, p.from, p.streamId, p.sock);
