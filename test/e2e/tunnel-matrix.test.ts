@@ -79,8 +79,8 @@ describe('tunnel NAT matrix', { timeout: 300_000 }, () => {
           // What each side's punching did, for the failure message (attempts, outcomes, budget refusals).
           const lines = async (n: string) => ((await tl.node(n).request('metrics')).metrics as string).split('\n')
             .filter((l) => /^edgemesh_(tunnel_punch_(attempts|outcomes)_total|budget_refusals_total|tunnel_peer_refused_total|tunnel_failovers_total)[{ ]/.test(l)).join('; ');
-          const paths = async (x: string, y: string) => JSON.stringify((await tl.node(x).status()).peers.find((q) => q.node === y));
-          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)} ${await paths(p.a, p.b)}\n${p.b}: ${await lines(p.b)} ${await paths(p.b, p.a)}\n${await tl.explain(p.a, p.b)}`);
+          // tl.explain adds each side's /status entry for the other and its log about it.
+          throw new Error(`${e.message}\n${p.a}: ${await lines(p.a)}\n${p.b}: ${await lines(p.b)}\n${await tl.explain(p.a, p.b)}`);
         });
       } else {
         await waitUntil(async () => (await tl.node(p.a).metric(/^edgemesh_tunnel_punch_outcomes_total\{outcome="(failed|relay-only)"\}/)) >= 1

@@ -74,13 +74,18 @@ export class NodeProc {
     return (await this.request('status')).status as never;
   }
 
+  /** This node's /status entry for `peer` (undefined: no path state for it). */
+  async peerStatus(peer: string): Promise<{ node: string; path: string; transport: string | null; remote: string | null } | undefined> {
+    return (await this.status()).peers.find((p) => p.node === peer);
+  }
+
   async path(peer: string): Promise<string | undefined> {
-    return (await this.status()).peers.find((p) => p.node === peer)?.path;
+    return (await this.peerStatus(peer))?.path;
   }
 
   /** What carries the session to `peer` now (/status peers[].transport: tcp, udx, relay). */
   async transport(peer: string): Promise<string | null | undefined> {
-    return (await this.status()).peers.find((p) => p.node === peer)?.transport;
+    return (await this.peerStatus(peer))?.transport;
   }
 
   /** The last `n` log lines about `peer` (pino JSON on stderr), compact: ms clock, level, message, fields. */
@@ -232,10 +237,7 @@ export class TunnelLab {
   /** For a failure message: how each of `x` and `y` sees the other now (/status) and what its log says about it
    *  (nodes started with logLevel debug log every link and session move). */
   async explain(x: string, y: string): Promise<string> {
-    const side = async (a: string, b: string) => {
-      const st = (await this.node(a).status()).peers.find((p) => p.node === b);
-      return `${a} sees ${b}: ${JSON.stringify(st)}\n${this.node(a).logAbout(b)}`;
-    };
+    const side = async (a: string, b: string) => `${a} sees ${b}: ${JSON.stringify(await this.node(a).peerStatus(b))}\n${this.node(a).logAbout(b)}`;
     return `${await side(x, y)}\n${await side(y, x)}`;
   }
 
